@@ -1,0 +1,83 @@
+"""Tasks: `nox -s tests`, `nox -s conformance`, `nox -s compare`, `nox -s benchmarks`, `nox -s lint`.
+
+Each session builds its own virtualenv under .nox/ with the interpreter that runs nox.
+Venvs are reused between runs (`reuse_venv = "yes"`); `nox -R` also skips the pip step,
+which makes a re-run start in seconds. Delete .nox/ to start clean.
+
+torch: sessions install ``torch==2.13.0`` unless TORCH_SPEC says otherwise (e.g.
+``TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu128"`` for a CUDA build).
+
+Numba: on a machine without a GPU the sessions set NUMBA_ENABLE_CUDASIM=1, so every
+kernel runs (slowly) in Numba's CUDA simulator on tiny configs.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+
+import nox
+
+nox.options.reuse_venv = "yes"
+nox.options.sessions = ["tests"]
+
+TORCH_SPEC = shlex.split(os.environ.get("TORCH_SPEC", "torch==2.13.0"))
+
+
+def _has_nvidia_gpu() -> bool:
+    return shutil.which("nvidia-smi") is not None and os.path.exists("/dev/nvidia0")
+
+
+def _install(session: nox.Session, extras: str = "all") -> None:
+    session.install(*TORCH_SPEC)
+    session.install("-e", f".[{extras}]")
+
+
+def _env() -> dict[str, str]:
+    env = {"PYTHONHASHSEED": "0"}
+    if not _has_nvidia_gpu():
+        env["NUMBA_ENABLE_CUDASIM"] = "1"
+    return env
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole test suite (unit tests, conformance on small configs, benchmark smoke)."""
+    _install(session)
+    session.run("python", "-m", "pytest", *session.posargs, env=_env())
+
+
+@nox.session
+def conformance(session: nox.Session) -> None:
+    """Cross-backend conformance: prints the table, writes conformance-report.json, fails on any breach.
+
+    `nox -s conformance -- --full` adds the full 124M-shape cases.
+    """
+    _install(session)
+    session.run("python", "-m", "conformance.report", *session.posargs, env=_env())
+
+
+@nox.session
+def compare(session: nox.Session) -> None:
+    """The main job: GPT-2 weights (hub, else the labelled synthetic default) through every backend."""
+    _install(session)
+    args = session.posargs or ["--weights", "gpt2", "--fallback-synthetic"]
+    session.run("python", "-m", "conformance.compare", *args, env=_env())
+
+
+@nox.session
+def benchmarks(session: nox.Session) -> None:
+    """pytest-benchmark across backends (CPU set by default); JSON under .benchmarks/, then a report."""
+    _install(session)
+    session.run(
+        "python", "-m", "pytest", "benchmarks", "--benchmark-only",
+        "--benchmark-json=benchmark-results.json", *session.posargs, env=_env(),
+    )
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", "--diff", ".", success_codes=[0, 1])

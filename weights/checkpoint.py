@@ -1,0 +1,198 @@
+"""Reading and writing GPT-2 checkpoints (safetensors), strictly.
+
+    load(source)  -> (params, config)     source: a .safetensors file, a folder holding
+                                          model.safetensors (+ config.json), or a hub id
+    save(params, config, folder)          writes model.safetensors (hub layout) + config.json
+
+Accepted layouts on load:
+  * the hub file (``openai-community/gpt2``): names without prefix, plus the causal-mask
+    buffers ``h.{i}.attn.bias`` / ``h.{i}.attn.masked_bias``, which are skipped by exact name;
+  * ``save_pretrained`` output: every name prefixed ``transformer.``, plus ``lm_head.weight``,
+    which must equal ``wte.weight`` (our head is tied).
+
+Everything else is an error that names the file and the tensor: an unknown or missing
+name, a wrong shape or dtype, a non-finite value, a truncated or corrupt file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from weights.config import ConfigError, GPT2Config
+from weights.layout import infer_config, param_shapes, validate_params
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is not a valid GPT-2 in our layout."""
+
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+# Non-parameter buffers that HF GPT-2 files carry, matched by exact name only:
+# a suffix test for "attn.bias" would also swallow the real parameter "attn.c_attn.bias".
+_MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
+
+_ACCEPTED_DTYPES = (np.float32, np.float64, np.float16)
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    size = path.stat().st_size
+    if size < 8:
+        raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes, no header)")
+    try:
+        return load_file(str(path))
+    except SafetensorError as e:
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({e})") from None
+    except (TypeError, ValueError) as e:  # e.g. bf16, which NumPy cannot hold
+        raise CheckpointError(f"{path}: unsupported tensor data ({e}); expected float32 tensors") from None
+
+
+def _canonical_names(raw: Mapping[str, np.ndarray], path: Path) -> dict[str, np.ndarray]:
+    """Map a hub or save_pretrained state dict onto canonical names (no prefix, no buffers)."""
+    prefixed = any(k.startswith("transformer.") for k in raw)
+    out: dict[str, np.ndarray] = {}
+    lm_head = None
+    for key, value in raw.items():
+        name = key
+        if prefixed:
+            if key == "lm_head.weight":
+                lm_head = value
+                continue
+            if not key.startswith("transformer."):
+                raise CheckpointError(f"{path}: unknown tensor name {key!r} (file uses the 'transformer.' prefix)")
+            name = key[len("transformer.") :]
+        if _MASK_BUFFER.fullmatch(name):
+            continue
+        out[name] = value
+    if lm_head is not None:
+        wte = out.get("wte.weight")
+        if wte is None or wte.shape != lm_head.shape or not np.array_equal(wte, lm_head):
+            raise CheckpointError(
+                f"{path}: lm_head.weight differs from wte.weight; GPT-2's output head is tied to the embedding"
+            )
+    return out
+
+
+def _check_tensors(tensors: Mapping[str, np.ndarray], config: GPT2Config, path: Path) -> None:
+    expected = param_shapes(config)
+    for name in tensors:
+        if name not in expected:
+            raise CheckpointError(f"{path}: unknown tensor name {name!r}")
+    for name, shape in expected.items():
+        if name not in tensors:
+            raise CheckpointError(f"{path}: missing tensor {name!r}")
+        arr = tensors[name]
+        if tuple(arr.shape) != shape:
+            raise CheckpointError(f"{path}: tensor {name!r} has shape {tuple(arr.shape)}, expected {shape}")
+        if arr.dtype not in _ACCEPTED_DTYPES:
+            raise CheckpointError(f"{path}: tensor {name!r} has dtype {arr.dtype}, expected a float type")
+        if not np.isfinite(arr).all():
+            raise CheckpointError(f"{path}: tensor {name!r} contains NaN or inf")
+
+
+def resolve(source: str | os.PathLike) -> Path:
+    """A local file, a local folder, or a hub id -> path of the .safetensors file."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / MODEL_FILE
+        if not path.is_file():
+            raise CheckpointError(f"{source}: folder has no {MODEL_FILE}")
+        return path
+    if path.is_file():
+        return path
+    if path.suffix or os.sep in str(source) or str(source).startswith("."):
+        raise CheckpointError(f"{source}: no such checkpoint file or folder")
+    from weights.hub import download
+
+    return download(str(source))
+
+
+def load(source: str | os.PathLike, dtype=np.float32, config: GPT2Config | None = None) -> tuple[dict[str, np.ndarray], GPT2Config]:
+    """Load a GPT-2 checkpoint into the canonical params dict (float32, or float64 on request).
+
+    The config comes from `config` if given, else from config.json beside the file, else it is
+    inferred from the tensor shapes (head size 64, as in every released GPT-2).
+    """
+    if np.dtype(dtype) not in (np.float32, np.float64):
+        raise ValueError(f"load: dtype must be float32 or float64, got {dtype}")
+    path = resolve(source)
+    tensors = _canonical_names(_read_safetensors(path), path)
+    if config is None:
+        cfg_path = path.parent / CONFIG_FILE
+        if cfg_path.is_file():
+            try:
+                config = GPT2Config.from_hf_dict(json.loads(cfg_path.read_text()), source=str(cfg_path))
+            except json.JSONDecodeError as e:
+                raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from None
+        else:
+            try:
+                config = infer_config({k: v.shape for k, v in tensors.items()})
+            except (ValueError, ConfigError) as e:
+                raise CheckpointError(f"{path}: {e}") from None
+    _check_tensors(tensors, config, path)
+    params = {name: np.ascontiguousarray(tensors[name], dtype=dtype) for name in param_shapes(config)}
+    return params, config
+
+
+def _atomic_write(final: Path, write) -> None:
+    """Call write(tmp_path) on a temp file in the same folder, fsync it, then rename over `final`.
+
+    A crash at any moment leaves either the old file or the new one under `final`, never half a file.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def save(params: Mapping[str, np.ndarray], config: GPT2Config, folder: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """Write `folder`/model.safetensors (hub layout, float32) and `folder`/config.json, atomically.
+
+    The result loads with `load(folder)` and with transformers' `GPT2LMHeadModel.from_pretrained(folder)`.
+    """
+    from safetensors.numpy import save_file
+
+    validate_params(params, config, what="save")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {name: np.ascontiguousarray(params[name], dtype=np.float32) for name in param_shapes(config)}
+    meta = {"format": "pt"}
+    meta.update({k: str(v) for k, v in (metadata or {}).items()})
+    _atomic_write(folder / MODEL_FILE, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    text = json.dumps(config.to_hf_dict(), indent=2) + "\n"
+    _atomic_write(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+    return folder / MODEL_FILE
+
+
+def read_metadata(source: str | os.PathLike) -> dict[str, str]:
+    """The string metadata stored in a checkpoint's safetensors header (e.g. the synthetic label)."""
+    from safetensors import safe_open
+
+    path = resolve(source)
+    with safe_open(str(path), framework="numpy") as f:
+        return dict(f.metadata() or {})
