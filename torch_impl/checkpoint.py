@@ -1,0 +1,96 @@
+"""Training checkpoints: the model in weights/ format plus everything needed to resume exactly.
+
+Layout under a run's output folder:
+
+    out/step_0000500/model.safetensors   the weights, hub layout (weights.save): every backend
+    out/step_0000500/config.json         and transformers' from_pretrained load this folder
+    out/step_0000500/train_state.pt      optimizer moments, step, RNG, data-loader position,
+                                         pad rows of the embedding, the run's settings
+    out/latest                           the name of the newest complete checkpoint folder
+
+Each file is written to a temporary name, flushed to disk and renamed over the final name, so
+a crash leaves either the old file or the new one, never half of one. The `latest` pointer is
+written last: a checkpoint folder that a crash left unfinished is never pointed to, and a
+resume always starts from the last checkpoint that was written whole.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+LATEST = "latest"
+STATE_FILE = "train_state.pt"
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call write(tmp) on a temp file beside `path`, fsync it, then rename it over `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a checkpoint is an ordinary readable file
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def checkpoint_dir(out_dir: str | os.PathLike, step: int) -> Path:
+    return Path(out_dir) / f"step_{step:07d}"
+
+
+def save_checkpoint(out_dir, step: int, params: dict, config, train_state: dict, keep_last: int = 0) -> Path:
+    """Write checkpoint `step` (the number of optimizer steps taken) and point `latest` at it.
+
+    params       canonical weights dict (numpy), e.g. model.to_params()
+    train_state  a dict of tensors / numbers / strings for torch.save (see train.py)
+    keep_last    if > 0, delete all but the newest `keep_last` step_* folders afterwards
+    """
+    import torch
+
+    import weights
+
+    out_dir = Path(out_dir)
+    folder = checkpoint_dir(out_dir, step)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights.save(params, config, folder, metadata={"step": step, "written_by": "torch_impl.train"})
+    atomic_write(folder / STATE_FILE, lambda tmp: torch.save(train_state, tmp))
+    atomic_write(out_dir / LATEST, lambda tmp: Path(tmp).write_text(folder.name + "\n"))
+    if keep_last > 0:
+        old = sorted(p for p in out_dir.glob("step_*") if p.is_dir() and p != folder)
+        for p in old[: max(0, len(old) - (keep_last - 1))]:
+            shutil.rmtree(p, ignore_errors=True)
+    return folder
+
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    """The folder `out_dir/latest` names, or None when the run has no checkpoint yet."""
+    pointer = Path(out_dir) / LATEST
+    if not pointer.is_file():
+        return None
+    folder = Path(out_dir) / pointer.read_text().strip()
+    if not (folder / STATE_FILE).is_file():
+        raise FileNotFoundError(f"{pointer} names {folder.name}, which has no {STATE_FILE}")
+    return folder
+
+
+def load_checkpoint(folder: str | os.PathLike) -> tuple[dict, object, dict]:
+    """(params, config, train_state) of a checkpoint folder written by save_checkpoint."""
+    import torch
+
+    import weights
+
+    folder = Path(folder)
+    state_path = folder / STATE_FILE
+    if not state_path.is_file():
+        raise FileNotFoundError(f"{folder}: no {STATE_FILE}; not a training checkpoint (weights only?)")
+    params, config = weights.load(folder)
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    return params, config, state

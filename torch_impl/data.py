@@ -1,0 +1,360 @@
+"""Training data: text files -> GPT-2 token shards on disk -> (x, y) batches for every rank.
+
+    python -m torch_impl.data INPUT.txt [INPUT2.txt ...] --out data-cache/shakespeare --val-fraction 0.1
+
+Shard file format (the one llm.c uses, so shards move freely between the two projects):
+
+    int32[256] header    header[0] = 20240520 (magic), header[1] = 1 (version), header[2] = n_tokens
+    uint16[n_tokens]     token ids, each < 65536 (GPT-2's ids are < 50257)
+
+Tokenising. Each input file is one document and starts with <|endoftext|> (id 50256), the
+separator GPT-2 was trained with. Files are read through mmap in chunks of about
+`chunk_bytes`, and a chunk only ends just before a newline that follows printable ASCII: GPT-2's pre-tokeniser
+always splits there (no piece takes a newline after a non-space), so chunked tokenisation
+gives exactly the ids of whole-file tokenisation (tests/training check this).
+
+Train/val split. The last `val_fraction` of the input bytes (the stream of all files in
+order) goes to the val split, cut at the first chunk boundary at or after the split point;
+the rest is train. With one input file this is nanoGPT's "first 90% train, last 10% val".
+
+Resuming. `manifest.json` in the output folder is rewritten (atomically) after every shard;
+it records the inputs (path and size), the shards written so far and the input position
+just after the last token they hold. An interrupted run started again with the same
+arguments continues from that position; different inputs are refused.
+
+Batches. `ShardLoader` reads a split as one stream of tokens (shard after shard, back to the
+first after the last) and hands out B rows of T+1 consecutive tokens. On step s of a
+world of W ranks, rank r reads the B*T+1 tokens starting at pos + r*B*T, and pos moves by
+W*B*T: the ranks together read exactly what one process with batch W*B reads. The
+loader's whole state is (shard index, pos): saved in checkpoints, restored on resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mmap
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from torch_impl.checkpoint import atomic_write
+
+SHARD_MAGIC = 20240520
+SHARD_VERSION = 1
+HEADER_INTS = 256
+HEADER_BYTES = HEADER_INTS * 4
+MAX_TOKEN_ID = 65535  # uint16
+EOT_ID = 50256
+MANIFEST = "manifest.json"
+
+
+class DataError(ValueError):
+    """Shards or inputs that cannot be used as training data."""
+
+
+# ----------------------------------------------------------------------------- shard files
+def write_shard(path: str | os.PathLike, tokens: np.ndarray) -> None:
+    """Write `tokens` (1-D ints, each in [0, 65535]) as a shard, atomically (temp file + rename)."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1:
+        raise DataError(f"{path}: tokens must be 1-D, got shape {tokens.shape}")
+    if tokens.size and (tokens.min() < 0 or tokens.max() > MAX_TOKEN_ID):
+        bad = int(tokens.max()) if tokens.max() > MAX_TOKEN_ID else int(tokens.min())
+        raise DataError(f"{path}: token id {bad} does not fit a uint16 shard (ids must be in [0, {MAX_TOKEN_ID}])")
+    header = np.zeros(HEADER_INTS, dtype=np.int32)
+    header[:3] = (SHARD_MAGIC, SHARD_VERSION, tokens.size)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(header.tobytes())
+            f.write(tokens.astype(np.uint16).tobytes())
+
+    atomic_write(path, write)
+
+
+def read_shard(path: str | os.PathLike) -> np.ndarray:
+    """The tokens of one shard as a read-only uint16 memmap, after checking its header and size."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size < HEADER_BYTES:
+        raise DataError(f"{path}: {size} bytes, too short for the {HEADER_BYTES}-byte shard header")
+    header = np.fromfile(path, dtype=np.int32, count=HEADER_INTS)
+    if header[0] != SHARD_MAGIC:
+        raise DataError(f"{path}: bad magic {header[0]} (expected {SHARD_MAGIC}); not a token shard")
+    if header[1] != SHARD_VERSION:
+        raise DataError(f"{path}: shard version {header[1]}, this reader knows version {SHARD_VERSION}")
+    n = int(header[2])
+    if size != HEADER_BYTES + 2 * n:
+        raise DataError(f"{path}: header says {n} tokens but the file holds {(size - HEADER_BYTES) / 2:g}")
+    if n == 0:
+        return np.zeros(0, dtype=np.uint16)
+    return np.memmap(path, dtype=np.uint16, mode="r", offset=HEADER_BYTES, shape=(n,))
+
+
+def shard_paths(folder: str | os.PathLike, split: str) -> list[Path]:
+    """The shards of one split in `folder` (files named *_{split}_NNNNNN.bin), in order."""
+    paths = sorted(Path(folder).glob(f"*_{split}_*.bin"))
+    if not paths:
+        raise DataError(f"{folder}: no {split!r} shards (*_{split}_*.bin); make them with `python -m torch_impl.data`")
+    return paths
+
+
+# ----------------------------------------------------------------------------- tokenising
+def _clean_cut(buf, lo: int, size: int) -> int:
+    """The first index i >= lo with buf[i] == '\\n' and buf[i-1] printable ASCII (else `size`).
+
+    GPT-2's pre-tokeniser always ends a piece there: no letter, number or punctuation piece takes
+    in a newline, and a whitespace piece cannot start on a non-space. So text cut at i tokenises
+    the same in two halves as in one (cutting *after* a newline would not: a run "\\n\\n" at the
+    end of a chunk becomes one token, where the whole text splits it before the next word)."""
+    i = buf.find(b"\n", max(lo, 1))
+    while i != -1:
+        if 0x21 <= buf[i - 1] <= 0x7E:
+            return i
+        i = buf.find(b"\n", i + 1)
+    return size
+
+
+@dataclass
+class _Chunk:
+    file: int  # index into the inputs
+    start: int  # byte offsets in that file
+    end: int
+    split: str  # "train" or "val"
+
+
+def _plan_chunks(sizes: list[int], files: list[Path], split_at: int, chunk_bytes: int, cursor: tuple[int, int]):
+    """Yield the chunks of the input stream from `cursor` = (file index, byte offset) on."""
+    base = 0
+    for i, (path, size) in enumerate(zip(files, sizes)):
+        if i < cursor[0] or size == 0:
+            base += size
+            continue
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            pos = cursor[1] if i == cursor[0] else 0
+            while pos < size:
+                lo = pos + chunk_bytes
+                if base + pos < split_at:  # the chunk holding the split point ends just after it
+                    lo = min(lo, split_at - base)
+                end = _clean_cut(mm, max(lo, pos + 1), size)
+                split = "train" if base + pos < split_at else "val"
+                yield _Chunk(i, pos, end, split), mm[pos:end]
+                pos = end
+        base += size
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool):
+    """A tqdm bar in bytes if tqdm is installed (and wanted), else a do-nothing stand-in."""
+    if enabled:
+        try:
+            from tqdm import tqdm
+
+            return tqdm(total=total, initial=initial, unit="B", unit_scale=True, desc=desc, file=sys.stderr)
+        except ImportError:
+            pass
+
+    class _Quiet:
+        def update(self, n):
+            pass
+
+        def close(self):
+            pass
+
+    return _Quiet()
+
+
+def tokenize_files(
+    inputs: list[str | os.PathLike],
+    out: str | os.PathLike,
+    val_fraction: float = 0.1,
+    shard_tokens: int = 100_000_000,
+    chunk_bytes: int = 1 << 18,
+    prefix: str | None = None,
+    progress: bool = True,
+    tokenizer=None,
+) -> dict:
+    """Tokenise text files into train/val shards under `out`; resumable. Returns the manifest.
+
+    inputs        text files (UTF-8); each becomes one document starting with <|endoftext|>
+    val_fraction  share of the input bytes, taken from the end, that forms the val split
+    shard_tokens  a shard is closed once it holds at least this many tokens (cut between chunks)
+    """
+    files = [Path(p) for p in inputs]
+    for p in files:
+        if not p.is_file():
+            raise DataError(f"{p}: no such input file")
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if shard_tokens < 1 or chunk_bytes < 1:
+        raise DataError("shard_tokens and chunk_bytes must be positive")
+    if tokenizer is None:
+        from weights.tokenizer import get_tokenizer
+
+        tokenizer = get_tokenizer()
+    vocab = tokenizer.n_vocab
+    if vocab - 1 > MAX_TOKEN_ID:
+        raise DataError(f"tokenizer has {vocab} ids; uint16 shards hold ids up to {MAX_TOKEN_ID}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    prefix = prefix or out.name or "data"
+    sizes = [p.stat().st_size for p in files]
+    total = sum(sizes)
+    split_at = total - int(round(total * val_fraction))
+    inputs_record = [{"path": str(p.resolve()), "size": s} for p, s in zip(files, sizes)]
+    settings = {"val_fraction": val_fraction, "shard_tokens": shard_tokens, "chunk_bytes": chunk_bytes, "prefix": prefix}
+
+    manifest_path = out / MANIFEST
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest["inputs"] != inputs_record or manifest["settings"] != settings:
+            raise DataError(
+                f"{manifest_path}: this folder holds shards of other inputs or settings; "
+                "use a fresh --out folder (or delete this one) to start over"
+            )
+        if manifest["done"]:
+            return manifest
+    else:
+        manifest = {"inputs": inputs_record, "settings": settings, "shards": [], "cursor": [0, 0], "done": False}
+
+    done_bytes = sum(sizes[: manifest["cursor"][0]]) + manifest["cursor"][1]
+    bar = _progress(total, done_bytes, f"tokenising -> {out}", progress)
+    buffer: list[np.ndarray] = []
+    buffered = 0
+    buffer_split = None
+    next_index = {s: sum(1 for sh in manifest["shards"] if sh["split"] == s) for s in ("train", "val")}
+
+    def flush(cursor: tuple[int, int]) -> None:
+        nonlocal buffer, buffered
+        if buffered == 0:
+            return
+        name = f"{prefix}_{buffer_split}_{next_index[buffer_split]:06d}.bin"
+        write_shard(out / name, np.concatenate(buffer))
+        next_index[buffer_split] += 1
+        manifest["shards"].append({"name": name, "split": buffer_split, "tokens": buffered})
+        manifest["cursor"] = list(cursor)
+        _atomic_write_text(manifest_path, json.dumps(manifest, indent=1) + "\n")
+        buffer, buffered = [], 0
+
+    cursor = tuple(manifest["cursor"])
+    try:
+        for chunk, raw in _plan_chunks(sizes, files, split_at, chunk_bytes, cursor):
+            if buffer_split is not None and chunk.split != buffer_split:
+                flush(cursor)  # a shard never mixes the splits
+            buffer_split = chunk.split
+            try:
+                text = bytes(raw).decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{files[chunk.file]}: not UTF-8 text (bad byte at offset {chunk.start + e.start})") from None
+            ids = tokenizer.encode_ordinary(text)
+            if chunk.start == 0:
+                ids = [EOT_ID] + ids
+            arr = np.asarray(ids, dtype=np.int64)
+            if arr.size and (arr.min() < 0 or arr.max() >= vocab):
+                raise DataError(f"{files[chunk.file]}: tokenizer produced id {int(arr.max())} outside [0, {vocab})")
+            buffer.append(arr.astype(np.uint16))
+            buffered += arr.size
+            cursor = (chunk.file, chunk.end)
+            bar.update(chunk.end - chunk.start)
+            if buffered >= shard_tokens:
+                flush(cursor)
+        flush((len(files), 0))
+    finally:
+        bar.close()
+    manifest["cursor"] = [len(files), 0]
+    manifest["done"] = True
+    _atomic_write_text(manifest_path, json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+# ----------------------------------------------------------------------------- batches
+class ShardLoader:
+    """(x, y) batches of shape (B, T) from one split, for rank `rank` of `world` ranks.
+
+    x[b] = tokens[p + b*T : p + (b+1)*T] and y[b] the same shifted by one, with
+    p = pos + rank*B*T. After a step pos moves by world*B*T; when the next step would run past
+    the shard's end the loader moves on to the next shard (after the last, back to the first)
+    and pos = 0. The tail of a shard too short for a whole step is skipped.
+    """
+
+    def __init__(self, paths: list[Path], B: int, T: int, rank: int = 0, world: int = 1):
+        if B < 1 or T < 1:
+            raise DataError(f"batch size B={B} and sequence length T={T} must be positive")
+        if not 0 <= rank < world:
+            raise DataError(f"rank {rank} is not in [0, {world})")
+        self.paths = [Path(p) for p in paths]
+        self.B, self.T, self.rank, self.world = B, T, rank, world
+        self.step_tokens = world * B * T
+        self.lengths = [read_shard(p).size for p in self.paths]
+        need = self.step_tokens + 1
+        short = [f"{p.name} ({n} tokens)" for p, n in zip(self.paths, self.lengths) if n < need]
+        if short:
+            raise DataError(
+                f"shard(s) {', '.join(short)} too short for one step: world*B*T+1 = {world}*{B}*{T}+1 = {need} tokens"
+            )
+        self.shard, self.pos = 0, 0
+        self._tokens = read_shard(self.paths[0])
+
+    @classmethod
+    def from_folder(cls, folder, split: str, B: int, T: int, rank: int = 0, world: int = 1) -> "ShardLoader":
+        return cls(shard_paths(folder, split), B, T, rank, world)
+
+    def state(self) -> dict:
+        return {"shard": self.shard, "pos": self.pos}
+
+    def load_state(self, state: dict) -> None:
+        shard, pos = int(state["shard"]), int(state["pos"])
+        if not 0 <= shard < len(self.paths) or not 0 <= pos <= self.lengths[shard]:
+            raise DataError(f"loader state {state} does not fit these shards ({len(self.paths)} shards)")
+        self.shard, self.pos = shard, pos
+        self._tokens = read_shard(self.paths[shard])
+
+    def reset(self) -> None:
+        self.load_state({"shard": 0, "pos": 0})
+
+    def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
+        """x, y: int64 arrays (B, T) for this rank; advances the shared position by one step."""
+        if self.pos + self.step_tokens + 1 > self.lengths[self.shard]:
+            self.load_state({"shard": (self.shard + 1) % len(self.paths), "pos": 0})
+        B, T = self.B, self.T
+        start = self.pos + self.rank * B * T
+        buf = np.asarray(self._tokens[start : start + B * T + 1], dtype=np.int64)
+        self.pos += self.step_tokens
+        return buf[:-1].reshape(B, T), buf[1:].reshape(B, T)
+
+
+# ----------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m torch_impl.data",
+        description="Tokenise text files with the GPT-2 tokenizer into uint16 train/val shards (resumable).",
+    )
+    ap.add_argument("inputs", nargs="+", help="UTF-8 text files; each one is a document")
+    ap.add_argument("--out", required=True, help="output folder for the shards and manifest.json")
+    ap.add_argument("--val-fraction", type=float, default=0.1, help="share of input bytes (from the end) for val")
+    ap.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard (about)")
+    ap.add_argument("--prefix", default=None, help="shard file name prefix (default: the output folder's name)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+    try:
+        manifest = tokenize_files(
+            args.inputs, args.out, args.val_fraction, args.shard_tokens, prefix=args.prefix, progress=not args.no_progress
+        )
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for split in ("train", "val"):
+        shards = [s for s in manifest["shards"] if s["split"] == split]
+        print(f"{split}: {sum(s['tokens'] for s in shards):,} tokens in {len(shards)} shard(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

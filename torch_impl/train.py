@@ -1,0 +1,565 @@
+"""Train GPT-2 with PyTorch: from scratch or from a checkpoint, on CPU, one GPU or many (DDP).
+
+    python -m torch_impl.data ../shared/data/tinyshakespeare.txt --out data-cache/shakespeare
+    python -m torch_impl.train --data data-cache/shakespeare --init gpt2 --max-steps 200 ...
+    torchrun --standalone --nproc-per-node 8 -m torch_impl.train --data ... --compile
+
+One optimizer step ("step") is:
+
+    for each of `grad_accum` micro-steps:
+        x, y = this rank's next (B, T) batch
+        (DDP: all-reduce gradients only on the last micro-step, decided before its forward)
+        loss = model(x, y) / grad_accum  under bf16 autocast;  loss.backward()
+    grad_norm = clip_grad_norm_(params, grad_clip)
+    stop if loss or grad_norm is not finite (before touching the weights)
+    lr = warmup + cosine schedule(step);  AdamW step;  zero the gradients
+
+    grad_accum = total_batch_tokens / (B * T * world_size)
+
+Rank 0 logs (log.jsonl in the output folder, the console, a tqdm bar), writes checkpoints
+(torch_impl.checkpoint) and samples; every rank evaluates its share of the val batches.
+Settings come from flags, optionally on top of a JSON or TOML file (--config); every flag
+is a field of `TrainConfig`.
+
+Throughput is reported as tokens/s and MFU = achieved FLOP/s / peak FLOP/s of the device,
+with FLOPs per token (forward + backward) counted the way llm.c counts them:
+
+    flops_per_token = 6 * N + 6 * n_layer * n_embd * T
+
+N = number of parameters (tied head counted once, vocab unpadded). 6N: each parameter takes
+part in one multiply-add (2 FLOPs) per token forward, twice that backward. 6*L*C*T: the two
+attention matmuls (QK^T and AV), 2*T*C multiply-adds each per token and layer, counted for
+the causal half (flash attention skips the masked half), times 3 for forward + backward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+import weights
+from torch_impl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from torch_impl.data import ShardLoader, shard_paths
+from torch_impl.lr_schedule import lr_at
+
+
+def _opt(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    # data and model
+    data: str = _opt("", "folder of token shards (*_train_*.bin, *_val_*.bin) from `python -m torch_impl.data`")
+    init: str = _opt("scratch", "'scratch' (GPT-2 init), a hub id ('gpt2') or a local checkpoint file/folder")
+    model: str = _opt("124m", "config preset for --init scratch: 124m | small | tiny")
+    n_layer: int = _opt(0, "override the preset's n_layer (0: keep)")
+    n_head: int = _opt(0, "override the preset's n_head (0: keep)")
+    n_embd: int = _opt(0, "override the preset's n_embd (0: keep)")
+    padded_vocab: int = _opt(50304, "embedding/head rows, padded for fast matmuls; pad ids never scored or sampled")
+    attention: str = _opt("sdpa", "attention kernel: sdpa (flash on CUDA) | math")
+    # batch and optimizer
+    batch_size: int = _opt(8, "micro-batch size B per rank")
+    seq_len: int = _opt(1024, "sequence length T")
+    total_batch_tokens: int = _opt(0, "tokens per optimizer step over all ranks (0: B*T*world, no accumulation)")
+    max_steps: int = _opt(1000, "optimizer steps in the whole run (the cosine schedule ends here)")
+    lr: float = _opt(6e-4, "peak learning rate")
+    min_lr_frac: float = _opt(0.1, "final learning rate as a fraction of --lr")
+    warmup_steps: int = _opt(100, "linear warmup steps")
+    weight_decay: float = _opt(0.1, "AdamW weight decay, applied to 2-D weights only")
+    beta1: float = _opt(0.9, "AdamW beta1")
+    beta2: float = _opt(0.95, "AdamW beta2")
+    eps: float = _opt(1e-8, "AdamW epsilon")
+    grad_clip: float = _opt(1.0, "clip the global gradient norm to this (0: no clipping)")
+    # precision and speed
+    device: str = _opt("auto", "auto | cpu | cuda")
+    dtype: str = _opt("auto", "autocast dtype: auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32")
+    compile: bool = _opt(False, "torch.compile the model")
+    tf32: bool = _opt(True, "allow TF32 matmuls for float32 work on CUDA")
+    seed: int = _opt(1337, "seed of the initialisation (same on every rank)")
+    peak_flops: float = _opt(0.0, "device peak FLOP/s for MFU (0: look the device up)")
+    # evaluation, samples, logging, checkpoints
+    eval_every: int = _opt(250, "validation loss every N steps and at the end (0: never)")
+    eval_batches: int = _opt(20, "validation batches per rank per evaluation")
+    sample_every: int = _opt(0, "print a sample every N steps and at the end (0: never)")
+    sample_tokens: int = _opt(64, "tokens per sample")
+    sample_prompt: str = _opt("\n", "prompt the samples start from")
+    log_every: int = _opt(1, "print a log line every N steps (log.jsonl gets every step)")
+    out_dir: str = _opt("runs/gpt2", "folder for log.jsonl, loss.png and checkpoints")
+    ckpt_every: int = _opt(0, "checkpoint every N steps (0: only at the end)")
+    keep_last: int = _opt(0, "keep only the newest N checkpoints (0: keep all)")
+    resume: bool = _opt(False, "continue from out_dir/latest if it exists")
+    progress: bool = _opt(True, "tqdm progress bar")
+    plot: bool = _opt(True, "write out_dir/loss.png at the end")
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or the gradient norm became NaN/inf; training stopped before the weights changed."""
+
+
+# ----------------------------------------------------------------------------- throughput
+def flops_per_token(config: weights.GPT2Config, T: int) -> int:
+    """Forward + backward FLOPs per token, llm.c's count (see the module docstring)."""
+    return 6 * weights.num_params(config) + 6 * config.n_layer * config.n_embd * T
+
+
+# Dense bf16 tensor-core peaks (no sparsity), from the vendors' data sheets, by device-name substring.
+PEAK_BF16_FLOPS = (
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),  # SXM
+    ("H200", 989e12),
+    ("GH200", 989e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("RTX 4090", 165e12),
+)
+
+
+def device_peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
+    """The device's dense bf16 peak, or None when unknown (CPU, an unlisted GPU, fp32 runs)."""
+    if device.type != "cuda" or dtype != torch.bfloat16:
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peak in PEAK_BF16_FLOPS:
+        if key in name:
+            return peak
+    return None
+
+
+# ----------------------------------------------------------------------------- distributed
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_pref: str) -> Dist:
+    """Join the process group when launched by torchrun (RANK/WORLD_SIZE set), else one process.
+
+    NCCL on CUDA, gloo on CPU. Each rank owns the GPU of its LOCAL_RANK."""
+    use_cuda = torch.cuda.is_available() if device_pref == "auto" else device_pref == "cuda"
+    if device_pref == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: torch sees no CUDA device")
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return Dist(device=torch.device("cuda" if use_cuda else "cpu"))
+    import torch.distributed as dist
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", rank=rank, world_size=world)
+    return Dist(rank=rank, world=world, local_rank=local_rank, device=device)
+
+
+def _all_reduce_mean(t: torch.Tensor, d: Dist) -> torch.Tensor:
+    if d.enabled:
+        import torch.distributed as dist
+
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t /= d.world
+    return t
+
+
+# ----------------------------------------------------------------------------- model and optimizer
+def model_config(cfg: TrainConfig) -> weights.GPT2Config:
+    base = weights.GPT2Config.preset(cfg.model)
+    overrides = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd") if getattr(cfg, k)}
+    return dataclasses.replace(base, **overrides)
+
+
+def build_model(cfg: TrainConfig, device: torch.device, params: dict | None, config: weights.GPT2Config):
+    """GPT-2 from `params` (fine-tune / resume) or freshly initialised (seeded by cfg.seed)."""
+    from torch_impl.model import GPT2
+
+    padded = max(cfg.padded_vocab, config.vocab_size)
+    if params is not None:
+        return GPT2.from_params(
+            params, config, device=device, dtype=torch.float32, attention=cfg.attention, padded_vocab_size=padded
+        )
+    torch.manual_seed(cfg.seed)
+    return GPT2(config, attention=cfg.attention, padded_vocab_size=padded).to(device)
+
+
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, device: torch.device) -> torch.optim.AdamW:
+    """AdamW, weight decay on 2-D tensors only (matrices and embeddings), fused on CUDA."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    extra = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **extra)
+
+
+def _pad_rows(model: torch.nn.Module, vocab_size: int) -> dict[str, torch.Tensor]:
+    """Rows beyond vocab_size of every padded-vocab parameter (the params dict drops them)."""
+    return {
+        name: p.detach()[vocab_size:].cpu().clone()
+        for name, p in model.named_parameters()
+        if p.dim() == 2 and p.shape[0] > vocab_size and name.endswith("wte.weight")
+    }
+
+
+def _restore_pad_rows(model: torch.nn.Module, rows: dict[str, torch.Tensor], vocab_size: int) -> None:
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in rows.items():
+            named[name][vocab_size:].copy_(value.to(named[name].device))
+
+
+# ----------------------------------------------------------------------------- logging
+class RunLog:
+    """Rank 0's record: out_dir/log.jsonl (one JSON object per line), console lines, a tqdm bar."""
+
+    def __init__(self, out_dir: Path, start_step: int, max_steps: int, enabled: bool, progress: bool):
+        self.enabled = enabled
+        self.bar = None
+        if not enabled:
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.path = out_dir / "log.jsonl"
+        if self.path.exists():  # keep only the history before the step we (re)start from
+            kept = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] < start_step]
+            self.path.write_text("".join(ln + "\n" for ln in kept))
+        self.file = open(self.path, "a")
+        if progress:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=max_steps, initial=start_step, desc="train", unit="step", file=sys.stderr)
+            except ImportError:
+                pass
+
+    def record(self, entry: dict, line: str | None = None) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(entry) + "\n")
+        self.file.flush()
+        if line is not None:
+            (self.bar.write if self.bar else print)(line)
+
+    def advance(self, loss: float) -> None:
+        if self.bar:
+            self.bar.set_postfix(loss=f"{loss:.4f}")
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.enabled:
+            if self.bar:
+                self.bar.close()
+            self.file.close()
+
+
+# ----------------------------------------------------------------------------- evaluation and samples
+@torch.no_grad()
+def evaluate(model, loader: ShardLoader, batches: int, device, autocast, d: Dist) -> float:
+    """Mean loss over the first `batches` val batches of every rank (the same batches each time)."""
+    model.eval()
+    loader.reset()
+    total = torch.zeros((), device=device)
+    for _ in range(batches):
+        x, y = (torch.from_numpy(a).to(device) for a in loader.next_batch())
+        with autocast:
+            _, loss = model(x, y)
+        total += loss.float()
+    model.train()
+    return _all_reduce_mean(total / batches, d).item()
+
+
+@torch.no_grad()
+def sample_text(raw_model, cfg: TrainConfig, device, step: int) -> str:
+    """A sample from the prompt, with its own seeded generator (the training RNG is untouched)."""
+    from weights.tokenizer import get_tokenizer
+
+    enc = get_tokenizer()
+    prompt = enc.encode_ordinary(cfg.sample_prompt) or [enc.eot_token]
+    idx = torch.tensor([prompt], dtype=torch.long, device=device)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + step)
+    raw_model.eval()
+    out = raw_model.generate(idx, cfg.sample_tokens, temperature=1.0, top_k=40, generator=gen)
+    raw_model.train()
+    return enc.decode(out[0].tolist())
+
+
+# ----------------------------------------------------------------------------- the training loop
+def _rng_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run training as configured; returns a summary (losses per step, val losses, last checkpoint).
+
+    Launched by torchrun, each process calls this and they train as one DDP job."""
+    d = setup_distributed(cfg.device)
+    try:
+        return _train(cfg, d)
+    finally:
+        if d.enabled:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, d: Dist) -> dict:
+    if not cfg.data:
+        raise ValueError("--data is required: a folder of token shards (make them with `python -m torch_impl.data`)")
+    device = d.device
+    use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda")
+    if cfg.dtype not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"--dtype must be auto, bf16 or fp32, got {cfg.dtype!r}")
+    amp_dtype = torch.bfloat16 if use_bf16 else torch.float32
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.tf32
+    out_dir = Path(cfg.out_dir)
+
+    # --- where the weights come from: a checkpoint of this run, a checkpoint to fine-tune, or nothing
+    resume_from = latest_checkpoint(out_dir) if cfg.resume else None
+    state = None
+    if resume_from is not None:
+        params, config, state = load_checkpoint(resume_from)
+    elif cfg.init != "scratch":
+        params, config = weights.load(cfg.init)
+    else:
+        params, config = None, model_config(cfg)
+    B, T = cfg.batch_size, cfg.seq_len
+    if not 1 <= T <= config.n_ctx:
+        raise ValueError(f"--seq-len {T} must be in [1, n_ctx={config.n_ctx}]")
+    per_micro = B * T * d.world
+    total = cfg.total_batch_tokens or per_micro
+    if total % per_micro:
+        raise ValueError(
+            f"--total-batch-tokens {total} is not a multiple of B*T*world = {B}*{T}*{d.world} = {per_micro}"
+        )
+    grad_accum = total // per_micro
+
+    raw_model = build_model(cfg, device, params, config)
+    optimizer = build_optimizer(cfg, raw_model, device)
+    train_loader = ShardLoader(shard_paths(cfg.data, "train"), B, T, d.rank, d.world)
+    val_loader = None
+    if cfg.eval_every:
+        val_loader = ShardLoader(shard_paths(cfg.data, "val"), B, T, d.rank, d.world)
+    start_step = 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        train_loader.load_state(state["loader"])
+        _restore_pad_rows(raw_model, state["pad_rows"], config.vocab_size)
+        _set_rng_state(state["rng"], device)
+        start_step = int(state["step"])
+
+    model = torch.compile(raw_model) if cfg.compile else raw_model
+    if d.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(model, device_ids=[d.local_rank] if device.type == "cuda" else None)
+
+    fpt = flops_per_token(config, T)
+    peak = cfg.peak_flops or device_peak_flops(device, amp_dtype)
+    log = RunLog(out_dir, start_step, cfg.max_steps, d.master, cfg.progress)
+    if d.master:
+        where = f"resumed from {resume_from}" if resume_from else f"init {cfg.init}"
+        log.record(
+            {"step": start_step, "event": "start", "config": dataclasses.asdict(cfg), "model": dataclasses.asdict(config),
+             "world": d.world, "grad_accum": grad_accum, "device": str(device), "flops_per_token": fpt},
+            f"{where}; {weights.num_params(config):,} params; world {d.world}; B={B} T={T} grad_accum={grad_accum} "
+            f"({total:,} tokens/step); {device}, {'bf16' if use_bf16 else 'fp32'}{', compiled' if cfg.compile else ''}",
+        )
+
+    summary: dict = {"losses": {}, "val_losses": {}, "tokens_per_s": [], "mfu": [], "checkpoint": resume_from}
+
+    def run_eval(step: int) -> None:
+        val = evaluate(model, val_loader, cfg.eval_batches, device, autocast, d)
+        summary["val_losses"][step] = val
+        log.record({"step": step, "val_loss": val}, f"step {step:6d} | val loss {val:.4f}")
+
+    def run_sample(step: int) -> None:
+        if d.master:
+            text = sample_text(raw_model, cfg, device, step)
+            log.record({"step": step, "sample": text}, f"--- sample at step {step} ---\n{text}\n---")
+
+    def checkpoint(step: int) -> None:
+        if d.master:
+            train_state = {
+                "step": step,
+                "optimizer": optimizer.state_dict(),
+                "loader": train_loader.state(),
+                "rng": _rng_state(device),
+                "pad_rows": _pad_rows(raw_model, config.vocab_size),
+                "config": json.dumps(dataclasses.asdict(cfg)),
+            }
+            summary["checkpoint"] = save_checkpoint(
+                out_dir, step, raw_model.to_params(), config, train_state, keep_last=cfg.keep_last
+            )
+        if d.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()  # nobody runs ahead (or exits) while rank 0 writes
+
+    try:
+        for step in range(start_step, cfg.max_steps):
+            if val_loader is not None and step % cfg.eval_every == 0:
+                run_eval(step)
+            if cfg.sample_every and step % cfg.sample_every == 0 and step > start_step:
+                run_sample(step)
+
+            t0 = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(grad_accum):
+                x, y = train_loader.next_batch()
+                x, y = torch.from_numpy(x), torch.from_numpy(y)
+                if device.type == "cuda":
+                    x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+                if d.enabled:  # all-reduce the gradients only in the backward of the last micro-step
+                    model.require_backward_grad_sync = micro == grad_accum - 1
+                with autocast:
+                    _, loss = model(x, y)
+                loss = loss / grad_accum
+                loss_sum += loss.detach()
+                loss.backward()
+            _all_reduce_mean(loss_sum, d)
+            clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), clip)
+            loss_value, norm_value = loss_sum.item(), grad_norm.item()
+            if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+                last = summary["checkpoint"]
+                raise NonFiniteError(
+                    f"step {step}: {'loss' if not math.isfinite(loss_value) else 'gradient norm'} is not finite "
+                    f"(loss {loss_value}, grad norm {norm_value}); stopped before updating the weights. "
+                    f"Last good checkpoint: {last if last else 'none written in this run'} (untouched). "
+                    "Try a lower --lr, more --warmup-steps, --grad-clip, or check the data."
+                )
+            lr = lr_at(step, cfg.lr, cfg.lr * cfg.min_lr_frac, cfg.warmup_steps, cfg.max_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            tok_s = total / dt
+            mfu = fpt * tok_s / peak if peak else None
+            summary["losses"][step] = loss_value
+            summary["tokens_per_s"].append(tok_s)
+            summary["mfu"].append(mfu)
+            entry = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": norm_value, "dt_ms": 1e3 * dt,
+                     "tokens_per_s": tok_s, "mfu": mfu}
+            line = None
+            if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.max_steps - 1):
+                line = (f"step {step:6d} | loss {loss_value:.4f} | lr {lr:.3e} | norm {norm_value:.3f} | "
+                        f"{1e3 * dt:7.1f} ms | {tok_s:,.0f} tok/s" + (f" | MFU {100 * mfu:.1f}%" if mfu else ""))
+            log.record(entry, line)
+            log.advance(loss_value)
+            done = step + 1
+            if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.max_steps:
+                checkpoint(done)
+
+        if cfg.max_steps > start_step:
+            if val_loader is not None:
+                run_eval(cfg.max_steps)
+            if cfg.sample_every:
+                run_sample(cfg.max_steps)
+    finally:
+        log.close()
+    if d.master and cfg.plot and (out_dir / "log.jsonl").exists():
+        try:
+            from torch_impl.plot import plot_log
+
+            summary["plot"] = plot_log(out_dir / "log.jsonl", out_dir / "loss.png")
+        except ImportError as e:  # matplotlib is optional
+            print(f"(no loss plot: {e})", file=sys.stderr)
+    summary["grad_accum"] = grad_accum
+    summary["world"] = d.world
+    summary["flops_per_token"] = fpt
+    summary["peak_flops"] = peak
+    return summary
+
+
+# ----------------------------------------------------------------------------- CLI
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """TrainConfig from flags; a --config file (JSON or TOML, keys = field names) sets defaults."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    file_values: dict = {}
+    if known.config:
+        path = Path(known.config)
+        text = path.read_text()
+        file_values = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = sorted(set(file_values) - names)
+        if unknown:
+            raise SystemExit(f"{path}: unknown setting(s) {unknown}; see `python -m torch_impl.train --help`")
+
+    ap = argparse.ArgumentParser(
+        prog="python -m torch_impl.train",
+        description="Train GPT-2 (from scratch or a checkpoint) on token shards; torchrun for DDP.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    ap.add_argument("--config", help="JSON or TOML file of settings (field names as keys); flags override it")
+    for f in dataclasses.fields(TrainConfig):
+        default = file_values.get(f.name, f.default)
+        if isinstance(f.default, bool):
+            ap.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=default, help=f.metadata["help"])
+        else:
+            ap.add_argument(_flag(f.name), type=type(f.default), default=default, help=f.metadata["help"])
+    args = vars(ap.parse_args(argv))
+    args.pop("config")
+    return TrainConfig(**args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    try:
+        summary = train(cfg)
+    except NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    if summary.get("checkpoint"):
+        rank0 = int(os.environ.get("RANK", "0")) == 0
+        if rank0:
+            print(f"checkpoint: {summary['checkpoint']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
