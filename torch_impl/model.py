@@ -1,0 +1,483 @@
+"""GPT-2 in PyTorch, in one file: the model, its weights in and out, and generation.
+
+The network, with B = batch, T = sequence length, C = n_embd, NH = n_head, HS = C // NH,
+V = vocab_size, L = n_layer:
+
+    x = wte[idx] + wpe[0:T]                                   (B, T, C)   "embed"
+    for each of the L blocks:
+        x = x + attn(ln_1(x))                                 (B, T, C)   "resid_1"
+        x = x + mlp(ln_2(x))                                  (B, T, C)   "resid_2"
+    logits = ln_f(x) @ wte.T                                  (B, T, V)   the head is tied to wte
+
+    attn(a): qkv = a @ W_attn + b        (B, T, 3C), split into q, k, v and into NH heads of HS
+             y = softmax(q k^T / sqrt(HS), causal) v          (B, NH, T, HS), heads merged -> (B, T, C)
+             y @ W_proj + b                                   (B, T, C)
+    mlp(m):  gelu_tanh(m @ W_fc + b) @ W_proj + b             (B, T, 4C) -> (B, T, C)
+
+Weights. The shared checkpoint (`weights/`) stores the four projection matrices of a block as
+Conv1D does, (in, out), and computes x @ W + b. `nn.Linear` stores (out, in) and computes
+x @ W.T + b, so every one of them is transposed on the way in (`from_params`) and on the way
+out (`to_params`, and the gradients in `torch_impl.contract`). `attn.c_proj` is square, so a
+missed transpose would pass every shape check: the tests compare values.
+
+Parameter names. `model.named_parameters()` yields exactly the canonical names of
+`weights.layout` ("wte.weight", "h.3.attn.c_proj.weight", ...), so the mapping is one name
+to one name; only the layout of the (C, ·) projection matrices differs.
+
+Vocabulary padding. `padded_vocab_size` (e.g. 50304 = 393 * 128 instead of 50257) gives wte
+extra rows so the head matmul has a GPU-friendly shape. The pad rows start at zero, are never
+looked up (ids are checked to be < vocab_size), and their logits are cut off before anything
+sees them, so they are never scored or sampled and get exactly zero gradient.
+
+No dropout: GPT-2's 0.1 dropout is a training choice that conformance runs switch off anyway;
+leaving it out keeps every forward pass deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from weights import GPT2Config, param_shapes, tensor_kind, validate_params
+from weights.layout import RESIDUAL_PROJECTIONS
+
+ATTENTION_KINDS = ("math", "sdpa")
+
+# The four nn.Linear layers of a block; their canonical (Conv1D) weights are stored (in, out).
+LINEAR_LAYERS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+CONV1D_WEIGHTS = tuple(f"{layer}.weight" for layer in LINEAR_LAYERS)
+
+INIT_STD = 0.02  # GPT-2's initializer_range
+
+PARAM_DTYPES = (torch.float32, torch.float64)
+
+
+# ----------------------------------------------------------------------------- input checks
+
+
+def _compiling() -> bool:
+    """True while torch.compile traces: the value checks below need a host sync, so they are skipped."""
+    return torch.compiler.is_compiling()
+
+
+def check_idx(idx: torch.Tensor, config: GPT2Config, start: int = 0, what: str = "idx") -> None:
+    """Raise ValueError unless idx is an integer (B, T) tensor of ids in [0, V) that fits the context.
+
+    `start` is the position of idx[:, 0] (non-zero when continuing a KV-cached sequence).
+    """
+    if not isinstance(idx, torch.Tensor):
+        raise ValueError(f"{what} must be a torch.Tensor of token ids, got {type(idx).__name__}")
+    if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
+        raise ValueError(f"{what} must hold integer token ids, got dtype {idx.dtype}")
+    if idx.dim() != 2:
+        raise ValueError(f"{what} must have shape (B, T), got shape {tuple(idx.shape)}")
+    B, T = idx.shape
+    if B < 1 or T < 1:
+        raise ValueError(f"{what} must have B >= 1 and T >= 1, got shape {tuple(idx.shape)}")
+    if start + T > config.n_ctx:
+        if start == 0:
+            raise ValueError(f"{what}: sequence length T={T} exceeds the context length n_ctx={config.n_ctx}")
+        raise ValueError(
+            f"{what}: positions {start}..{start + T - 1} exceed the context length n_ctx={config.n_ctx}"
+        )
+    if _compiling():
+        return
+    bad = (idx < 0) | (idx >= config.vocab_size)
+    if bad.any():
+        b, t = bad.nonzero()[0].tolist()
+        raise ValueError(
+            f"{what}[{b}, {t}] = {int(idx[b, t])} is not a token id: ids must lie in [0, {config.vocab_size})"
+        )
+
+
+def check_targets(targets: torch.Tensor, idx: torch.Tensor, config: GPT2Config) -> None:
+    """Raise ValueError unless targets is an integer tensor shaped like idx, each value in [-1, V)
+    (-1 = ignore), with at least one position not ignored (else the mean loss is 0/0)."""
+    if not isinstance(targets, torch.Tensor):
+        raise ValueError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
+    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+        raise ValueError(f"targets must hold integer token ids, got dtype {targets.dtype}")
+    if targets.shape != idx.shape:
+        raise ValueError(f"targets has shape {tuple(targets.shape)}, expected the shape of idx {tuple(idx.shape)}")
+    if _compiling():
+        return
+    bad = (targets < -1) | (targets >= config.vocab_size)
+    if bad.any():
+        b, t = bad.nonzero()[0].tolist()
+        raise ValueError(
+            f"targets[{b}, {t}] = {int(targets[b, t])} is out of range: "
+            f"targets must lie in [0, {config.vocab_size}) or be -1 (ignored)"
+        )
+    if bool((targets == -1).all()):
+        raise ValueError("targets: every position is -1 (ignored), so the mean loss is undefined")
+
+
+def _record(acts: dict | None, name: str, value: torch.Tensor) -> None:
+    """Keep a named intermediate activation when the caller asked for them (acts is a dict)."""
+    if acts is not None:
+        acts[name] = value
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+def causal_mask(Tq: int, Tk: int, device) -> torch.Tensor:
+    """(Tq, Tk) bool, True where query i may attend to key j.
+
+    The Tq queries are the last Tq of the Tk positions (Tq < Tk when a KV cache holds the
+    earlier ones), so query i sits at position Tk - Tq + i and sees keys 0 .. Tk - Tq + i.
+    """
+    return torch.ones(Tq, Tk, dtype=torch.bool, device=device).tril(diagonal=Tk - Tq)
+
+
+def attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Explicit causal attention. q (B, NH, Tq, HS), k and v (B, NH, Tk, HS) -> (B, NH, Tq, HS).
+
+    att = softmax(q k^T / sqrt(HS) with future keys set to -inf); y = att v.
+    """
+    Tq, Tk, HS = q.size(-2), k.size(-2), q.size(-1)
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(HS))  # (B, NH, Tq, Tk)
+    att = att.masked_fill(~causal_mask(Tq, Tk, q.device), float("-inf"))
+    att = F.softmax(att, dim=-1)
+    return att @ v
+
+
+def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The same attention through F.scaled_dot_product_attention (flash / memory-efficient kernels on GPU).
+
+    `is_causal=True` masks with the top-left triangle, right only when Tq == Tk. One new query
+    against a cache sees every key (no mask); several new queries need the explicit mask.
+    """
+    Tq, Tk, HS = q.size(-2), k.size(-2), q.size(-1)
+    scale = 1.0 / math.sqrt(HS)
+    if Tq == Tk:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    if Tq == 1:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(Tq, Tk, q.device), scale=scale)
+
+
+ATTENTION_FUNCTIONS = {"math": attention_math, "sdpa": attention_sdpa}
+
+
+class KVCache:
+    """Keys and values of every position processed so far, per layer: what cached generation reuses.
+
+    k[layer], v[layer]: (B, NH, max_len, HS), allocated on first use in the compute dtype
+    (bf16 under autocast). `length` positions are filled; the model advances it after each step.
+    """
+
+    def __init__(self, n_layer: int, max_len: int):
+        self.max_len = max_len
+        self.length = 0
+        self.k: list[torch.Tensor | None] = [None] * n_layer
+        self.v: list[torch.Tensor | None] = [None] * n_layer
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, NH, T, HS) of the new positions; return those of all positions (B, NH, length + T, HS)."""
+        B, NH, T, HS = k.shape
+        end = self.length + T
+        if end > self.max_len:
+            raise ValueError(f"KVCache: {end} positions do not fit in a cache of max_len={self.max_len}")
+        if self.k[layer] is None:
+            self.k[layer] = k.new_zeros(B, NH, self.max_len, HS)
+            self.v[layer] = v.new_zeros(B, NH, self.max_len, HS)
+        self.k[layer][:, :, self.length : end] = k
+        self.v[layer][:, :, self.length : end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPT2Config, layer: int):
+        super().__init__()
+        C = config.n_embd
+        self.n_head = config.n_head
+        self.layer = layer
+        self.attention = "sdpa"  # set by GPT2
+        self.c_attn = nn.Linear(C, 3 * C)  # weight (3C, C) = canonical (C, 3C) transposed
+        self.c_proj = nn.Linear(C, C)  # weight (C, C) = canonical (C, C) transposed
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, acts: dict | None = None) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C). With a cache, x holds the T positions after the cached ones."""
+        B, T, C = x.shape
+        NH, HS = self.n_head, C // self.n_head
+        p = f"h.{self.layer}."
+        qkv = self.c_attn(x)  # (B, T, 3C)
+        _record(acts, p + "qkv", qkv)
+        q, k, v = qkv.split(C, dim=2)  # each (B, T, C)
+        q = q.view(B, T, NH, HS).transpose(1, 2)  # (B, NH, T, HS)
+        k = k.view(B, T, NH, HS).transpose(1, 2)
+        v = v.view(B, T, NH, HS).transpose(1, 2)
+        if cache is not None:
+            k, v = cache.append(self.layer, k, v)  # (B, NH, Tk, HS), Tk = cached + T
+        y = ATTENTION_FUNCTIONS[self.attention](q, k, v)  # (B, NH, T, HS)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads merged
+        _record(acts, p + "attn", y)
+        y = self.c_proj(y)
+        _record(acts, p + "attn_proj", y)
+        return y
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPT2Config, layer: int):
+        super().__init__()
+        C = config.n_embd
+        self.layer = layer
+        self.c_fc = nn.Linear(C, 4 * C)  # weight (4C, C) = canonical (C, 4C) transposed
+        self.c_proj = nn.Linear(4 * C, C)  # weight (C, 4C) = canonical (4C, C) transposed
+
+    def forward(self, x: torch.Tensor, acts: dict | None = None) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C) through a 4C-wide hidden layer."""
+        p = f"h.{self.layer}."
+        h = self.c_fc(x)  # (B, T, 4C)
+        _record(acts, p + "fc", h)
+        # GELU, tanh form: 0.5 h (1 + tanh(sqrt(2/pi) (h + 0.044715 h^3))). Not the erf form.
+        h = F.gelu(h, approximate="tanh")
+        _record(acts, p + "gelu", h)
+        h = self.c_proj(h)  # (B, T, C)
+        _record(acts, p + "mlp_proj", h)
+        return h
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPT2Config, layer: int):
+        super().__init__()
+        C, eps = config.n_embd, config.layer_norm_eps
+        self.layer = layer
+        # nn.LayerNorm divides by C (biased variance), as GPT-2 does.
+        self.ln_1 = nn.LayerNorm(C, eps=eps)
+        self.attn = CausalSelfAttention(config, layer)
+        self.ln_2 = nn.LayerNorm(C, eps=eps)
+        self.mlp = MLP(config, layer)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, acts: dict | None = None) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C): pre-norm attention, then pre-norm MLP, each added to the residual."""
+        p = f"h.{self.layer}."
+        a = self.ln_1(x)
+        _record(acts, p + "ln_1", a)
+        x = x + self.attn(a, cache, acts)
+        _record(acts, p + "resid_1", x)
+        m = self.ln_2(x)
+        _record(acts, p + "ln_2", m)
+        x = x + self.mlp(m, acts)
+        _record(acts, p + "resid_2", x)
+        return x
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class GPT2(nn.Module):
+    """GPT-2 with a tied head. See the module docstring for the math and the weight layout."""
+
+    def __init__(self, config: GPT2Config, attention: str = "sdpa", padded_vocab_size: int | None = None):
+        super().__init__()
+        if not isinstance(config, GPT2Config):
+            raise ValueError(f"config must be a weights.GPT2Config, got {type(config).__name__}")
+        Vp = config.vocab_size if padded_vocab_size is None else padded_vocab_size
+        if not isinstance(Vp, int) or isinstance(Vp, bool) or Vp < config.vocab_size:
+            raise ValueError(
+                f"padded_vocab_size must be an int >= vocab_size ({config.vocab_size}), got {padded_vocab_size!r}"
+            )
+        self.config = config
+        self.padded_vocab_size = Vp
+        self.wte = nn.Embedding(Vp, config.n_embd)  # token embedding and output head
+        self.wpe = nn.Embedding(config.n_ctx, config.n_embd)  # position embedding
+        self.h = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.set_attention(attention)
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ set-up
+    @property
+    def attention(self) -> str:
+        return self._attention
+
+    def set_attention(self, attention: str) -> None:
+        """Choose "math" (explicit masked softmax) or "sdpa" (F.scaled_dot_product_attention)."""
+        if attention not in ATTENTION_KINDS:
+            raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
+        self._attention = attention
+        for block in self.h:
+            block.attn.attention = attention
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """GPT-2 init: weights and embeddings N(0, 0.02); the two projections back into the residual
+        stream N(0, 0.02 / sqrt(2 L)); LayerNorm weight 1, bias 0; linear biases 0; pad rows 0."""
+        proj_std = INIT_STD / math.sqrt(2 * self.config.n_layer)
+        for name, p in self.named_parameters():
+            kind = tensor_kind(name)
+            if kind in ("ln_1.weight", "ln_2.weight", "ln_f.weight"):
+                nn.init.ones_(p)
+            elif kind.endswith(".bias"):
+                nn.init.zeros_(p)
+            elif kind in RESIDUAL_PROJECTIONS:
+                nn.init.normal_(p, mean=0.0, std=proj_std)
+            else:  # wte, wpe, attn.c_attn.weight, mlp.c_fc.weight
+                nn.init.normal_(p, mean=0.0, std=INIT_STD)
+        self.wte.weight[self.config.vocab_size :].zero_()
+
+    def num_params(self) -> int:
+        """Parameter values the model really has: the tied head counted once, pad rows not at all."""
+        pad = (self.padded_vocab_size - self.config.vocab_size) * self.config.n_embd
+        return sum(p.numel() for p in self.parameters()) - pad
+
+    # ------------------------------------------------------------------ forward
+    def forward_step(self, idx: torch.Tensor, cache: KVCache | None = None, acts: dict | None = None) -> torch.Tensor:
+        """Logits (B, T, V) for idx (B, T); with a cache, idx continues the sequence it holds.
+
+        With `acts` (a dict), every named activation of docs/contract.md is stored in it.
+        """
+        start = 0 if cache is None else cache.length
+        check_idx(idx, self.config, start)
+        T = idx.size(1)
+        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+        x = self.wte(idx) + self.wpe(pos)  # (B, T, C)
+        _record(acts, "embed", x)
+        for block in self.h:
+            x = block(x, cache, acts)
+        if cache is not None:
+            cache.length += T
+        x = self.ln_f(x)
+        _record(acts, "ln_f", x)
+        # Tied head over all Vp rows (the padded shape is the fast one); pad columns are cut off here,
+        # so they are never scored, never sampled, and send no gradient back to the pad rows.
+        logits = F.linear(x, self.wte.weight)[..., : self.config.vocab_size]  # (B, T, V)
+        _record(acts, "logits", logits)
+        return logits
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        """idx (B, T) -> (logits (B, T, V), loss or None).
+
+        loss = mean cross-entropy over positions whose target is not -1 (computed in float32 at least).
+        """
+        logits = self.forward_step(idx)
+        if targets is None:
+            return logits, None
+        check_targets(targets, idx, self.config)
+        flat = logits.reshape(-1, logits.size(-1))
+        if flat.dtype in (torch.float16, torch.bfloat16):
+            flat = flat.float()
+        loss = F.cross_entropy(flat, targets.reshape(-1).long(), ignore_index=-1)
+        return logits, loss
+
+    def forward_with_activations(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The named intermediate activations of docs/contract.md (embed, h.{i}.*, ln_f, logits)."""
+        acts: dict[str, torch.Tensor] = {}
+        self.forward_step(idx, acts=acts)
+        return acts
+
+    # ------------------------------------------------------------------ weights in and out
+    @classmethod
+    def from_params(
+        cls,
+        params: Mapping[str, np.ndarray],
+        config: GPT2Config,
+        device="cpu",
+        dtype: torch.dtype = torch.float32,
+        attention: str = "sdpa",
+        padded_vocab_size: int | None = None,
+    ) -> "GPT2":
+        """A model holding exactly `params` (canonical dict of weights/), Conv1D weights transposed in."""
+        validate_params(params, config, what="GPT2.from_params")
+        if dtype not in PARAM_DTYPES:
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype} (use autocast for bf16)")
+        with torch.device("meta"):  # no time spent on an init that is overwritten at once
+            model = cls(config, attention=attention, padded_vocab_size=padded_vocab_size)
+        model = model.to_empty(device=device).to(dtype)
+        V = config.vocab_size
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                value = np.asarray(params[name])
+                if tensor_kind(name) in CONV1D_WEIGHTS:
+                    value = value.T  # (in, out) -> nn.Linear's (out, in)
+                src = torch.from_numpy(np.ascontiguousarray(value))
+                if name == "wte.weight":
+                    p[:V].copy_(src)
+                    p[V:].zero_()
+                else:
+                    p.copy_(src)
+        return model
+
+    def to_params(self) -> dict[str, np.ndarray]:
+        """The canonical params dict (model dtype: float32 or float64), pad rows dropped."""
+        return to_canonical_layout(self, {n: p.detach() for n, p in self.named_parameters()})
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
+        """Extend idx (B, T0) by max_new_tokens ids -> (B, T0 + max_new_tokens).
+
+        temperature 0 picks the most likely id (greedy); temperature > 0 samples from
+        softmax(logits / temperature), restricted to the top_k most likely ids if top_k is given,
+        drawing from `generator` (on the model's device) when one is passed.
+
+        With use_cache, the prompt is run once and each later step runs only the newest token
+        against the cached keys and values: the same tokens as without the cache, in O(T) per step.
+        Past n_ctx tokens, the model sees the last n_ctx (a sliding window); every position shifts
+        then, so those steps recompute the window whether or not the cache is on.
+        """
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+        if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+        if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+            raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
+        check_idx(idx, self.config)
+        n_ctx = self.config.n_ctx
+        out = idx.long()
+        cache = KVCache(self.config.n_layer, min(out.size(1) + max_new_tokens, n_ctx)) if use_cache else None
+        for _ in range(max_new_tokens):
+            if cache is not None and out.size(1) <= n_ctx:
+                fresh = out if cache.length == 0 else out[:, cache.length :]  # the prompt, then 1 token
+                logits = self.forward_step(fresh, cache)
+            else:
+                logits = self.forward_step(out[:, -n_ctx:])
+            next_id = sample_next_token(logits[:, -1, :], temperature, top_k, generator)  # (B, 1)
+            out = torch.cat([out, next_id], dim=1)
+        return out
+
+
+def sample_next_token(
+    logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
+) -> torch.Tensor:
+    """logits (B, V) of the last position -> next ids (B, 1): argmax, or a draw at `temperature` from the top_k."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth_best = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+def to_canonical_layout(model: GPT2, tensors: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Model-layout tensors (parameters or their gradients, by parameter name) -> the canonical
+    numpy dict: Conv1D weights transposed back to (in, out), wte's pad rows dropped, canonical order."""
+    out: dict[str, np.ndarray] = {}
+    for name in param_shapes(model.config):
+        value = tensors[name].detach().cpu().numpy()
+        if tensor_kind(name) in CONV1D_WEIGHTS:
+            value = value.T  # nn.Linear's (out, in) -> (in, out)
+        if name == "wte.weight":
+            value = value[: model.config.vocab_size]
+        out[name] = np.ascontiguousarray(value)
+    return out
