@@ -69,49 +69,48 @@ def check_idx(idx: torch.Tensor, config: GPT2Config, start: int = 0, what: str =
     """Raise ValueError unless idx is an integer (B, T) tensor of ids in [0, V) that fits the context.
 
     `start` is the position of idx[:, 0] (non-zero when continuing a KV-cached sequence).
+    The messages are worded as the NumPy reference words them.
     """
     if not isinstance(idx, torch.Tensor):
-        raise ValueError(f"{what} must be a torch.Tensor of token ids, got {type(idx).__name__}")
+        raise ValueError(f"{what}: token ids must be a torch.Tensor, got {type(idx).__name__}")
     if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
-        raise ValueError(f"{what} must hold integer token ids, got dtype {idx.dtype}")
+        raise ValueError(f"{what}: token ids must be an integer array, got dtype {idx.dtype}")
     if idx.dim() != 2:
-        raise ValueError(f"{what} must have shape (B, T), got shape {tuple(idx.shape)}")
+        raise ValueError(f"{what}: expected shape (B, T), got {tuple(idx.shape)}")
     B, T = idx.shape
     if B < 1 or T < 1:
-        raise ValueError(f"{what} must have B >= 1 and T >= 1, got shape {tuple(idx.shape)}")
+        raise ValueError(f"{what}: empty batch or sequence, shape {tuple(idx.shape)}")
     if start + T > config.n_ctx:
         if start == 0:
-            raise ValueError(f"{what}: sequence length T={T} exceeds the context length n_ctx={config.n_ctx}")
-        raise ValueError(
-            f"{what}: positions {start}..{start + T - 1} exceed the context length n_ctx={config.n_ctx}"
-        )
+            raise ValueError(f"{what}: sequence length T={T} exceeds n_ctx={config.n_ctx}")
+        raise ValueError(f"{what}: positions {start}..{start + T - 1} exceed n_ctx={config.n_ctx}")
     if _compiling():
         return
     bad = (idx < 0) | (idx >= config.vocab_size)
     if bad.any():
         b, t = bad.nonzero()[0].tolist()
         raise ValueError(
-            f"{what}[{b}, {t}] = {int(idx[b, t])} is not a token id: ids must lie in [0, {config.vocab_size})"
+            f"{what}: token id {int(idx[b, t])} at [{b}, {t}] is outside [0, vocab_size={config.vocab_size})"
         )
 
 
 def check_targets(targets: torch.Tensor, idx: torch.Tensor, config: GPT2Config) -> None:
-    """Raise ValueError unless targets is an integer tensor shaped like idx, each value in [-1, V)
-    (-1 = ignore), with at least one position not ignored (else the mean loss is 0/0)."""
+    """Raise ValueError unless targets is an integer tensor shaped like idx, each value in [0, V) or -1
+    (ignored), with at least one position not ignored (else the mean loss is 0/0)."""
     if not isinstance(targets, torch.Tensor):
-        raise ValueError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
+        raise ValueError(f"targets: must be a torch.Tensor, got {type(targets).__name__}")
     if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
-        raise ValueError(f"targets must hold integer token ids, got dtype {targets.dtype}")
+        raise ValueError(f"targets: must be an integer array, got dtype {targets.dtype}")
     if targets.shape != idx.shape:
-        raise ValueError(f"targets has shape {tuple(targets.shape)}, expected the shape of idx {tuple(idx.shape)}")
+        raise ValueError(f"targets: shape {tuple(targets.shape)} does not match idx shape {tuple(idx.shape)}")
     if _compiling():
         return
     bad = (targets < -1) | (targets >= config.vocab_size)
     if bad.any():
         b, t = bad.nonzero()[0].tolist()
         raise ValueError(
-            f"targets[{b}, {t}] = {int(targets[b, t])} is out of range: "
-            f"targets must lie in [0, {config.vocab_size}) or be -1 (ignored)"
+            f"targets: id {int(targets[b, t])} at [{b}, {t}] is outside [0, vocab_size={config.vocab_size})"
+            " and is not the ignore index -1"
         )
     if bool((targets == -1).all()):
         raise ValueError("targets: every position is -1 (ignored), so the mean loss is undefined")
@@ -437,9 +436,10 @@ class GPT2(nn.Module):
         if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
         if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
-            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-        if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
-            raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
+            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+        V = self.config.vocab_size
+        if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= V):
+            raise ValueError(f"top_k must be None or an int in [1, vocab_size={V}], got {top_k!r}")
         check_idx(idx, self.config)
         n_ctx = self.config.n_ctx
         out = idx.long()
@@ -463,7 +463,7 @@ def sample_next_token(
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float() / temperature
     if top_k is not None:
-        kth_best = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]  # (B, 1)
+        kth_best = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth_best, float("-inf"))
     probs = F.softmax(logits, dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator)
