@@ -1,0 +1,182 @@
+"""The one place that adapts Numba CUDA to this toolchain and to the CUDA simulator.
+
+Import ``cuda`` and the helpers from here, never ``numba.cuda`` directly, so that:
+
+1. NumPy >= 2.5 works. numba-cuda 0.30 still calls ``np.row_stack`` while compiling, and
+   NumPy 2.5 removed it; we restore the alias (it was always ``np.vstack``) *before*
+   ``numba.cuda`` is imported.
+2. Every kernel also runs in the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``), which CI uses:
+   - `kernel(...)` is ``cuda.jit`` minus the keywords the simulator refuses
+     (``lineinfo``, ``launch_bounds``, ``max_registers``, ...);
+   - `shfl_xor` is ``cuda.shfl_xor_sync`` on a GPU and an exchange through a per-block buffer
+     in the simulator (which has no shuffles); `warp_sum` / `warp_max` reduce over the 32
+     lanes of a warp with a butterfly of shuffles on a GPU, and with one exchange in the
+     simulator (same result, far fewer of the barriers that make the simulator slow);
+   - `block_size(gpu, sim)` picks a block size: the simulator runs one OS thread per CUDA
+     thread, so it gets blocks of a few threads.
+
+Rules every kernel here follows (they are easy to break, hard to see):
+- Literals are wrapped in ``float32(...)``: a bare Python float makes the arithmetic float64
+  on the GPU (slow, and not what the float32 contract says).
+- An int mixed with a float32 also promotes to float64: convert sizes with ``float32(n)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+if not hasattr(np, "row_stack"):  # NumPy >= 2.5; numba-cuda 0.30 still calls it.
+    np.row_stack = np.vstack
+
+from numba import config as _numba_config  # noqa: E402
+from numba import cuda, float32  # noqa: E402
+
+SIMULATOR: bool = bool(_numba_config.ENABLE_CUDASIM)
+
+WARP = 32
+FULL_MASK = 0xFFFFFFFF
+
+# Options the simulator's jit does not accept; on a GPU they pass through unchanged.
+_GPU_ONLY_OPTIONS = ("lineinfo", "launch_bounds", "max_registers", "opt", "fastmath", "cache")
+
+
+def kernel(fn=None, **options):
+    """``@kernel`` or ``@kernel(lineinfo=True, ...)``: ``cuda.jit`` that also works in the simulator."""
+    if SIMULATOR:
+        options = {k: v for k, v in options.items() if k not in _GPU_ONLY_OPTIONS}
+    if fn is None:
+        return lambda f: cuda.jit(**options)(f)
+    return cuda.jit(**options)(fn)
+
+
+def device(fn):
+    """A device function (inlined into the kernels that call it)."""
+    return cuda.jit(device=True)(fn)
+
+
+def block_size(gpu: int, sim: int) -> int:
+    """Threads per block: `gpu` on a real device, `sim` in the simulator."""
+    return sim if SIMULATOR else gpu
+
+
+def ceil_div(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+if SIMULATOR:
+    import sys
+    import threading
+
+    # The simulator's block manager busy-polls its threads for barriers while holding the GIL;
+    # with Python's default 5 ms switch interval every barrier costs milliseconds. 0.5 ms makes
+    # the simulated kernels ~4x faster and changes nothing else.
+    sys.setswitchinterval(min(sys.getswitchinterval(), 5e-4))
+
+    def _warp_exchange(value):
+        """Publish `value` in the block's exchange buffer (kept on the simulator's block manager) and
+        wait at a barrier; returns (buffer, first slot of this thread's warp, this thread's slot)."""
+        thread = threading.current_thread()
+        exchange = thread._manager.__dict__.setdefault("warp_exchange", np.zeros(1024, dtype=np.float64))
+        tid = thread.threadIdx.x
+        exchange[tid] = value
+        thread.syncthreads()
+        return exchange, tid & ~(WARP - 1), tid
+
+    def shfl_xor(value, lane_mask):
+        """``cuda.shfl_xor_sync(FULL_MASK, value, lane_mask)`` for the simulator, which has no shuffles.
+        For 1-D blocks whose size is a multiple of 32; every thread of the block must call it (two
+        barriers inside). Plain Python: the simulator runs kernels as Python."""
+        exchange, warp0, tid = _warp_exchange(value)
+        other = exchange[warp0 | ((tid - warp0) ^ lane_mask)]
+        threading.current_thread().syncthreads()
+        return type(value)(other)
+
+    def _warp_reduce(value, op):
+        # Same result as the shuffle butterfly, with 2 barriers instead of 10 (barriers are what is slow here).
+        exchange, warp0, _ = _warp_exchange(value)
+        result = op(exchange[warp0 : warp0 + WARP])
+        threading.current_thread().syncthreads()
+        return type(value)(result)
+
+    def warp_sum(value):
+        """Sum of `value` over the 32 lanes of the warp; every lane gets the total."""
+        return _warp_reduce(value, np.sum)
+
+    def warp_max(value):
+        """Max of `value` over the 32 lanes of the warp; every lane gets it."""
+        return _warp_reduce(value, np.max)
+
+else:
+
+    @device
+    def shfl_xor(value, lane_mask):
+        return cuda.shfl_xor_sync(FULL_MASK, value, lane_mask)
+
+    @device
+    def warp_sum(value):
+        """Sum of `value` over the 32 lanes of the warp; every lane gets the total (butterfly of shuffles)."""
+        offset = 16
+        while offset > 0:
+            value += shfl_xor(value, offset)
+            offset //= 2
+        return value
+
+    @device
+    def warp_max(value):
+        """Max of `value` over the 32 lanes of the warp; every lane gets it."""
+        offset = 16
+        while offset > 0:
+            value = max(value, shfl_xor(value, offset))
+            offset //= 2
+        return value
+
+
+@device
+def block_sum(value, scratch):
+    """Sum over a 1-D block (size a multiple of 32, at most 1024); every thread gets the total.
+
+    scratch: a shared float32 array of >= 32 slots owned by the caller."""
+    lane = cuda.threadIdx.x % WARP
+    warp_id = cuda.threadIdx.x // WARP
+    n_warps = cuda.blockDim.x // WARP
+    value = warp_sum(value)
+    if lane == 0:
+        scratch[warp_id] = value
+    cuda.syncthreads()
+    value = scratch[lane] if lane < n_warps else float32(0.0)
+    value = warp_sum(value)
+    cuda.syncthreads()  # scratch may be reused right after
+    return value
+
+
+@device
+def block_max(value, scratch):
+    """Max over a 1-D block (size a multiple of 32); every thread gets it. scratch as in `block_sum`."""
+    lane = cuda.threadIdx.x % WARP
+    warp_id = cuda.threadIdx.x // WARP
+    n_warps = cuda.blockDim.x // WARP
+    value = warp_max(value)
+    if lane == 0:
+        scratch[warp_id] = value
+    cuda.syncthreads()
+    value = scratch[lane] if lane < n_warps else float32(-np.inf)
+    value = warp_max(value)
+    cuda.syncthreads()
+    return value
+
+
+__all__ = [
+    "SIMULATOR",
+    "WARP",
+    "block_max",
+    "block_size",
+    "block_sum",
+    "ceil_div",
+    "cuda",
+    "device",
+    "float32",
+    "kernel",
+    "shfl_xor",
+    "warp_max",
+    "warp_sum",
+]

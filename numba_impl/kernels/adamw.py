@@ -1,0 +1,47 @@
+"""AdamW update, as torch.optim.AdamW computes it, over one flat buffer of all parameters.
+
+For element i, with step t >= 1 and bias corrections c1 = 1 - beta1^t, c2 = 1 - beta2^t:
+
+    p = p * (1 - lr * wd)       only for i < n_decay (the 2-D tensors come first in the buffer)
+    m = beta1 m + (1 - beta1) g
+    v = beta2 v + (1 - beta2) g^2
+    p = p - lr * (m / c1) / (sqrt(v / c2) + eps)
+
+One thread per element; memory-bound, no second version. All arithmetic float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from numba_impl._compat import block_size, ceil_div, cuda, float32, kernel
+
+
+@kernel
+def adamw_kernel(params, grads, m, v, N, n_decay, lr, beta1, beta2, eps, weight_decay, c1, c2):
+    i = cuda.grid(1)
+    if i < N:
+        p = params[i]
+        if i < n_decay:
+            p = p * (float32(1.0) - lr * weight_decay)
+        g = grads[i]
+        mi = beta1 * m[i] + (float32(1.0) - beta1) * g
+        vi = beta2 * v[i] + (float32(1.0) - beta2) * g * g
+        m[i] = mi
+        v[i] = vi
+        params[i] = p - lr * (mi / c1) / (math.sqrt(vi / c2) + eps)
+
+
+def adamw_update(params, grads, m, v, N, n_decay, step, lr, beta1, beta2, eps, weight_decay):
+    """One AdamW step (step counts from 1) on flat float32 device buffers of N values."""
+    if step < 1:
+        raise ValueError(f"AdamW step must count from 1, got {step}")
+    f = np.float32
+    c1 = f(1.0 - beta1**step)
+    c2 = f(1.0 - beta2**step)
+    threads = block_size(256, 32)
+    adamw_kernel[ceil_div(N, threads), threads](
+        params, grads, m, v, N, n_decay, f(lr), f(beta1), f(beta2), f(eps), f(weight_decay), c1, c2
+    )

@@ -1,0 +1,104 @@
+"""Token + position embedding: out[b, t, :] = wte[idx[b, t], :] + wpe[t, :].
+
+Shapes (all arrays flat, row-major):
+    idx   (B, T) int32       out   (B, T, C)
+    wte   (V, C)             wpe   (maxT, C)
+
+Backward is a scatter-add: every position adds its gradient row into the row of its token
+in dwte (and of its position in dwpe). Two versions:
+- naive: one thread per (b, t, c), ``atomic.add`` into dwte / dwpe (order of the adds, and so
+  the last bits of the result, vary from run to run);
+- sorted: the host groups positions by token id (a stable argsort of idx), then one thread per
+  (token, c) sums its group in a fixed order and adds once: deterministic, no atomics.
+  dwpe is summed over the batch by one thread per (t, c), also without atomics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from numba_impl._compat import block_size, ceil_div, cuda, float32, kernel
+
+
+@kernel
+def encoder_forward_kernel(out, idx, wte, wpe, BT, T, C):
+    i = cuda.grid(1)
+    if i < BT * C:
+        row = i // C
+        c = i % C
+        t = row % T
+        out[i] = wte[idx[row] * C + c] + wpe[t * C + c]
+
+
+def encoder_forward(out, idx, wte, wpe, B, T, C):
+    n = B * T * C
+    threads = block_size(256, 32)
+    encoder_forward_kernel[ceil_div(n, threads), threads](out, idx, wte, wpe, B * T, T, C)
+
+
+# ----------------------------------------------------------------------------- backward, naive
+@kernel
+def encoder_backward_atomic_kernel(dwte, dwpe, dout, idx, BT, T, C):
+    i = cuda.grid(1)
+    if i < BT * C:
+        row = i // C
+        c = i % C
+        t = row % T
+        g = dout[i]
+        cuda.atomic.add(dwte, idx[row] * C + c, g)
+        cuda.atomic.add(dwpe, t * C + c, g)
+
+
+def encoder_backward_naive(dwte, dwpe, dout, idx, B, T, C):
+    """dwte[idx[b,t]] += dout[b,t]; dwpe[t] += dout[b,t] (atomics; accumulates into dwte/dwpe)."""
+    n = B * T * C
+    threads = block_size(256, 32)
+    encoder_backward_atomic_kernel[ceil_div(n, threads), threads](dwte, dwpe, dout, idx, B * T, T, C)
+
+
+# ----------------------------------------------------------------------------- backward, sorted
+@kernel
+def wte_backward_sorted_kernel(dwte, dout, order, group_start, group_token, n_groups, C):
+    """One thread per (group, c): group g holds positions order[group_start[g]:group_start[g+1]],
+    all with token group_token[g]."""
+    i = cuda.grid(1)
+    if i < n_groups * C:
+        g = i // C
+        c = i % C
+        acc = float32(0.0)
+        for j in range(group_start[g], group_start[g + 1]):
+            acc += dout[order[j] * C + c]
+        dwte[group_token[g] * C + c] += acc
+
+
+@kernel
+def wpe_backward_kernel(dwpe, dout, B, T, C):
+    """One thread per (t, c): dwpe[t, c] += sum over b of dout[b, t, c]."""
+    i = cuda.grid(1)
+    if i < T * C:
+        acc = float32(0.0)
+        for b in range(B):
+            acc += dout[b * T * C + i]
+        dwpe[i] += acc
+
+
+def token_groups(idx_host: np.ndarray):
+    """Host side of the sorted scatter: (order, group_start, group_token) as int32 arrays.
+
+    order lists the flat positions sorted by token id (stable, so each group is in position
+    order); group g spans order[group_start[g]:group_start[g+1]] and has token group_token[g]."""
+    flat = np.ascontiguousarray(idx_host, dtype=np.int64).ravel()
+    order = np.argsort(flat, kind="stable")
+    tokens = flat[order]
+    starts = np.flatnonzero(np.r_[True, tokens[1:] != tokens[:-1]])
+    group_start = np.r_[starts, flat.size].astype(np.int32)
+    return order.astype(np.int32), group_start, tokens[starts].astype(np.int32)
+
+
+def encoder_backward_sorted(dwte, dwpe, dout, order, group_start, group_token, n_groups, B, T, C):
+    """Deterministic scatter-add (accumulates into dwte/dwpe); the groups come from `token_groups`."""
+    threads = block_size(256, 32)
+    wte_backward_sorted_kernel[ceil_div(n_groups * C, threads), threads](
+        dwte, dout, order, group_start, group_token, n_groups, C
+    )
+    wpe_backward_kernel[ceil_div(T * C, threads), threads](dwpe, dout, B, T, C)

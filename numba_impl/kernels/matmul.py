@@ -1,0 +1,222 @@
+"""Matrix multiply with bias: out(M, N) [+]= A(M, K) @ B(K, N) [+ bias(N)].
+
+Every linear layer of GPT-2 is one of three layouts of this product (flat row-major storage):
+
+    "NN"  A stored (M, K), B stored (K, N)   forward x @ W;  lm-head backward dlogits @ wte
+    "NT"  A stored (M, K), B stored (N, K)   lm head x @ wte^T;  backward dout @ W^T
+    "TN"  A stored (K, M), B stored (K, N)   weight gradient x^T @ dout
+
+A linear layer y = x @ W + b with x (BT, C), W (C, OC):
+    forward    y  = x @ W + b                      NN
+    backward   dx = dy @ W^T                       NT   (dx (BT, C))
+               dW += x^T @ dy                      TN   (dW (C, OC), accumulated)
+               db += column sums of dy             `bias_backward`
+
+Two kernels compute the product:
+- naive: one thread per output element, a K-long dot product straight from global memory;
+- tiled: a block computes a BM x BN tile of `out`, stepping over K in slices of BK that the
+  block stages in shared memory; each thread keeps a TM x TN sub-tile of accumulators in
+  registers and its rows/columns are strided by the thread grid (row ty + r * BM/TM), so
+  shared-memory reads are conflict-free and global stores coalesce. Tile sizes are compile-time
+  constants (the kernel is built per layout and tile shape by `tiled_matmul_kernel`).
+Accumulation is float32 in both; the order of the K sum differs, nothing else.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from numba_impl._compat import SIMULATOR, block_size, ceil_div, cuda, float32, kernel
+
+LAYOUTS = ("NN", "NT", "TN")
+
+# (BM, BN, BK, TM, TN): 128x128 tiles, 8x8 per thread, 256 threads on a GPU; 4 threads in the simulator.
+GPU_TILE = (128, 128, 8, 8, 8)
+SIM_TILE = (8, 8, 4, 4, 4)
+
+
+# ----------------------------------------------------------------------------- naive
+@kernel
+def matmul_naive_kernel(out, a, b, bias, M, N, K, sa_row, sa_k, sb_k, sb_col, accumulate, has_bias):
+    """out[i, j] (+)= sum_k a[i*sa_row + k*sa_k] * b[k*sb_k + j*sb_col] (+ bias[j]); one thread per (i, j)."""
+    j, i = cuda.grid(2)
+    if i < M and j < N:
+        acc = float32(0.0)
+        for k in range(K):
+            acc += a[i * sa_row + k * sa_k] * b[k * sb_k + j * sb_col]
+        if has_bias:
+            acc += bias[j]
+        if accumulate:
+            acc += out[i * N + j]
+        out[i * N + j] = acc
+
+
+def _strides(layout: str, M: int, N: int, K: int):
+    """(sa_row, sa_k, sb_k, sb_col) of A and B stored as `layout` says."""
+    sa = (1, M) if layout[0] == "T" else (K, 1)
+    sb = (1, K) if layout[1] == "T" else (N, 1)
+    return sa + sb
+
+
+# ----------------------------------------------------------------------------- tiled
+@functools.cache
+def tiled_matmul_kernel(layout: str, BM: int, BN: int, BK: int, TM: int, TN: int):
+    """Build the tiled kernel for one layout and tile shape (constants are frozen at compile time)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"matmul layout must be one of {LAYOUTS}, got {layout!r}")
+    COLS = BN // TN  # threads along N
+    ROWS = BM // TM  # threads along M
+    THREADS = ROWS * COLS
+    if BM * BK % THREADS or BN * BK % THREADS:
+        raise ValueError(f"tile {(BM, BN, BK, TM, TN)}: a BKxBM / BKxBN slice must split evenly over {THREADS} threads")
+    A_LOADS = BM * BK // THREADS
+    B_LOADS = BN * BK // THREADS
+    A_T = layout[0] == "T"
+    B_T = layout[1] == "T"
+
+    @kernel
+    def matmul_tiled_kernel(out, a, b, bias, M, N, K, accumulate, has_bias):
+        a_tile = cuda.shared.array((BK, BM), float32)
+        b_tile = cuda.shared.array((BK, BN), float32)
+        acc = cuda.local.array((TM, TN), float32)
+        a_frag = cuda.local.array(TM, float32)
+        b_frag = cuda.local.array(TN, float32)
+        tid = cuda.threadIdx.x
+        tx = tid % COLS
+        ty = tid // COLS
+        m0 = cuda.blockIdx.y * BM
+        n0 = cuda.blockIdx.x * BN
+        for r in range(TM):
+            for c in range(TN):
+                acc[r, c] = float32(0.0)
+
+        for k0 in range(0, K, BK):
+            # Stage A[m0:m0+BM, k0:k0+BK] as a_tile[k, m]; consecutive threads read consecutive addresses.
+            for load in range(A_LOADS):
+                e = tid + load * THREADS
+                if A_T:  # stored (K, M): contiguous along m
+                    m = e % BM
+                    k = e // BM
+                else:  # stored (M, K): contiguous along k
+                    k = e % BK
+                    m = e // BK
+                gm = m0 + m
+                gk = k0 + k
+                value = float32(0.0)
+                if gm < M and gk < K:
+                    value = a[gk * M + gm] if A_T else a[gm * K + gk]
+                a_tile[k, m] = value
+            # Stage B[k0:k0+BK, n0:n0+BN] as b_tile[k, n].
+            for load in range(B_LOADS):
+                e = tid + load * THREADS
+                if B_T:  # stored (N, K): contiguous along k
+                    k = e % BK
+                    n = e // BK
+                else:  # stored (K, N): contiguous along n
+                    n = e % BN
+                    k = e // BN
+                gn = n0 + n
+                gk = k0 + k
+                value = float32(0.0)
+                if gn < N and gk < K:
+                    value = b[gn * K + gk] if B_T else b[gk * N + gn]
+                b_tile[k, n] = value
+            cuda.syncthreads()
+
+            for k in range(BK):
+                for r in range(TM):
+                    a_frag[r] = a_tile[k, ty + r * ROWS]
+                for c in range(TN):
+                    b_frag[c] = b_tile[k, tx + c * COLS]
+                for r in range(TM):
+                    for c in range(TN):
+                        acc[r, c] += a_frag[r] * b_frag[c]
+            cuda.syncthreads()
+
+        for r in range(TM):
+            gm = m0 + ty + r * ROWS
+            if gm < M:
+                for c in range(TN):
+                    gn = n0 + tx + c * COLS
+                    if gn < N:
+                        value = acc[r, c]
+                        if has_bias:
+                            value += bias[gn]
+                        if accumulate:
+                            value += out[gm * N + gn]
+                        out[gm * N + gn] = value
+
+    return matmul_tiled_kernel
+
+
+# ----------------------------------------------------------------------------- launchers
+_NO_BIAS = {}
+
+
+def _dummy_bias():
+    """A 1-element device array to pass where a kernel takes a bias but none is used."""
+    if "array" not in _NO_BIAS:
+        _NO_BIAS["array"] = cuda.to_device(np.zeros(1, dtype=np.float32))
+    return _NO_BIAS["array"]
+
+
+def matmul(out, a, b, M, N, K, layout="NN", bias=None, accumulate=False, naive=False, tile=None):
+    """The standalone launcher: out(M, N) (+)= A @ B (+ bias), A and B stored as `layout` says.
+
+    out, a, b, bias: flat float32 device arrays. accumulate=True adds into `out`.
+    tile: (BM, BN, BK, TM, TN) for the tiled kernel (default: GPU_TILE, or SIM_TILE in the simulator)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"matmul layout must be one of {LAYOUTS}, got {layout!r}")
+    has_bias = bias is not None
+    bias = bias if has_bias else _dummy_bias()
+    if naive:
+        threads = block_size(16, 4)
+        grid = (ceil_div(N, threads), ceil_div(M, threads))
+        matmul_naive_kernel[grid, (threads, threads)](
+            out, a, b, bias, M, N, K, *_strides(layout, M, N, K), accumulate, has_bias
+        )
+        return
+    BM, BN, BK, TM, TN = tile or (SIM_TILE if SIMULATOR else GPU_TILE)
+    fn = tiled_matmul_kernel(layout, BM, BN, BK, TM, TN)
+    grid = (ceil_div(N, BN), ceil_div(M, BM))
+    fn[grid, (BM // TM) * (BN // TN)](out, a, b, bias, M, N, K, accumulate, has_bias)
+
+
+@kernel
+def bias_backward_kernel(dbias, dout, M, N, rows_per_thread):
+    """One thread per (column, chunk of rows): dbias[j] += sum of dout[rows of the chunk, j]."""
+    i = cuda.grid(1)
+    n_chunks = (M + rows_per_thread - 1) // rows_per_thread
+    if i < n_chunks * N:
+        j = i % N
+        chunk = i // N
+        acc = float32(0.0)
+        for row in range(chunk * rows_per_thread, min(M, (chunk + 1) * rows_per_thread)):
+            acc += dout[row * N + j]
+        cuda.atomic.add(dbias, j, acc)
+
+
+ROWS_PER_BIAS_CHUNK = 64
+
+
+def bias_backward(dbias, dout, M, N, naive=False):
+    """dbias(N) += column sums of dout(M, N). naive: one thread per column over all rows (deterministic)."""
+    chunk = M if naive else block_size(ROWS_PER_BIAS_CHUNK, 4)
+    threads = block_size(256, 32)
+    bias_backward_kernel[ceil_div(ceil_div(M, chunk) * N, threads), threads](dbias, dout, M, N, chunk)
+
+
+def matmul_forward(out, inp, weight, bias, BT, C, OC, naive=False):
+    """out(BT, OC) = inp(BT, C) @ weight(C, OC) + bias(OC); bias may be None."""
+    matmul(out, inp, weight, BT, OC, C, "NN", bias=bias, naive=naive)
+
+
+def matmul_backward(dinp, dweight, dbias, dout, inp, weight, BT, C, OC, naive=False, accumulate_dinp=False):
+    """Backward of `matmul_forward`. dinp(BT, C) = dout @ weight^T (or += with accumulate_dinp);
+    dweight(C, OC) += inp^T @ dout; dbias(OC) += column sums of dout (skipped when dbias is None)."""
+    matmul(dinp, dout, weight, BT, C, OC, "NT", accumulate=accumulate_dinp, naive=naive)
+    matmul(dweight, inp, dout, C, OC, BT, "TN", accumulate=True, naive=naive)
+    if dbias is not None:
+        bias_backward(dbias, dout, BT, OC, naive=naive)

@@ -1,0 +1,410 @@
+"""GPT-2 on the GPU, every op a Numba CUDA kernel: the model driver.
+
+    m = NumbaGPT2(params, config, max_batch=4, max_seq=1024)
+    logits, loss = m.forward(idx, targets=None)          # numpy in, numpy out
+    logits, loss, grads = m.forward_backward(idx, targets)
+    m.adamw_step(lr=1e-3)                                 # uses the gradients of the last backward
+    params = m.to_params()
+
+Everything lives on the device and is allocated once, in the constructor, for
+(max_batch, max_seq): the parameters, their gradients and the AdamW moments as three flat
+float32 buffers (each tensor a view into them, 2-D tensors first so that weight decay is one
+range), every activation the backward needs, and the backward's scratch. A call with a smaller
+(B, T) uses the leading part of each buffer.
+
+The forward pass, per block (x is the residual stream, (B, T, C); layer outputs kept for the backward):
+
+    ln1  = layernorm(x)             qkv = ln1 @ W_attn + b          atty = attention(qkv)
+    x1   = x + (atty @ W_proj + b)  ln2 = layernorm(x1)             fch  = ln2 @ W_fc + b
+    gelu = gelu(fch)                x2  = x1 + (gelu @ W_mlp + b)
+
+then lnf = layernorm(x_L), logits = lnf @ wte^T and the fused softmax + cross-entropy.
+
+The backward walks the same list in reverse. The gradient of the residual stream lives in one
+buffer, `dresidual`: a residual add passes its gradient to both branches unchanged, so the branch
+reads `dresidual` as its output gradient and the LayerNorm backward at the branch's start adds
+its input gradient into `dresidual` (no copy, no separate residual-backward launch).
+
+Kernel choice: kernels="fast" (tiled matmul, warp LayerNorm, block cross-entropy, sorted
+embedding scatter) or "naive" (the simple twin of each); attention="flash" or "naive".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from numba_impl._compat import cuda
+from numba_impl.kernels.adamw import adamw_update
+from numba_impl.kernels.attention import (
+    attention_backward_flash,
+    attention_backward_naive,
+    attention_forward_flash,
+    attention_forward_naive,
+)
+from numba_impl.kernels.crossentropy import crossentropy
+from numba_impl.kernels.encoder import (
+    encoder_backward_naive,
+    encoder_backward_sorted,
+    encoder_forward,
+    token_groups,
+)
+from numba_impl.kernels.gelu import gelu_backward, gelu_forward
+from numba_impl.kernels.layernorm import (
+    layernorm_backward,
+    layernorm_backward_naive,
+    layernorm_forward,
+    layernorm_forward_naive,
+)
+from numba_impl.kernels.matmul import matmul, matmul_backward, matmul_forward
+from numba_impl.kernels.residual import residual_forward
+from weights import GPT2Config, param_shapes, validate_params
+
+KERNEL_SETS = ("fast", "naive")
+ATTENTIONS = ("flash", "naive")
+
+# Per-block activations the backward reads, with their widths (multiples of B*T).
+_BLOCK_ACTS = ("ln1", "qkv", "atty", "attproj", "x1", "ln2", "fch", "gelu", "mlpproj", "x2")
+
+
+class NumbaGPT2:
+    """GPT-2 forward, backward and AdamW on the GPU; see the module docstring."""
+
+    def __init__(
+        self,
+        params: dict[str, np.ndarray],
+        config: GPT2Config,
+        max_batch: int = 1,
+        max_seq: int | None = None,
+        kernels: str = "fast",
+        attention: str = "flash",
+    ):
+        validate_params(params, config)
+        max_seq = config.n_ctx if max_seq is None else max_seq
+        if not (isinstance(max_batch, int) and max_batch >= 1):
+            raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
+        if not (isinstance(max_seq, int) and 1 <= max_seq <= config.n_ctx):
+            raise ValueError(f"max_seq must be an int in [1, n_ctx={config.n_ctx}], got {max_seq!r}")
+        if kernels not in KERNEL_SETS:
+            raise ValueError(f"kernels must be one of {KERNEL_SETS}, got {kernels!r}")
+        if attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+        self.config = config
+        self.max_batch, self.max_seq = max_batch, max_seq
+        self.naive = kernels == "naive"
+        self.attention = attention
+        self.step_count = 0  # AdamW steps taken
+
+        # ---- parameters, gradients, AdamW moments: flat buffers, 2-D tensors first
+        shapes = param_shapes(config)
+        self.names = [n for n, s in shapes.items() if len(s) == 2] + [n for n, s in shapes.items() if len(s) == 1]
+        self.shapes = shapes
+        self.offsets: dict[str, tuple[int, int]] = {}
+        offset = 0
+        for name in self.names:
+            size = int(np.prod(shapes[name]))
+            self.offsets[name] = (offset, size)
+            offset += size
+        self.n_params = offset
+        self.n_decay = sum(self.offsets[n][1] for n in self.names if len(shapes[n]) == 2)
+        flat = np.empty(self.n_params, dtype=np.float32)
+        for name in self.names:
+            o, n = self.offsets[name]
+            flat[o : o + n] = np.asarray(params[name], dtype=np.float32).ravel()
+        self.d_params = cuda.to_device(flat)
+        self.d_grads = cuda.device_array(self.n_params, dtype=np.float32)
+        self.d_m = cuda.to_device(np.zeros(self.n_params, dtype=np.float32))
+        self.d_v = cuda.to_device(np.zeros(self.n_params, dtype=np.float32))
+        self.p = {n: self.d_params[o : o + s] for n, (o, s) in self.offsets.items()}
+        self.g = {n: self.d_grads[o : o + s] for n, (o, s) in self.offsets.items()}
+
+        # ---- activations (max_batch * max_seq rows)
+        L, C, V, NH = config.n_layer, config.n_embd, config.vocab_size, config.n_head
+        N = max_batch * max_seq
+        widths = {"ln1": C, "qkv": 3 * C, "atty": C, "attproj": C, "x1": C, "ln2": C,
+                  "fch": 4 * C, "gelu": 4 * C, "mlpproj": C, "x2": C}  # fmt: skip
+        empty = lambda n: cuda.device_array(n, dtype=np.float32)
+        self.acts = []
+        for _ in range(L):
+            a = {k: empty(N * widths[k]) for k in _BLOCK_ACTS}
+            for k in ("ln1_mean", "ln1_rstd", "ln2_mean", "ln2_rstd"):
+                a[k] = empty(N)
+            if attention == "naive":
+                a["preatt"] = empty(max_batch * NH * max_seq * max_seq)
+                a["att"] = empty(max_batch * NH * max_seq * max_seq)
+            else:
+                a["lse"] = empty(max_batch * NH * max_seq)
+            self.acts.append(a)
+        self.encoded = empty(N * C)
+        self.lnf, self.lnf_mean, self.lnf_rstd = empty(N * C), empty(N), empty(N)
+        self.logits = empty(N * V)
+        self.losses = empty(N)
+        self.d_idx = cuda.device_array(N, dtype=np.int32)
+        self.d_targets = cuda.device_array(N, dtype=np.int32)
+
+        # ---- backward scratch
+        self.dlogits = empty(N * V)
+        self.dresidual = empty(N * C)
+        self.dln = empty(N * C)
+        self.datty = empty(N * C)
+        self.dqkv = empty(N * 3 * C)
+        self.dfch = empty(N * 4 * C)
+        self.dgelu = empty(N * 4 * C)
+        if attention == "naive":
+            self.datt = empty(max_batch * NH * max_seq * max_seq)
+            self.dpreatt = empty(max_batch * NH * max_seq * max_seq)
+        else:
+            self.delta = empty(max_batch * NH * max_seq)
+        self._zeros = cuda.to_device(np.zeros(max(N * C, self.n_params), dtype=np.float32))
+        self._shape = None  # (B, T) of the last forward
+        self._n_valid = 0
+
+    # ------------------------------------------------------------------ input checks
+    def _check_idx(self, idx) -> np.ndarray:
+        idx = np.asarray(idx)
+        if idx.ndim != 2:
+            raise ValueError(f"idx must be a (B, T) array of token ids, got shape {idx.shape}")
+        if not np.issubdtype(idx.dtype, np.integer):
+            raise ValueError(f"idx must hold integers, got dtype {idx.dtype}")
+        B, T = idx.shape
+        if not 1 <= B <= self.max_batch:
+            raise ValueError(f"batch size B={B} is outside [1, max_batch={self.max_batch}]")
+        if not 1 <= T <= self.max_seq:
+            raise ValueError(
+                f"sequence length T={T} is outside [1, max_seq={self.max_seq}] (n_ctx={self.config.n_ctx})"
+            )
+        bad = (idx < 0) | (idx >= self.config.vocab_size)
+        if bad.any():
+            b, t = np.argwhere(bad)[0]
+            raise ValueError(
+                f"token id {idx[b, t]} at idx[{b}, {t}] is outside [0, vocab_size={self.config.vocab_size})"
+            )
+        return idx.astype(np.int32)
+
+    def _check_targets(self, targets, shape) -> np.ndarray:
+        targets = np.asarray(targets)
+        if targets.shape != shape:
+            raise ValueError(f"targets has shape {targets.shape}, expected {shape} (the shape of idx)")
+        if not np.issubdtype(targets.dtype, np.integer):
+            raise ValueError(f"targets must hold integers, got dtype {targets.dtype}")
+        bad = (targets < -1) | (targets >= self.config.vocab_size)
+        if bad.any():
+            b, t = np.argwhere(bad)[0]
+            raise ValueError(
+                f"target {targets[b, t]} at targets[{b}, {t}] is outside [0, vocab_size={self.config.vocab_size}) "
+                "and is not -1 (ignore)"
+            )
+        if not (targets >= 0).any():
+            raise ValueError("every target is -1 (ignored): the mean cross-entropy is undefined")
+        return targets.astype(np.int32)
+
+    # ------------------------------------------------------------------ forward
+    def _forward(self, idx: np.ndarray, targets: np.ndarray | None, with_grad: bool) -> None:
+        """Runs the forward pass on the device (and the loss / dlogits when targets are given)."""
+        cfg = self.config
+        B, T = idx.shape
+        C, NH, V, N = cfg.n_embd, cfg.n_head, cfg.vocab_size, B * T
+        self._shape = (B, T)
+        self.d_idx[:N].copy_to_device(idx.ravel())
+        naive = self.naive
+        ln_forward = layernorm_forward_naive if naive else layernorm_forward
+        eps = cfg.layer_norm_eps
+
+        encoder_forward(self.encoded, self.d_idx, self.p["wte.weight"], self.p["wpe.weight"], B, T, C)
+        x = self.encoded
+        for i, a in enumerate(self.acts):
+            p = lambda kind: self.p[f"h.{i}.{kind}"]
+            ln_forward(a["ln1"], a["ln1_mean"], a["ln1_rstd"], x, p("ln_1.weight"), p("ln_1.bias"), N, C, eps)
+            matmul_forward(a["qkv"], a["ln1"], p("attn.c_attn.weight"), p("attn.c_attn.bias"), N, C, 3 * C, naive)
+            if self.attention == "naive":
+                attention_forward_naive(a["atty"], a["preatt"], a["att"], a["qkv"], B, T, C, NH)
+            else:
+                attention_forward_flash(a["atty"], a["lse"], a["qkv"], B, T, C, NH)
+            matmul_forward(a["attproj"], a["atty"], p("attn.c_proj.weight"), p("attn.c_proj.bias"), N, C, C, naive)
+            residual_forward(a["x1"], x, a["attproj"], N * C)
+            ln_forward(a["ln2"], a["ln2_mean"], a["ln2_rstd"], a["x1"], p("ln_2.weight"), p("ln_2.bias"), N, C, eps)
+            matmul_forward(a["fch"], a["ln2"], p("mlp.c_fc.weight"), p("mlp.c_fc.bias"), N, C, 4 * C, naive)
+            gelu_forward(a["gelu"], a["fch"], N * 4 * C)
+            matmul_forward(a["mlpproj"], a["gelu"], p("mlp.c_proj.weight"), p("mlp.c_proj.bias"), N, 4 * C, C, naive)
+            residual_forward(a["x2"], a["x1"], a["mlpproj"], N * C)
+            x = a["x2"]
+        ln_forward(self.lnf, self.lnf_mean, self.lnf_rstd, x, self.p["ln_f.weight"], self.p["ln_f.bias"], N, C, eps)
+        # logits (N, V) = lnf (N, C) @ wte^T, wte stored (V, C)
+        matmul(self.logits, self.lnf, self.p["wte.weight"], N, V, C, "NT", naive=naive)
+        if targets is not None:
+            self.d_targets[:N].copy_to_device(targets.ravel())
+            self._n_valid = int((targets >= 0).sum())
+            crossentropy(
+                self.losses, self.dlogits, self.logits, self.d_targets, N, V,
+                1.0 / self._n_valid, with_grad=with_grad, naive=naive,
+            )  # fmt: skip
+
+    def _loss(self, targets: np.ndarray) -> float:
+        N = targets.size
+        losses = self.losses[:N].copy_to_host().astype(np.float64)
+        return float(losses[targets.ravel() >= 0].sum() / self._n_valid)
+
+    def _logits_host(self) -> np.ndarray:
+        B, T = self._shape
+        V = self.config.vocab_size
+        return self.logits[: B * T * V].copy_to_host().reshape(B, T, V)
+
+    def forward(self, idx, targets=None):
+        """logits (B, T, V) float32 for every position, and the mean cross-entropy (None without targets)."""
+        idx = self._check_idx(idx)
+        targets = None if targets is None else self._check_targets(targets, idx.shape)
+        self._forward(idx, targets, with_grad=False)
+        loss = None if targets is None else self._loss(targets)
+        return self._logits_host(), loss
+
+    # ------------------------------------------------------------------ backward
+    def _backward(self, idx: np.ndarray) -> None:
+        """Fills the gradient buffer from the dlogits of the last forward (gradients are overwritten)."""
+        cfg = self.config
+        B, T = idx.shape
+        C, NH, V, N = cfg.n_embd, cfg.n_head, cfg.vocab_size, B * T
+        naive = self.naive
+        ln_backward = layernorm_backward_naive if naive else layernorm_backward
+        self.d_grads.copy_to_device(self._zeros[: self.n_params])
+        self.dresidual[: N * C].copy_to_device(self._zeros[: N * C])
+
+        # lm head: logits = lnf @ wte^T  ->  dlnf = dlogits @ wte (NN), dwte += dlogits^T @ lnf (TN)
+        matmul(self.dln, self.dlogits, self.p["wte.weight"], N, C, V, "NN", naive=naive)
+        matmul(self.g["wte.weight"], self.dlogits, self.lnf, V, C, N, "TN", accumulate=True, naive=naive)
+        x_last = self.acts[-1]["x2"] if self.acts else self.encoded
+        ln_backward(self.dresidual, self.g["ln_f.weight"], self.g["ln_f.bias"], self.dln, x_last,
+                    self.p["ln_f.weight"], self.lnf_mean, self.lnf_rstd, N, C)  # fmt: skip
+
+        dres = self.dresidual
+        for i in reversed(range(cfg.n_layer)):
+            a = self.acts[i]
+            x = self.acts[i - 1]["x2"] if i > 0 else self.encoded
+            p = lambda kind: self.p[f"h.{i}.{kind}"]
+            g = lambda kind: self.g[f"h.{i}.{kind}"]
+            # MLP branch: x2 = x1 + gelu(ln2 @ W_fc + b) @ W_mlp + b
+            matmul_backward(self.dgelu, g("mlp.c_proj.weight"), g("mlp.c_proj.bias"), dres, a["gelu"],
+                            p("mlp.c_proj.weight"), N, 4 * C, C, naive)  # fmt: skip
+            gelu_backward(self.dfch, a["fch"], self.dgelu, N * 4 * C)
+            matmul_backward(self.dln, g("mlp.c_fc.weight"), g("mlp.c_fc.bias"), self.dfch, a["ln2"],
+                            p("mlp.c_fc.weight"), N, C, 4 * C, naive)  # fmt: skip
+            ln_backward(dres, g("ln_2.weight"), g("ln_2.bias"), self.dln, a["x1"], p("ln_2.weight"),
+                        a["ln2_mean"], a["ln2_rstd"], N, C)  # fmt: skip
+            # attention branch: x1 = x + attention(ln1 @ W_attn + b) @ W_proj + b
+            matmul_backward(self.datty, g("attn.c_proj.weight"), g("attn.c_proj.bias"), dres, a["atty"],
+                            p("attn.c_proj.weight"), N, C, C, naive)  # fmt: skip
+            if self.attention == "naive":
+                attention_backward_naive(self.dqkv, self.datt, self.dpreatt, self.datty, a["att"], a["qkv"],
+                                         B, T, C, NH)  # fmt: skip
+            else:
+                attention_backward_flash(self.dqkv, self.delta, self.datty, a["atty"], a["lse"], a["qkv"],
+                                         B, T, C, NH)  # fmt: skip
+            matmul_backward(self.dln, g("attn.c_attn.weight"), g("attn.c_attn.bias"), self.dqkv, a["ln1"],
+                            p("attn.c_attn.weight"), N, C, 3 * C, naive)  # fmt: skip
+            ln_backward(dres, g("ln_1.weight"), g("ln_1.bias"), self.dln, x, p("ln_1.weight"),
+                        a["ln1_mean"], a["ln1_rstd"], N, C)  # fmt: skip
+
+        if naive:
+            encoder_backward_naive(self.g["wte.weight"], self.g["wpe.weight"], dres, self.d_idx, B, T, C)
+        else:
+            order, start, token = token_groups(idx)
+            encoder_backward_sorted(self.g["wte.weight"], self.g["wpe.weight"], dres, cuda.to_device(order),
+                                    cuda.to_device(start), cuda.to_device(token), len(token), B, T, C)  # fmt: skip
+
+    def forward_backward_device(self, idx, targets) -> None:
+        """Forward + backward, leaving logits, losses and gradients on the device (nothing is copied
+        back; pair with `synchronize()` to time it). Read the results with `loss()`, `grads()`."""
+        idx = self._check_idx(idx)
+        targets = self._check_targets(targets, idx.shape)
+        self._forward(idx, targets, with_grad=True)
+        self._backward(idx)
+        self._last_targets = targets
+
+    def forward_backward(self, idx, targets):
+        """logits (B, T, V), mean loss, and the gradients as a dict with the canonical names."""
+        self.forward_backward_device(idx, targets)
+        return self._logits_host(), self.loss(), self.grads()
+
+    def loss(self) -> float:
+        """The mean cross-entropy of the last forward_backward (copies B*T floats back)."""
+        return self._loss(self._last_targets)
+
+    def grads(self) -> dict[str, np.ndarray]:
+        flat = self.d_grads.copy_to_host()
+        return {n: flat[o : o + s].reshape(self.shapes[n]).copy() for n, (o, s) in self.offsets.items()}
+
+    # ------------------------------------------------------------------ optimizer
+    def adamw_step(self, lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1) -> None:
+        """One AdamW step on every parameter, with the gradients of the last backward (on the device).
+        Weight decay applies to the 2-D tensors only (wte, wpe and the weight matrices)."""
+        self.step_count += 1
+        adamw_update(self.d_params, self.d_grads, self.d_m, self.d_v, self.n_params, self.n_decay,
+                     self.step_count, lr, beta1, beta2, eps, weight_decay)  # fmt: skip
+
+    def step(self, idx, targets, lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1) -> float:
+        """One training step: forward, backward, AdamW. Returns the loss before the update."""
+        self.forward_backward_device(idx, targets)
+        loss = self.loss()
+        self.adamw_step(lr, beta1, beta2, eps, weight_decay)
+        return loss
+
+    def synchronize(self) -> None:
+        """Wait for every launched kernel to finish (for timing)."""
+        cuda.synchronize()
+
+    # ------------------------------------------------------------------ readers
+    def to_params(self) -> dict[str, np.ndarray]:
+        """The current parameters as the canonical dict (float32)."""
+        flat = self.d_params.copy_to_host()
+        ordered = param_shapes(self.config)
+        return {n: flat[self.offsets[n][0] : sum(self.offsets[n])].reshape(s).copy() for n, s in ordered.items()}
+
+    def activations(self, idx) -> dict[str, np.ndarray]:
+        """The named intermediate activations of docs/contract.md, each (B, T, ·) float32."""
+        idx = self._check_idx(idx)
+        self._forward(idx, None, with_grad=False)
+        B, T = idx.shape
+        C, V, N = self.config.n_embd, self.config.vocab_size, B * T
+        host = lambda buf, width: buf[: N * width].copy_to_host().reshape(B, T, width)
+        out = {"embed": host(self.encoded, C)}
+        names = {"ln1": "ln_1", "qkv": "qkv", "atty": "attn", "attproj": "attn_proj", "x1": "resid_1",
+                 "ln2": "ln_2", "fch": "fc", "gelu": "gelu", "mlpproj": "mlp_proj", "x2": "resid_2"}  # fmt: skip
+        widths = {"qkv": 3 * C, "fch": 4 * C, "gelu": 4 * C}
+        for i, a in enumerate(self.acts):
+            for key, name in names.items():
+                out[f"h.{i}.{name}"] = host(a[key], widths.get(key, C))
+        out["ln_f"] = host(self.lnf, C)
+        out["logits"] = host(self.logits, V)
+        return out
+
+    # ------------------------------------------------------------------ sampling
+    def generate(self, idx, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None, seed: int = 0,
+                 use_cache: bool = False):  # fmt: skip
+        """Append `max_new_tokens` tokens to each row of idx (B, T0): greedy at temperature 0, else
+        sampling from softmax(logits / temperature) over the top_k ids. Each new token reruns the
+        forward on the last max_seq tokens: there is no KV cache, and `use_cache` (accepted so the
+        conformance suite can call every backend alike) changes nothing."""
+        idx = self._check_idx(idx).astype(np.int64)
+        rng = np.random.default_rng(seed)
+        for _ in range(max_new_tokens):
+            logits, _ = self.forward(idx[:, -self.max_seq :])
+            last = logits[:, -1, :].astype(np.float64)
+            if temperature == 0.0:
+                nxt = last.argmax(axis=-1)
+            else:
+                last = last / temperature
+                if top_k is not None:
+                    kth = np.sort(last, axis=-1)[:, -min(top_k, last.shape[-1])][:, None]
+                    last = np.where(last < kth, -np.inf, last)
+                prob = np.exp(last - last.max(axis=-1, keepdims=True))
+                prob /= prob.sum(axis=-1, keepdims=True)
+                nxt = np.array([rng.choice(prob.shape[-1], p=row) for row in prob])
+            idx = np.concatenate([idx, nxt[:, None]], axis=1)
+        return idx
+
+
+def flops_per_token(config: GPT2Config, T: int) -> float:
+    """Training FLOPs per token, llm.c's count: 6 * N_params + 6 * L * C * T (attention, causal-agnostic)."""
+    n = sum(int(np.prod(s)) for s in param_shapes(config).values())
+    return 6.0 * n + 6.0 * config.n_layer * config.n_embd * T
+
+
+__all__ = ["NumbaGPT2", "flops_per_token"]
