@@ -74,6 +74,7 @@ class TrainConfig:
     seq_len: int = _opt(1024, "sequence length T")
     total_batch_tokens: int = _opt(0, "tokens per optimizer step over all ranks (0: B*T*world, no accumulation)")
     max_steps: int = _opt(1000, "optimizer steps in the whole run (the cosine schedule ends here)")
+    stop_step: int = _opt(0, "end this invocation after this step count, checkpointed, schedule unchanged (0: run on)")
     lr: float = _opt(6e-4, "peak learning rate")
     min_lr_frac: float = _opt(0.1, "final learning rate as a fraction of --lr")
     warmup_steps: int = _opt(100, "linear warmup steps")
@@ -97,6 +98,7 @@ class TrainConfig:
     sample_prompt: str = _opt("\n", "prompt the samples start from")
     log_every: int = _opt(1, "print a log line every N steps (log.jsonl gets every step)")
     out_dir: str = _opt("runs/gpt2", "folder for log.jsonl, loss.png and checkpoints")
+    save: bool = _opt(True, "write checkpoints (--no-save for benchmarks)")
     ckpt_every: int = _opt(0, "checkpoint every N steps (0: only at the end)")
     keep_last: int = _opt(0, "keep only the newest N checkpoints (0: keep all)")
     resume: bool = _opt(False, "continue from out_dir/latest if it exists")
@@ -401,7 +403,8 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
             f"({total:,} tokens/step); {device}, {'bf16' if use_bf16 else 'fp32'}{', compiled' if cfg.compile else ''}",
         )
 
-    summary: dict = {"losses": {}, "val_losses": {}, "tokens_per_s": [], "mfu": [], "checkpoint": resume_from}
+    summary: dict = {"losses": {}, "grad_norms": {}, "val_losses": {}, "tokens_per_s": [], "mfu": [],
+                     "checkpoint": resume_from}
 
     def run_eval(step: int) -> None:
         val = evaluate(model, val_loader, cfg.eval_batches, device, autocast, d)
@@ -431,8 +434,9 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
 
             dist.barrier()  # nobody runs ahead (or exits) while rank 0 writes
 
+    end_step = min(cfg.max_steps, cfg.stop_step) if cfg.stop_step else cfg.max_steps
     try:
-        for step in range(start_step, cfg.max_steps):
+        for step in range(start_step, end_step):
             if val_loader is not None and step % cfg.eval_every == 0:
                 run_eval(step)
             if cfg.sample_every and step % cfg.sample_every == 0 and step > start_step:
@@ -475,6 +479,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
             tok_s = total / dt
             mfu = fpt * tok_s / peak if peak else None
             summary["losses"][step] = loss_value
+            summary["grad_norms"][step] = norm_value
             summary["tokens_per_s"].append(tok_s)
             summary["mfu"].append(mfu)
             entry = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": norm_value, "dt_ms": 1e3 * dt,
@@ -486,10 +491,10 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
             log.record(entry, line)
             log.advance(loss_value)
             done = step + 1
-            if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.max_steps:
+            if cfg.save and ((cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == end_step):
                 checkpoint(done)
 
-        if cfg.max_steps > start_step:
+        if end_step == cfg.max_steps > start_step:
             if val_loader is not None:
                 run_eval(cfg.max_steps)
             if cfg.sample_every:

@@ -1,0 +1,288 @@
+"""torch_impl.train: learning, gradient accumulation, exact resume, DDP, the NaN guard, fine-tuning.
+
+Tolerances. Two runs that sum the same gradients in a different order (accumulation, DDP)
+differ by float32 rounding: losses and gradient norms by a few ulp (checked at 1e-6 and 1e-5
+relative). Parameters are compared in the l2 sense over the whole model at 1e-5, the
+conformance suite's AdamW ceiling (conformance/tolerances.py): AdamW divides by sqrt(v), so a
+coordinate whose true gradient is zero (GPT-2's key bias: softmax ignores a constant added to
+every key) is steered by rounding noise alone and may move differently in the two runs;
+an element-wise check would flag that noise, not a bug. A real bug (a missing all-reduce, a
+wrong loss scale) moves the losses or the gradient norms by far more than these numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import weights
+from conformance.tolerances import FP32
+from torch_impl.checkpoint import latest_checkpoint, load_checkpoint
+from torch_impl.train import NonFiniteError, TrainConfig, flops_per_token, parse_args, train
+
+REPO = weights.paths.PROJECT_ROOT
+
+
+def _load_params(folder) -> dict:
+    return weights.load(folder)[0]
+
+
+def _global_rel_l2(a: dict, b: dict) -> float:
+    num = math.sqrt(sum(float(np.sum((a[k].astype(np.float64) - b[k]) ** 2)) for k in a))
+    den = math.sqrt(sum(float(np.sum(a[k].astype(np.float64) ** 2)) for k in a))
+    return num / den
+
+
+def _assert_same_trajectory(a: dict, b: dict) -> None:
+    assert a["losses"].keys() == b["losses"].keys()
+    for step in a["losses"]:
+        assert a["losses"][step] == pytest.approx(b["losses"][step], rel=1e-6), step
+        assert a["grad_norms"][step] == pytest.approx(b["grad_norms"][step], rel=1e-5), step
+    pa, pb = _load_params(a["checkpoint"]), _load_params(b["checkpoint"])
+    assert _global_rel_l2(pa, pb) <= FP32["adamw_param_l2"]
+
+
+# ----------------------------------------------------------------------------- learning
+def test_loss_falls_on_tiny_shakespeare(shakespeare_shards, tmp_path):
+    """20 steps of a 2-layer GPT-2 (C=64, real vocabulary) on Tiny Shakespeare: a clear, measured drop.
+
+    At init the logits are ~0, so the loss is ln(50257) = 10.825. 20 steps at lr 3e-3 (B=8, T=32)
+    measured: last-5 train mean 8.71 (a drop of 2.1 nats), val 10.80 -> 8.54. Asserted: drops of
+    at least 1.5 nats in both (a model that does not learn stays within ~0.1 of 10.8)."""
+    cfg = TrainConfig(
+        data=str(shakespeare_shards), out_dir=str(tmp_path / "run"), model="small", batch_size=8, seq_len=32,
+        max_steps=20, lr=3e-3, warmup_steps=3, eval_every=10, eval_batches=4, sample_every=10,
+        sample_tokens=8, progress=False, log_every=0, device="cpu", plot=True,
+    )
+    out = train(cfg)
+    losses = [out["losses"][s] for s in range(20)]
+    assert losses[0] == pytest.approx(math.log(50257), abs=0.05)
+    assert np.mean(losses[-5:]) <= losses[0] - 1.5
+    val = out["val_losses"]
+    assert sorted(val) == [0, 10, 20]
+    assert val[20] <= val[0] - 1.5
+    # the artefacts: a PNG plot, samples in the log, a loadable checkpoint
+    png = tmp_path / "run" / "loss.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    log = (tmp_path / "run" / "log.jsonl").read_text()
+    assert log.count('"sample"') == 2
+    assert latest_checkpoint(tmp_path / "run").name == "step_0000020"
+
+
+# ----------------------------------------------------------------------------- accumulation
+def test_grad_accumulation_matches_one_big_batch(random_shards, tmp_path, tiny_config):
+    """4 micro-steps of B=2 make the same updates as 1 step of B=8 (same 128 tokens per step)."""
+    big = train(tiny_config(random_shards, tmp_path / "big", batch_size=8, total_batch_tokens=8 * 16, max_steps=4))
+    acc = train(tiny_config(random_shards, tmp_path / "acc", batch_size=2, total_batch_tokens=8 * 16, max_steps=4))
+    assert big["grad_accum"] == 1 and acc["grad_accum"] == 4
+    _assert_same_trajectory(big, acc)
+
+
+# ----------------------------------------------------------------------------- checkpoints and resume
+def test_resume_continues_the_exact_trajectory(random_shards, tmp_path, tiny_config):
+    """Stop after step 3 (checkpoint), resume in a fresh call, finish: bit-identical to one
+    uninterrupted run, losses and final weights (CPU, fp32, same threads: deterministic)."""
+    whole = train(tiny_config(random_shards, tmp_path / "whole", max_steps=8, total_batch_tokens=128))
+    first = train(tiny_config(random_shards, tmp_path / "split", max_steps=8, stop_step=3, total_batch_tokens=128))
+    assert latest_checkpoint(tmp_path / "split").name == "step_0000003"
+    second = train(tiny_config(random_shards, tmp_path / "split", max_steps=8, total_batch_tokens=128, resume=True))
+    assert sorted(first["losses"]) == [0, 1, 2] and sorted(second["losses"]) == [3, 4, 5, 6, 7]
+    assert {**first["losses"], **second["losses"]} == whole["losses"]  # exact float equality
+    pw, ps = _load_params(whole["checkpoint"]), _load_params(second["checkpoint"])
+    for name in pw:
+        np.testing.assert_array_equal(pw[name], ps[name], err_msg=name)
+    steps = [int(line.split('"step": ')[1].split(",")[0]) for line in
+             (tmp_path / "split" / "log.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert steps == list(range(8))  # the log reads as one run
+
+
+def test_checkpoint_contents(random_shards, tmp_path, tiny_config):
+    train(tiny_config(random_shards, tmp_path / "r", max_steps=4, ckpt_every=2, keep_last=1))
+    folders = sorted(p.name for p in (tmp_path / "r").glob("step_*"))
+    assert folders == ["step_0000004"]  # keep_last=1 pruned step 2
+    params, config, state = load_checkpoint(tmp_path / "r" / "step_0000004")
+    assert config == weights.GPT2Config.tiny()
+    assert state["step"] == 4
+    assert state["loader"] == {"shard": 0, "pos": 4 * 4 * 16}
+    assert set(state["optimizer"]["state"]) and state["pad_rows"]["wte.weight"].shape == (128 - 64, 16)
+    assert weights.read_metadata(tmp_path / "r" / "step_0000004")["step"] == "4"
+
+
+def test_a_crash_while_saving_leaves_the_last_good_checkpoint(random_shards, tmp_path, tiny_config, monkeypatch):
+    train(tiny_config(random_shards, tmp_path / "r", max_steps=6, stop_step=3))
+    good = latest_checkpoint(tmp_path / "r")
+    digest = hashlib.sha256((good / "model.safetensors").read_bytes()).hexdigest()
+
+    def disk_full(*args, **kwargs):
+        raise OSError("simulated: no space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="no space left"):
+        train(tiny_config(random_shards, tmp_path / "r", max_steps=6, resume=True))
+    assert latest_checkpoint(tmp_path / "r") == good
+    assert hashlib.sha256((good / "model.safetensors").read_bytes()).hexdigest() == digest
+    assert not list((tmp_path / "r").rglob("*.tmp"))  # no temp files left behind
+
+
+def test_nonfinite_loss_stops_with_a_clear_message(random_shards, tmp_path, tiny_config):
+    """Resume with an absurd learning rate: the first update makes the weights ~1e30, the next
+    forward overflows. Training stops before touching the weights; the checkpoint stays intact."""
+    train(tiny_config(random_shards, tmp_path / "r", max_steps=10, stop_step=3))
+    good = latest_checkpoint(tmp_path / "r")
+    digest = hashlib.sha256((good / "model.safetensors").read_bytes()).hexdigest()
+    with pytest.raises(NonFiniteError, match=r"step \d+: .* is not finite .*Last good checkpoint: .*step_0000003"):
+        train(tiny_config(random_shards, tmp_path / "r", max_steps=10, lr=1e30, warmup_steps=0, resume=True))
+    assert latest_checkpoint(tmp_path / "r") == good
+    assert hashlib.sha256((good / "model.safetensors").read_bytes()).hexdigest() == digest
+
+
+# ----------------------------------------------------------------------------- checkpoints on the other backends
+def test_trained_checkpoint_passes_conformance_against_the_reference(random_shards, tmp_path, tiny_config):
+    """A checkpoint the trainer wrote, loaded with weights.load, gives the NumPy reference's logits and
+    gradients (float64) within the project's float32 ceilings, and transformers loads the same logits."""
+    import reference
+    from torch_impl.contract import forward_backward
+    from torch_impl.model import GPT2
+
+    out = train(tiny_config(random_shards, tmp_path / "r", max_steps=5))
+    params, config = weights.load(out["checkpoint"])
+    rng = np.random.default_rng(1)
+    idx = rng.integers(0, config.vocab_size, (2, config.n_ctx))
+    targets = rng.integers(0, config.vocab_size, (2, config.n_ctx))
+    model = GPT2.from_params(params, config, attention="math")
+    logits, loss, grads = forward_backward(model, idx, targets)
+    p64 = {k: v.astype(np.float64) for k, v in params.items()}
+    ref_logits, ref_loss, ref_grads = reference.forward_backward(p64, config, idx, targets)
+    assert np.abs(logits - ref_logits).max() <= FP32["logits"] * np.abs(ref_logits).max()
+    assert abs(loss - ref_loss) <= FP32["loss"] * abs(ref_loss)
+    for name, g in ref_grads.items():
+        assert np.linalg.norm(grads[name] - g) <= FP32["grad_l2"] * np.linalg.norm(g), name
+
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.GPT2LMHeadModel.from_pretrained(out["checkpoint"]).eval()
+    with torch.no_grad():
+        hf_logits = hf(torch.from_numpy(idx)).logits.numpy()
+    assert np.abs(hf_logits - ref_logits).max() <= FP32["logits"] * np.abs(ref_logits).max()
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+def test_finetune_starts_from_the_given_checkpoint(random_shards, tmp_path, tiny_config):
+    """--init FOLDER: the first loss is the reference's loss of those weights on the first batch."""
+    import reference
+    from torch_impl.data import read_shard, shard_paths
+
+    config = weights.GPT2Config.tiny()
+    params = weights.synthetic(config, seed=7)
+    weights.save(params, config, tmp_path / "base")
+    out = train(tiny_config(random_shards, tmp_path / "ft", init=str(tmp_path / "base"), max_steps=1))
+    tokens = np.asarray(read_shard(shard_paths(random_shards, "train")[0])[: 4 * 16 + 1], dtype=np.int64)
+    x, y = tokens[:-1].reshape(4, 16), tokens[1:].reshape(4, 16)
+    p64 = {k: v.astype(np.float64) for k, v in params.items()}
+    _, ref_loss = reference.forward(p64, config, x, y)
+    assert out["losses"][0] == pytest.approx(ref_loss, rel=FP32["loss"])
+
+
+# ----------------------------------------------------------------------------- DDP
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_match_one(random_shards, tmp_path, tiny_config):
+    """torchrun, 2 CPU processes (gloo, loopback only), B=2 each, 2 micro-steps per step (gradients
+    synced on the last only) == one process with B=4 and the same accumulation, on the same tokens."""
+    steps, total = 4, 2 * 2 * 16 * 2
+    single = train(tiny_config(random_shards, tmp_path / "one", batch_size=4, total_batch_tokens=total, max_steps=steps))
+    assert single["grad_accum"] == 2
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+        "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+        "-m", "torch_impl.train", "--data", str(random_shards), "--out-dir", str(tmp_path / "ddp"),
+        "--model", "tiny", "--padded-vocab", "128", "--batch-size", "2", "--seq-len", "16",
+        "--total-batch-tokens", str(total), "--max-steps", str(steps), "--lr", "1e-2", "--warmup-steps", "2",
+        "--eval-every", "0", "--no-progress", "--no-plot", "--device", "cpu", "--log-every", "0",
+    ]
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = [eval_json(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
+    start = next(e for e in log if e.get("event") == "start")
+    assert start["world"] == 2 and start["grad_accum"] == 2
+    ddp = {
+        "losses": {e["step"]: e["loss"] for e in log if "loss" in e},
+        "grad_norms": {e["step"]: e["grad_norm"] for e in log if "loss" in e},
+        "checkpoint": latest_checkpoint(tmp_path / "ddp"),
+    }
+    _assert_same_trajectory(single, ddp)
+
+
+def eval_json(line: str) -> dict:
+    import json
+
+    return json.loads(line)
+
+
+# ----------------------------------------------------------------------------- settings and errors
+def test_config_file_then_flags(tmp_path):
+    (tmp_path / "run.toml").write_text('data = "shards"\nbatch_size = 16\nlr = 1e-3\ncompile = true\n')
+    cfg = parse_args(["--config", str(tmp_path / "run.toml"), "--lr", "2e-4"])
+    assert (cfg.data, cfg.batch_size, cfg.lr, cfg.compile) == ("shards", 16, 2e-4, True)
+    (tmp_path / "run.json").write_text('{"max_steps": 7, "typo_field": 1}')
+    with pytest.raises(SystemExit, match="typo_field"):
+        parse_args(["--config", str(tmp_path / "run.json")])
+
+
+def test_help_lists_every_setting(capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for f in dataclasses.fields(TrainConfig):
+        assert "--" + f.name.replace("_", "-") in text
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"seq_len": 17}, r"--seq-len 17 must be in \[1, n_ctx=16\]"),
+        ({"total_batch_tokens": 100}, "not a multiple of B\\*T\\*world"),
+        ({"data": ""}, "--data is required"),
+        ({"dtype": "fp16"}, "--dtype must be"),
+    ],
+)
+def test_bad_settings_are_named(random_shards, tmp_path, tiny_config, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        train(dataclasses.replace(tiny_config(random_shards, tmp_path / "r"), **overrides))
+
+
+def test_flops_per_token_of_gpt2_124m():
+    # 6 * 124,439,808 parameters + 6 * 12 layers * 768 * 1024 positions (llm.c's count)
+    assert flops_per_token(weights.GPT2Config.gpt2_124m(), 1024) == 746_638_848 + 56_623_104
+
+
+# ----------------------------------------------------------------------------- GPU
+@pytest.mark.gpu
+def test_bf16_compiled_training_on_gpu(shakespeare_shards, tmp_path):
+    """The GPU path: bf16 autocast, torch.compile, flash SDPA, fused AdamW; the loss falls as on CPU."""
+    cfg = TrainConfig(
+        data=str(shakespeare_shards), out_dir=str(tmp_path / "run"), model="small", batch_size=16, seq_len=128,
+        max_steps=40, lr=3e-3, warmup_steps=5, eval_every=20, eval_batches=4, compile=True, progress=False,
+        log_every=0, device="cuda",
+    )
+    out = train(cfg)
+    losses = [out["losses"][s] for s in range(40)]
+    assert losses[0] == pytest.approx(math.log(50257), abs=0.05)
+    assert np.mean(losses[-5:]) <= losses[0] - 3.0
+    assert out["val_losses"][40] <= out["val_losses"][0] - 2.5
+    params, _ = weights.load(out["checkpoint"])
+    assert all(np.isfinite(v).all() for v in params.values())
