@@ -118,9 +118,7 @@ def _block_scores(q: np.ndarray, k: np.ndarray, k0: int, k1: int, scale: float) 
     return np.where(visible, s, -np.inf)
 
 
-def attention_forward_tiled(
-    qkv: np.ndarray, n_head: int, block_size: int = 64
-) -> tuple[np.ndarray, np.ndarray]:
+def attention_forward_tiled(qkv: np.ndarray, n_head: int, block_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Causal self-attention with an online softmax over blocks of keys.
 
     qkv (B, T, 3C)  ->  out (B, T, C), lse (B, NH, T) the log-sum-exp of each score row

@@ -36,16 +36,19 @@ def embedding_forward(wte: np.ndarray, wpe: np.ndarray, idx: np.ndarray, start: 
 
 
 def embedding_backward(
-    dout: np.ndarray, idx: np.ndarray, vocab_size: int, n_ctx: int
+    dout: np.ndarray, idx: np.ndarray, vocab_size: int, n_ctx: int, dwte: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """dout (B, T, C), idx (B, T)  ->  dwte (V, C), dwpe (maxT, C)
 
     The forward is a gather, so the backward is a scatter-add: a token that appears several
     times collects the gradient of every occurrence (np.add.at accumulates repeated indices;
     plain fancy-index assignment would keep only one of them). Rows of wpe past T get zero.
+    If `dwte` is given (the tied head's share of the gradient), the scatter-add accumulates
+    into it in place instead of into a fresh (V, C) array of zeros.
     """
     B, T, C = dout.shape
-    dwte = np.zeros((vocab_size, C), dtype=dout.dtype)
+    if dwte is None:
+        dwte = np.zeros((vocab_size, C), dtype=dout.dtype)
     np.add.at(dwte, idx.reshape(-1), dout.reshape(B * T, C))
     dwpe = np.zeros((n_ctx, C), dtype=dout.dtype)
     dwpe[:T] = dout.sum(axis=0)
@@ -99,9 +102,7 @@ def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -
     return out
 
 
-def linear_backward(
-    dout: np.ndarray, x: np.ndarray, weight: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def linear_backward(dout: np.ndarray, x: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """dout (..., OC), x (..., C), weight (C, OC)  ->  dx (..., C), dweight (C, OC), dbias (OC,)
 
     Leading axes are flattened into one "row" axis, so dweight is a single matmul over all

@@ -246,6 +246,8 @@ def gpt2_backward(
         )
         dx = dx_in + dx_in_ln
 
-    dwte_embed, grads["wpe.weight"] = embedding_backward(dx, acts["idx"], config.vocab_size, config.n_ctx)
-    grads["wte.weight"] = dwte_head + dwte_embed  # tied: the head's term plus the scatter-add
+    # tied: the wte gradient is the head's term plus the embedding's scatter-add (accumulated into it)
+    grads["wte.weight"], grads["wpe.weight"] = embedding_backward(
+        dx, acts["idx"], config.vocab_size, config.n_ctx, dwte=dwte_head
+    )
     return {name: grads[name] for name in params}  # in the params' order

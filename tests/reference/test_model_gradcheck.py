@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from reference import forward_backward
-from reference.model import gpt2_backward, gpt2_forward
 from reference.gradcheck import numerical_gradient, relative_error
+from reference.model import gpt2_backward, gpt2_forward
 from weights import GPT2Config, param_shapes, synthetic
 
 TOL = 1e-6
@@ -66,7 +66,9 @@ def test_every_parameter_tensor_matches_finite_differences(attention, block_size
         ana = np.array([grads[name][c] for c in coords])
         rel = relative_error(num, ana)
         worst = max(worst, rel.max())
-        failures += [f"{name}{c}: num {n!r} ana {a!r} rel {r:.2e}" for c, n, a, r in zip(coords, num, ana, rel) if r > TOL]
+        for c, n, a, r in zip(coords, num, ana, rel, strict=True):
+            if r > TOL:
+                failures.append(f"{name}{c}: num {n!r} ana {a!r} rel {r:.2e}")
     assert not failures, "\n".join(failures)
     print(f"{attention}: worst relative error {worst:.2e} over {len(param_shapes(CFG))} tensors")
 

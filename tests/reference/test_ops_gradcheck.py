@@ -53,6 +53,12 @@ def test_embedding_scatter_add_with_repeated_tokens():
     assert_grad("wte", f, wte, dwte)
     assert_grad("wpe", f, wpe, dwpe)
     assert np.all(dwpe[T:] == 0) and np.all(dwte[[2, 4, 5]] == 0)  # unused rows get exactly nothing
+    # the model passes the head's wte gradient in, and the scatter-add accumulates into it in place
+    head = rand(rng, V, C)
+    expect = head + dwte
+    acc, _ = L.embedding_backward(R, idx, V, maxT, dwte=head)
+    assert acc is head
+    np.testing.assert_allclose(acc, expect, rtol=1e-15)
 
 
 def test_embedding_offset_reads_later_positions():
