@@ -91,8 +91,9 @@ def _ids_to_tensor(ids, model: GPT2, what: str) -> torch.Tensor:
         arr = ids
     else:
         arr = np.asarray(ids)
-        if arr.dtype.kind not in "iu":
-            raise ValueError(f"{what} must be an integer array of token ids, got dtype {arr.dtype}")
+        if arr.dtype.kind not in "iu":  # worded as the NumPy reference words it
+            kind = "token ids must be" if what == "idx" else "must be"
+            raise ValueError(f"{what}: {kind} an integer array, got dtype {arr.dtype}")
         arr = torch.from_numpy(arr.astype(np.int64))
     return arr.to(next(model.parameters()).device)
 

@@ -293,7 +293,8 @@ class GPT2(nn.Module):
         self.h = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
         self.set_attention(attention)
-        self.reset_parameters()
+        if self.wte.weight.device.type != "meta":  # built on "meta": shapes only, call reset_parameters later
+            self.reset_parameters()
 
     # ------------------------------------------------------------------ set-up
     @property

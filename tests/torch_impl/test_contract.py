@@ -68,7 +68,7 @@ def test_activations_are_arrays_in_forward_order(cfg, model, ids):
         (np.zeros((1, 25), dtype=np.int64), "idx: sequence length T=25 exceeds n_ctx=24"),
         (np.zeros((1, 0), dtype=np.int64), "idx: empty batch or sequence"),
         (np.zeros((4,), dtype=np.int64), r"idx: expected shape \(B, T\), got \(4,\)"),
-        (np.zeros((1, 3), dtype=np.float32), "idx must be an integer array of token ids, got dtype float32"),
+        (np.zeros((1, 3), dtype=np.float32), "idx: token ids must be an integer array, got dtype float32"),
     ],
 )
 def test_bad_idx_is_named(model, idx, message):
@@ -90,7 +90,7 @@ def test_bad_idx_tensors_are_named(model):
         (np.array([[1, -2, 3]]), r"targets: id -2 at \[0, 1\]"),
         (np.array([[1, 2]]), r"targets: shape \(1, 2\) does not match idx shape \(1, 3\)"),
         (np.array([[-1, -1, -1]]), "every position is -1"),
-        (np.array([[1.0, 2.0, 3.0]]), "targets must be an integer array of token ids, got dtype float64"),
+        (np.array([[1.0, 2.0, 3.0]]), "targets: must be an integer array, got dtype float64"),
     ],
 )
 def test_bad_targets_are_named(model, targets, message):
