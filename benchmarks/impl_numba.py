@@ -1,0 +1,183 @@
+"""The Numba CUDA kernels as benchmark callables: each op's launchers, and numba_impl's NumbaGPT2.
+
+Inputs go to the device once, as flat float32 arrays (the layout the kernels take); the
+outputs and scratch of every op are allocated once too, so a timed call is the kernel
+launches and nothing else. Kernels that accumulate (the LayerNorm and matmul backwards add
+into their gradients) keep doing so across rounds: the time does not depend on the values,
+and the correctness check reads the first call, which starts from zeros.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from numba_impl._compat import SIMULATOR, cuda
+from numba_impl.kernels.attention import (
+    attention_backward_flash,
+    attention_backward_naive,
+    attention_forward_flash,
+    attention_forward_naive,
+)
+from numba_impl.kernels.crossentropy import crossentropy
+from numba_impl.kernels.gelu import gelu_backward, gelu_forward
+from numba_impl.kernels.layernorm import layernorm_backward, layernorm_forward
+from numba_impl.kernels.matmul import matmul_backward, matmul_forward
+from numba_impl.model import NumbaGPT2
+
+LR = 1e-4
+MODEL_ATTENTION = "flash"
+
+
+def synchronize() -> None:
+    cuda.synchronize()
+
+
+def device_name() -> str:
+    if SIMULATOR:
+        return "Numba CUDA simulator (on the CPU)"
+    name = cuda.get_current_device().name
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def _device(a: np.ndarray):
+    if a.dtype.kind in "iu":
+        return cuda.to_device(np.ascontiguousarray(a, dtype=np.int32).ravel())
+    return cuda.to_device(np.ascontiguousarray(a, dtype=np.float32).ravel())
+
+
+def _zeros(n: int):
+    return cuda.to_device(np.zeros(n, dtype=np.float32))
+
+
+def _host(d, shape) -> np.ndarray:
+    return d.copy_to_host().reshape(shape).astype(np.float64)
+
+
+class _Op:
+    """One op's device buffers and its forward / backward launches (shapes as in benchmarks/cases.py)."""
+
+    def __init__(self, inputs, attention: str | None = None):
+        self.i = inputs
+        self.d = {k: _device(v) for k, v in inputs.arrays.items()}
+        B, T, C, NH, V, N = inputs.B, inputs.T, inputs.C, inputs.NH, inputs.V, inputs.N
+        op = inputs.op
+        shapes = {  # name -> element count of each work buffer (outputs and scratch, not inputs)
+            "matmul": {"out": N * 4 * C, "dx": N * C, "dw": C * 4 * C, "db": 4 * C},
+            "layernorm": {"out": N * C, "mean": N, "rstd": N, "dx": N * C, "dw": C, "db": C},
+            "gelu": {"out": N * 4 * C, "dx": N * 4 * C},
+            "crossentropy": {"losses": N, "dlogits": N * V},
+        }
+        if op.startswith("attention"):
+            self.kind = attention or ("naive" if op == "attention-naive" else "flash")
+            BNHT = B * NH * T
+            extra = {"preatt": BNHT * T, "att": BNHT * T, "datt": BNHT * T, "dpreatt": BNHT * T}
+            if self.kind == "flash":
+                extra = {"lse": BNHT, "delta": BNHT}
+            shapes[op] = {"out": B * T * C, "dx": B * T * 3 * C, **extra}
+        self.sizes = shapes[op]
+        self.w = {k: _zeros(n) for k, n in self.sizes.items()}
+
+    @property
+    def work_bytes(self) -> int:
+        """Bytes of the outputs and scratch the op needs beyond its inputs (float32)."""
+        return 4 * sum(self.sizes.values())
+
+    def forward(self):
+        i, d, w = self.i, self.d, self.w
+        B, T, C, NH, V, N = i.B, i.T, i.C, i.NH, i.V, i.N
+        op = i.op
+        if op == "matmul":
+            matmul_forward(w["out"], d["x"], d["w"], d["b"], N, C, 4 * C)
+        elif op == "layernorm":
+            layernorm_forward(w["out"], w["mean"], w["rstd"], d["x"], d["w"], d["b"], N, C, i.eps)
+        elif op == "gelu":
+            gelu_forward(w["out"], d["x"], N * 4 * C)
+        elif op == "crossentropy":
+            crossentropy(w["losses"], w["dlogits"], d["logits"], d["targets"], N, V, 1.0 / N, with_grad=False)
+            return w["losses"]
+        elif self.kind == "naive":
+            attention_forward_naive(w["out"], w["preatt"], w["att"], d["qkv"], B, T, C, NH)
+        else:
+            attention_forward_flash(w["out"], w["lse"], d["qkv"], B, T, C, NH)
+        return w["out"]
+
+    def backward(self):
+        i, d, w = self.i, self.d, self.w
+        B, T, C, NH, V, N = i.B, i.T, i.C, i.NH, i.V, i.N
+        op = i.op
+        if op == "matmul":
+            matmul_backward(w["dx"], w["dw"], w["db"], d["dout"], d["x"], d["w"], N, C, 4 * C)
+        elif op == "layernorm":
+            layernorm_backward(w["dx"], w["dw"], w["db"], d["dout"], d["x"], d["w"], w["mean"], w["rstd"], N, C)
+        elif op == "gelu":
+            gelu_backward(w["dx"], d["x"], d["dout"], N * 4 * C)
+        elif op == "crossentropy":  # one fused kernel: loss and dlogits together
+            crossentropy(w["losses"], w["dlogits"], d["logits"], d["targets"], N, V, 1.0 / N, with_grad=True)
+            return w["dlogits"]
+        elif self.kind == "naive":
+            attention_backward_naive(w["dx"], w["datt"], w["dpreatt"], d["dout"], w["att"], d["qkv"], B, T, C, NH)
+        else:
+            attention_backward_flash(w["dx"], w["delta"], d["dout"], w["out"], w["lse"], d["qkv"], B, T, C, NH)
+        return w["dx"]
+
+    def out_shape(self, direction):
+        i = self.i
+        if i.op == "crossentropy":
+            return (i.B, i.T) if direction == "forward" else (i.B, i.T, i.V)
+        first = i.arrays["qkv" if i.op.startswith("attention") else "x"].shape
+        if direction == "backward":
+            return first
+        return {"matmul": (i.N, 4 * i.C), "layernorm": first, "gelu": first}.get(i.op, (i.B, i.T, i.C))
+
+
+def make_op(backend, inputs, direction):
+    """(callable, to_numpy) for `inputs.op` in `direction` ("forward" | "backward")."""
+    op = _Op(inputs)
+    shape = op.out_shape(direction)
+    if direction == "forward":
+        to_numpy = lambda r: _host(r, shape)
+        if inputs.op == "crossentropy":  # per-row losses -> their mean, the loss
+            to_numpy = lambda r: np.asarray(_host(r, shape).mean())
+        return op.forward, to_numpy
+    op.forward()
+    return op.backward, lambda r: _host(r, shape)
+
+
+def attention_fwd_bwd(backend, inputs, variant):
+    """One forward + backward of attention ("naive" | "tiled" = flash); `.work_bytes` on the callable."""
+    op = _Op(inputs, attention="naive" if variant == "naive" else "flash")
+
+    def run():
+        op.forward()
+        return op.backward()
+
+    run.work_bytes = op.work_bytes
+    return run
+
+
+def make_model(backend, params, config, idx, targets, task):
+    """(callable, loss_of) for one whole-model `task`: "forward" | "forward-backward" | "train-step".
+
+    Results stay on the device: no logits are copied back inside a timed call.
+    """
+    B, T = idx.shape
+    m = NumbaGPT2(params, config, max_batch=B, max_seq=T, attention=MODEL_ATTENTION)
+    if task == "forward":
+        forward_device = getattr(m, "forward_device", None)
+        if forward_device is None:  # the driver's device-only forward (logits and losses stay on the GPU)
+            checked_idx, checked_targets = m._check_idx(idx), m._check_targets(targets, idx.shape)
+            forward_device = lambda i, t: m._forward(checked_idx, checked_targets, with_grad=False)
+        run = lambda: forward_device(idx, targets)
+        return run, lambda _: float(m.losses[: B * T].copy_to_host().astype(np.float64).mean())
+
+    def forward_backward():
+        m.forward_backward_device(idx, targets)
+
+    if task == "forward-backward":
+        return forward_backward, lambda _: m.loss()
+
+    def train_step():
+        m.forward_backward_device(idx, targets)
+        m.adamw_step(lr=LR)
+
+    return train_step, lambda _: m.loss()

@@ -1,0 +1,158 @@
+"""PyTorch as benchmark callables: torch's own kernels per op, and torch_impl.model.GPT2 whole.
+
+Per op, the torch calls GPT-2 needs (F.layer_norm, F.gelu(approximate="tanh"), torch.addmm,
+torch_impl's math / SDPA attention, F.cross_entropy): what torch's kernels cost. bfloat16
+backends feed bfloat16 tensors to the ops, and run the model in float32 parameters under
+torch.autocast(bfloat16) (mixed precision, as training runs it). float32 keeps torch's
+default of full-precision float32 matmuls (no TF32).
+
+Backward callables reuse one autograd graph (retain_graph=True) and time the backward alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from torch_impl.model import GPT2, attention_math, attention_sdpa
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+LR = 1e-4
+MODEL_ATTENTION = "sdpa"
+
+
+def synchronize() -> None:
+    torch.cuda.synchronize()
+
+
+def device_name() -> str:
+    return torch.cuda.get_device_name()
+
+
+def _attention(qkv: torch.Tensor, n_head: int, kernel) -> torch.Tensor:
+    """qkv (B, T, 3C) -> (B, T, C) through q, k, v of shape (B, NH, T, HS)."""
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    q, k, v = qkv.view(B, T, 3, n_head, C // n_head).permute(2, 0, 3, 1, 4)
+    return kernel(q, k, v).transpose(1, 2).reshape(B, T, C)
+
+
+def _op_function(inputs):
+    """op -> (function of the float tensors, names of its differentiable inputs)."""
+    C, NH, eps = inputs.C, inputs.NH, inputs.eps
+    return {
+        "matmul": (lambda t: torch.addmm(t["b"], t["x"], t["w"]), ("x", "w", "b")),
+        "layernorm": (lambda t: F.layer_norm(t["x"], (C,), t["w"], t["b"], eps), ("x", "w", "b")),
+        "gelu": (lambda t: F.gelu(t["x"], approximate="tanh"), ("x",)),
+        "attention-naive": (lambda t: _attention(t["qkv"], NH, attention_math), ("qkv",)),
+        "attention-tiled": (lambda t: _attention(t["qkv"], NH, attention_sdpa), ("qkv",)),
+        # As the model computes its loss: logits upcast to float32 at least.
+        "crossentropy": (
+            lambda t: F.cross_entropy(t["logits"].reshape(-1, inputs.V).float(), t["targets"].reshape(-1)),
+            ("logits",),
+        ),
+    }[inputs.op]
+
+
+def _tensors(inputs, backend, requires_grad: tuple[str, ...] = ()):
+    dtype = DTYPES[backend.dtype]
+    out = {}
+    for k, v in inputs.arrays.items():
+        if v.dtype.kind in "iu":
+            out[k] = torch.from_numpy(v.astype(np.int64)).to(backend.device)
+        else:
+            out[k] = torch.from_numpy(v).to(device=backend.device, dtype=dtype).requires_grad_(k in requires_grad)
+    return out
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to(torch.float64).cpu().numpy()
+
+
+def make_op(backend, inputs, direction):
+    """(callable, to_numpy) for `inputs.op` in `direction` ("forward" | "backward")."""
+    fn, diff = _op_function(inputs)
+    if direction == "forward":
+        t = _tensors(inputs, backend)
+
+        def forward():
+            with torch.no_grad():
+                return fn(t)
+
+        return forward, _to_numpy
+    t = _tensors(inputs, backend, requires_grad=diff)
+    out = fn(t)
+    grad_out = None if out.dim() == 0 else t["dout"].to(out.dtype)
+    wrt = [t[k] for k in diff]
+    return (lambda: torch.autograd.grad(out, wrt, grad_out, retain_graph=True)[0]), _to_numpy
+
+
+def attention_fwd_bwd(backend, inputs, variant):
+    """One forward + backward of attention ("naive" = math, "tiled" = SDPA)."""
+    kernel = attention_math if variant == "naive" else attention_sdpa
+    t = _tensors(inputs, backend, requires_grad=("qkv",))
+
+    def run():
+        out = _attention(t["qkv"], inputs.NH, kernel)
+        return torch.autograd.grad(out, [t["qkv"]], t["dout"].to(out.dtype))[0]
+
+    return run
+
+
+def cuda_peak_bytes(fn) -> int:
+    """Peak CUDA memory torch allocated while fn ran, beyond what was allocated before (inputs)."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def make_model(backend, params, config, idx, targets, task):
+    """(callable, loss_of) for one whole-model `task`: "forward" | "forward-backward" | "train-step"."""
+    device = backend.device
+    model = GPT2.from_params(params, config, device=device, dtype=torch.float32, attention=MODEL_ATTENTION)
+    idx_t = torch.from_numpy(idx.astype(np.int64)).to(device)
+    targets_t = torch.from_numpy(targets.astype(np.int64)).to(device)
+    autocast = (
+        (lambda: torch.autocast(device_type=device, dtype=torch.bfloat16))
+        if backend.dtype == "bfloat16"
+        else contextlib.nullcontext
+    )
+    loss_of = lambda loss: float(loss)
+
+    if task == "forward":
+
+        def forward():
+            with torch.no_grad(), autocast():
+                return model(idx_t, targets_t)[1]
+
+        return forward, loss_of
+
+    def forward_backward():
+        model.zero_grad(set_to_none=True)
+        with autocast():
+            _, loss = model(idx_t, targets_t)
+        loss.backward()
+        return loss.detach()
+
+    if task == "forward-backward":
+        return forward_backward, loss_of
+    # AdamW as the contract states it: weight decay on 2-D tensors only; fused kernel on CUDA.
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=LR, betas=(0.9, 0.95), eps=1e-8, fused=device == "cuda",
+    )  # fmt: skip
+
+    def train_step():
+        loss = forward_backward()
+        opt.step()
+        return loss
+
+    return train_step, loss_of

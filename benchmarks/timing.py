@@ -1,0 +1,80 @@
+"""Timing that tells the truth about asynchronous devices, and peak memory.
+
+CUDA work (torch or Numba) is queued: a kernel launch returns before the kernel has run. A
+timer around the launch alone measures the launch. So every timed callable here ends with
+the backend's synchronize (torch.cuda.synchronize / numba.cuda.synchronize), which waits
+for the queue to drain, and the time pytest-benchmark records is the whole run.
+
+First calls are different. Numba compiles each kernel (for its argument types) on its first
+launch; torch initialises cuBLAS/cuDNN handles and its caching allocator. `first_call` times
+that first synchronised call on its own, before any warm-up, and the benchmark records it in
+extra_info["first_call_s"] next to the steady-state statistics: for Numba the difference is
+the JIT compile time, a number users pay once per process. Warm-up rounds follow and are not
+timed.
+"""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+from collections.abc import Callable
+
+# (rounds, warmup_rounds) per size: enough rounds for a stable median, few enough that the
+# CPU set runs in minutes and the GPU set in under six.
+ROUNDS = {"tiny": (5, 1), "124m-cpu": (5, 1), "124m-gpu": (20, 3)}
+MODEL_ROUNDS = {"tiny": (5, 1), "124m-cpu": (3, 1), "124m-gpu": (10, 2)}
+
+
+def synchronized(fn: Callable[[], object], sync: Callable[[], None]) -> Callable[[], object]:
+    """fn followed by a device synchronize: its wall time is the time the device took."""
+
+    def run():
+        out = fn()
+        sync()
+        return out
+
+    return run
+
+
+def first_call(fn: Callable[[], object]) -> tuple[float, object]:
+    """(seconds, result) of one call, e.g. the JIT-compiling first call of a synchronised fn."""
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def run_benchmark(
+    benchmark, backend, fn: Callable[[], object], rounds: tuple[int, int], extra: dict,
+    read_result: Callable[[object], object] = lambda r: r,
+) -> object:
+    """Time fn on `backend` with pytest-benchmark: first call measured apart, then warm-up, then rounds.
+
+    Returns read_result(result of the first call), read at once: later rounds may overwrite
+    device buffers (accumulating kernels, optimizer updates) that the first result points to.
+    With --benchmark-disable (CI smoke) fn runs once and no time is recorded.
+    """
+    fn = synchronized(fn, backend.sync)
+    benchmark.extra_info.update(extra)
+    benchmark.extra_info.update(backend=backend.name, device=backend.device, dtype=backend.dtype,
+                                device_name=backend.device_name())  # fmt: skip
+    if benchmark.disabled:
+        return read_result(benchmark.pedantic(fn, rounds=1, iterations=1))
+    seconds, out = first_call(fn)
+    out = read_result(out)
+    benchmark.extra_info["first_call_s"] = seconds
+    n_rounds, warmup = rounds
+    benchmark.pedantic(fn, rounds=n_rounds, warmup_rounds=warmup, iterations=1)
+    return out
+
+
+def numpy_peak_bytes(fn: Callable[[], object]) -> int:
+    """Peak bytes NumPy allocated while fn ran (tracemalloc sees NumPy's data buffers), inputs excluded."""
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base, _ = tracemalloc.get_traced_memory()
+        fn()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak - base
