@@ -1,0 +1,48 @@
+"""The toolchain shims of numba_impl/_compat.py: the NumPy alias, the jit wrapper, the warp reductions."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from numba_impl._compat import WARP, block_max, block_sum, cuda, float32, kernel, shfl_xor, warp_max, warp_sum
+from tests.numba_impl.helpers import dev, needs_cuda
+
+pytestmark = needs_cuda
+
+
+def test_row_stack_alias_is_present_for_numba_cuda():
+    # NumPy < 2.5 still has its own (deprecated) alias; from 2.5 on _compat supplies np.vstack.
+    assert hasattr(np, "row_stack")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        stacked = np.row_stack([np.ones(2), np.zeros(2)])
+    assert np.array_equal(stacked, np.vstack([np.ones(2), np.zeros(2)]))
+
+
+@kernel(lineinfo=True)  # a GPU-only keyword: the wrapper must drop it in the simulator
+def _reductions_kernel(out, inp):
+    scratch = cuda.shared.array(32, float32)
+    tid = cuda.threadIdx.x
+    x = inp[tid]
+    out[0, tid] = shfl_xor(x, 1)
+    out[1, tid] = warp_sum(x)
+    out[2, tid] = warp_max(x)
+    out[3, tid] = block_sum(x, scratch)
+    out[4, tid] = block_max(x, scratch)
+
+
+def test_warp_and_block_reductions():
+    n = 2 * WARP  # two warps: the warp results differ per warp, the block results do not
+    x = np.random.default_rng(0).integers(-50, 50, n).astype(np.float32)  # integers: sums are exact
+    out = cuda.to_device(np.zeros((5, n), dtype=np.float32))
+    _reductions_kernel[1, n](out, dev(x))
+    got = out.copy_to_host()
+    lanes = np.arange(n)
+    assert np.array_equal(got[0], x[lanes ^ 1])
+    warps = x.reshape(2, WARP)
+    assert np.array_equal(got[1], np.repeat(warps.sum(1), WARP))
+    assert np.array_equal(got[2], np.repeat(warps.max(1), WARP))
+    assert np.all(got[3] == x.sum())
+    assert np.all(got[4] == x.max())
