@@ -61,7 +61,7 @@ def tf32_disabled() -> Iterator[None]:
                 b.fp32_precision = "ieee"
             yield
         finally:
-            for b, value in zip(switches, saved):
+            for b, value in zip(switches, saved, strict=True):
                 b.fp32_precision = value
     else:  # older torch: the allow_tf32 flags
         saved_matmul = torch.backends.cuda.matmul.allow_tf32

@@ -386,7 +386,7 @@ class GPT2(nn.Module):
         dtype: torch.dtype = torch.float32,
         attention: str = "sdpa",
         padded_vocab_size: int | None = None,
-    ) -> "GPT2":
+    ) -> GPT2:
         """A model holding exactly `params` (canonical dict of weights/), Conv1D weights transposed in."""
         validate_params(params, config, what="GPT2.from_params")
         if dtype not in PARAM_DTYPES:

@@ -48,8 +48,9 @@ def test_activations_are_arrays_in_forward_order(cfg, model, ids):
     acts = contract.activations(model, idx)
     names = list(acts)
     assert names[0] == "embed" and names[-2:] == ["ln_f", "logits"]
-    assert names[1:11] == [f"h.0.{n}" for n in ("ln_1", "qkv", "attn", "attn_proj", "resid_1",
-                                                 "ln_2", "fc", "gelu", "mlp_proj", "resid_2")]
+    assert names[1:11] == [
+        f"h.0.{n}" for n in ("ln_1", "qkv", "attn", "attn_proj", "resid_1", "ln_2", "fc", "gelu", "mlp_proj", "resid_2")
+    ]
     assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 for v in acts.values())
     np.testing.assert_array_equal(acts["logits"], contract.forward(model, idx)[0])
     # the named pieces add up as the contract table says
@@ -86,7 +87,10 @@ def test_bad_idx_tensors_are_named(model):
 @pytest.mark.parametrize(
     "targets, message",
     [
-        (np.array([[1, 2, 101]]), r"targets: id 101 at \[0, 2\] is outside \[0, vocab_size=101\) and is not the ignore index -1"),
+        (
+            np.array([[1, 2, 101]]),
+            r"targets: id 101 at \[0, 2\] is outside \[0, vocab_size=101\) and is not the ignore index -1",
+        ),
         (np.array([[1, -2, 3]]), r"targets: id -2 at \[0, 1\]"),
         (np.array([[1, 2]]), r"targets: shape \(1, 2\) does not match idx shape \(1, 3\)"),
         (np.array([[-1, -1, -1]]), "every position is -1"),
@@ -141,7 +145,7 @@ def restore_tf32_flags():
     switches = [contract._backend(p) for p in contract._FP32_PRECISION_SWITCHES]
     saved = [s.fp32_precision for s in switches]
     yield
-    for s, value in zip(switches, saved):
+    for s, value in zip(switches, saved, strict=True):
         s.fp32_precision = value
 
 

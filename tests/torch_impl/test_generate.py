@@ -79,7 +79,9 @@ def test_top_k_1_is_greedy_and_top_k_limits_the_choice(cfg, params64):
     model = GPT2.from_params(params64, cfg, dtype=torch.float64)
     prompt = _prompt(cfg, B=4, T=2, seed=4)
     greedy = model.generate(prompt, 8)
-    assert torch.equal(model.generate(prompt, 8, temperature=2.0, top_k=1, generator=torch.Generator().manual_seed(0)), greedy)
+    assert torch.equal(
+        model.generate(prompt, 8, temperature=2.0, top_k=1, generator=torch.Generator().manual_seed(0)), greedy
+    )
     out = model.generate(prompt, 8, temperature=5.0, top_k=3, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         logits, _ = model(out[:, :-1])
@@ -148,8 +150,14 @@ def test_zero_new_tokens_returns_the_prompt(cfg, params):
         ({"max_new_tokens": 2.5}, "max_new_tokens must be an int >= 0"),
         ({"max_new_tokens": 3, "temperature": -0.1}, "temperature must be a finite number >= 0"),
         ({"max_new_tokens": 3, "temperature": float("nan")}, "temperature must be a finite number >= 0"),
-        ({"max_new_tokens": 3, "temperature": 1.0, "top_k": 0}, r"top_k must be None or an int in \[1, vocab_size=101\]"),
-        ({"max_new_tokens": 3, "temperature": 1.0, "top_k": 102}, r"top_k must be None or an int in \[1, vocab_size=101\]"),
+        (
+            {"max_new_tokens": 3, "temperature": 1.0, "top_k": 0},
+            r"top_k must be None or an int in \[1, vocab_size=101\]",
+        ),
+        (
+            {"max_new_tokens": 3, "temperature": 1.0, "top_k": 102},
+            r"top_k must be None or an int in \[1, vocab_size=101\]",
+        ),
     ],
 )
 def test_bad_generation_arguments(cfg, params, kwargs, message):

@@ -50,7 +50,11 @@ def test_gradients_match_finite_differences(attention):
     _, loss, grads = contract.forward_backward(model, idx, targets)
     assert loss == pytest.approx(_loss(params, idx, targets, attention), abs=1e-14)
 
-    checks = {name: _entries(name, value.shape, rng) for name, value in params.items() if name.startswith(("h.1", "wpe", "ln_f"))}
+    checks = {
+        name: _entries(name, value.shape, rng)
+        for name, value in params.items()
+        if name.startswith(("h.1", "wpe", "ln_f"))
+    }
     checks.update({name: _entries(name, params[name].shape, rng, k=1) for name in params if name.startswith("h.0")})
     # wte: a row of a token that appears in idx (embedding + head terms) and one that does not (head only).
     present = int(idx[0, 0])

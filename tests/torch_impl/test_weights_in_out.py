@@ -34,8 +34,12 @@ def test_every_projection_computes_x_at_w_plus_b_with_the_stored_layout(cfg, par
     model = GPT2.from_params(params, cfg, dtype=torch.float64)
     rng = np.random.default_rng(0)
     for i, block in enumerate(model.h):
-        for layer, module in [("attn.c_attn", block.attn.c_attn), ("attn.c_proj", block.attn.c_proj),
-                              ("mlp.c_fc", block.mlp.c_fc), ("mlp.c_proj", block.mlp.c_proj)]:
+        for layer, module in [
+            ("attn.c_attn", block.attn.c_attn),
+            ("attn.c_proj", block.attn.c_proj),
+            ("mlp.c_fc", block.mlp.c_fc),
+            ("mlp.c_proj", block.mlp.c_proj),
+        ]:
             W, b = params[f"h.{i}.{layer}.weight"].astype(np.float64), params[f"h.{i}.{layer}.bias"]
             x = rng.standard_normal((5, W.shape[0]))
             with torch.no_grad():
@@ -99,7 +103,7 @@ def test_from_config_uses_gpt2_init(cfg):
     assert torch.count_nonzero(p["wte.weight"][config.vocab_size :]) == 0
     torch.manual_seed(0)
     again = GPT2(config, padded_vocab_size=2048)
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters(), strict=True))
 
 
 def test_from_params_rejects_bad_params(cfg, params):
