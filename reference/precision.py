@@ -53,19 +53,45 @@ def compare_precisions(config: GPT2Config, B: int = 2, T: int = 32, seed: int = 
     }  # fmt: skip
 
 
-def time_step(config: GPT2Config, dtype, B: int = 1, T: int = 64, attention: str = "naive", repeats: int = 3) -> float:
-    """Best-of-`repeats` wall time (s) of one forward + backward."""
+def time_step(
+    config: GPT2Config, dtype, B: int = 1, T: int = 64, attention: str = "naive", repeats: int = 3
+) -> tuple[float, float]:
+    """Best-of-`repeats` (wall seconds, CPU seconds of this process) of one forward + backward.
+
+    CPU time counts every BLAS thread; on a machine shared with other work it is the steadier number.
+    """
     params = synthetic(config, seed=0, dtype=dtype)
     rng = np.random.default_rng(0)
     idx = rng.integers(0, config.vocab_size, (B, T))
     targets = rng.integers(0, config.vocab_size, (B, T))
+    best_wall = best_cpu = float("inf")
+    for _ in range(repeats):
+        w0, c0 = time.perf_counter(), time.process_time()
+        _, _, acts = gpt2_forward(params, config, idx, targets, attention=attention)
+        gpt2_backward(params, config, acts)
+        best_wall = min(best_wall, time.perf_counter() - w0)
+        best_cpu = min(best_cpu, time.process_time() - c0)
+        del acts
+    return best_wall, best_cpu
+
+
+def step_flops(config: GPT2Config, B: int, T: int) -> float:
+    """Matmul FLOPs of one forward + backward (backward = 2x forward): weight matrices, tied head, attention."""
+    C, L = config.n_embd, config.n_layer
+    forward = 2 * B * T * (12 * C * C * L + config.vocab_size * C) + 2 * 2 * B * T * T * C * L
+    return 3.0 * forward
+
+
+def matmul_gflops(dtype, n: int = 1024, repeats: int = 5) -> float:
+    """GFLOP/s of one square n x n matmul (best of `repeats`): what BLAS manages on this machine right now."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((n, n)).astype(dtype), rng.standard_normal((n, n)).astype(dtype)
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        _, _, acts = gpt2_forward(params, config, idx, targets, attention=attention)
-        gpt2_backward(params, config, acts)
+        a @ b
         best = min(best, time.perf_counter() - t0)
-    return best
+    return 2 * n**3 / best / 1e9
 
 
 def format_report(r: dict) -> str:
@@ -96,10 +122,17 @@ def main(argv=None) -> None:
     config = GPT2Config.gpt2_124m()
     print(format_report(compare_precisions(config, args.batch, args.seq, args.seed, args.attention)))
     if args.timing:
+        gflop = step_flops(config, 1, 64) / 1e9
+        print(f"forward+backward 124M, B=1, T=64: {gflop:.1f} GFLOP of matmuls")
         for dtype in (np.float32, np.float64):
+            name = np.dtype(dtype).name
+            print(f"  {name}: a 1024^3 matmul runs at {matmul_gflops(dtype):.0f} GFLOP/s here now")
             for attention in ("naive", "tiled"):
-                s = time_step(config, dtype, attention=attention)
-                print(f"forward+backward 124M, B=1, T=64, {np.dtype(dtype).name}, {attention}: {s:.2f} s (best of 3)")
+                wall, cpu = time_step(config, dtype, attention=attention)
+                print(
+                    f"  {name} {attention:5s}: wall {wall:.2f} s ({gflop / wall:.0f} GFLOP/s), "
+                    f"CPU {cpu:.2f} s (best of 3)"
+                )
 
 
 if __name__ == "__main__":
