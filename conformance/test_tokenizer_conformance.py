@@ -8,8 +8,8 @@ files). Agreement is exact: ids are integers, so there is no tolerance anywhere 
       marks, control characters, long whitespace runs, numbers in many scripts, contractions,
       pieces of the special token), encoded whole and as separate short documents
     - hypothesis-generated text, from arbitrary code points and from the same fragment pools
-    - every code point of the assigned Unicode planes (a sample of the others), in contexts that
-      expose how the pre-tokeniser classifies it: this is what proves that the `regex` package's Unicode tables and tiktoken's
+    - every Unicode code point (except surrogates), on a vocabulary built so that ids expose how
+      the pre-tokeniser classifies it: this is what proves that the `regex` package's Unicode tables and tiktoken's
       Rust regex tables agree (letters, numbers, whitespace)
     - special tokens: allowed, disallowed (both raise), encoded as text
     - decoding: every single token's bytes, and random id sequences that cut characters in half
@@ -18,9 +18,11 @@ files). Agreement is exact: ids are integers, so there is no tolerance anywhere 
 from __future__ import annotations
 
 import random
+import unicodedata
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+import regex
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from weights.paths import WHERE_TINYSHAKESPEARE, WHERE_TOKENIZER, tinyshakespeare_path, tokenizer_dir
@@ -28,6 +30,20 @@ from weights.paths import WHERE_TINYSHAKESPEARE, WHERE_TOKENIZER, tinyshakespear
 pytestmark = pytest.mark.skipif(tokenizer_dir() is None, reason=f"GPT-2 tokenizer files absent: {WHERE_TOKENIZER}")
 
 EOT = "<|endoftext|>"
+
+# The one known difference, measured and explained in docs/tokenizer.md: GPT-2's pattern asks
+# for \p{L} and \p{N}, and the answer depends on the Unicode version of the regex engine's
+# tables. tiktoken 0.14's Rust regex has Unicode 16.0; the `regex` package here has 17.0, which
+# made 4,657 unassigned code points letters or numbers (CJK Extension J, new scripts). Those
+# are skipped below, found without a hand-written table: letters/numbers to `regex` that the
+# interpreter's own (older) Unicode database still calls unassigned. Every other code point
+# must give identical ids.
+_LETTER_OR_NUMBER = regex.compile(r"[\p{L}\p{N}]")
+
+
+def newer_than_python_unicode(c: str) -> bool:
+    """A letter or number to `regex` that unicodedata (14.0 on Python 3.11) calls unassigned."""
+    return unicodedata.category(c) == "Cn" and _LETTER_OR_NUMBER.match(c) is not None
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +62,7 @@ def oracle():
 
 # ---- a generated corpus of hostile text ---------------------------------------------------------
 
+# fmt: off
 FRAGMENT_POOLS: dict[str, list[str]] = {
     "english": ["the", "The", "THE", "hello", "world", "tokenizer", "GPT", "a", "I", "x", "supercalifragilistic"],
     "contractions": ["don't", "I'm", "we'll", "they've", "you're", "he'd", "it's", "IT'S", "o'clock", "'s", "'t",
@@ -65,13 +82,15 @@ FRAGMENT_POOLS: dict[str, list[str]] = {
                     "...!!!???", "«»", "„“", "¡¿", "·"],
     "special": [EOT, "<|endoftext", "|>", "<|", "<|endoftext|>|>", "<<|endoftext|>>", "<|startoftext|>"],
 }
+# fmt: on
 
 
 def random_code_point(rng: random.Random) -> str:
-    """Any scalar value: assigned, unassigned, private use, noncharacter (never a surrogate)."""
+    """Any scalar value: assigned, unassigned, private use, noncharacter (never a surrogate,
+    nor one of the code points whose class depends on the Unicode version, see the top)."""
     while True:
         cp = rng.choice([rng.randrange(0x80), rng.randrange(0x800), rng.randrange(0x10000), rng.randrange(0x110000)])
-        if not 0xD800 <= cp <= 0xDFFF:
+        if not 0xD800 <= cp <= 0xDFFF and not newer_than_python_unicode(chr(cp)):
             return chr(cp)
 
 
@@ -109,8 +128,8 @@ def test_tiny_shakespeare_identical(ours, oracle):
     ids = ours.encode(text)
     expected = oracle.encode(text)
     assert len(ids) == len(expected)
-    first_diff = next((i for i, (a, b) in enumerate(zip(ids, expected)) if a != b), None)
-    assert first_diff is None, f"first difference at token {first_diff}: ours {ids[first_diff]}, tiktoken {expected[first_diff]}"
+    first_diff = next((i for i, (a, b) in enumerate(zip(ids, expected, strict=True)) if a != b), None)
+    assert first_diff is None, f"token {first_diff}: ours {ids[first_diff]}, tiktoken {expected[first_diff]}"
     assert ours.decode(ids) == text
 
 
@@ -155,9 +174,10 @@ def test_generated_corpus_contains_what_it_claims():
 # to a minimal string and printed.
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-any_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=120)
+any_char = st.characters(exclude_categories=("Cs",)).filter(lambda c: not newer_than_python_unicode(c))
+any_text = st.text(any_char, max_size=120)
 fragment_text = st.lists(
-    st.one_of(*(st.sampled_from(pool) for pool in FRAGMENT_POOLS.values()), st.text(max_size=8)), max_size=30
+    st.one_of(*(st.sampled_from(pool) for pool in FRAGMENT_POOLS.values()), st.text(any_char, max_size=8)), max_size=30
 ).map("".join)
 
 
@@ -174,10 +194,18 @@ def test_hypothesis_fragments(ours, oracle, text):
     assert ours.encode(text, disallowed_special=()) == oracle.encode(text, disallowed_special=())
 
 
+# st.characters() never draws surrogates, so they are drawn on their own and mixed in
+with_surrogates = st.lists(
+    st.one_of(any_char, st.integers(0xD800, 0xDFFF).map(chr), st.just("\ud83e\udd16")), max_size=40
+).map("".join)
+
+
 @FUZZ
-@given(text=st.text(st.characters(), max_size=40))
+@given(text=with_surrogates)
+@example(text="\ud83e\udd16 x\ud800y\udfff")  # a valid pair (U+1F916 written as two halves), two lone halves
 def test_hypothesis_surrogates_handled_like_tiktoken(ours, oracle, text):
-    """Lone surrogates cannot be UTF-8: both replace them with U+FFFD (and join valid pairs)."""
+    """Surrogates cannot be UTF-8: both join a valid high+low pair into its character and
+    replace a lone half with U+FFFD."""
     assert ours.encode(text, disallowed_special=()) == oracle.encode(text, disallowed_special=())
 
 
@@ -189,35 +217,70 @@ def test_hypothesis_decode(ours, oracle, ids):
 
 
 # ---- every code point --------------------------------------------------------------------------
+#
+# With GPT-2's vocabulary a changed piece boundary need not change the ids (a rare character's
+# bytes encode the same whether or not the letter before it is in its piece), so the code point
+# scan runs on a vocabulary built to expose boundaries: for each marker m in "x", "1", "!" and
+# every byte b, the merge (m, b). Then "x" + c becomes the token "x"+c's first byte exactly when
+# c is in the same piece as "x", and so for every marker:
+#     "x{c}"  one piece iff c is a letter     \p{L}
+#     "1{c}"  one piece iff c is a number     \p{N}
+#     "!{c}"  one piece iff c is neither, nor whitespace
+# and whitespace is the fourth class, where none of them joins. Those four classes are all the
+# pattern asks of a code point, so equal ids on every code point mean the `regex` package and
+# tiktoken's Rust regex split every text alike (both load the same two files).
+
+BOUNDARY_MARKERS = ["x", "1", "!"]
 
 
-def code_points_to_scan() -> list[int]:
-    """Every code point of the planes where Unicode assigns characters (0-3: the BMP, the
-    supplementary multilingual and ideographic planes; 14: tags and variation selectors), 327,680
-    minus the 2,048 surrogates; plus every 61st code point of planes 4-13 (unassigned in every
-    Unicode version so far) and 15-16 (private use), which the tables treat uniformly. All of them
-    would take ~40 s of pure-Python BPE on a 2-core box; this keeps the test near 12 s."""
-    dense = [*range(0, 0x40000), *range(0xE0000, 0xF0000)]
-    sparse = [*range(0x40000, 0xE0000, 61), *range(0xF0000, 0x110000, 61)]
-    return [cp for cp in dense + sparse if not 0xD800 <= cp <= 0xDFFF]
+@pytest.fixture(scope="module")
+def boundary_tokenizers(tmp_path_factory):
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    from tiktoken_ext.openai_public import r50k_pat_str
+
+    from reference.tokenizer import BASE_TOKENS, GPT2Tokenizer, write_files
+
+    folder = tmp_path_factory.mktemp("boundary-vocab")
+    write_files(folder, [(m, b) for m in BOUNDARY_MARKERS for b in BASE_TOKENS])
+    ours = GPT2Tokenizer.from_files(folder)
+    ranks = data_gym_to_mergeable_bpe_ranks(str(folder / "vocab.bpe"), str(folder / "encoder.json"))
+    theirs = tiktoken.Encoding(
+        name="boundaries", pat_str=r50k_pat_str, mergeable_ranks=ranks, special_tokens={EOT: ours.eot_token}
+    )
+    return ours, theirs
 
 
-def test_code_points_classified_like_tiktoken(ours, oracle):
-    """Each code point between letters, digits, punctuation and after a space: a letter joins
-    "x_y", a number joins "1_2", punctuation joins "!_!", whitespace splits them all. Any code
-    point whose Unicode category differs between the two regex engines' tables changes the ids.
-    Batched 8,192 code points per text; a failing batch is narrowed to its first code point."""
+def boundary_context(c: str) -> str:
+    return f"x{c}1{c}!{c}\n"
 
-    def context(c: str) -> str:
-        return f"x{c}y1{c}2!{c}! {c}\n"
 
-    code_points = code_points_to_scan()
+def test_boundary_vocabulary_sees_each_class(boundary_tokenizers):
+    """The scan below can fail: each class gives its own ids, and the two implementations agree."""
+    ours, theirs = boundary_tokenizers
+    ids = {c: ours.encode_ordinary(boundary_context(c)) for c in ["é", "٣", "§", "\u3000", "\u0301"]}
+    assert len(set(map(tuple, ids.values()))) == len(ids)
+    for c, expected in ids.items():
+        assert theirs.encode_ordinary(boundary_context(c)) == expected, repr(c)
+
+
+def test_every_code_point_classified_like_tiktoken(boundary_tokenizers):
+    """All 1,112,064 scalar values but the surrogates and the Unicode-version-dependent ones (see
+    the top), batched 8,192 per text; a failing batch is narrowed to its first differing code point."""
+    ours, theirs = boundary_tokenizers
+    code_points = [
+        cp for cp in range(0x110000) if not 0xD800 <= cp <= 0xDFFF and not newer_than_python_unicode(chr(cp))
+    ]
+    assert len(code_points) > 1_090_000  # the exclusion stays small (~14,000 on Unicode 14.0 vs 17.0)
     for start in range(0, len(code_points), 8192):
         batch = code_points[start : start + 8192]
-        text = "".join(context(chr(cp)) for cp in batch)
-        if ours.encode_ordinary(text) != oracle.encode_ordinary(text):
-            culprit = next(cp for cp in batch if ours.encode_ordinary(context(chr(cp))) != oracle.encode_ordinary(context(chr(cp))))
-            pytest.fail(f"U+{culprit:04X} is pre-tokenised differently from tiktoken")
+        text = "".join(boundary_context(chr(cp)) for cp in batch)
+        if ours.encode_ordinary(text) != theirs.encode_ordinary(text):
+            culprit = next(
+                cp for cp in batch
+                if ours.encode_ordinary(boundary_context(chr(cp))) != theirs.encode_ordinary(boundary_context(chr(cp)))
+            )  # fmt: skip
+            pytest.fail(f"U+{culprit:04X} ({chr(culprit)!r}) is pre-tokenised differently from tiktoken")
 
 
 # ---- special tokens and decoding ---------------------------------------------------------------

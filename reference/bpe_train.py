@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter, defaultdict
+from itertools import pairwise
 from pathlib import Path
 
 import regex
@@ -54,7 +55,7 @@ def train_bpe(text: str, num_merges: int, pattern: str = GPT_2_SPLIT_PATTERN) ->
     pair_counts: Counter[tuple[str, str]] = Counter()
     words_with: defaultdict[tuple[str, str], set[int]] = defaultdict(set)
     for w, symbols in enumerate(words):
-        for pair in zip(symbols, symbols[1:]):
+        for pair in pairwise(symbols):
             pair_counts[pair] += weights[w]
             words_with[pair].add(w)
 
@@ -68,9 +69,9 @@ def train_bpe(text: str, num_merges: int, pattern: str = GPT_2_SPLIT_PATTERN) ->
         vocab.add(best[0] + best[1])
         for w in words_with.pop(best):
             before, after = words[w], merge_pair(words[w], best)
-            for pair in zip(before, before[1:]):
+            for pair in pairwise(before):
                 pair_counts[pair] -= weights[w]
-            for pair in zip(after, after[1:]):
+            for pair in pairwise(after):
                 pair_counts[pair] += weights[w]
                 words_with[pair].add(w)
             words[w] = after
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     merges = train_bpe(args.input.read_text(encoding="utf-8"), args.merges)
     write_files(args.out_dir, merges)
-    print(f"{len(merges)} merges -> {args.out_dir}/vocab.bpe, {args.out_dir}/encoder.json ({256 + len(merges) + 1} ids)")
+    n_ids = 256 + len(merges) + 1
+    print(f"{len(merges)} merges -> {args.out_dir}/vocab.bpe, {args.out_dir}/encoder.json ({n_ids} ids)")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from __future__ import annotations
 import codecs
 import json
 from collections.abc import Collection, Iterable, Set
+from itertools import pairwise
 from pathlib import Path
 from typing import Literal
 
@@ -124,7 +125,9 @@ def read_encoder(path: str | Path) -> dict[str, int]:
     return encoder
 
 
-def write_files(folder: str | Path, merges: list[tuple[str, str]], special_tokens: Iterable[str] = (EOT_TOKEN,)) -> None:
+def write_files(
+    folder: str | Path, merges: list[tuple[str, str]], special_tokens: Iterable[str] = (EOT_TOKEN,)
+) -> None:
     """Save merges as GPT-2's two files: folder/vocab.bpe and folder/encoder.json.
 
     The ids are implied by the merges: 0..255 the single bytes in BASE_TOKENS order, 256 + r
@@ -156,8 +159,7 @@ def bpe_merge(symbols: list[str], merge_ranks: dict[tuple[str, str], int]) -> li
         ["Ġ","t","h","e"] -> (Ġ,t) -> ["Ġt","h","e"] -> (h,e) -> ["Ġt","he"] -> (Ġt,he) -> ["Ġthe"]
     """
     while len(symbols) > 1:
-        pairs = zip(symbols, symbols[1:])
-        best = min(pairs, key=lambda pair: merge_ranks.get(pair, _NOT_A_MERGE))
+        best = min(pairwise(symbols), key=lambda pair: merge_ranks.get(pair, _NOT_A_MERGE))
         if best not in merge_ranks:
             break
         symbols = merge_pair(symbols, best)

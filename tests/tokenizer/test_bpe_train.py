@@ -57,8 +57,9 @@ def test_saved_files_load_into_our_tokenizer_and_tiktoken(tmp_path):
     assert read_merges(tmp_path / "vocab.bpe") == merges
     ours = GPT2Tokenizer.from_files(tmp_path)
     ranks = data_gym_to_mergeable_bpe_ranks(str(tmp_path / "vocab.bpe"), str(tmp_path / "encoder.json"))
-    theirs = tiktoken.Encoding(name="toy", pat_str=r50k_pat_str, mergeable_ranks=ranks,
-                               special_tokens={"<|endoftext|>": ours.eot_token})
+    theirs = tiktoken.Encoding(
+        name="toy", pat_str=r50k_pat_str, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": ours.eot_token}
+    )
     for sample in [text, "unseen words: zebra ξ 🦓", ""]:
         assert ours.encode(sample) == theirs.encode(sample)
         assert ours.decode(ours.encode(sample)) == sample
@@ -90,7 +91,11 @@ def test_tiny_shakespeare_round_trip_and_tiktoken_agree(tmp_path):
     ids = ours.encode(text)
     assert ours.decode(ids) == text
     ranks = data_gym_to_mergeable_bpe_ranks(str(tmp_path / "vocab.bpe"), str(tmp_path / "encoder.json"))
-    theirs = tiktoken.Encoding(name="shakespeare-300", pat_str=r50k_pat_str, mergeable_ranks=ranks,
-                               special_tokens={"<|endoftext|>": ours.eot_token})
+    theirs = tiktoken.Encoding(
+        name="shakespeare-300",
+        pat_str=r50k_pat_str,
+        mergeable_ranks=ranks,
+        special_tokens={"<|endoftext|>": ours.eot_token},
+    )
     assert ids == theirs.encode(text)
     assert len(ids) < 0.55 * len(text.encode("utf-8"))  # 300 merges: ~0.5 tokens per byte

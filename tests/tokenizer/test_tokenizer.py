@@ -110,8 +110,9 @@ def test_unseen_bytes_still_encode(toy):
 
 def test_piece_cache_is_bounded(tmp_path):
     write_files(tmp_path, TOY_MERGES)
-    tok = GPT2Tokenizer(read_merges(tmp_path / "vocab.bpe"), json.loads((tmp_path / "encoder.json").read_text()),
-                        cache_size=8)
+    tok = GPT2Tokenizer(
+        read_merges(tmp_path / "vocab.bpe"), json.loads((tmp_path / "encoder.json").read_text()), cache_size=8
+    )
     text = " ".join(f"w{i}" for i in range(100))
     assert tok.decode(tok.encode(text)) == text
     assert 0 < len(tok._cache) <= 8
@@ -219,7 +220,9 @@ def test_missing_files_folder_names_the_file(tmp_path):
 
 # ---- GPT-2's own files -------------------------------------------------------------------------
 
-needs_gpt2_files = pytest.mark.skipif(tokenizer_dir() is None, reason=f"GPT-2 tokenizer files absent: {WHERE_TOKENIZER}")
+needs_gpt2_files = pytest.mark.skipif(
+    tokenizer_dir() is None, reason=f"GPT-2 tokenizer files absent: {WHERE_TOKENIZER}"
+)
 
 
 @pytest.fixture(scope="module")
