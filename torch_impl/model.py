@@ -332,10 +332,18 @@ class GPT2(nn.Module):
         return sum(p.numel() for p in self.parameters()) - pad
 
     # ------------------------------------------------------------------ forward
-    def forward_step(self, idx: torch.Tensor, cache: KVCache | None = None, acts: dict | None = None) -> torch.Tensor:
+    def forward_step(
+        self,
+        idx: torch.Tensor,
+        cache: KVCache | None = None,
+        acts: dict | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
         """Logits (B, T, V) for idx (B, T); with a cache, idx continues the sequence it holds.
 
         With `acts` (a dict), every named activation of docs/contract.md is stored in it.
+        With `last_only`, only the last position goes through ln_f and the head: (B, 1, V),
+        all that generation needs (the head is the widest matmul of a small GPT-2).
         """
         start = 0 if cache is None else cache.length
         check_idx(idx, self.config, start)
@@ -347,6 +355,8 @@ class GPT2(nn.Module):
             x = block(x, cache, acts)
         if cache is not None:
             cache.length += T
+        if last_only:
+            x = x[:, -1:, :]  # (B, 1, C): ln_f and the head act on each position separately
         x = self.ln_f(x)
         _record(acts, "ln_f", x)
         # Tied head over all Vp rows (the padded shape is the fast one); pad columns are cut off here,
@@ -448,9 +458,9 @@ class GPT2(nn.Module):
         for _ in range(max_new_tokens):
             if cache is not None and out.size(1) <= n_ctx:
                 fresh = out if cache.length == 0 else out[:, cache.length :]  # the prompt, then 1 token
-                logits = self.forward_step(fresh, cache)
+                logits = self.forward_step(fresh, cache, last_only=True)
             else:
-                logits = self.forward_step(out[:, -n_ctx:])
+                logits = self.forward_step(out[:, -n_ctx:], last_only=True)
             next_id = sample_next_token(logits[:, -1, :], temperature, top_k, generator)  # (B, 1)
             out = torch.cat([out, next_id], dim=1)
         return out
