@@ -10,17 +10,57 @@ Tests not parametrised over a backend or a size are left alone by the selectors.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 
 def pytest_addoption(parser):
     group = parser.getgroup("gpt2 benchmarks")
-    group.addoption("--bench-size", default="", help="comma-separated sizes to run: tiny, 124m-cpu, 124m-gpu (default all)")
-    group.addoption("--bench-device", default="", help="comma-separated devices whose backends run: cpu, cuda (default all)")
+    group.addoption("--bench-size", default="", help="comma-separated sizes: tiny, 124m-cpu, 124m-gpu (default all)")
+    group.addoption("--bench-rounds", type=int, default=None, help="timed rounds per benchmark, no warm-up (CI smoke)")
+    group.addoption(
+        "--bench-deadline", type=float, default=None, help="skip benchmarks that would start after this many seconds"
+    )
+    group.addoption("--bench-device", default="", help="comma-separated devices: cpu, cuda (default all)")
+
+
+_SESSION_START = time.monotonic()
+
+
+def pytest_runtest_setup(item):
+    """--bench-deadline: once the run has used its time, the remaining benchmarks are skipped (and
+    say so), so that a time-boxed GPU run still ends normally and writes its JSON."""
+    deadline = item.config.getoption("--bench-deadline")
+    if deadline is not None and time.monotonic() - _SESSION_START > deadline:
+        pytest.skip(f"the run's time budget (--bench-deadline={deadline:g} s) is spent")
 
 
 def pytest_configure(config):
+    rounds = config.getoption("--bench-rounds")
+    if rounds is not None:
+        if rounds < 1:
+            raise pytest.UsageError(f"--bench-rounds must be >= 1, got {rounds}")
+        from benchmarks import timing
+
+        timing.ROUNDS_OVERRIDE = rounds
     config.addinivalue_line("markers", "smoke: the tiny-size benchmarks CI runs so that the suite cannot rot")
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """Library versions and the machine's load go into the JSON's machine_info (the report prints them)."""
+    import importlib.metadata
+    import os
+
+    versions = {}
+    for dist in ("numpy", "torch", "numba", "numba-cuda", "pytest-benchmark"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    machine_info["gpt2_versions"] = versions
+    if hasattr(os, "getloadavg"):
+        machine_info["load_average"] = list(os.getloadavg())
 
 
 def _selected(option: str) -> set[str] | None:

@@ -1,9 +1,9 @@
 """The problem sizes every benchmark is run at.
 
-    tiny       the tiny test config (2 layers, C=16, V=64), B=2, T=16: the CI smoke size.
-               Seconds for everything; the numbers measure overhead, not arithmetic.
-    124m-cpu   GPT-2 124M, B=1, T=128: what a CPU can time in seconds per step.
-    124m-gpu   GPT-2 124M, B=4, T=1024: the shape of a real training micro-batch (GPU only).
+tiny       the tiny test config (2 layers, C=16, V=64), B=2, T=16: the CI smoke size.
+           Seconds for everything; the numbers measure overhead, not arithmetic.
+124m-cpu   GPT-2 124M, B=1, T=128: what a CPU can time in seconds per step.
+124m-gpu   GPT-2 124M, B=4, T=1024: the shape of a real training micro-batch (GPU only).
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ TFLOP/s and MFU.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from benchmarks.cases import MODEL_TASKS, backend_params, model_inputs, size_params
@@ -17,6 +19,12 @@ from benchmarks.checks import check_loss
 from benchmarks.throughput import PEAK_SOURCE, forward_flops_per_token, peak_tflops, training_flops_per_token
 from benchmarks.timing import MODEL_ROUNDS, run_benchmark
 from weights import synthetic
+
+
+@functools.lru_cache(maxsize=2)
+def synthetic_params(config):
+    """The synthetic checkpoint of `config` (seconds to build at 124M: built once per run; no backend mutates it)."""
+    return synthetic(config, seed=0)
 
 
 @pytest.mark.parametrize("backend", backend_params())
@@ -32,7 +40,7 @@ def test_model(benchmark, size, task, backend):
     cfg = size.config
     idx, targets = model_inputs(size)
     impl = backend.impl()
-    fn, loss_of = impl.make_model(backend, synthetic(cfg, seed=0), cfg, idx, targets, task)
+    fn, loss_of = impl.make_model(backend, synthetic_params(cfg), cfg, idx, targets, task)
     per_token = forward_flops_per_token if task == "forward" else training_flops_per_token
     extra = {
         "kind": "model", "task": task, "size": size.name, "B": size.B, "T": size.T, "tokens": size.tokens,

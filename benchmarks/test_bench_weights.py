@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from benchmarks import timing
 from benchmarks.backends import cpu_name
 from weights import GPT2Config, num_params, synthetic
 
@@ -20,6 +21,7 @@ def test_synthetic_weights(benchmark, name, config, device):
     benchmark.group = f"weights:synthetic:{name}"
     benchmark.extra_info.update(kind="weights", size=name, backend="numpy-f32", device=device,
                                 device_name=cpu_name(), n_params=num_params(config))  # fmt: skip
-    params = benchmark.pedantic(synthetic, args=(config,), rounds=2 if name == "124m" else 5, iterations=1)
+    rounds = timing.ROUNDS_OVERRIDE or (2 if name == "124m" else 5)
+    params = benchmark.pedantic(synthetic, args=(config,), rounds=rounds, iterations=1)
     assert sum(p.size for p in params.values()) >= num_params(config)
     assert all(p.dtype == np.float32 for p in params.values())

@@ -24,6 +24,13 @@ from collections.abc import Callable
 ROUNDS = {"tiny": (5, 1), "124m-cpu": (5, 1), "124m-gpu": (20, 3)}
 MODEL_ROUNDS = {"tiny": (5, 1), "124m-cpu": (3, 1), "124m-gpu": (10, 2)}
 
+# Timed rounds are cut so that one benchmark spends about this long timing (at least 3 rounds):
+# a 124M step that takes seconds gets 3, a kernel that takes microseconds gets the full count.
+ROUND_BUDGET_S = 3.0
+
+# --bench-rounds=N (benchmarks/conftest.py) sets this: N timed rounds, no warm-up, for every benchmark.
+ROUNDS_OVERRIDE: int | None = None
+
 
 def synchronized(fn: Callable[[], object], sync: Callable[[], None]) -> Callable[[], object]:
     """fn followed by a device synchronize: its wall time is the time the device took."""
@@ -44,7 +51,11 @@ def first_call(fn: Callable[[], object]) -> tuple[float, object]:
 
 
 def run_benchmark(
-    benchmark, backend, fn: Callable[[], object], rounds: tuple[int, int], extra: dict,
+    benchmark,
+    backend,
+    fn: Callable[[], object],
+    rounds: tuple[int, int],
+    extra: dict,
     read_result: Callable[[object], object] = lambda r: r,
 ) -> object:
     """Time fn on `backend` with pytest-benchmark: first call measured apart, then warm-up, then rounds.
@@ -62,7 +73,9 @@ def run_benchmark(
     seconds, out = first_call(fn)
     out = read_result(out)
     benchmark.extra_info["first_call_s"] = seconds
-    n_rounds, warmup = rounds
+    n_rounds, warmup = rounds if ROUNDS_OVERRIDE is None else (ROUNDS_OVERRIDE, 0)
+    if ROUNDS_OVERRIDE is None and seconds * n_rounds > ROUND_BUDGET_S:
+        n_rounds, warmup = max(3, int(ROUND_BUDGET_S / seconds)), min(warmup, 1)
     benchmark.pedantic(fn, rounds=n_rounds, warmup_rounds=warmup, iterations=1)
     return out
 

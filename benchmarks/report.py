@@ -1,0 +1,431 @@
+"""Turn pytest-benchmark JSON into a markdown report and PNG charts.
+
+    python -m benchmarks.report results.json [more.json ...] --out docs/results/ [--prefix bench-cpu] [--title ...]
+
+writes, under --out:
+
+    <prefix>.md             date, machine, devices; whole-model table (ms, tokens/s, TFLOP/s, MFU,
+                            ratio to torch, first call); per-op tables (backends side by side, each
+                            with its ratio to torch on the same device); attention scaling (time and
+                            peak memory per T); anything else (e.g. weight building) as plain rows
+    <prefix>.json           the input (several files: their benchmarks merged), so the numbers travel with it
+    <prefix>-model.png      tokens/s per backend, per task and size
+    <prefix>-ops-<size>.png per-op median time per backend (log scale), forward and backward
+    <prefix>-attention.png  attention time and peak memory against T (log-log), naive vs tiled
+
+Every time is the median of the timed rounds (robust to the odd slow round); the ratio to
+torch is backend median / torch median on the same device, dtype float32 (>1: slower than torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from benchmarks.backends import BACKENDS, BASELINES
+from benchmarks.cases import MODEL_TASKS, OPS
+from benchmarks.throughput import derived
+
+BACKEND_ORDER = [b.name for b in BACKENDS]
+SIZE_ORDER = ["tiny", "124m-cpu", "124m-gpu"]
+
+
+@dataclasses.dataclass
+class Result:
+    """One benchmark of the JSON, with the fields the report uses (None where not recorded)."""
+
+    group: str
+    name: str
+    median_s: float
+    stddev_s: float
+    rounds: int
+    extra: dict
+
+    def __getattr__(self, key):  # extra_info fields as attributes: r.backend, r.op, r.T ...
+        if key.startswith("__"):
+            raise AttributeError(key)
+        return self.__dict__["extra"].get(key)
+
+
+def load(paths) -> tuple[dict, list[Result]]:
+    """Read one or more pytest-benchmark JSON files: (the merged JSON, its timed results)."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    data = json.loads(Path(paths[0]).read_text())
+    data.setdefault("benchmarks", [])
+    for extra in paths[1:]:  # machine, date and commit from the first file; benchmarks from all
+        data["benchmarks"] += json.loads(Path(extra).read_text()).get("benchmarks", [])
+    results = []
+    for b in data.get("benchmarks", []):
+        stats = b.get("stats") or {}
+        if "median" not in stats:
+            continue  # run with --benchmark-disable: nothing was timed
+        results.append(Result(b.get("group") or "", b["name"], stats["median"], stats.get("stddev", 0.0),
+                              stats.get("rounds", 0), b.get("extra_info") or {}))  # fmt: skip
+    return data, results
+
+
+# ----------------------------------------------------------------------------- formatting
+def fmt_time(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds * 1e9:.3g} ns"
+
+
+def fmt_num(x: float | None, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    if x >= 1e6:
+        return f"{x / 1e6:.{digits}g} M"
+    if x >= 1e3:
+        return f"{x / 1e3:.{digits}g} k"
+    return f"{x:.{digits}g}"
+
+
+def fmt_ratio(r: float | None) -> str:
+    return "–" if r is None else f"{r:.2f}×"
+
+
+def fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "–"
+    return f"{n / 2**20:.3g} MiB"
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out + [""]
+
+
+def ordered(names, order):
+    return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
+
+
+# ----------------------------------------------------------------------------- derived numbers
+def ratio_to_torch(r: Result, peers: list[Result]) -> float | None:
+    """r's median / the median of torch float32 on r's device among `peers` (same op, size, ...)."""
+    base = BASELINES.get(r.device)
+    for p in peers:
+        if p.backend == base and p.median_s > 0:
+            return r.median_s / p.median_s
+    return None
+
+
+def model_rows(results: list[Result]) -> dict[tuple[str, str], list[Result]]:
+    out = defaultdict(list)
+    for r in results:
+        if r.kind == "model":
+            out[(r.size, r.task)].append(r)
+    return out
+
+
+# ----------------------------------------------------------------------------- markdown
+def machine_lines(data: dict, results: list[Result]) -> list[str]:
+    m = data.get("machine_info", {})
+    cpu = m.get("cpu", {}) or {}
+    gpus = sorted({r.device_name for r in results if r.device == "cuda" and r.device_name})
+    lines = [
+        f"- Date: {data.get('datetime', '?')}",
+        f"- CPU: {cpu.get('brand_raw', m.get('processor', '?'))}, {cpu.get('count', '?')} logical cores"
+        f" ({m.get('node', '?')}, {m.get('system', '?')} {m.get('release', '')})",
+        f"- GPU: {', '.join(gpus) if gpus else 'none used'}",
+        f"- Python {m.get('python_version', '?')}",
+    ]
+    versions = m.get("gpt2_versions")
+    if versions:
+        lines.append("- " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    load = m.get("load_average")
+    if load:
+        lines.append(f"- Load average (1, 5, 15 min) when the run started: {', '.join(f'{x:.2f}' for x in load)}")
+    commit = data.get("commit_info", {}) or {}
+    if commit.get("id"):
+        dirty = " (with uncommitted changes)" if commit.get("dirty") else ""
+        lines.append(f"- Commit {commit['id'][:10]}{dirty}")
+    return lines + [""]
+
+
+def model_section(results: list[Result]) -> list[str]:
+    groups = model_rows(results)
+    if not groups:
+        return []
+    out = [
+        "## Whole model",
+        "",
+        "Median time per call; tokens/s = B·T / median; TFLOP/s from llm.c's count (training "
+        "6N + 6LCT FLOPs per token, forward one third of it); MFU against the dense peak of the "
+        "device for the dtype the math runs in (GPU only: see docs/benchmarks.md); "
+        "× torch = median / torch float32's median on the same device; first call includes "
+        "JIT compilation (Numba) or library initialisation (torch).",
+        "",
+    ]
+    for size in ordered({s for s, _ in groups}, SIZE_ORDER):
+        out += [f"### {size}", ""]
+        rows = []
+        for task in ordered({t for s, t in groups if s == size}, list(MODEL_TASKS)):
+            peers = groups[(size, task)]
+            for r in sorted(peers, key=lambda r: ordered([x.backend for x in peers], BACKEND_ORDER).index(r.backend)):
+                d = derived(r.median_s, r.tokens, r.flops, r.peak_tflops)
+                mfu = "–" if d["mfu"] is None else f"{100 * d['mfu']:.1f}%"
+                rows.append([task, r.backend, fmt_time(r.median_s), fmt_num(d["tokens_per_s"]),
+                             fmt_num(d["tflops"]), mfu, fmt_ratio(ratio_to_torch(r, peers)),
+                             fmt_time(r.first_call_s)])  # fmt: skip
+        out += table(["task", "backend", "median", "tokens/s", "TFLOP/s", "MFU", "× torch", "first call"], rows)
+    return out
+
+
+def op_section(results: list[Result]) -> list[str]:
+    ops = [r for r in results if r.kind == "op"]
+    if not ops:
+        return []
+    out = [
+        "## Per op",
+        "",
+        "Median time per call, with × torch (median / torch float32's on the same device) under it. "
+        "Shapes are the op's inside GPT-2 at that size (benchmarks/cases.py).",
+        "",
+    ]
+    for size in ordered({r.size for r in ops}, SIZE_ORDER):
+        for direction in ("forward", "backward"):
+            sel = [r for r in ops if r.size == size and r.direction == direction]
+            if not sel:
+                continue
+            backends = ordered({r.backend for r in sel}, BACKEND_ORDER)
+            out += [f"### {size}, {direction}", ""]
+            rows = []
+            for op in ordered({r.op for r in sel}, list(OPS)):
+                peers = [r for r in sel if r.op == op]
+                by_backend = {r.backend: r for r in peers}
+                cells = []
+                for b in backends:
+                    r = by_backend.get(b)
+                    cells.append(
+                        "–" if r is None else f"{fmt_time(r.median_s)} ({fmt_ratio(ratio_to_torch(r, peers))})"
+                    )
+                rows.append([op, *cells])
+            out += table(["op", *backends], rows)
+    return out
+
+
+def scaling_rows(results: list[Result]) -> dict[str, list[Result]]:
+    lines = defaultdict(list)
+    for r in results:
+        if r.kind == "attention-scaling":
+            lines[f"{r.backend} {r.variant}"].append(r)
+    return {k: sorted(v, key=lambda r: r.T) for k, v in sorted(lines.items())}
+
+
+def scaling_section(results: list[Result]) -> list[str]:
+    lines = scaling_rows(results)
+    if not lines:
+        return []
+    Ts = sorted({r.T for rs in lines.values() for r in rs})
+    out = [
+        "## Attention scaling",
+        "",
+        "Forward + backward of causal attention, B = 1, 12 heads, C = 768, as T grows: median time, "
+        "and peak memory allocated beyond the inputs (NumPy: tracemalloc; torch CUDA: "
+        "max_memory_allocated; Numba: its output and scratch buffers; torch CPU: not measured). "
+        "naive holds the (T, T) probabilities (memory ∝ T²); tiled streams over key blocks "
+        "(memory ∝ T). For torch, naive = explicit math, tiled = scaled_dot_product_attention; "
+        "for Numba, tiled = the flash kernels.",
+        "",
+    ]
+    header = ["T"] + [f"{name}" for name in lines]
+    rows = []
+    for T in Ts:
+        row = [str(T)]
+        for rs in lines.values():
+            r = next((r for r in rs if r.T == T), None)
+            row.append("–" if r is None else f"{fmt_time(r.median_s)} / {fmt_bytes(r.peak_bytes)}")
+        rows.append(row)
+    return out + ["Each cell: median time / peak memory.", ""] + table(header, rows)
+
+
+def other_section(results: list[Result]) -> list[str]:
+    rest = [r for r in results if r.kind not in ("model", "op", "attention-scaling")]
+    if not rest:
+        return []
+    rows = [[r.group, r.name, fmt_time(r.median_s), fmt_time(r.stddev_s), str(r.rounds)]
+            for r in sorted(rest, key=lambda r: (r.group, r.name))]  # fmt: skip
+    return ["## Other benchmarks", ""] + table(["group", "benchmark", "median", "stddev", "rounds"], rows)
+
+
+def markdown(data: dict, results: list[Result], title: str, charts: list[str]) -> str:
+    lines = [f"# {title}", ""] + machine_lines(data, results)
+    if any(r.device_name and "simulator" in r.device_name for r in results):
+        lines += ["> Numba ran in the CUDA simulator: its times measure the simulator, not a GPU.", ""]
+    if not results:
+        lines += ["No timed benchmarks in this file (was it run with --benchmark-disable?).", ""]
+    lines += [f"![{Path(c).stem}]({Path(c).name})" for c in charts] + ([""] if charts else [])
+    for section in (model_section, op_section, scaling_section, other_section):
+        lines += section(results)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# ----------------------------------------------------------------------------- charts
+def _pyplot():
+    import matplotlib  # raises ImportError where it is not installed: the report is written without charts
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+COLORS = {
+    "numpy-f32": "#4c72b0", "numpy-f64": "#8da0cb", "torch-cpu-f32": "#dd8452", "torch-cpu-bf16": "#f2b880",
+    "torch-cuda-f32": "#c44e52", "torch-cuda-bf16": "#e89a9c", "numba-cuda-f32": "#55a868",
+}  # fmt: skip
+
+
+def model_chart(results: list[Result], path: Path) -> bool:
+    groups = model_rows(results)
+    if not groups:
+        return False
+    plt = _pyplot()
+    sizes = ordered({s for s, _ in groups}, SIZE_ORDER)
+    tasks = ordered({t for _, t in groups}, list(MODEL_TASKS))
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5.5 * len(sizes), 4.2), squeeze=False)
+    for ax, size in zip(axes[0], sizes, strict=True):
+        backends = ordered({r.backend for (s, _), rs in groups.items() if s == size for r in rs}, BACKEND_ORDER)
+        width = 0.8 / max(len(backends), 1)
+        for j, b in enumerate(backends):
+            ys = []
+            for task in tasks:
+                r = next((r for r in groups.get((size, task), []) if r.backend == b), None)
+                ys.append(r.tokens / r.median_s if r and r.tokens else 0.0)
+            xs = [i + (j - (len(backends) - 1) / 2) * width for i in range(len(tasks))]
+            ax.bar(xs, ys, width, label=b, color=COLORS.get(b))
+        ax.set_xticks(range(len(tasks)), tasks)
+        ax.set_yscale("log")
+        ax.set_ylabel("tokens / s (log scale, higher is better)")
+        ax.set_title(f"GPT-2 whole model, {size}")
+        ax.grid(axis="y", which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def ops_chart(results: list[Result], size: str, path: Path) -> bool:
+    sel = [r for r in results if r.kind == "op" and r.size == size]
+    if not sel:
+        return False
+    plt = _pyplot()
+    directions = [d for d in ("forward", "backward") if any(r.direction == d for r in sel)]
+    fig, axes = plt.subplots(1, len(directions), figsize=(7 * len(directions), 4.4), squeeze=False)
+    for ax, direction in zip(axes[0], directions, strict=True):
+        rs = [r for r in sel if r.direction == direction]
+        ops = ordered({r.op for r in rs}, list(OPS))
+        backends = ordered({r.backend for r in rs}, BACKEND_ORDER)
+        width = 0.8 / max(len(backends), 1)
+        for j, b in enumerate(backends):
+            ys = []
+            for op in ops:
+                r = next((r for r in rs if r.op == op and r.backend == b), None)
+                ys.append(r.median_s * 1e3 if r else 0.0)
+            xs = [i + (j - (len(backends) - 1) / 2) * width for i in range(len(ops))]
+            ax.bar(xs, ys, width, label=b, color=COLORS.get(b))
+        ax.set_xticks(range(len(ops)), [o.replace("attention-", "attn-") for o in ops], rotation=20)
+        ax.set_yscale("log")
+        ax.set_ylabel("median time, ms (log scale, lower is better)")
+        ax.set_title(f"Per op, {direction}, {size}")
+        ax.grid(axis="y", which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def attention_chart(results: list[Result], path: Path) -> bool:
+    lines = scaling_rows(results)
+    if not lines:
+        return False
+    plt = _pyplot()
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(13, 4.8))
+    for label, rs in lines.items():
+        backend, variant = label.split(" ")
+        style = dict(color=COLORS.get(backend), marker="o", linestyle="-" if variant == "naive" else "--")
+        ax_t.plot([r.T for r in rs], [r.median_s * 1e3 for r in rs], label=label, **style)
+        mem = [(r.T, r.peak_bytes / 2**20) for r in rs if r.peak_bytes]
+        if mem:
+            ax_m.plot([t for t, _ in mem], [m for _, m in mem], label=label, **style)
+    # Slope guides through the smallest T measured: memory should follow T^2 (naive) or T (tiled).
+    Ts = sorted({r.T for rs in lines.values() for r in rs if r.T >= 64})
+    if Ts:
+        for power, name in ((2, "∝ T²"), (1, "∝ T")):
+            ref = [(T / Ts[0]) ** power for T in Ts]
+            ax_m.plot(Ts, ref, color="gray", linestyle=":", linewidth=1)
+            ax_m.annotate(name, (Ts[-1], ref[-1]), color="gray", fontsize=8)
+    for ax, ylabel, title in (
+        (ax_t, "median time, ms (fwd + bwd)", "Attention time vs T (solid: naive, dashed: tiled)"),
+        (ax_m, "peak memory beyond inputs, MiB", "Attention memory vs T (dotted: slope guides)"),
+    ):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length T (B=1, 12 heads, C=768)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# ----------------------------------------------------------------------------- entry point
+def write_report(json_paths, out_dir: Path, prefix: str, title: str | None = None, charts: bool = True) -> list[Path]:
+    """Write <prefix>.md, <prefix>.json and the charts under out_dir; returns the paths written."""
+    data, results = load(json_paths)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    drawn: list[Path] = []
+    candidates = [(out_dir / f"{prefix}-model.png", lambda p: model_chart(results, p))]
+    for size in ordered({r.size for r in results if r.kind == "op"}, SIZE_ORDER):
+        candidates.append((out_dir / f"{prefix}-ops-{size}.png", lambda p, s=size: ops_chart(results, s, p)))
+    candidates.append((out_dir / f"{prefix}-attention.png", lambda p: attention_chart(results, p)))
+    try:
+        for path, draw in candidates if charts else []:
+            if draw(path):
+                drawn.append(path)
+    except ImportError as e:
+        print(f"no charts: {e} (install matplotlib, then rerun the report on {prefix}.json)", file=sys.stderr)
+    md = out_dir / f"{prefix}.md"
+    md.write_text(markdown(data, results, title or f"Benchmarks: {prefix}", [str(c) for c in drawn]))
+    copy = out_dir / f"{prefix}.json"
+    copy.write_text(json.dumps(data, indent=1) + "\n")
+    return [md, copy, *drawn]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n")[0])
+    ap.add_argument("json", type=Path, nargs="+", help="pytest-benchmark JSON (--benchmark-json=...), one or more")
+    ap.add_argument("--out", type=Path, default=Path("docs/results"), help="output folder (default docs/results)")
+    ap.add_argument("--prefix", default=None, help="file name prefix (default: the JSON's stem)")
+    ap.add_argument("--title", default=None, help="report title")
+    ap.add_argument("--no-charts", action="store_true", help="markdown only")
+    args = ap.parse_args(argv)
+    for path in args.json:
+        if not path.is_file():
+            ap.error(f"{path}: no such file")
+    try:
+        prefix = args.prefix or args.json[0].stem
+        written = write_report(args.json, args.out, prefix, args.title, charts=not args.no_charts)
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        ap.error(f"{' '.join(map(str, args.json))} is not pytest-benchmark JSON ({type(e).__name__}: {e})")
+    for p in written:
+        print(p)
+
+
+if __name__ == "__main__":
+    main()
