@@ -65,10 +65,11 @@ def _compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
-def check_idx(idx: torch.Tensor, config: GPT2Config, start: int = 0, what: str = "idx") -> None:
+def check_idx(idx: torch.Tensor, config: GPT2Config, start: int = 0, what: str = "idx", device=None) -> None:
     """Raise ValueError unless idx is an integer (B, T) tensor of ids in [0, V) that fits the context.
 
-    `start` is the position of idx[:, 0] (non-zero when continuing a KV-cached sequence).
+    `start` is the position of idx[:, 0] (non-zero when continuing a KV-cached sequence);
+    `device`, when given, is where idx must be (the model's device).
     The messages are worded as the NumPy reference words them.
     """
     if not isinstance(idx, torch.Tensor):
@@ -84,6 +85,8 @@ def check_idx(idx: torch.Tensor, config: GPT2Config, start: int = 0, what: str =
         if start == 0:
             raise ValueError(f"{what}: sequence length T={T} exceeds n_ctx={config.n_ctx}")
         raise ValueError(f"{what}: positions {start}..{start + T - 1} exceed n_ctx={config.n_ctx}")
+    if device is not None and idx.device != device:
+        raise ValueError(f"{what}: on {idx.device}, but the model is on {device}")
     if _compiling():
         return
     bad = (idx < 0) | (idx >= config.vocab_size)
@@ -103,6 +106,8 @@ def check_targets(targets: torch.Tensor, idx: torch.Tensor, config: GPT2Config) 
         raise ValueError(f"targets: must be an integer array, got dtype {targets.dtype}")
     if targets.shape != idx.shape:
         raise ValueError(f"targets: shape {tuple(targets.shape)} does not match idx shape {tuple(idx.shape)}")
+    if targets.device != idx.device:
+        raise ValueError(f"targets: on {targets.device}, but idx is on {idx.device}")
     if _compiling():
         return
     bad = (targets < -1) | (targets >= config.vocab_size)
@@ -346,7 +351,7 @@ class GPT2(nn.Module):
         all that generation needs (the head is the widest matmul of a small GPT-2).
         """
         start = 0 if cache is None else cache.length
-        check_idx(idx, self.config, start)
+        check_idx(idx, self.config, start, device=self.wte.weight.device)
         T = idx.size(1)
         pos = torch.arange(start, start + T, device=idx.device)  # (T,)
         x = self.wte(idx) + self.wpe(pos)  # (B, T, C)
@@ -451,7 +456,7 @@ class GPT2(nn.Module):
         V = self.config.vocab_size
         if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= V):
             raise ValueError(f"top_k must be None or an int in [1, vocab_size={V}], got {top_k!r}")
-        check_idx(idx, self.config)
+        check_idx(idx, self.config, device=self.wte.weight.device)
         n_ctx = self.config.n_ctx
         out = idx.long()
         cache = KVCache(self.config.n_layer, min(out.size(1) + max_new_tokens, n_ctx)) if use_cache else None

@@ -77,6 +77,16 @@ def test_bad_idx_is_named(model, idx, message):
         contract.forward(model, idx)
 
 
+def test_tensors_on_another_device_are_named(model):
+    meta = torch.zeros(1, 3, dtype=torch.long, device="meta")  # a device that is surely not the model's
+    with pytest.raises(ValueError, match="idx: on meta, but the model is on cpu"):
+        model(meta)
+    with pytest.raises(ValueError, match="idx: on meta, but the model is on cpu"):
+        model.generate(meta, 2)
+    with pytest.raises(ValueError, match="targets: on meta, but idx is on cpu"):
+        model(torch.zeros(1, 3, dtype=torch.long), meta)
+
+
 def test_bad_idx_tensors_are_named(model):
     with pytest.raises(ValueError, match="idx: token ids must be an integer array, got dtype torch.float32"):
         model(torch.zeros(1, 3))

@@ -75,6 +75,21 @@ def test_chunked_forward_through_the_cache_equals_one_forward(cfg, params64, att
             model.forward_step(idx[:, :1], cache)
 
 
+def test_cache_under_bf16_autocast_holds_bf16_and_matches_the_one_shot_forward(cfg, params):
+    """Under autocast the cache stores keys/values in the compute dtype (bf16), and the cached pass
+    stays within bf16 rounding of the one-shot bf16 pass (8-bit mantissa: logits of O(0.5) within 0.05)."""
+    model = GPT2.from_params(params, cfg)
+    idx = _prompt(cfg, B=2, T=12, seed=9)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        full, _ = model(idx)
+        cache = KVCache(cfg.n_layer, max_len=12)
+        pieces = [model.forward_step(idx[:, :7], cache)] + [
+            model.forward_step(idx[:, t : t + 1], cache) for t in range(7, 12)
+        ]
+    assert cache.k[0].dtype == torch.bfloat16 and cache.v[cfg.n_layer - 1].dtype == torch.bfloat16
+    torch.testing.assert_close(torch.cat(pieces, dim=1).float(), full.float(), rtol=0, atol=0.05)
+
+
 def test_top_k_1_is_greedy_and_top_k_limits_the_choice(cfg, params64):
     model = GPT2.from_params(params64, cfg, dtype=torch.float64)
     prompt = _prompt(cfg, B=4, T=2, seed=4)
