@@ -1,0 +1,366 @@
+"""The backends under test, behind one small interface.
+
+Each `Backend` wraps one implementation's own entry points (docs/contract.md) and answers in NumPy:
+
+    forward(params, config, idx)                      -> logits (B, T, V)
+    forward_backward(params, config, idx, targets)    -> logits, loss, grads {name: array}
+    activations(params, config, idx)                  -> {activation name: array}
+    adamw(params, config, idx, targets, steps, hp)    -> losses per step, params after the last step
+    generate(params, config, idx, n, use_cache)       -> token ids (B, T + n), greedy
+    cached_logits(params, config, idx, n)             -> (logits with KV cache, logits recomputed)
+
+`available()` says whether the backend can run here and, if not, why: an unavailable backend is
+reported as skipped with that reason, never silently dropped.
+
+Registry: numpy-f64 (ground truth), numpy-f32, torch-cpu-f32, torch-cuda-f32, torch-cuda-bf16,
+numba-cuda-f32 (a real GPU, or Numba's CUDA simulator on tiny configs), hf-transformers-f32
+(transformers' GPT2LMHeadModel: an oracle this project did not write).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from weights import GPT2Config
+
+ADAMW_DEFAULTS = dict(lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1)
+
+# Beyond this many parameter values the CUDA simulator (one OS thread per CUDA thread) takes too long.
+SIMULATOR_MAX_PARAMS = 50_000
+
+
+def _simulator() -> bool:
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
+
+
+@dataclass
+class Backend:
+    name: str
+    precision: str  # "fp32" or "bf16" (ceiling row); "fp64" for the reference itself
+    device: str
+    notes: str = ""
+    _unavailable: str | None = field(default=None, repr=False)
+
+    def available(self) -> tuple[bool, str]:
+        return True, ""
+
+    def supports(self, config: GPT2Config) -> tuple[bool, str]:
+        return True, ""
+
+
+# --------------------------------------------------------------------------- NumPy reference
+class NumpyBackend(Backend):
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype)
+        bits = "f64" if self.dtype == np.float64 else "f32"
+        super().__init__(f"numpy-{bits}", "fp64" if bits == "f64" else "fp32", "cpu",
+                         "the reference (NumPy, hand-written backward)")
+
+    def available(self):
+        try:
+            import reference  # noqa: F401
+        except ImportError as e:
+            return False, f"reference/ not importable ({e})"
+        return True, ""
+
+    def _p(self, params):
+        # Always a copy: AdamW updates in place, and the caller's arrays must stay untouched.
+        return {k: np.array(v, dtype=self.dtype, copy=True) for k, v in params.items()}
+
+    def forward(self, params, config, idx):
+        import reference
+
+        return reference.forward(self._p(params), config, idx)[0]
+
+    def forward_backward(self, params, config, idx, targets):
+        import reference
+
+        return reference.forward_backward(self._p(params), config, idx, targets)
+
+    def activations(self, params, config, idx):
+        import reference
+
+        return reference.activations(self._p(params), config, idx)
+
+    def adamw(self, params, config, idx, targets, steps, hp):
+        import reference
+
+        p = self._p(params)
+        state: dict = {}
+        losses = []
+        for _ in range(steps):
+            _, loss, grads = reference.forward_backward(p, config, idx, targets)
+            losses.append(float(loss))
+            reference.adamw_step(p, grads, state, **hp)
+        return losses, p
+
+    def generate(self, params, config, idx, n, use_cache=True):
+        import reference
+
+        return reference.generate(self._p(params), config, idx, n, temperature=0.0, use_cache=use_cache)
+
+
+# --------------------------------------------------------------------------- PyTorch (ours)
+class TorchBackend(Backend):
+    def __init__(self, device: str, precision: str, attention: str = "sdpa"):
+        bits = {"fp32": "f32", "bf16": "bf16", "fp64": "f64"}[precision]
+        super().__init__(f"torch-{device}-{bits}", precision, device, f"torch_impl GPT2, attention={attention}")
+        self.attention = attention
+
+    def available(self):
+        try:
+            import torch
+
+            import torch_impl.contract  # noqa: F401
+            import torch_impl.model  # noqa: F401
+        except ImportError as e:
+            return False, f"torch / torch_impl not importable ({e})"
+        if self.device == "cuda" and not torch.cuda.is_available():
+            return False, "no CUDA GPU visible to torch"
+        return True, ""
+
+    def _model(self, params, config):
+        import torch
+
+        from torch_impl.model import GPT2
+
+        dtype = torch.float64 if self.precision == "fp64" else torch.float32
+        params = {k: np.array(v, copy=True) for k, v in params.items()}  # training must not touch the caller's arrays
+        return GPT2.from_params(params, config, device=self.device, dtype=dtype, attention=self.attention)
+
+    def _autocast(self):
+        import torch
+
+        return torch.bfloat16 if self.precision == "bf16" else None
+
+    def forward(self, params, config, idx):
+        from torch_impl import contract
+
+        return contract.forward(self._model(params, config), idx, autocast_dtype=self._autocast())[0]
+
+    def forward_backward(self, params, config, idx, targets):
+        from torch_impl import contract
+
+        return contract.forward_backward(self._model(params, config), idx, targets, autocast_dtype=self._autocast())
+
+    def activations(self, params, config, idx):
+        from torch_impl import contract
+
+        return contract.activations(self._model(params, config), idx, autocast_dtype=self._autocast())
+
+    @contextlib.contextmanager
+    def _precision(self):
+        import torch
+
+        from torch_impl.contract import tf32_disabled
+
+        with tf32_disabled():
+            if self.precision == "bf16":
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    yield
+            else:
+                yield
+
+    def adamw(self, params, config, idx, targets, steps, hp):
+        import torch
+
+        model = self._model(params, config)
+        decay = [p for p in model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in model.parameters() if p.dim() < 2]
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"], foreach=False,
+        )
+        x = torch.as_tensor(idx, device=self.device)
+        y = torch.as_tensor(targets, device=self.device)
+        losses = []
+        with self._precision():
+            for _ in range(steps):
+                opt.zero_grad(set_to_none=True)
+                _, loss = model(x, y)
+                loss.backward()
+                losses.append(float(loss))
+                opt.step()
+        return losses, model.to_params()
+
+    def generate(self, params, config, idx, n, use_cache=True):
+        import torch
+
+        model = self._model(params, config)
+        with self._precision():
+            out = model.generate(torch.as_tensor(idx, device=self.device), n, temperature=0.0, use_cache=use_cache)
+        return out.cpu().numpy()
+
+
+# --------------------------------------------------------------------------- Numba CUDA
+class NumbaBackend(Backend):
+    def __init__(self):
+        super().__init__("numba-cuda-f32", "fp32", "cuda", "numba_impl kernels")
+
+    def available(self):
+        try:
+            from numba_impl.model import NumbaGPT2  # noqa: F401
+        except ImportError as e:
+            return False, f"numba_impl not importable ({e})"
+        except Exception as e:  # numba raises CudaSupportError and friends at import on a GPU-less box
+            return False, f"numba CUDA unavailable ({type(e).__name__}: {e})"
+        from numba import cuda
+
+        if not cuda.is_available():
+            return False, "no CUDA GPU, and NUMBA_ENABLE_CUDASIM=1 is not set"
+        if _simulator():
+            self.device = "cuda-simulator"
+        return True, ""
+
+    def supports(self, config):
+        from weights import num_params
+
+        if _simulator() and num_params(config) > SIMULATOR_MAX_PARAMS:
+            return False, f"CUDA simulator: config of {num_params(config):,} values is too slow (limit {SIMULATOR_MAX_PARAMS:,})"
+        return True, ""
+
+    def _model(self, params, config, idx):
+        from numba_impl.model import NumbaGPT2
+
+        B, T = np.asarray(idx).shape
+        return NumbaGPT2(params, config, max_batch=B, max_seq=T)
+
+    def forward(self, params, config, idx):
+        return self._model(params, config, idx).forward(idx)[0]
+
+    def forward_backward(self, params, config, idx, targets):
+        return self._model(params, config, idx).forward_backward(idx, targets)
+
+    def activations(self, params, config, idx):
+        m = self._model(params, config, idx)
+        if not hasattr(m, "activations"):
+            raise NotImplementedError("numba_impl exposes no named activations")
+        return m.activations(idx)
+
+    def adamw(self, params, config, idx, targets, steps, hp):
+        m = self._model(params, config, idx)
+        losses = []
+        for _ in range(steps):
+            _, loss, _ = m.forward_backward(idx, targets)
+            losses.append(float(loss))
+            m.adamw_step(**hp)
+        return losses, m.to_params()
+
+    def generate(self, params, config, idx, n, use_cache=True):
+        B, T = np.asarray(idx).shape
+        from numba_impl.model import NumbaGPT2
+
+        m = NumbaGPT2(params, config, max_batch=B, max_seq=T + n)
+        return m.generate(idx, n, temperature=0.0, use_cache=use_cache)
+
+
+# --------------------------------------------------------------------------- transformers (oracle)
+class HFBackend(Backend):
+    def __init__(self):
+        super().__init__("hf-transformers-f32", "fp32", "cpu", "transformers GPT2LMHeadModel, eager attention, eval")
+
+    def available(self):
+        try:
+            import torch  # noqa: F401
+            import transformers  # noqa: F401
+        except ImportError as e:
+            return False, f"transformers not installed ({e})"
+        return True, ""
+
+    def _model(self, params, config):
+        import torch
+        import transformers
+
+        hf_cfg = transformers.GPT2Config(**{k: v for k, v in config.to_hf_dict().items() if k != "architectures"})
+        hf_cfg._attn_implementation = "eager"
+        model = transformers.GPT2LMHeadModel(hf_cfg).eval()
+        state = {k: torch.from_numpy(np.asarray(v, np.float32).copy()) for k, v in params.items()}
+        missing, unexpected = model.transformer.load_state_dict(state, strict=False)
+        real_missing = [m for m in missing if not m.endswith(("attn.bias", "attn.masked_bias"))]
+        if real_missing or unexpected:
+            raise RuntimeError(f"transformers state dict mismatch: missing {real_missing}, unexpected {unexpected}")
+        model.tie_weights()
+        return model
+
+    def forward(self, params, config, idx):
+        import torch
+
+        from conformance.precision import tf32_off
+
+        with tf32_off(), torch.no_grad():
+            return self._model(params, config)(torch.as_tensor(idx)).logits.numpy()
+
+    def forward_backward(self, params, config, idx, targets):
+        import torch
+        import torch.nn.functional as F
+
+        from conformance.precision import tf32_off
+
+        model = self._model(params, config)
+        with tf32_off():
+            logits = model(torch.as_tensor(idx)).logits
+            loss = F.cross_entropy(logits.flatten(0, 1), torch.as_tensor(targets).flatten(), ignore_index=-1)
+            loss.backward()
+        grads = {n: p.grad.numpy().copy() for n, p in model.transformer.named_parameters()}
+        return logits.detach().numpy(), float(loss), grads
+
+    def adamw(self, params, config, idx, targets, steps, hp):
+        import torch
+        import torch.nn.functional as F
+
+        from conformance.precision import tf32_off
+
+        model = self._model(params, config)
+        params_ = list(model.transformer.parameters())  # the head is tied to wte: no parameter of its own
+        opt = torch.optim.AdamW(
+            [{"params": [p for p in params_ if p.dim() >= 2], "weight_decay": hp["weight_decay"]},
+             {"params": [p for p in params_ if p.dim() < 2], "weight_decay": 0.0}],
+            lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"], foreach=False,
+        )
+        x, y = torch.as_tensor(idx), torch.as_tensor(targets)
+        losses = []
+        with tf32_off():
+            for _ in range(steps):
+                opt.zero_grad(set_to_none=True)
+                logits = model(x).logits
+                loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-1)
+                loss.backward()
+                losses.append(float(loss))
+                opt.step()
+        return losses, {n: p.detach().numpy().copy() for n, p in model.transformer.named_parameters()}
+
+    def activations(self, params, config, idx):
+        raise NotImplementedError("transformers' model does not expose the contract's named activations")
+
+    def generate(self, params, config, idx, n, use_cache=True):
+        import torch
+
+        model = self._model(params, config)
+        with torch.no_grad():
+            out = model.generate(torch.as_tensor(idx), max_new_tokens=n, do_sample=False, use_cache=use_cache,
+                                 pad_token_id=0, attention_mask=torch.ones_like(torch.as_tensor(idx)))
+        return out.numpy()
+
+
+def registry() -> list[Backend]:
+    """Every backend, ground truth first."""
+    return [
+        NumpyBackend(np.float64),
+        NumpyBackend(np.float32),
+        TorchBackend("cpu", "fp32"),
+        TorchBackend("cuda", "fp32"),
+        TorchBackend("cuda", "bf16"),
+        NumbaBackend(),
+        HFBackend(),
+    ]
+
+
+def by_name(name: str) -> Backend:
+    for b in registry():
+        if b.name == name:
+            return b
+    raise KeyError(f"unknown backend {name!r}; known: {[b.name for b in registry()]}")

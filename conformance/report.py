@@ -1,0 +1,186 @@
+"""`python -m conformance.report`: every case on every backend; a table, a JSON report, exit status.
+
+    python -m conformance.report                      # the CI-sized cases
+    python -m conformance.report --full               # plus the full 124M-shape cases
+    python -m conformance.report --backends numpy-f32,torch-cpu-f32 --cases tiny-B4-ctx
+    python -m conformance.report --json report.json   # every number, machine-readable
+
+Exit status 1 if any check breaches its ceiling or crashes; the divergence localizer then says
+at which op the failing backend parts from the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+from conformance.backends import NumpyBackend, registry
+from conformance.cases import CASES, batch, params_for
+from conformance.localize import localize_backends
+from conformance.suite import REFERENCE, Result, run_case
+from conformance.tolerances import CEILINGS, LOCALIZE
+
+CHECK_ORDER = ["logits", "loss", "grad_l2", "grad_max", "adamw_loss", "adamw_param_l2", "generate_mismatches", "kv_cache"]
+
+
+def environment() -> dict:
+    env = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "numpy": np.__version__,
+        "numba_cuda_simulator": os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1",
+    }
+    try:
+        import torch
+
+        env["torch"] = torch.__version__
+        env["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        env["torch"] = None
+    try:
+        import numba
+
+        env["numba"] = numba.__version__
+    except ImportError:
+        pass
+    return env
+
+
+def summarize(results: list[Result]) -> dict[tuple[str, str], Result]:
+    """Worst result per (backend, check) over all cases; a failure beats a pass at any value."""
+    worst: dict[tuple[str, str], Result] = {}
+    for r in results:
+        if r.value is None and r.passed is not False:
+            continue
+        key = (r.backend, r.check)
+        cur = worst.get(key)
+        rank = (r.passed is False, r.value if r.value is not None else float("inf"))
+        if cur is None or rank > (cur.passed is False, cur.value if cur.value is not None else float("inf")):
+            worst[key] = r
+    return worst
+
+
+def format_table(results: list[Result], backends) -> str:
+    worst = summarize(results)
+    checks = [c for c in CHECK_ORDER if any(k[1] == c for k in worst)]
+    lines = []
+    header = f"{'backend':<22}" + "".join(f"{c:>22}" for c in checks)
+    lines += [header, "-" * len(header)]
+    for b in backends:
+        if b.name == REFERENCE:
+            continue
+        row = f"{b.name:<22}"
+        ran = False
+        for c in checks:
+            r = worst.get((b.name, c))
+            if r is None:
+                row += f"{'-':>22}"
+                continue
+            ran = True
+            if r.value is None:
+                cell = "ERROR"
+            else:
+                verdict = {True: "ok", False: "FAIL", None: "info"}[r.passed]
+                val = f"{int(r.value)}" if c in ("generate_mismatches", "kv_cache") else f"{r.value:.1e}"
+                ceil = "-" if r.ceiling is None else (f"{r.ceiling}" if isinstance(r.ceiling, int) else f"{r.ceiling:.0e}")
+                cell = f"{val} / {ceil} {verdict}"
+            row += f"{cell:>22}"
+        if ran:
+            lines.append(row)
+    lines.append("cells: worst value over all cases / ceiling, vs numpy-f64")
+    skipped = {}
+    for r in results:
+        if r.detail.startswith("skipped"):
+            skipped.setdefault(r.backend, set()).add(r.detail[len("skipped: "):] + ("" if r.check == "all" else f" [{r.check}]"))
+    if skipped:
+        lines.append("")
+        lines.append("skipped:")
+        for name, reasons in skipped.items():
+            for why in sorted(reasons):
+                lines.append(f"  {name}: {why}")
+    errors = [r for r in results if r.detail.startswith("error")]
+    for r in errors:
+        lines.append(f"ERROR {r.backend} / {r.case} / {r.check}: {r.detail}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--full", action="store_true", help="include the full 124M-shape cases")
+    ap.add_argument("--only-full", action="store_true", help="run only the full 124M-shape cases")
+    ap.add_argument("--backends", default="", help="comma-separated backend names (default: all)")
+    ap.add_argument("--cases", default="", help="comma-separated case names (default: all of the chosen size)")
+    ap.add_argument("--json", default="conformance-report.json", help="where to write the JSON report")
+    args = ap.parse_args(argv)
+
+    backends = registry()
+    if args.backends:
+        wanted = set(args.backends.split(","))
+        unknown = wanted - {b.name for b in backends}
+        if unknown:
+            ap.error(f"unknown backend(s) {sorted(unknown)}")
+        backends = [b for b in backends if b.name in wanted or b.name == REFERENCE]
+    cases = [c for c in CASES if (c.full and (args.full or args.only_full)) or (not c.full and not args.only_full)]
+    if args.cases:
+        wanted = set(args.cases.split(","))
+        cases = [c for c in CASES if c.name in wanted]
+
+    results: list[Result] = []
+    for case in cases:
+        for b in backends:
+            if b.name == REFERENCE:
+                continue
+            t0 = time.perf_counter()
+            rs = run_case(case, b)
+            results += rs
+            status = "FAIL" if any(r.passed is False for r in rs) else ("skip" if all(r.value is None for r in rs) else "ok")
+            print(f"  {case.name:<20} {b.name:<22} {status:<5} {time.perf_counter() - t0:6.1f}s", flush=True)
+
+    print()
+    print(format_table(results, backends))
+
+    localizations = []
+    failed = [r for r in results if r.passed is False]
+    for case_name, backend_name in sorted({(r.case, r.backend) for r in failed}):
+        case = next(c for c in cases if c.name == case_name)
+        backend = next(b for b in backends if b.name == backend_name)
+        ceiling = LOCALIZE["fp32" if backend.precision == "fp64" else backend.precision]
+        try:
+            idx, _ = batch(case)
+            d = localize_backends(backend, NumpyBackend(np.float64), params_for(case), case.config, idx, ceiling)
+            text = d.describe()
+        except Exception as e:
+            text = f"localizer could not run: {type(e).__name__}: {e}"
+        print(f"\nlocalizer {backend_name} on {case_name}: {text}")
+        localizations.append({"case": case_name, "backend": backend_name, "result": text})
+
+    report = {
+        "environment": environment(),
+        "reference": REFERENCE,
+        "ceilings": CEILINGS,
+        "cases": [{"name": c.name, "config": c.config.__dict__, "weights": c.label, "tokens": c.tokens, "B": c.B, "T": c.T,
+                   "checks": list(c.checks)} for c in cases],
+        "backends": [{"name": b.name, "precision": b.precision, "device": b.device, "notes": b.notes,
+                      "available": b.available()[0], "reason": b.available()[1]} for b in backends],
+        "results": [r.as_dict() for r in results],
+        "localizations": localizations,
+    }
+    with open(args.json, "w") as f:
+        json.dump(report, f, indent=1, default=float)
+    print(f"\nJSON report: {args.json}")
+    n_fail = len(failed)
+    print(f"{sum(r.passed is True for r in results)} passed, {n_fail} failed")
+    return 1 if n_fail else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
