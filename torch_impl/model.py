@@ -408,7 +408,7 @@ class GPT2(nn.Module):
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype} (use autocast for bf16)")
         with torch.device("meta"):  # no time spent on an init that is overwritten at once
             model = cls(config, attention=attention, padded_vocab_size=padded_vocab_size)
-        model = model.to_empty(device=device).to(dtype)
+        model = model.to(dtype).to_empty(device=device)  # dtype first: free on "meta"
         V = config.vocab_size
         with torch.no_grad():
             for name, p in model.named_parameters():
