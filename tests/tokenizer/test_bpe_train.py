@@ -12,6 +12,18 @@ from reference.tokenizer import GPT2Tokenizer, read_merges, write_files
 from weights.paths import WHERE_TINYSHAKESPEARE, tinyshakespeare_path
 
 
+def tiktoken_from_files(folder, eot_id: int):
+    """tiktoken's encoding of a trained vocab.bpe + encoder.json: its own loader, GPT-2's pattern."""
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    from tiktoken_ext.openai_public import r50k_pat_str
+
+    ranks = data_gym_to_mergeable_bpe_ranks(str(folder / "vocab.bpe"), str(folder / "encoder.json"))
+    return tiktoken.Encoding(
+        name=folder.name, pat_str=r50k_pat_str, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": eot_id}
+    )
+
+
 def test_count_pieces_uses_gpt2_pre_tokenisation():
     assert count_pieces("the the  cat's\n") == Counter({"the": 1, "Ġthe": 1, "Ġ": 1, "Ġcat": 1, "'s": 1, "Ċ": 1})
 
@@ -47,19 +59,12 @@ def test_training_is_deterministic():
 
 
 def test_saved_files_load_into_our_tokenizer_and_tiktoken(tmp_path):
-    import tiktoken
-    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
-    from tiktoken_ext.openai_public import r50k_pat_str
-
     text = "It's 2024: naïve café, 東京 🤖!\n\n  spaces   and\ttabs " * 30
     merges = train_bpe(text, 60)
     write_files(tmp_path, merges)
     assert read_merges(tmp_path / "vocab.bpe") == merges
     ours = GPT2Tokenizer.from_files(tmp_path)
-    ranks = data_gym_to_mergeable_bpe_ranks(str(tmp_path / "vocab.bpe"), str(tmp_path / "encoder.json"))
-    theirs = tiktoken.Encoding(
-        name="toy", pat_str=r50k_pat_str, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": ours.eot_token}
-    )
+    theirs = tiktoken_from_files(tmp_path, ours.eot_token)
     for sample in [text, "unseen words: zebra ξ 🦓", ""]:
         assert ours.encode(sample) == theirs.encode(sample)
         assert ours.decode(ours.encode(sample)) == sample
@@ -76,10 +81,6 @@ def test_command_line(tmp_path, capsys):
 
 def test_tiny_shakespeare_round_trip_and_tiktoken_agree(tmp_path):
     """A few hundred merges learned on all of Tiny Shakespeare (kept small for CI time)."""
-    import tiktoken
-    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
-    from tiktoken_ext.openai_public import r50k_pat_str
-
     path = tinyshakespeare_path()
     if path is None:
         pytest.skip(f"Tiny Shakespeare absent: {WHERE_TINYSHAKESPEARE}")
@@ -90,12 +91,6 @@ def test_tiny_shakespeare_round_trip_and_tiktoken_agree(tmp_path):
     ours = GPT2Tokenizer.from_files(tmp_path)
     ids = ours.encode(text)
     assert ours.decode(ids) == text
-    ranks = data_gym_to_mergeable_bpe_ranks(str(tmp_path / "vocab.bpe"), str(tmp_path / "encoder.json"))
-    theirs = tiktoken.Encoding(
-        name="shakespeare-300",
-        pat_str=r50k_pat_str,
-        mergeable_ranks=ranks,
-        special_tokens={"<|endoftext|>": ours.eot_token},
-    )
+    theirs = tiktoken_from_files(tmp_path, ours.eot_token)
     assert ids == theirs.encode(text)
     assert len(ids) < 0.55 * len(text.encode("utf-8"))  # 300 merges: ~0.5 tokens per byte
