@@ -204,3 +204,19 @@ def test_bad_params_and_options_are_refused_by_name():
         forward(params, CFG, idx, attention="flash")
     with pytest.raises(TypeError, match="GPT2Config"):
         forward(params, {"n_layer": 2}, idx)
+
+
+def test_inputs_are_not_modified_and_any_integer_dtype_is_accepted():
+    params = synthetic(CFG, seed=1)
+    before = {k: v.copy() for k, v in params.items()}
+    idx, targets = batch()
+    idx_copy, targets_copy = idx.copy(), targets.copy()
+    _, loss64, grads = forward_backward(params, CFG, idx, targets)
+    _, loss32, _ = forward_backward(params, CFG, idx.astype(np.int32), targets.astype(np.int16))
+    _, loss_u8, _ = forward_backward(params, CFG, idx.astype(np.uint8), targets)
+    assert loss64 == loss32 == loss_u8
+    for name in params:
+        np.testing.assert_array_equal(params[name], before[name], err_msg=f"{name} was modified")
+        assert grads[name] is not params[name]
+    np.testing.assert_array_equal(idx, idx_copy)
+    np.testing.assert_array_equal(targets, targets_copy)
