@@ -1,4 +1,10 @@
-"""The assembled model: an independent oracle (transformers), the named activations, dtypes, bad input."""
+"""The assembled model: an independent oracle (transformers), the named activations, dtypes, bad input.
+
+Tolerances, float64 unless stated: the same math in a different order of summation differs by
+rounding only, ~1e-16 per operation; 1e-14 (a few dozen ulps) for short chains such as one
+attention layer, 1e-12 of a tensor's scale for a whole forward/backward, 1e-10 against another
+library (different kernels throughout). A real bug costs 1e-5 or more at these sizes.
+"""
 
 from __future__ import annotations
 
@@ -66,7 +72,8 @@ def test_block_outputs_match_transformers_hidden_states(hf_float64):
     acts = activations(params, CFG, idx)
     with torch.no_grad():
         hidden = model(torch.from_numpy(idx), output_hidden_states=True).hidden_states
-    # hidden_states: embeddings, each block's output except the last, then ln_f of the last block
+    # hidden_states: embeddings, each block's output except the last, then ln_f of the last block.
+    # Forward only (no head, no backward), so 1e-12 of the scale rather than the 1e-10 above.
     expect = {"embed": hidden[0], "h.0.resid_2": hidden[1], "ln_f": hidden[2]}
     for name, h in expect.items():
         np.testing.assert_allclose(acts[name], h.numpy(), rtol=0, atol=1e-12 * np.abs(h.numpy()).max(), err_msg=name)
@@ -93,7 +100,7 @@ def test_activations_are_the_contract_table(dtype):
     np.testing.assert_array_equal(acts["h.0.resid_2"], acts["h.0.resid_1"] + acts["h.0.mlp_proj"])
     np.testing.assert_allclose(
         acts["h.0.qkv"], acts["h.0.ln_1"] @ p["h.0.attn.c_attn.weight"] + p["h.0.attn.c_attn.bias"], rtol=1e-5
-    )
+    )  # rtol 1e-5: in float32 the matmul may round differently from the model's (6e-8 per op, 32 terms)
     np.testing.assert_array_equal(acts["logits"], forward(params, CFG, idx)[0])
 
 
@@ -105,7 +112,7 @@ def test_attention_probabilities_on_request():
     assert att.shape == (2, CFG.n_head, 7, 7)
     np.testing.assert_allclose(att.sum(-1), 1.0, rtol=1e-14)
     tiled = activations(params, CFG, idx, attention="tiled")
-    np.testing.assert_allclose(tiled["h.1.attn"], acts["h.1.attn"], rtol=0, atol=1e-14)
+    np.testing.assert_allclose(tiled["h.1.attn"], acts["h.1.attn"], rtol=0, atol=1e-14)  # O(1) values, 7 keys
     with pytest.raises(ValueError, match="naive"):
         activations(params, CFG, idx, attention="tiled", with_attention_probs=True)
 
@@ -142,7 +149,8 @@ def test_ignored_positions_do_not_change_loss_or_grads():
     masked[:, 5:] = -1
     _, loss_a, grads_a = forward_backward(params, CFG, idx, masked)
     _, loss_b, grads_b = forward_backward(params, CFG, idx[:, :5], targets[:, :5])
-    # masking the tail = training on the prefix only (causality: the tail cannot affect the prefix)
+    # masking the tail = training on the prefix only (causality: the tail cannot affect the prefix);
+    # the two runs differ only in matmul sizes, i.e. in rounding
     assert abs(loss_a - loss_b) <= 1e-14 * loss_b
     for name in grads_a:
         if name == "wpe.weight":
