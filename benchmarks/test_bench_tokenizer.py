@@ -20,10 +20,9 @@ import pytest
 
 from weights.paths import WHERE_TINYSHAKESPEARE, WHERE_TOKENIZER, tinyshakespeare_path, tokenizer_dir
 
-pytestmark = [
-    pytest.mark.skipif(tokenizer_dir() is None, reason=f"GPT-2 tokenizer files absent: {WHERE_TOKENIZER}"),
-    pytest.mark.smoke,  # CI runs each once (tests/benchmarks/test_smoke.py), ~5 s in all
-]
+pytestmark = pytest.mark.skipif(tokenizer_dir() is None, reason=f"GPT-2 tokenizer files absent: {WHERE_TOKENIZER}")
+# The encode cases are `smoke`: CI runs each once (tests/benchmarks/test_smoke.py), a few seconds in all.
+# Training is not: tests/tokenizer/test_bpe_train.py already runs the same 300 merges.
 
 ROUNDS, WARMUP = 5, 1  # rounds of ~0.1-1 s each: a stable median within ~20 s for the file
 _tiktoken_mb_s: dict[str, float] = {}  # filled by the tiktoken case or on demand, read by ours
@@ -89,6 +88,7 @@ def record(benchmark, text: str, oracle=None) -> None:
         benchmark.extra_info["ratio_vs_tiktoken"] = round(mb_s / benchmark.extra_info["tiktoken_MB_per_s"], 4)
 
 
+@pytest.mark.smoke
 @pytest.mark.benchmark(group="tokenizer-encode")
 def test_encode_tiktoken(benchmark, oracle, text, expected):
     ids = timed(benchmark, oracle.encode, args=(text,))
@@ -98,6 +98,7 @@ def test_encode_tiktoken(benchmark, oracle, text, expected):
         _tiktoken_mb_s["median"] = benchmark.extra_info["MB_per_s"]
 
 
+@pytest.mark.smoke
 @pytest.mark.benchmark(group="tokenizer-encode")
 def test_encode_ours_cold_cache(benchmark, oracle, text, expected):
     from reference.tokenizer import GPT2Tokenizer
@@ -113,6 +114,7 @@ def test_encode_ours_cold_cache(benchmark, oracle, text, expected):
     record(benchmark, text, oracle)
 
 
+@pytest.mark.smoke
 @pytest.mark.benchmark(group="tokenizer-encode")
 def test_encode_ours_warm_cache(benchmark, oracle, text, expected):
     from reference.tokenizer import GPT2Tokenizer

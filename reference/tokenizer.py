@@ -148,6 +148,9 @@ def write_files(
     (folder / "encoder.json").write_text(json.dumps(encoder, ensure_ascii=False), encoding="utf-8")
 
 
+_NOT_A_MERGE = float("inf")  # the rank of a pair that vocab.bpe does not list
+
+
 def bpe_merge(symbols: list[str], merge_ranks: dict[tuple[str, str], int]) -> list[str]:
     """Apply the learned merges to one piece; returns its BPE tokens (as stand-in strings).
 
@@ -164,9 +167,6 @@ def bpe_merge(symbols: list[str], merge_ranks: dict[tuple[str, str], int]) -> li
             break
         symbols = merge_pair(symbols, best)
     return symbols
-
-
-_NOT_A_MERGE = float("inf")
 
 
 def merge_pair(symbols: list[str], pair: tuple[str, str]) -> list[str]:
