@@ -130,7 +130,7 @@ class _Chunk:
 def _plan_chunks(sizes: list[int], files: list[Path], split_at: int, chunk_bytes: int, cursor: tuple[int, int]):
     """Yield the chunks of the input stream from `cursor` = (file index, byte offset) on."""
     base = 0
-    for i, (path, size) in enumerate(zip(files, sizes)):
+    for i, (path, size) in enumerate(zip(files, sizes, strict=True)):
         if i < cursor[0] or size == 0:
             base += size
             continue
@@ -208,8 +208,13 @@ def tokenize_files(
     sizes = [p.stat().st_size for p in files]
     total = sum(sizes)
     split_at = total - int(round(total * val_fraction))
-    inputs_record = [{"path": str(p.resolve()), "size": s} for p, s in zip(files, sizes)]
-    settings = {"val_fraction": val_fraction, "shard_tokens": shard_tokens, "chunk_bytes": chunk_bytes, "prefix": prefix}
+    inputs_record = [{"path": str(p.resolve()), "size": s} for p, s in zip(files, sizes, strict=True)]
+    settings = {
+        "val_fraction": val_fraction,
+        "shard_tokens": shard_tokens,
+        "chunk_bytes": chunk_bytes,
+        "prefix": prefix,
+    }
 
     manifest_path = out / MANIFEST
     if manifest_path.is_file():
@@ -252,7 +257,9 @@ def tokenize_files(
             try:
                 text = bytes(raw).decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DataError(f"{files[chunk.file]}: not UTF-8 text (bad byte at offset {chunk.start + e.start})") from None
+                raise DataError(
+                    f"{files[chunk.file]}: not UTF-8 text (bad byte at offset {chunk.start + e.start})"
+                ) from None
             ids = tokenizer.encode_ordinary(text)
             if chunk.start == 0:
                 ids = [EOT_ID] + ids
@@ -294,7 +301,7 @@ class ShardLoader:
         self.step_tokens = world * B * T
         self.lengths = [read_shard(p).size for p in self.paths]
         need = self.step_tokens + 1
-        short = [f"{p.name} ({n} tokens)" for p, n in zip(self.paths, self.lengths) if n < need]
+        short = [f"{p.name} ({n} tokens)" for p, n in zip(self.paths, self.lengths, strict=True) if n < need]
         if short:
             raise DataError(
                 f"shard(s) {', '.join(short)} too short for one step: world*B*T+1 = {world}*{B}*{T}+1 = {need} tokens"
@@ -303,7 +310,7 @@ class ShardLoader:
         self._tokens = read_shard(self.paths[0])
 
     @classmethod
-    def from_folder(cls, folder, split: str, B: int, T: int, rank: int = 0, world: int = 1) -> "ShardLoader":
+    def from_folder(cls, folder, split: str, B: int, T: int, rank: int = 0, world: int = 1) -> ShardLoader:
         return cls(shard_paths(folder, split), B, T, rank, world)
 
     def state(self) -> dict:
@@ -345,7 +352,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         manifest = tokenize_files(
-            args.inputs, args.out, args.val_fraction, args.shard_tokens, prefix=args.prefix, progress=not args.no_progress
+            args.inputs,
+            args.out,
+            args.val_fraction,
+            args.shard_tokens,
+            prefix=args.prefix,
+            progress=not args.no_progress,
         )
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)

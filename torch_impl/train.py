@@ -87,6 +87,7 @@ class TrainConfig:
     device: str = _opt("auto", "auto | cpu | cuda")
     dtype: str = _opt("auto", "autocast dtype: auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32")
     compile: bool = _opt(False, "torch.compile the model")
+    compile_mode: str = _opt("default", "torch.compile mode: default | max-autotune-no-cudagraphs | max-autotune")
     tf32: bool = _opt(True, "allow TF32 matmuls for float32 work on CUDA")
     seed: int = _opt(1337, "seed of the initialisation (same on every rank)")
     peak_flops: float = _opt(0.0, "device peak FLOP/s for MFU (0: look the device up)")
@@ -385,7 +386,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
         _set_rng_state(state["rng"], device)
         start_step = int(state["step"])
 
-    model = torch.compile(raw_model) if cfg.compile else raw_model
+    model = torch.compile(raw_model, mode=cfg.compile_mode) if cfg.compile else raw_model
     if d.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -397,14 +398,28 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
     if d.master:
         where = f"resumed from {resume_from}" if resume_from else f"init {cfg.init}"
         log.record(
-            {"step": start_step, "event": "start", "config": dataclasses.asdict(cfg), "model": dataclasses.asdict(config),
-             "world": d.world, "grad_accum": grad_accum, "device": str(device), "flops_per_token": fpt},
+            {
+                "step": start_step,
+                "event": "start",
+                "config": dataclasses.asdict(cfg),
+                "model": dataclasses.asdict(config),
+                "world": d.world,
+                "grad_accum": grad_accum,
+                "device": str(device),
+                "flops_per_token": fpt,
+            },
             f"{where}; {weights.num_params(config):,} params; world {d.world}; B={B} T={T} grad_accum={grad_accum} "
             f"({total:,} tokens/step); {device}, {'bf16' if use_bf16 else 'fp32'}{', compiled' if cfg.compile else ''}",
         )
 
-    summary: dict = {"losses": {}, "grad_norms": {}, "val_losses": {}, "tokens_per_s": [], "mfu": [],
-                     "checkpoint": resume_from}
+    summary: dict = {
+        "losses": {},
+        "grad_norms": {},
+        "val_losses": {},
+        "tokens_per_s": [],
+        "mfu": [],
+        "checkpoint": resume_from,
+    }
 
     def run_eval(step: int) -> None:
         val = evaluate(model, val_loader, cfg.eval_batches, device, autocast, d)
@@ -482,12 +497,21 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
             summary["grad_norms"][step] = norm_value
             summary["tokens_per_s"].append(tok_s)
             summary["mfu"].append(mfu)
-            entry = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": norm_value, "dt_ms": 1e3 * dt,
-                     "tokens_per_s": tok_s, "mfu": mfu}
+            entry = {
+                "step": step,
+                "loss": loss_value,
+                "lr": lr,
+                "grad_norm": norm_value,
+                "dt_ms": 1e3 * dt,
+                "tokens_per_s": tok_s,
+                "mfu": mfu,
+            }
             line = None
             if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.max_steps - 1):
-                line = (f"step {step:6d} | loss {loss_value:.4f} | lr {lr:.3e} | norm {norm_value:.3f} | "
-                        f"{1e3 * dt:7.1f} ms | {tok_s:,.0f} tok/s" + (f" | MFU {100 * mfu:.1f}%" if mfu else ""))
+                line = (
+                    f"step {step:6d} | loss {loss_value:.4f} | lr {lr:.3e} | norm {norm_value:.3f} | "
+                    f"{1e3 * dt:7.1f} ms | {tok_s:,.0f} tok/s" + (f" | MFU {100 * mfu:.1f}%" if mfu else "")
+                )
             log.record(entry, line)
             log.advance(loss_value)
             done = step + 1
@@ -544,7 +568,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     for f in dataclasses.fields(TrainConfig):
         default = file_values.get(f.name, f.default)
         if isinstance(f.default, bool):
-            ap.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=default, help=f.metadata["help"])
+            ap.add_argument(
+                _flag(f.name), action=argparse.BooleanOptionalAction, default=default, help=f.metadata["help"]
+            )
         else:
             ap.add_argument(_flag(f.name), type=type(f.default), default=default, help=f.metadata["help"])
     args = vars(ap.parse_args(argv))

@@ -43,8 +43,20 @@ def random_shards(tmp_path_factory):
 def _tiny_config(data, out_dir, **overrides) -> TrainConfig:
     """A CPU-sized run: the 'tiny' preset (2 layers, C=16, V=64, n_ctx=16) padded to 128 rows, fp32."""
     base = TrainConfig(
-        data=str(data), out_dir=str(out_dir), model="tiny", padded_vocab=128, batch_size=4, seq_len=16,
-        max_steps=6, lr=1e-2, warmup_steps=2, eval_every=0, progress=False, plot=False, log_every=0, device="cpu",
+        data=str(data),
+        out_dir=str(out_dir),
+        model="tiny",
+        padded_vocab=128,
+        batch_size=4,
+        seq_len=16,
+        max_steps=6,
+        lr=1e-2,
+        warmup_steps=2,
+        eval_every=0,
+        progress=False,
+        plot=False,
+        log_every=0,
+        device="cpu",
     )
     return dataclasses.replace(base, **overrides)
 

@@ -65,8 +65,9 @@ def test_chunked_tokenisation_equals_whole_text(tmp_path, chunk_bytes):
     from weights.tokenizer import get_tokenizer
 
     src = tinyshakespeare_path()
-    manifest = tokenize_files([src], tmp_path / "ts", val_fraction=0.1, shard_tokens=50_000,
-                              chunk_bytes=chunk_bytes, progress=False)
+    manifest = tokenize_files(
+        [src], tmp_path / "ts", val_fraction=0.1, shard_tokens=50_000, chunk_bytes=chunk_bytes, progress=False
+    )
     train = np.concatenate([read_shard(p) for p in shard_paths(tmp_path / "ts", "train")])
     val = np.concatenate([read_shard(p) for p in shard_paths(tmp_path / "ts", "val")])
     whole = [50256] + get_tokenizer().encode_ordinary(src.read_text())
@@ -123,7 +124,7 @@ def test_resume_after_interruption_gives_the_same_shards(tmp_path, monkeypatch):
     full = sorted(p.name for p in (tmp_path / "full").glob("*.bin"))
     cut = sorted(p.name for p in (tmp_path / "cut").glob("*.bin"))
     assert [n.replace("full", "") for n in full] == [n.replace("cut", "") for n in cut]
-    for f, c in zip(full, cut):
+    for f, c in zip(full, cut, strict=True):
         np.testing.assert_array_equal(read_shard(tmp_path / "full" / f), read_shard(tmp_path / "cut" / c))
 
 

@@ -19,7 +19,7 @@ def test_cosine_runs_from_peak_to_floor():
     assert lr_at(warmup, max_lr, min_lr, warmup, total) == pytest.approx(max_lr)
     assert lr_at(60, max_lr, min_lr, warmup, total) == pytest.approx((max_lr + min_lr) / 2)  # halfway
     lrs = [lr_at(s, max_lr, min_lr, warmup, total) for s in range(warmup, total)]
-    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
     assert lrs[-1] == pytest.approx(min_lr + (max_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * 99 / 100)))
     assert lr_at(total, max_lr, min_lr, warmup, total) == min_lr
     assert lr_at(10 * total, max_lr, min_lr, warmup, total) == min_lr

@@ -59,9 +59,22 @@ def test_loss_falls_on_tiny_shakespeare(shakespeare_shards, tmp_path):
     measured: last-5 train mean 8.71 (a drop of 2.1 nats), val 10.80 -> 8.54. Asserted: drops of
     at least 1.5 nats in both (a model that does not learn stays within ~0.1 of 10.8)."""
     cfg = TrainConfig(
-        data=str(shakespeare_shards), out_dir=str(tmp_path / "run"), model="small", batch_size=8, seq_len=32,
-        max_steps=20, lr=3e-3, warmup_steps=3, eval_every=10, eval_batches=4, sample_every=10,
-        sample_tokens=8, progress=False, log_every=0, device="cpu", plot=True,
+        data=str(shakespeare_shards),
+        out_dir=str(tmp_path / "run"),
+        model="small",
+        batch_size=8,
+        seq_len=32,
+        max_steps=20,
+        lr=3e-3,
+        warmup_steps=3,
+        eval_every=10,
+        eval_batches=4,
+        sample_every=10,
+        sample_tokens=8,
+        progress=False,
+        log_every=0,
+        device="cpu",
+        plot=True,
     )
     out = train(cfg)
     losses = [out["losses"][s] for s in range(20)]
@@ -100,8 +113,11 @@ def test_resume_continues_the_exact_trajectory(random_shards, tmp_path, tiny_con
     pw, ps = _load_params(whole["checkpoint"]), _load_params(second["checkpoint"])
     for name in pw:
         np.testing.assert_array_equal(pw[name], ps[name], err_msg=name)
-    steps = [int(line.split('"step": ')[1].split(",")[0]) for line in
-             (tmp_path / "split" / "log.jsonl").read_text().splitlines() if '"loss"' in line]
+    steps = [
+        int(line.split('"step": ')[1].split(",")[0])
+        for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()
+        if '"loss"' in line
+    ]
     assert steps == list(range(8))  # the log reads as one run
 
 
@@ -202,15 +218,52 @@ def test_ddp_two_processes_match_one(random_shards, tmp_path, tiny_config):
     """torchrun, 2 CPU processes (gloo, loopback only), B=2 each, 2 micro-steps per step (gradients
     synced on the last only) == one process with B=4 and the same accumulation, on the same tokens."""
     steps, total = 4, 2 * 2 * 16 * 2
-    single = train(tiny_config(random_shards, tmp_path / "one", batch_size=4, total_batch_tokens=total, max_steps=steps))
+    single = train(
+        tiny_config(random_shards, tmp_path / "one", batch_size=4, total_batch_tokens=total, max_steps=steps)
+    )
     assert single["grad_accum"] == 2
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
-        "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-        "-m", "torch_impl.train", "--data", str(random_shards), "--out-dir", str(tmp_path / "ddp"),
-        "--model", "tiny", "--padded-vocab", "128", "--batch-size", "2", "--seq-len", "16",
-        "--total-batch-tokens", str(total), "--max-steps", str(steps), "--lr", "1e-2", "--warmup-steps", "2",
-        "--eval-every", "0", "--no-progress", "--no-plot", "--device", "cpu", "--log-every", "0",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        "-m",
+        "torch_impl.train",
+        "--data",
+        str(random_shards),
+        "--out-dir",
+        str(tmp_path / "ddp"),
+        "--model",
+        "tiny",
+        "--padded-vocab",
+        "128",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "16",
+        "--total-batch-tokens",
+        str(total),
+        "--max-steps",
+        str(steps),
+        "--lr",
+        "1e-2",
+        "--warmup-steps",
+        "2",
+        "--eval-every",
+        "0",
+        "--no-progress",
+        "--no-plot",
+        "--device",
+        "cpu",
+        "--log-every",
+        "0",
     ]
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
@@ -275,9 +328,20 @@ def test_flops_per_token_of_gpt2_124m():
 def test_bf16_compiled_training_on_gpu(shakespeare_shards, tmp_path):
     """The GPU path: bf16 autocast, torch.compile, flash SDPA, fused AdamW; the loss falls as on CPU."""
     cfg = TrainConfig(
-        data=str(shakespeare_shards), out_dir=str(tmp_path / "run"), model="small", batch_size=16, seq_len=128,
-        max_steps=40, lr=3e-3, warmup_steps=5, eval_every=20, eval_batches=4, compile=True, progress=False,
-        log_every=0, device="cuda",
+        data=str(shakespeare_shards),
+        out_dir=str(tmp_path / "run"),
+        model="small",
+        batch_size=16,
+        seq_len=128,
+        max_steps=40,
+        lr=3e-3,
+        warmup_steps=5,
+        eval_every=20,
+        eval_batches=4,
+        compile=True,
+        progress=False,
+        log_every=0,
+        device="cuda",
     )
     out = train(cfg)
     losses = [out["losses"][s] for s in range(40)]
