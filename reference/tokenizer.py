@@ -261,12 +261,16 @@ class GPT2Tokenizer:
     def special_tokens_set(self) -> set[str]:
         return set(self.special_tokens)
 
+    def encode_bytes(self, data: bytes) -> list[int]:
+        """BPE on raw bytes, with no pre-tokenisation: the bytes are treated as one piece."""
+        symbols = [BYTE_TO_UNICODE[b] for b in data]
+        return [self.encoder[tok] for tok in bpe_merge(symbols, self.merge_ranks)]
+
     def encode_piece(self, piece: str) -> tuple[int, ...]:
         """One pre-tokenised piece -> its ids (cached: a piece always encodes the same way)."""
         ids = self._cache.get(piece)
         if ids is None:
-            symbols = [BYTE_TO_UNICODE[b] for b in piece.encode("utf-8")]
-            ids = tuple(self.encoder[tok] for tok in bpe_merge(symbols, self.merge_ranks))
+            ids = tuple(self.encode_bytes(piece.encode("utf-8")))
             if len(self._cache) >= self.cache_size:
                 self._cache.clear()
             self._cache[piece] = ids
