@@ -40,25 +40,24 @@ def random_shards(tmp_path_factory):
     return make_random_shards(tmp_path_factory.mktemp("data") / "random", vocab=64)
 
 
-def _tiny_config(data, out_dir, **overrides) -> TrainConfig:
-    """A CPU-sized run: the 'tiny' preset (2 layers, C=16, V=64, n_ctx=16) padded to 128 rows, fp32."""
+def _run_config(data, out_dir, **overrides) -> TrainConfig:
+    """A quiet test run on CPU: no progress bar, no console lines, no plot, no validation (unless asked)."""
     base = TrainConfig(
-        data=str(data),
-        out_dir=str(out_dir),
-        model="tiny",
-        padded_vocab=128,
-        batch_size=4,
-        seq_len=16,
-        max_steps=6,
-        lr=1e-2,
-        warmup_steps=2,
-        eval_every=0,
-        progress=False,
-        plot=False,
-        log_every=0,
-        device="cpu",
+        data=str(data), out_dir=str(out_dir), eval_every=0, progress=False, plot=False, log_every=0, device="cpu"
     )
     return dataclasses.replace(base, **overrides)
+
+
+def _tiny_config(data, out_dir, **overrides) -> TrainConfig:
+    """A CPU-sized run: the 'tiny' preset (2 layers, C=16, V=64, n_ctx=16) padded to 128 rows, fp32."""
+    tiny = dict(model="tiny", padded_vocab=128, batch_size=4, seq_len=16, max_steps=6, lr=1e-2, warmup_steps=2)
+    return _run_config(data, out_dir, **{**tiny, **overrides})
+
+
+@pytest.fixture
+def run_config():
+    """run_config(data, out_dir, **overrides) -> TrainConfig of a quiet CPU run."""
+    return _run_config
 
 
 @pytest.fixture

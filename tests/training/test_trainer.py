@@ -52,15 +52,15 @@ def _assert_same_trajectory(a: dict, b: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- learning
-def test_loss_falls_on_tiny_shakespeare(shakespeare_shards, tmp_path):
+def test_loss_falls_on_tiny_shakespeare(shakespeare_shards, tmp_path, run_config):
     """20 steps of a 2-layer GPT-2 (C=64, real vocabulary) on Tiny Shakespeare: a clear, measured drop.
 
     At init the logits are ~0, so the loss is ln(50257) = 10.825. 20 steps at lr 3e-3 (B=8, T=32)
     measured: last-5 train mean 8.71 (a drop of 2.1 nats), val 10.80 -> 8.54. Asserted: drops of
     at least 1.5 nats in both (a model that does not learn stays within ~0.1 of 10.8)."""
-    cfg = TrainConfig(
-        data=str(shakespeare_shards),
-        out_dir=str(tmp_path / "run"),
+    cfg = run_config(
+        shakespeare_shards,
+        tmp_path / "run",
         model="small",
         batch_size=8,
         seq_len=32,
@@ -71,9 +71,6 @@ def test_loss_falls_on_tiny_shakespeare(shakespeare_shards, tmp_path):
         eval_batches=4,
         sample_every=10,
         sample_tokens=8,
-        progress=False,
-        log_every=0,
-        device="cpu",
         plot=True,
     )
     out = train(cfg)
@@ -325,11 +322,11 @@ def test_flops_per_token_of_gpt2_124m():
 
 # ----------------------------------------------------------------------------- GPU
 @pytest.mark.gpu
-def test_bf16_compiled_training_on_gpu(shakespeare_shards, tmp_path):
+def test_bf16_compiled_training_on_gpu(shakespeare_shards, tmp_path, run_config):
     """The GPU path: bf16 autocast, torch.compile, flash SDPA, fused AdamW; the loss falls as on CPU."""
-    cfg = TrainConfig(
-        data=str(shakespeare_shards),
-        out_dir=str(tmp_path / "run"),
+    cfg = run_config(
+        shakespeare_shards,
+        tmp_path / "run",
         model="small",
         batch_size=16,
         seq_len=128,
@@ -339,8 +336,6 @@ def test_bf16_compiled_training_on_gpu(shakespeare_shards, tmp_path):
         eval_every=20,
         eval_batches=4,
         compile=True,
-        progress=False,
-        log_every=0,
         device="cuda",
     )
     out = train(cfg)
