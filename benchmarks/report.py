@@ -285,65 +285,64 @@ COLORS = {
 }  # fmt: skip
 
 
+def grouped_bars(ax, categories: list[str], backends: list[str], value, ylabel: str, title: str, labels=None) -> None:
+    """One group of bars per category, one bar per backend (value(category, backend), 0 = none), log y."""
+    width = 0.8 / max(len(backends), 1)
+    for j, b in enumerate(backends):
+        xs = [i + (j - (len(backends) - 1) / 2) * width for i in range(len(categories))]
+        ax.bar(xs, [value(c, b) for c in categories], width, label=b, color=COLORS.get(b))
+    ax.set_xticks(range(len(categories)), labels or categories, rotation=20 if labels else 0)
+    ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def save(fig, path: Path) -> bool:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return True
+
+
 def model_chart(results: list[Result], path: Path) -> bool:
     groups = model_rows(results)
     if not groups:
         return False
-    plt = _pyplot()
     sizes = ordered({s for s, _ in groups}, SIZE_ORDER)
     tasks = ordered({t for _, t in groups}, list(MODEL_TASKS))
-    fig, axes = plt.subplots(1, len(sizes), figsize=(5.5 * len(sizes), 4.2), squeeze=False)
+    fig, axes = _pyplot().subplots(1, len(sizes), figsize=(5.5 * len(sizes), 4.2), squeeze=False)
     for ax, size in zip(axes[0], sizes, strict=True):
         backends = ordered({r.backend for (s, _), rs in groups.items() if s == size for r in rs}, BACKEND_ORDER)
-        width = 0.8 / max(len(backends), 1)
-        for j, b in enumerate(backends):
-            ys = []
-            for task in tasks:
-                r = next((r for r in groups.get((size, task), []) if r.backend == b), None)
-                ys.append(r.tokens / r.median_s if r and r.tokens else 0.0)
-            xs = [i + (j - (len(backends) - 1) / 2) * width for i in range(len(tasks))]
-            ax.bar(xs, ys, width, label=b, color=COLORS.get(b))
-        ax.set_xticks(range(len(tasks)), tasks)
-        ax.set_yscale("log")
-        ax.set_ylabel("tokens / s (log scale, higher is better)")
-        ax.set_title(f"GPT-2 whole model, {size}")
-        ax.grid(axis="y", which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+
+        def tokens_per_s(task, b, size=size):
+            r = next((r for r in groups.get((size, task), []) if r.backend == b), None)
+            return r.tokens / r.median_s if r and r.tokens else 0.0
+
+        grouped_bars(ax, tasks, backends, tokens_per_s, "tokens / s (log scale, higher is better)",
+                     f"GPT-2 whole model, {size}")  # fmt: skip
+    return save(fig, path)
 
 
 def ops_chart(results: list[Result], size: str, path: Path) -> bool:
     sel = [r for r in results if r.kind == "op" and r.size == size]
     if not sel:
         return False
-    plt = _pyplot()
     directions = [d for d in ("forward", "backward") if any(r.direction == d for r in sel)]
-    fig, axes = plt.subplots(1, len(directions), figsize=(7 * len(directions), 4.4), squeeze=False)
+    fig, axes = _pyplot().subplots(1, len(directions), figsize=(7 * len(directions), 4.4), squeeze=False)
     for ax, direction in zip(axes[0], directions, strict=True):
         rs = [r for r in sel if r.direction == direction]
         ops = ordered({r.op for r in rs}, list(OPS))
-        backends = ordered({r.backend for r in rs}, BACKEND_ORDER)
-        width = 0.8 / max(len(backends), 1)
-        for j, b in enumerate(backends):
-            ys = []
-            for op in ops:
-                r = next((r for r in rs if r.op == op and r.backend == b), None)
-                ys.append(r.median_s * 1e3 if r else 0.0)
-            xs = [i + (j - (len(backends) - 1) / 2) * width for i in range(len(ops))]
-            ax.bar(xs, ys, width, label=b, color=COLORS.get(b))
-        ax.set_xticks(range(len(ops)), [o.replace("attention-", "attn-") for o in ops], rotation=20)
-        ax.set_yscale("log")
-        ax.set_ylabel("median time, ms (log scale, lower is better)")
-        ax.set_title(f"Per op, {direction}, {size}")
-        ax.grid(axis="y", which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+
+        def ms(op, b, rs=rs):
+            r = next((r for r in rs if r.op == op and r.backend == b), None)
+            return r.median_s * 1e3 if r else 0.0
+
+        grouped_bars(ax, ops, ordered({r.backend for r in rs}, BACKEND_ORDER), ms,
+                     "median time, ms (log scale, lower is better)", f"Per op, {direction}, {size}",
+                     labels=[o.replace("attention-", "attn-") for o in ops])  # fmt: skip
+    return save(fig, path)
 
 
 def attention_chart(results: list[Result], path: Path) -> bool:
@@ -377,10 +376,7 @@ def attention_chart(results: list[Result], path: Path) -> bool:
         ax.set_title(title)
         ax.grid(which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return save(fig, path)
 
 
 # ----------------------------------------------------------------------------- entry point

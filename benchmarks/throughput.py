@@ -24,12 +24,13 @@ from weights import GPT2Config, num_params
 
 # Dense (no sparsity) peaks in TFLOP/s, from NVIDIA's data sheets:
 #   H100 SXM5 (and H200, the same compute die): BF16 tensor 989.4, FP32 (CUDA cores) 66.9,
-#   FP64 33.5;  H100 PCIe: 756, 51.2, 25.6;  A100 (SXM/PCIe): 312, 19.5, 9.7.
+#   FP64 33.5;  H100 PCIe: 756, 51.2, 25.6;  H100 NVL: 835, 60, 30;  A100 (SXM/PCIe): 312, 19.5, 9.7.
 # float32 is matched to the non-tensor FP32 figure: torch's default float32 matmuls do not
 # use TF32, and the Numba kernels run on the CUDA cores.
 GPU_PEAKS_TFLOPS = {
     # (substring of torch.cuda.get_device_name(), label): {dtype: peak}
     ("H100 PCIe", "NVIDIA H100 PCIe"): {"bfloat16": 756.0, "float32": 51.2, "float64": 25.6},
+    ("H100 NVL", "NVIDIA H100 NVL"): {"bfloat16": 835.0, "float32": 60.0, "float64": 30.0},
     ("H100", "NVIDIA H100 SXM5"): {"bfloat16": 989.4, "float32": 66.9, "float64": 33.5},
     ("H200", "NVIDIA H200"): {"bfloat16": 989.4, "float32": 66.9, "float64": 33.5},
     ("A100", "NVIDIA A100"): {"bfloat16": 312.0, "float32": 19.5, "float64": 9.7},

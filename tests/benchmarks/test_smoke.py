@@ -63,3 +63,21 @@ def test_smoke_benchmarks_run_and_report(tmp_path):
     for backend in ran:
         assert f"| {backend} |" in md or f" {backend} |" in md, backend
     assert (out / "smoke-model.png").is_file() and (out / "smoke-ops-tiny.png").is_file()
+
+
+def test_selectors_keep_only_the_asked_sizes_and_devices():
+    cmd = [sys.executable, "-m", "pytest", "benchmarks/test_bench_ops.py", "benchmarks/test_bench_model.py",
+           "--collect-only", "-q", "-p", "no:cacheprovider", "--bench-device=cpu", "--bench-size=124m-cpu"]  # fmt: skip
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    ids = [line for line in run.stdout.splitlines() if "::" in line]
+    cpu_backends = [b.name for b in BACKENDS if b.device == "cpu"]
+    # 6 ops x 2 directions + 3 model tasks, for each CPU backend, all at 124m-cpu
+    assert len(ids) == (12 + 3) * len(cpu_backends)
+    assert all("124m-cpu" in i and any(i.endswith(f"-{b}]") for b in cpu_backends) for i in ids)
+
+
+def test_bad_round_count_is_refused():
+    cmd = [sys.executable, "-m", "pytest", "benchmarks/test_bench_weights.py", "--bench-rounds=0", "-q"]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode != 0 and "--bench-rounds must be >= 1" in run.stderr
