@@ -54,8 +54,8 @@ from torch_impl.data import ShardLoader, shard_paths
 from torch_impl.lr_schedule import lr_at
 
 
-def _opt(default, help: str):
-    return field(default=default, metadata={"help": help})
+def _opt(default, help: str, choices: tuple[str, ...] | None = None):
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass
@@ -63,12 +63,12 @@ class TrainConfig:
     # data and model
     data: str = _opt("", "folder of token shards (*_train_*.bin, *_val_*.bin) from `python -m torch_impl.data`")
     init: str = _opt("scratch", "'scratch' (GPT-2 init), a hub id ('gpt2') or a local checkpoint file/folder")
-    model: str = _opt("124m", "config preset for --init scratch: 124m | small | tiny")
+    model: str = _opt("124m", "config preset for --init scratch", ("124m", "small", "tiny"))
     n_layer: int = _opt(0, "override the preset's n_layer (0: keep)")
     n_head: int = _opt(0, "override the preset's n_head (0: keep)")
     n_embd: int = _opt(0, "override the preset's n_embd (0: keep)")
     padded_vocab: int = _opt(50304, "embedding/head rows, padded for fast matmuls; pad ids never scored or sampled")
-    attention: str = _opt("sdpa", "attention kernel: sdpa (flash on CUDA) | math")
+    attention: str = _opt("sdpa", "attention kernel (sdpa: flash on CUDA)", ("sdpa", "math"))
     # batch and optimizer
     batch_size: int = _opt(8, "micro-batch size B per rank")
     seq_len: int = _opt(1024, "sequence length T")
@@ -84,10 +84,12 @@ class TrainConfig:
     eps: float = _opt(1e-8, "AdamW epsilon")
     grad_clip: float = _opt(1.0, "clip the global gradient norm to this (0: no clipping)")
     # precision and speed
-    device: str = _opt("auto", "auto | cpu | cuda")
-    dtype: str = _opt("auto", "autocast dtype: auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32")
+    device: str = _opt("auto", "where to train (auto: CUDA if available)", ("auto", "cpu", "cuda"))
+    dtype: str = _opt("auto", "autocast dtype (auto: bf16 on CUDA, fp32 on CPU)", ("auto", "bf16", "fp32"))
     compile: bool = _opt(False, "torch.compile the model")
-    compile_mode: str = _opt("default", "torch.compile mode: default | max-autotune-no-cudagraphs | max-autotune")
+    compile_mode: str = _opt(
+        "default", "torch.compile mode", ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+    )
     tf32: bool = _opt(True, "allow TF32 matmuls for float32 work on CUDA")
     seed: int = _opt(1337, "seed of the initialisation (same on every rank)")
     peak_flops: float = _opt(0.0, "device peak FLOP/s for MFU (0: look the device up)")
@@ -105,6 +107,12 @@ class TrainConfig:
     resume: bool = _opt(False, "continue from out_dir/latest if it exists")
     progress: bool = _opt(True, "tqdm progress bar")
     plot: bool = _opt(True, "write out_dir/loss.png at the end")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            choices, value = f.metadata["choices"], getattr(self, f.name)
+            if choices and value not in choices:
+                raise ValueError(f"{_flag(f.name)} must be one of {', '.join(choices)}; got {value!r}")
 
 
 class NonFiniteError(RuntimeError):
@@ -343,8 +351,6 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
         raise ValueError("--data is required: a folder of token shards (make them with `python -m torch_impl.data`)")
     device = d.device
     use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda")
-    if cfg.dtype not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"--dtype must be auto, bf16 or fp32, got {cfg.dtype!r}")
     amp_dtype = torch.bfloat16 if use_bf16 else torch.float32
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
     if device.type == "cuda":
@@ -354,6 +360,8 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
 
     # --- where the weights come from: a checkpoint of this run, a checkpoint to fine-tune, or nothing
     resume_from = latest_checkpoint(out_dir) if cfg.resume else None
+    if cfg.resume and resume_from is None and d.master:
+        print(f"--resume: no checkpoint in {out_dir} yet; starting from --init {cfg.init}", file=sys.stderr)
     state = None
     if resume_from is not None:
         params, config, state = load_checkpoint(resume_from)
@@ -572,7 +580,13 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                 _flag(f.name), action=argparse.BooleanOptionalAction, default=default, help=f.metadata["help"]
             )
         else:
-            ap.add_argument(_flag(f.name), type=type(f.default), default=default, help=f.metadata["help"])
+            ap.add_argument(
+                _flag(f.name),
+                type=type(f.default),
+                default=default,
+                choices=f.metadata["choices"],
+                help=f.metadata["help"],
+            )
     args = vars(ap.parse_args(argv))
     args.pop("config")
     return TrainConfig(**args)

@@ -1,0 +1,71 @@
+"""Training throughput of GPT-2 124M on this machine: 1 GPU, then N GPUs through DDP, and the scaling.
+
+    python scripts/train_throughput.py --data data-cache/shakespeare --gpus 2 [--steps 30] [--batch-size 64]
+
+Each run is `python -m torch_impl.train` (torchrun for N > 1) from scratch at T=1024, bf16,
+torch.compile, 524,288 tokens per step, no checkpoints. Tokens/s and MFU are the medians over
+the steps after `--skip` (step 0 holds the compile time). Prints a table and writes
+`--json` (default throughput.json). NCCL's NVLink multicast is left off (NCCL_NVLS_ENABLE=0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+
+def run(gpus: int, args, out_dir: Path) -> dict:
+    flags = [
+        "--data", args.data, "--model", "124m", "--batch-size", str(args.batch_size), "--seq-len", "1024",
+        "--total-batch-tokens", "524288", "--max-steps", str(args.steps), "--warmup-steps", "10",
+        "--eval-every", "0", "--no-save", "--no-progress", "--no-plot", "--log-every", "5", "--compile",
+        "--out-dir", str(out_dir),
+    ]  # fmt: skip
+    env = {**os.environ, "NCCL_NVLS_ENABLE": "0", "PYTHONUNBUFFERED": "1"}
+    if gpus == 1:
+        env["CUDA_VISIBLE_DEVICES"] = env.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
+        cmd = [sys.executable, "-m", "torch_impl.train", *flags]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
+               "-m", "torch_impl.train", *flags]  # fmt: skip
+    subprocess.run(cmd, env=env, check=True)
+    rows = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines() if line.strip()]
+    steps = [r for r in rows if "loss" in r and r["step"] >= args.skip]
+    mfus = [r["mfu"] for r in steps if r["mfu"] is not None]
+    return {
+        "gpus": gpus,
+        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in steps),
+        "mfu": statistics.median(mfus) if mfus else None,
+        "measured_steps": len(steps),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="token shards (python -m torch_impl.data)")
+    ap.add_argument("--gpus", type=int, default=2, help="GPUs for the DDP run (1: only the single-GPU run)")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--skip", type=int, default=8, help="steps left out of the medians (compile, warm-up)")
+    ap.add_argument("--batch-size", type=int, default=64, help="micro-batch per GPU")
+    ap.add_argument("--out", default="runs/throughput", help="folder for the runs' logs")
+    ap.add_argument("--json", default="throughput.json")
+    args = ap.parse_args(argv)
+    results = [run(1, args, Path(args.out) / "gpu1")]
+    if args.gpus > 1:
+        results.append(run(args.gpus, args, Path(args.out) / f"gpu{args.gpus}"))
+        results[-1]["scaling"] = results[-1]["tokens_per_s"] / results[0]["tokens_per_s"]
+    for r in results:
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] else "n/a"
+        scaling = f"  scaling {r['scaling']:.2f}x" if "scaling" in r else ""
+        print(f"{r['gpus']} GPU(s): {r['tokens_per_s']:,.0f} tokens/s  MFU {mfu}{scaling}")
+    Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
