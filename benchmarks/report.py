@@ -13,8 +13,10 @@ writes, under --out:
     <prefix>-ops-<size>.png per-op median time per backend (log scale), forward and backward
     <prefix>-attention.png  attention time and peak memory against T (log-log), naive vs tiled
 
-Every time is the median of the timed rounds (robust to the odd slow round); the ratio to
-torch is backend median / torch median on the same device, dtype float32 (>1: slower than torch).
+Every time is the median of the timed rounds (robust to the odd slow round), or with
+--stat min their minimum (the better estimate on a machine that other jobs share: contention
+only ever adds time); the header says which. The ratio to torch is backend time / torch
+float32's time on the same device (>1: slower than torch).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class Result:
 
     group: str
     name: str
-    median_s: float
+    time_s: float  # the median (or --stat min) of the timed rounds
     stddev_s: float
     rounds: int
     extra: dict
@@ -51,7 +53,11 @@ class Result:
         return self.__dict__["extra"].get(key)
 
 
-def load(paths) -> tuple[dict, list[Result]]:
+STATS = ("median", "min")
+STAT = {"name": "median"}  # set by write_report; the word the tables use
+
+
+def load(paths, stat: str = "median") -> tuple[dict, list[Result]]:
     """Read one or more pytest-benchmark JSON files: (the merged JSON, its timed results)."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     data = json.loads(Path(paths[0]).read_text())
@@ -63,7 +69,7 @@ def load(paths) -> tuple[dict, list[Result]]:
         stats = b.get("stats") or {}
         if "median" not in stats:
             continue  # run with --benchmark-disable: nothing was timed
-        results.append(Result(b.get("group") or "", b["name"], stats["median"], stats.get("stddev", 0.0),
+        results.append(Result(b.get("group") or "", b["name"], stats[stat], stats.get("stddev", 0.0),
                               stats.get("rounds", 0), b.get("extra_info") or {}))  # fmt: skip
     return data, results
 
@@ -110,11 +116,11 @@ def ordered(names, order):
 
 # ----------------------------------------------------------------------------- derived numbers
 def ratio_to_torch(r: Result, peers: list[Result]) -> float | None:
-    """r's median / the median of torch float32 on r's device among `peers` (same op, size, ...)."""
+    """r's time / the time of torch float32 on r's device among `peers` (same op, size, ...)."""
     base = BASELINES.get(r.device)
     for p in peers:
-        if p.backend == base and p.median_s > 0:
-            return r.median_s / p.median_s
+        if p.backend == base and p.time_s > 0:
+            return r.time_s / p.time_s
     return None
 
 
@@ -158,10 +164,10 @@ def model_section(results: list[Result]) -> list[str]:
     out = [
         "## Whole model",
         "",
-        "Median time per call; tokens/s = B·T / median; TFLOP/s from llm.c's count (training "
+        f"{STAT['name'].capitalize()} time per call; tokens/s = B·T / time; TFLOP/s from llm.c's count (training "
         "6N + 6LCT FLOPs per token, forward one third of it); MFU against the dense peak of the "
         "device for the dtype the math runs in (GPU only: see docs/benchmarks.md); "
-        "× torch = median / torch float32's median on the same device; first call includes "
+        "× torch = time / torch float32's time on the same device; first call includes "
         "JIT compilation (Numba) or library initialisation (torch).",
         "",
     ]
@@ -171,12 +177,12 @@ def model_section(results: list[Result]) -> list[str]:
         for task in ordered({t for s, t in groups if s == size}, list(MODEL_TASKS)):
             peers = groups[(size, task)]
             for r in sorted(peers, key=lambda r: ordered([x.backend for x in peers], BACKEND_ORDER).index(r.backend)):
-                d = derived(r.median_s, r.tokens, r.flops, r.peak_tflops)
+                d = derived(r.time_s, r.tokens, r.flops, r.peak_tflops)
                 mfu = "–" if d["mfu"] is None else f"{100 * d['mfu']:.1f}%"
-                rows.append([task, r.backend, fmt_time(r.median_s), fmt_num(d["tokens_per_s"]),
+                rows.append([task, r.backend, fmt_time(r.time_s), fmt_num(d["tokens_per_s"]),
                              fmt_num(d["tflops"]), mfu, fmt_ratio(ratio_to_torch(r, peers)),
                              fmt_time(r.first_call_s)])  # fmt: skip
-        out += table(["task", "backend", "median", "tokens/s", "TFLOP/s", "MFU", "× torch", "first call"], rows)
+        out += table(["task", "backend", STAT["name"], "tokens/s", "TFLOP/s", "MFU", "× torch", "first call"], rows)
     return out
 
 
@@ -187,7 +193,8 @@ def op_section(results: list[Result]) -> list[str]:
     out = [
         "## Per op",
         "",
-        "Median time per call, with × torch (median / torch float32's on the same device) under it. "
+        f"{STAT['name'].capitalize()} time per call, and in brackets × torch (time / torch float32's "
+        "time on the same device). "
         "Shapes are the op's inside GPT-2 at that size (benchmarks/cases.py).",
         "",
     ]
@@ -205,9 +212,7 @@ def op_section(results: list[Result]) -> list[str]:
                 cells = []
                 for b in backends:
                     r = by_backend.get(b)
-                    cells.append(
-                        "–" if r is None else f"{fmt_time(r.median_s)} ({fmt_ratio(ratio_to_torch(r, peers))})"
-                    )
+                    cells.append("–" if r is None else f"{fmt_time(r.time_s)} ({fmt_ratio(ratio_to_torch(r, peers))})")
                 rows.append([op, *cells])
             out += table(["op", *backends], rows)
     return out
@@ -229,7 +234,7 @@ def scaling_section(results: list[Result]) -> list[str]:
     out = [
         "## Attention scaling",
         "",
-        "Forward + backward of causal attention, B = 1, 12 heads, C = 768, as T grows: median time, "
+        "Forward + backward of causal attention, B = 1, 12 heads, C = 768, as T grows: time "
         "and peak memory allocated beyond the inputs (NumPy: tracemalloc; torch CUDA: "
         "max_memory_allocated; Numba: its output and scratch buffers; torch CPU: not measured). "
         "naive holds the (T, T) probabilities (memory ∝ T²); tiled streams over key blocks "
@@ -243,22 +248,23 @@ def scaling_section(results: list[Result]) -> list[str]:
         row = [str(T)]
         for rs in lines.values():
             r = next((r for r in rs if r.T == T), None)
-            row.append("–" if r is None else f"{fmt_time(r.median_s)} / {fmt_bytes(r.peak_bytes)}")
+            row.append("–" if r is None else f"{fmt_time(r.time_s)} / {fmt_bytes(r.peak_bytes)}")
         rows.append(row)
-    return out + ["Each cell: median time / peak memory.", ""] + table(header, rows)
+    return out + [f"Each cell: {STAT['name']} time / peak memory.", ""] + table(header, rows)
 
 
 def other_section(results: list[Result]) -> list[str]:
     rest = [r for r in results if r.kind not in ("model", "op", "attention-scaling")]
     if not rest:
         return []
-    rows = [[r.group, r.name, fmt_time(r.median_s), fmt_time(r.stddev_s), str(r.rounds)]
+    rows = [[r.group, r.name, fmt_time(r.time_s), fmt_time(r.stddev_s), str(r.rounds)]
             for r in sorted(rest, key=lambda r: (r.group, r.name))]  # fmt: skip
-    return ["## Other benchmarks", ""] + table(["group", "benchmark", "median", "stddev", "rounds"], rows)
+    return ["## Other benchmarks", ""] + table(["group", "benchmark", STAT["name"], "stddev", "rounds"], rows)
 
 
 def markdown(data: dict, results: list[Result], title: str, charts: list[str]) -> str:
     lines = [f"# {title}", ""] + machine_lines(data, results)
+    lines += [f"Times are the **{STAT['name']}** of each benchmark's timed rounds.", ""]
     if any(r.device_name and "simulator" in r.device_name for r in results):
         lines += ["> Numba ran in the CUDA simulator: its times measure the simulator, not a GPU.", ""]
     if not results:
@@ -318,7 +324,7 @@ def model_chart(results: list[Result], path: Path) -> bool:
 
         def tokens_per_s(task, b, size=size):
             r = next((r for r in groups.get((size, task), []) if r.backend == b), None)
-            return r.tokens / r.median_s if r and r.tokens else 0.0
+            return r.tokens / r.time_s if r and r.tokens else 0.0
 
         grouped_bars(ax, tasks, backends, tokens_per_s, "tokens / s (log scale, higher is better)",
                      f"GPT-2 whole model, {size}")  # fmt: skip
@@ -337,10 +343,10 @@ def ops_chart(results: list[Result], size: str, path: Path) -> bool:
 
         def ms(op, b, rs=rs):
             r = next((r for r in rs if r.op == op and r.backend == b), None)
-            return r.median_s * 1e3 if r else 0.0
+            return r.time_s * 1e3 if r else 0.0
 
         grouped_bars(ax, ops, ordered({r.backend for r in rs}, BACKEND_ORDER), ms,
-                     "median time, ms (log scale, lower is better)", f"Per op, {direction}, {size}",
+                     f"{STAT['name']} time, ms (log scale, lower is better)", f"Per op, {direction}, {size}",
                      labels=[o.replace("attention-", "attn-") for o in ops])  # fmt: skip
     return save(fig, path)
 
@@ -354,19 +360,20 @@ def attention_chart(results: list[Result], path: Path) -> bool:
     for label, rs in lines.items():
         backend, variant = label.split(" ")
         style = dict(color=COLORS.get(backend), marker="o", linestyle="-" if variant == "naive" else "--")
-        ax_t.plot([r.T for r in rs], [r.median_s * 1e3 for r in rs], label=label, **style)
+        ax_t.plot([r.T for r in rs], [r.time_s * 1e3 for r in rs], label=label, **style)
         mem = [(r.T, r.peak_bytes / 2**20) for r in rs if r.peak_bytes]
         if mem:
             ax_m.plot([t for t, _ in mem], [m for _, m in mem], label=label, **style)
     # Slope guides through the smallest T measured: memory should follow T^2 (naive) or T (tiled).
     Ts = sorted({r.T for rs in lines.values() for r in rs if r.T >= 64})
-    if Ts:
+    start = [r.peak_bytes / 2**20 for rs in lines.values() for r in rs if Ts and r.T == Ts[0] and r.peak_bytes]
+    if Ts and start:
         for power, name in ((2, "∝ T²"), (1, "∝ T")):
-            ref = [(T / Ts[0]) ** power for T in Ts]
+            ref = [min(start) * (T / Ts[0]) ** power for T in Ts]
             ax_m.plot(Ts, ref, color="gray", linestyle=":", linewidth=1)
             ax_m.annotate(name, (Ts[-1], ref[-1]), color="gray", fontsize=8)
     for ax, ylabel, title in (
-        (ax_t, "median time, ms (fwd + bwd)", "Attention time vs T (solid: naive, dashed: tiled)"),
+        (ax_t, f"{STAT['name']} time, ms (fwd + bwd)", "Attention time vs T (solid: naive, dashed: tiled)"),
         (ax_m, "peak memory beyond inputs, MiB", "Attention memory vs T (dotted: slope guides)"),
     ):
         ax.set_xscale("log", base=2)
@@ -380,9 +387,14 @@ def attention_chart(results: list[Result], path: Path) -> bool:
 
 
 # ----------------------------------------------------------------------------- entry point
-def write_report(json_paths, out_dir: Path, prefix: str, title: str | None = None, charts: bool = True) -> list[Path]:
+def write_report(
+    json_paths, out_dir: Path, prefix: str, title: str | None = None, charts: bool = True, stat: str = "median"
+) -> list[Path]:
     """Write <prefix>.md, <prefix>.json and the charts under out_dir; returns the paths written."""
-    data, results = load(json_paths)
+    if stat not in STATS:
+        raise ValueError(f"stat must be one of {STATS}, got {stat!r}")
+    STAT["name"] = stat
+    data, results = load(json_paths, stat)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     drawn: list[Path] = []
@@ -409,6 +421,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("docs/results"), help="output folder (default docs/results)")
     ap.add_argument("--prefix", default=None, help="file name prefix (default: the JSON's stem)")
     ap.add_argument("--title", default=None, help="report title")
+    ap.add_argument("--stat", choices=STATS, default="median", help="statistic of the rounds (default median)")
     ap.add_argument("--no-charts", action="store_true", help="markdown only")
     args = ap.parse_args(argv)
     for path in args.json:
@@ -416,7 +429,7 @@ def main(argv: list[str] | None = None) -> None:
             ap.error(f"{path}: no such file")
     try:
         prefix = args.prefix or args.json[0].stem
-        written = write_report(args.json, args.out, prefix, args.title, charts=not args.no_charts)
+        written = write_report(args.json, args.out, prefix, args.title, charts=not args.no_charts, stat=args.stat)
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
         ap.error(f"{' '.join(map(str, args.json))} is not pytest-benchmark JSON ({type(e).__name__}: {e})")
     for p in written:

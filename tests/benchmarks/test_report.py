@@ -218,3 +218,15 @@ def test_several_json_files_are_merged(tmp_path):
     header = md_rows(md, "op")[0]
     assert header[1:] == ["torch-cpu-f32", "numba-cuda-f32"]
     assert json.loads((tmp_path / "out" / "merged.json").read_text())["benchmarks"][1]["extra_info"]["device"] == "cuda"
+
+
+def test_stat_min_reports_the_fastest_round(tmp_path):
+    slow_median = op("gelu", "forward", "torch-cpu-f32", "cpu", 0.004)
+    slow_median["stats"]["min"] = 0.001  # contention made most rounds slow
+    path = results_json(tmp_path, [slow_median])
+    md_median = report.write_report(path, tmp_path / "a", "b")[0].read_text()
+    md_min = report.write_report(path, tmp_path / "c", "b", stat="min")[0].read_text()
+    assert md_rows(md_median, "gelu")[0][1] == "4 ms (1.00×)" and "**median**" in md_median
+    assert md_rows(md_min, "gelu")[0][1] == "1 ms (1.00×)" and "**min**" in md_min
+    with pytest.raises(ValueError, match="stat must be one of"):
+        report.write_report(path, tmp_path / "d", "b", stat="mean")
