@@ -264,6 +264,12 @@ class GPT2Tokenizer:
     def encode_bytes(self, data: bytes) -> list[int]:
         """BPE on raw bytes, with no pre-tokenisation: the bytes are treated as one piece."""
         symbols = [BYTE_TO_UNICODE[b] for b in data]
+        whole = self.encoder.get("".join(symbols))
+        if whole is not None:
+            # The piece is itself a token (" the", "Hello"): most pieces are. tiktoken takes the
+            # same shortcut; for vocabularies learned by BPE (GPT-2's, bpe_train's) the merges
+            # arrive at that token anyway (the conformance suite checks all 50,256 of GPT-2's).
+            return [whole]
         return [self.encoder[tok] for tok in bpe_merge(symbols, self.merge_ranks)]
 
     def encode_piece(self, piece: str) -> tuple[int, ...]:

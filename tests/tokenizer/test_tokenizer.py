@@ -101,6 +101,17 @@ def test_toy_encode_decode(toy):
     assert toy.n_vocab == 261 and toy.eot_token == 260
 
 
+def test_pairs_merge_by_rule_and_whole_pieces_short_cut(tmp_path):
+    """A hand-made vocabulary that no BPE training would produce: "abc" is made by (ab, c), but
+    (b, c) is learned first, so from "xabc"'s bytes the merges reach x, a, bc and stop ((a, bc)
+    is no merge rule). A piece that is itself a token is that token. (tiktoken, which ranks a pair
+    by the token it would make, gives x, abc here: see docs/tokenizer.md.)"""
+    write_files(tmp_path, [("b", "c"), ("a", "b"), ("ab", "c")])
+    tok = GPT2Tokenizer.from_files(tmp_path)
+    assert [tok.decode([i]) for i in tok.encode("xabc")] == ["x", "a", "bc"]
+    assert tok.encode("abc") == [tok.encoder["abc"]] == [258]
+
+
 def test_unseen_bytes_still_encode(toy):
     text = "\x00東🤖\x7f"
     ids = toy.encode(text)
