@@ -142,9 +142,34 @@ def _plan_chunks(sizes: list[int], files: list[Path], split_at: int, chunk_bytes
                     lo = min(lo, split_at - base)
                 end = _clean_cut(mm, max(lo, pos + 1), size)
                 split = "train" if base + pos < split_at else "val"
-                yield _Chunk(i, pos, end, split), mm[pos:end]
+                yield _Chunk(i, pos, end, split), mm[pos:end]  # bytes (a copy): outlives the mmap
                 pos = end
         base += size
+
+
+def _encoded_chunks(chunks, files: list[Path], tokenizer, threads: int, group: int = 64):
+    """(chunk, ids) for each chunk, in order; groups of chunks are encoded in parallel when the
+    tokenizer can (tiktoken's encode_ordinary_batch), which changes no id."""
+    batch = getattr(tokenizer, "encode_ordinary_batch", None)
+    pending: list = []
+
+    def encode(items):
+        texts = []
+        for chunk, raw in items:
+            try:
+                texts.append(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                where = chunk.start + e.start
+                raise DataError(f"{files[chunk.file]}: not UTF-8 text (bad byte at offset {where})") from None
+        encoded = batch(texts, num_threads=threads) if batch and threads > 1 else map(tokenizer.encode_ordinary, texts)
+        return [(chunk, ids) for (chunk, _), ids in zip(items, encoded, strict=True)]
+
+    for item in chunks:
+        pending.append(item)
+        if len(pending) == group:
+            yield from encode(pending)
+            pending = []
+    yield from encode(pending)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -180,13 +205,16 @@ def tokenize_files(
     prefix: str | None = None,
     progress: bool = True,
     tokenizer=None,
+    threads: int = 0,
 ) -> dict:
     """Tokenise text files into train/val shards under `out`; resumable. Returns the manifest.
 
     inputs        text files (UTF-8); each becomes one document starting with <|endoftext|>
     val_fraction  share of the input bytes, taken from the end, that forms the val split
     shard_tokens  a shard is closed once it holds at least this many tokens (cut between chunks)
+    threads       tokenizer threads (0: one per CPU core)
     """
+    threads = threads or os.cpu_count() or 1
     files = [Path(p) for p in inputs]
     for p in files:
         if not p.is_file():
@@ -250,17 +278,11 @@ def tokenize_files(
 
     cursor = tuple(manifest["cursor"])
     try:
-        for chunk, raw in _plan_chunks(sizes, files, split_at, chunk_bytes, cursor):
+        chunks = _plan_chunks(sizes, files, split_at, chunk_bytes, cursor)
+        for chunk, ids in _encoded_chunks(chunks, files, tokenizer, threads):
             if buffer_split is not None and chunk.split != buffer_split:
                 flush(cursor)  # a shard never mixes the splits
             buffer_split = chunk.split
-            try:
-                text = bytes(raw).decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(
-                    f"{files[chunk.file]}: not UTF-8 text (bad byte at offset {chunk.start + e.start})"
-                ) from None
-            ids = tokenizer.encode_ordinary(text)
             if chunk.start == 0:
                 ids = [EOT_ID] + ids
             arr = np.asarray(ids, dtype=np.int64)
@@ -348,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val-fraction", type=float, default=0.1, help="share of input bytes (from the end) for val")
     ap.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard (about)")
     ap.add_argument("--prefix", default=None, help="shard file name prefix (default: the output folder's name)")
+    ap.add_argument("--threads", type=int, default=0, help="tokenizer threads (0: one per CPU core)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     try:
@@ -358,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             args.shard_tokens,
             prefix=args.prefix,
             progress=not args.no_progress,
+            threads=args.threads,
         )
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
