@@ -56,6 +56,7 @@ def conformance(session: nox.Session) -> None:
     """
     _install(session)
     session.run("python", "-m", "conformance.report", *session.posargs, env=_env())
+    session.run("python", "-m", "pytest", "-q", "conformance/test_tokenizer_conformance.py", env=_env())
 
 
 @nox.session
