@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 
 import weights
-from torch_impl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from torch_impl.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from torch_impl.data import ShardLoader, shard_paths
 from torch_impl.lr_schedule import lr_at
 
@@ -449,9 +449,8 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
                 "pad_rows": _pad_rows(raw_model, config.vocab_size),
                 "config": json.dumps(dataclasses.asdict(cfg)),
             }
-            summary["checkpoint"] = save_checkpoint(
-                out_dir, step, raw_model.to_params(), config, train_state, keep_last=cfg.keep_last
-            )
+            save_checkpoint(out_dir, step, raw_model.to_params(), config, train_state, keep_last=cfg.keep_last)
+        summary["checkpoint"] = checkpoint_dir(out_dir, step)  # every rank knows the last good one
         if d.enabled:
             import torch.distributed as dist
 
