@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 
 # The one temp-file + fsync + rename helper of the project (weights/ writes model files with it too).
-from weights.checkpoint import _atomic_write as atomic_write
+from weights import atomic_write
 
 LATEST = "latest"
 STATE_FILE = "train_state.pt"

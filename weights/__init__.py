@@ -4,7 +4,7 @@ The contract between backends is a plain ``dict[str, np.ndarray]`` of parameters
 layout of `weights.layout` (gradients use the same names). Nothing else is shared.
 """
 
-from weights.checkpoint import CheckpointError, load, read_metadata, save
+from weights.checkpoint import CheckpointError, atomic_write, load, read_metadata, save
 from weights.config import ConfigError, GPT2Config
 from weights.layout import (
     TENSOR_KINDS,
@@ -19,6 +19,7 @@ from weights.synthetic import SYNTHETIC_LABEL, synthetic
 
 __all__ = [
     "CheckpointError",
+    "atomic_write",
     "ConfigError",
     "GPT2Config",
     "SYNTHETIC_LABEL",

@@ -145,13 +145,15 @@ def load(source: str | os.PathLike, dtype=np.float32, config: GPT2Config | None 
     return params, config
 
 
-def _atomic_write(final: Path, write) -> None:
+def atomic_write(final: Path, write) -> None:
     """Call write(tmp_path) on a temp file in the same folder, fsync it, then rename over `final`.
 
     A crash at any moment leaves either the old file or the new one under `final`, never half a file.
     """
+    final = Path(final)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes the file owner-only; a checkpoint is an ordinary readable file
     try:
         write(tmp)
         with open(tmp, "rb") as f:
@@ -183,9 +185,9 @@ def save(params: Mapping[str, np.ndarray], config: GPT2Config, folder: str | os.
     tensors = {name: np.ascontiguousarray(params[name], dtype=np.float32) for name in param_shapes(config)}
     meta = {"format": "pt"}
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
-    _atomic_write(folder / MODEL_FILE, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    atomic_write(folder / MODEL_FILE, lambda tmp: save_file(tensors, tmp, metadata=meta))
     text = json.dumps(config.to_hf_dict(), indent=2) + "\n"
-    _atomic_write(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
     return folder / MODEL_FILE
 
 
