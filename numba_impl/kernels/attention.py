@@ -363,22 +363,22 @@ FLASH_TILE_GPU = 64  # queries (and keys) per tile = threads per block
 FLASH_TILE_SIM = 4
 
 
-def _flash_setup(B, T, C, NH):
+def _flash_setup(B, T, C, NH, tile=None):
     HS = C // NH
-    BQ = block_size(FLASH_TILE_GPU, FLASH_TILE_SIM)
+    BQ = tile or block_size(FLASH_TILE_GPU, FLASH_TILE_SIM)
     grid = (ceil_div(T, BQ), B * NH)
     return flash_kernels(HS, BQ), grid, BQ, np.float32(1.0 / math.sqrt(HS))
 
 
-def attention_forward_flash(out, lse, qkv, B, T, C, NH):
-    """out (B,T,C) from qkv (B,T,3C); lse (B,NH,T) saved for the backward."""
-    (fwd, _, _), grid, BQ, scale = _flash_setup(B, T, C, NH)
+def attention_forward_flash(out, lse, qkv, B, T, C, NH, tile=None):
+    """out (B,T,C) from qkv (B,T,3C); lse (B,NH,T) saved for the backward. tile: queries per block."""
+    (fwd, _, _), grid, BQ, scale = _flash_setup(B, T, C, NH, tile)
     fwd[grid, BQ](out, lse, qkv, B, T, C, NH, scale)
 
 
-def attention_backward_flash(dqkv, delta, dout, out, lse, qkv, B, T, C, NH):
-    """dqkv (B,T,3C) written from dout (B,T,C); delta (B,NH,T) is scratch."""
-    (_, dq_kernel, dkv_kernel), grid, BQ, scale = _flash_setup(B, T, C, NH)
+def attention_backward_flash(dqkv, delta, dout, out, lse, qkv, B, T, C, NH, tile=None):
+    """dqkv (B,T,3C) written from dout (B,T,C); delta (B,NH,T) is scratch. tile: as in the forward."""
+    (_, dq_kernel, dkv_kernel), grid, BQ, scale = _flash_setup(B, T, C, NH, tile)
     threads = block_size(256, 32)
     attention_delta_kernel[ceil_div(B * NH * T, threads), threads](delta, dout, out, B, T, C, NH)
     dq_kernel[grid, BQ](dqkv, delta, qkv, dout, lse, B, T, C, NH, scale)

@@ -62,8 +62,11 @@ def _strides(layout: str, M: int, N: int, K: int):
 
 # ----------------------------------------------------------------------------- tiled
 @functools.cache
-def tiled_matmul_kernel(layout: str, BM: int, BN: int, BK: int, TM: int, TN: int):
-    """Build the tiled kernel for one layout and tile shape (constants are frozen at compile time)."""
+def tiled_matmul_kernel(layout: str, BM: int, BN: int, BK: int, TM: int, TN: int, interleave: bool = True):
+    """Build the tiled kernel for one layout and tile shape (constants are frozen at compile time).
+
+    interleave=True: thread (ty, tx) owns rows ty + r*(BM/TM) and columns tx + c*(BN/TN);
+    False: the contiguous block rows ty*TM + r, columns tx*TN + c."""
     if layout not in LAYOUTS:
         raise ValueError(f"matmul layout must be one of {LAYOUTS}, got {layout!r}")
     COLS = BN // TN  # threads along N
@@ -127,19 +130,19 @@ def tiled_matmul_kernel(layout: str, BM: int, BN: int, BK: int, TM: int, TN: int
 
             for k in range(BK):
                 for r in range(TM):
-                    a_frag[r] = a_tile[k, ty + r * ROWS]
+                    a_frag[r] = a_tile[k, ty + r * ROWS] if interleave else a_tile[k, ty * TM + r]
                 for c in range(TN):
-                    b_frag[c] = b_tile[k, tx + c * COLS]
+                    b_frag[c] = b_tile[k, tx + c * COLS] if interleave else b_tile[k, tx * TN + c]
                 for r in range(TM):
                     for c in range(TN):
                         acc[r, c] += a_frag[r] * b_frag[c]
             cuda.syncthreads()
 
         for r in range(TM):
-            gm = m0 + ty + r * ROWS
+            gm = m0 + (ty + r * ROWS if interleave else ty * TM + r)
             if gm < M:
                 for c in range(TN):
-                    gn = n0 + tx + c * COLS
+                    gn = n0 + (tx + c * COLS if interleave else tx * TN + c)
                     if gn < N:
                         value = acc[r, c]
                         if has_bias:
@@ -166,7 +169,8 @@ def matmul(out, a, b, M, N, K, layout="NN", bias=None, accumulate=False, naive=F
     """The standalone launcher: out(M, N) (+)= A @ B (+ bias), A and B stored as `layout` says.
 
     out, a, b, bias: flat float32 device arrays. accumulate=True adds into `out`.
-    tile: (BM, BN, BK, TM, TN) for the tiled kernel (default: GPU_TILE, or SIM_TILE in the simulator)."""
+    tile: (BM, BN, BK, TM, TN[, interleave]) for the tiled kernel (default: GPU_TILE, or SIM_TILE in
+    the simulator)."""
     if layout not in LAYOUTS:
         raise ValueError(f"matmul layout must be one of {LAYOUTS}, got {layout!r}")
     has_bias = bias is not None
@@ -178,8 +182,9 @@ def matmul(out, a, b, M, N, K, layout="NN", bias=None, accumulate=False, naive=F
             out, a, b, bias, M, N, K, *_strides(layout, M, N, K), accumulate, has_bias
         )
         return
-    BM, BN, BK, TM, TN = tile or (SIM_TILE if SIMULATOR else GPU_TILE)
-    fn = tiled_matmul_kernel(layout, BM, BN, BK, TM, TN)
+    tile = tile or (SIM_TILE if SIMULATOR else GPU_TILE)
+    BM, BN, BK, TM, TN = tile[:5]
+    fn = tiled_matmul_kernel(layout, *tile)
     grid = (ceil_div(N, BN), ceil_div(M, BM))
     fn[grid, (BM // TM) * (BN // TN)](out, a, b, bias, M, N, K, accumulate, has_bias)
 

@@ -224,6 +224,52 @@ def section_attention(res):
     res["B=4,NH=12,HS=64"] = out
 
 
+def section_sweep(res):
+    """Tile shapes of the tiled matmul and the flash attention, timed per shape (to choose defaults)."""
+    from numba_impl.kernels.attention import attention_backward_flash, attention_forward_flash
+    from numba_impl.kernels.matmul import matmul
+
+    tiles = [
+        (128, 128, 8, 8, 8, True), (128, 128, 16, 8, 8, True), (128, 128, 8, 8, 8, False),
+        (128, 128, 16, 8, 8, False), (64, 64, 8, 4, 4, True), (64, 64, 16, 4, 4, True),
+        (128, 64, 8, 8, 4, True), (64, 128, 8, 4, 8, True), (64, 64, 16, 8, 8, True),
+        (128, 128, 32, 8, 8, True), (256, 128, 8, 8, 8, True),
+    ]  # fmt: skip
+    shapes = [(4096, 2304, 768, "NN"), (4096, 768, 768, "NN"), (4096, 3072, 768, "NN"), (4096, 768, 3072, "NN"),
+              (4096, 768, 3072, "NT"), (768, 3072, 4096, "TN"), (768, 768, 4096, "TN"), (4096, 50257, 768, "NT"),
+              (4096, 768, 50257, "NN"), (50257, 768, 4096, "TN")]  # fmt: skip
+    rng = np.random.default_rng(0)
+    out = {}
+    for M, N, K, layout in shapes:
+        a = cuda.to_device(rng.standard_normal(M * K).astype(np.float32))
+        b = cuda.to_device(rng.standard_normal(K * N).astype(np.float32))
+        c = cuda.device_array(M * N, np.float32)
+        row = {}
+        for tile in tiles:
+            try:
+                t = median_time(lambda tile=tile: matmul(c, a, b, M, N, K, layout, tile=tile), cuda.synchronize, 1, 5)
+                row[str(tile)] = round(2.0 * M * N * K / t / 1e12, 2)
+            except Exception as e:
+                row[str(tile)] = f"error {type(e).__name__}: {str(e)[:200]}"
+        out[f"{M}x{N}x{K} {layout}"] = row
+        print(f"{M}x{N}x{K} {layout}", row, flush=True)
+    res["matmul_tflops_by_tile"] = out
+    C, NH, Bq, Tq = 768, 12, 4, 1024
+    qkv = cuda.to_device((0.5 * rng.standard_normal(Bq * Tq * 3 * C)).astype(np.float32))
+    dout = cuda.to_device(rng.standard_normal(Bq * Tq * C).astype(np.float32))
+    y, dqkv = cuda.device_array(Bq * Tq * C, np.float32), cuda.device_array(Bq * Tq * 3 * C, np.float32)
+    lse, delta = cuda.device_array(Bq * NH * Tq, np.float32), cuda.device_array(Bq * NH * Tq, np.float32)
+    flash = {}
+    for bq in (16, 32, 64, 128):
+        fwd = median_time(lambda bq=bq: attention_forward_flash(y, lse, qkv, Bq, Tq, C, NH, tile=bq), cuda.synchronize)
+        bwd = median_time(
+            lambda bq=bq: attention_backward_flash(dqkv, delta, dout, y, lse, qkv, Bq, Tq, C, NH, tile=bq),
+            cuda.synchronize,
+        )
+        flash[f"BQ={bq}"] = {"fwd_ms": 1e3 * fwd, "bwd_ms": 1e3 * bwd}
+    res["flash_ms_by_tile_T1024"] = flash
+
+
 def compare(name_a, a, ref):
     """The project's metrics of a vs ref (float64 reference)."""
     logits, loss, grads = a
@@ -283,6 +329,7 @@ SECTIONS = {
     "ops": section_ops,
     "matmul": section_matmul,
     "attention": section_attention,
+    "sweep": section_sweep,
     "conformance": section_conformance,
 }
 

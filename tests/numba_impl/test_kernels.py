@@ -102,13 +102,14 @@ def test_matmul_layouts_bias_and_accumulate(layout, naive):
     assert max_rel(host(out, (M, N)), base + A @ Bm) <= KERNEL_REL
 
 
-def test_tiled_matmul_matches_naive_twin_on_a_larger_ragged_shape():
+@pytest.mark.parametrize("interleave", [True, False], ids=["interleaved", "contiguous"])
+def test_tiled_matmul_matches_naive_twin_on_a_larger_ragged_shape(interleave):
     M, N, K = 37, 29, 23
     r = rng(4)
     a, b = dev(r.standard_normal((M, K))), dev(r.standard_normal((N, K)))
     out_naive, out_tiled = cuda.device_array(M * N, np.float32), cuda.device_array(M * N, np.float32)
     matmul.matmul(out_naive, a, b, M, N, K, "NT", naive=True)
-    matmul.matmul(out_tiled, a, b, M, N, K, "NT")
+    matmul.matmul(out_tiled, a, b, M, N, K, "NT", tile=(*matmul.SIM_TILE, interleave))
     naive_host = host(out_naive, (M, N))
     assert max_rel(host(out_tiled, (M, N)), naive_host) <= KERNEL_REL
 
