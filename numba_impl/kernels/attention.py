@@ -359,7 +359,7 @@ def attention_delta_kernel(delta, dout, out, B, T, C, NH):
         delta[i] = acc
 
 
-FLASH_TILE_GPU = 64  # queries (and keys) per tile = threads per block
+FLASH_TILE_GPU = 128  # queries (and keys) per tile = threads per block; the fastest of 16..128 on an H100
 FLASH_TILE_SIM = 4
 
 

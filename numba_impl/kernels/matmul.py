@@ -14,11 +14,12 @@ A linear layer y = x @ W + b with x (BT, C), W (C, OC):
 
 Two kernels compute the product:
 - naive: one thread per output element, a K-long dot product straight from global memory;
-- tiled: a block computes a BM x BN tile of `out`, stepping over K in slices of BK that the
-  block stages in shared memory; each thread keeps a TM x TN sub-tile of accumulators in
-  registers and its rows/columns are strided by the thread grid (row ty + r * BM/TM), so
-  shared-memory reads are conflict-free and global stores coalesce. Tile sizes are compile-time
-  constants (the kernel is built per layout and tile shape by `tiled_matmul_kernel`).
+- tiled: a block computes a BM x BN tile of `out` (128x128 or 64x64, see `default_tile`),
+  stepping over K in slices of BK that the block stages in shared memory; each thread keeps a
+  TM x TN sub-tile of accumulators in registers and its rows/columns are strided by the thread
+  grid (row ty + r * BM/TM), so shared-memory reads are conflict-free and global stores
+  coalesce. Tile sizes are compile-time constants (the kernel is built per layout and tile
+  shape by `tiled_matmul_kernel`).
 Accumulation is float32 in both; the order of the K sum differs, nothing else.
 """
 
@@ -32,9 +33,22 @@ from numba_impl._compat import SIMULATOR, block_size, ceil_div, cuda, float32, k
 
 LAYOUTS = ("NN", "NT", "TN")
 
-# (BM, BN, BK, TM, TN): 128x128 tiles, 8x8 per thread, 256 threads on a GPU; 4 threads in the simulator.
-GPU_TILE = (128, 128, 8, 8, 8)
-SIM_TILE = (8, 8, 4, 4, 4)
+# (BM, BN, BK, TM, TN). On a GPU both tiles use 256 threads. Chosen by a sweep on an H100 at the
+# GPT-2 124M shapes (tests/numba_impl/gpu_report.py, section "sweep"): the 128x128 tile wins when
+# the output has >= ~2 waves of such tiles (2 x 132 SMs), else the 64x64 tile keeps every SM busy.
+GPU_TILE = (128, 128, 16, 8, 8)
+GPU_TILE_SMALL = (64, 64, 8, 4, 4)
+GPU_TILE_SMALL_TN = (64, 64, 16, 4, 4)  # the weight-gradient layout liked the longer K slice
+LARGE_TILE_MIN_BLOCKS = 264
+SIM_TILE = (8, 8, 4, 4, 4)  # 4 threads per block in the simulator
+
+
+def default_tile(M: int, N: int, layout: str) -> tuple:
+    if SIMULATOR:
+        return SIM_TILE
+    if ceil_div(M, GPU_TILE[0]) * ceil_div(N, GPU_TILE[1]) >= LARGE_TILE_MIN_BLOCKS:
+        return GPU_TILE
+    return GPU_TILE_SMALL_TN if layout == "TN" else GPU_TILE_SMALL
 
 
 # ----------------------------------------------------------------------------- naive
@@ -169,8 +183,7 @@ def matmul(out, a, b, M, N, K, layout="NN", bias=None, accumulate=False, naive=F
     """The standalone launcher: out(M, N) (+)= A @ B (+ bias), A and B stored as `layout` says.
 
     out, a, b, bias: flat float32 device arrays. accumulate=True adds into `out`.
-    tile: (BM, BN, BK, TM, TN[, interleave]) for the tiled kernel (default: GPU_TILE, or SIM_TILE in
-    the simulator)."""
+    tile: (BM, BN, BK, TM, TN[, interleave]) for the tiled kernel (default: `default_tile`)."""
     if layout not in LAYOUTS:
         raise ValueError(f"matmul layout must be one of {LAYOUTS}, got {layout!r}")
     has_bias = bias is not None
@@ -182,7 +195,7 @@ def matmul(out, a, b, M, N, K, layout="NN", bias=None, accumulate=False, naive=F
             out, a, b, bias, M, N, K, *_strides(layout, M, N, K), accumulate, has_bias
         )
         return
-    tile = tile or (SIM_TILE if SIMULATOR else GPU_TILE)
+    tile = tile or default_tile(M, N, layout)
     BM, BN, BK, TM, TN = tile[:5]
     fn = tiled_matmul_kernel(layout, *tile)
     grid = (ceil_div(N, BN), ceil_div(M, BM))
