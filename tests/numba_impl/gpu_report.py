@@ -82,6 +82,7 @@ def section_timing(res):
     t_numba_fwd = median_time(lambda: m.forward(idx, targets), m.synchronize)
     res["numba_fwd_bwd_s"] = t_numba
     res["numba_forward_incl_logits_copy_s"] = t_numba_fwd
+    res["numba_train_step_s"] = median_time(lambda: m.step(idx, targets), m.synchronize)
     tokens = B * T
     res["numba_tflops"] = flops_per_token(config, T) * tokens / t_numba / 1e12
     it = torch.as_tensor(idx, device="cuda")
@@ -308,6 +309,16 @@ def section_conformance(res):
     targets[0, :7] = -1  # a few ignored positions
     m = NumbaGPT2(params, config, max_batch=B, max_seq=T)
     results = {"numba fast+flash": m.forward_backward(idx, targets)}
+    # One AdamW step at full size, from the same gradients, against the reference's AdamW in float64.
+    hp = dict(lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1)
+    m.adamw_step(**hp)
+    stepped = m.to_params()
+    p_ref = {k: v.astype(np.float64) for k, v in params.items()}
+    g_ref = {k: v.astype(np.float64) for k, v in results["numba fast+flash"][2].items()}
+    reference.adamw_step(p_ref, g_ref, {}, **hp)
+    res["adamw_one_step_same_grads_max_abs_diff_over_lr"] = max(
+        float(np.abs(stepped[k] - p_ref[k]).max()) / hp["lr"] for k in p_ref
+    )
     del m
     m = NumbaGPT2(params, config, max_batch=B, max_seq=T, attention="naive")
     results["numba fast+naive-attention"] = m.forward_backward(idx, targets)
