@@ -59,6 +59,16 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         except importlib.metadata.PackageNotFoundError:
             pass
     machine_info["gpt2_versions"] = versions
+    threads = {
+        k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS") if k in os.environ
+    }
+    try:
+        import torch
+
+        threads["torch.get_num_threads()"] = str(torch.get_num_threads())
+    except ImportError:
+        pass
+    machine_info["threads"] = threads
     if hasattr(os, "getloadavg"):
         machine_info["load_average"] = list(os.getloadavg())
 

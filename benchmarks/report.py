@@ -147,6 +147,9 @@ def machine_lines(data: dict, results: list[Result]) -> list[str]:
     versions = m.get("gpt2_versions")
     if versions:
         lines.append("- " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    threads = m.get("threads")
+    if threads:
+        lines.append("- Threads: " + ", ".join(f"{k}={v}" for k, v in threads.items()))
     load = m.get("load_average")
     if load:
         lines.append(f"- Load average (1, 5, 15 min) when the run started: {', '.join(f'{x:.2f}' for x in load)}")
@@ -291,14 +294,22 @@ COLORS = {
 }  # fmt: skip
 
 
-def grouped_bars(ax, categories: list[str], backends: list[str], value, ylabel: str, title: str, labels=None) -> None:
-    """One group of bars per category, one bar per backend (value(category, backend), 0 = none), log y."""
+def grouped_bars(
+    ax, categories: list[str], backends: list[str], value, ylabel: str, title: str, labels=None, log: bool = True
+) -> None:
+    """One group of bars per category, one bar per backend (value(category, backend), 0 = none).
+
+    log=False: a linear axis with each bar's value written on it (for values within ~10x).
+    """
     width = 0.8 / max(len(backends), 1)
     for j, b in enumerate(backends):
         xs = [i + (j - (len(backends) - 1) / 2) * width for i in range(len(categories))]
-        ax.bar(xs, [value(c, b) for c in categories], width, label=b, color=COLORS.get(b))
+        bars = ax.bar(xs, [value(c, b) for c in categories], width, label=b, color=COLORS.get(b))
+        if not log:
+            ax.bar_label(bars, labels=[fmt_num(v) if v else "" for v in bars.datavalues], fontsize=7)
     ax.set_xticks(range(len(categories)), labels or categories, rotation=20 if labels else 0)
-    ax.set_yscale("log")
+    if log:
+        ax.set_yscale("log")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(axis="y", which="both", alpha=0.3)
@@ -326,8 +337,8 @@ def model_chart(results: list[Result], path: Path) -> bool:
             r = next((r for r in groups.get((size, task), []) if r.backend == b), None)
             return r.tokens / r.time_s if r and r.tokens else 0.0
 
-        grouped_bars(ax, tasks, backends, tokens_per_s, "tokens / s (log scale, higher is better)",
-                     f"GPT-2 whole model, {size}")  # fmt: skip
+        grouped_bars(ax, tasks, backends, tokens_per_s, "tokens / s (higher is better)",
+                     f"GPT-2 whole model, {size}", log=False)  # fmt: skip
     return save(fig, path)
 
 
