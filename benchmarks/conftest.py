@@ -66,6 +66,8 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         import torch
 
         threads["torch.get_num_threads()"] = str(torch.get_num_threads())
+        # "highest" = IEEE float32 matmuls; "high" would let torch use TF32 and change every float32 number.
+        machine_info["torch_float32_matmul_precision"] = torch.get_float32_matmul_precision()
     except ImportError:
         pass
     machine_info["threads"] = threads

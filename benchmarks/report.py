@@ -147,6 +147,8 @@ def machine_lines(data: dict, results: list[Result]) -> list[str]:
     versions = m.get("gpt2_versions")
     if versions:
         lines.append("- " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    if m.get("torch_float32_matmul_precision"):
+        lines.append(f"- torch float32 matmul precision: {m['torch_float32_matmul_precision']} (highest = no TF32)")
     threads = m.get("threads")
     if threads:
         lines.append("- Threads: " + ", ".join(f"{k}={v}" for k, v in threads.items()))
@@ -256,6 +258,29 @@ def scaling_section(results: list[Result]) -> list[str]:
     return out + [f"Each cell: {STAT['name']} time / peak memory.", ""] + table(header, rows)
 
 
+def jit_section(results: list[Result]) -> list[str]:
+    """Numba's first calls: each kernel compiles on its first launch in a process, so the first
+    benchmark (in run order) that launches a kernel carries its compile time."""
+    rows = []
+    for r in results:
+        if r.backend and r.backend.startswith("numba") and r.first_call_s is not None:
+            what = (
+                r.task or f"{r.op} {r.direction}" if r.kind != "attention-scaling" else f"attention {r.variant} T={r.T}"
+            )
+            rows.append([what, r.size or "", fmt_time(r.first_call_s), fmt_time(r.time_s),
+                         fmt_time(max(r.first_call_s - r.time_s, 0.0))])  # fmt: skip
+    if not rows:
+        return []
+    intro = (
+        "First call of each Numba benchmark, timed before any warm-up, against its steady time. "
+        "A kernel is compiled on its first launch in the process, so the compile time lands in the "
+        "first benchmark that launches it (the run order: model, ops, attention scaling); the "
+        "difference is the compile (and first-transfer) cost."
+    )
+    header = ["benchmark", "size", "first call", STAT["name"], "first − steady"]
+    return ["## Numba first calls (JIT compile)", "", intro, ""] + table(header, rows)
+
+
 def other_section(results: list[Result]) -> list[str]:
     rest = [r for r in results if r.kind not in ("model", "op", "attention-scaling")]
     if not rest:
@@ -273,7 +298,7 @@ def markdown(data: dict, results: list[Result], title: str, charts: list[str]) -
     if not results:
         lines += ["No timed benchmarks in this file (was it run with --benchmark-disable?).", ""]
     lines += [f"![{Path(c).stem}]({Path(c).name})" for c in charts] + ([""] if charts else [])
-    for section in (model_section, op_section, scaling_section, other_section):
+    for section in (model_section, op_section, scaling_section, jit_section, other_section):
         lines += section(results)
     return "\n".join(lines).rstrip() + "\n"
 

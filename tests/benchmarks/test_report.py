@@ -230,3 +230,14 @@ def test_stat_min_reports_the_fastest_round(tmp_path):
     assert md_rows(md_min, "gelu")[0][1] == "1 ms (1.00×)" and "**min**" in md_min
     with pytest.raises(ValueError, match="stat must be one of"):
         report.write_report(path, tmp_path / "d", "b", stat="mean")
+
+
+def test_numba_first_calls_are_listed_with_their_compile_time(tmp_path):
+    path = results_json(tmp_path, [
+        model("forward", "numba-cuda-f32", "cuda", 0.25, size="tiny", first=12.25),
+        model("forward", "torch-cuda-f32", "cuda", 0.01, size="tiny", first=1.5),
+    ])  # fmt: skip
+    md = report.write_report(path, tmp_path / "out", "b")[0].read_text()
+    assert "## Numba first calls (JIT compile)" in md
+    rows = [r for r in md_rows(md, "forward") if len(r) == 5]  # the JIT table's rows (the model table has 8 cells)
+    assert rows == [["forward", "tiny", "12.2 s", "250 ms", "12 s"]]
