@@ -103,6 +103,7 @@ def main(argv=None) -> int:
             ref_logits = logits
         rows.append((b, logits, dt))
 
+    print(f"{'backend':<22} {'build+forward':>13}   logits vs {REFERENCE} (all positions)")
     for b, logits, dt in rows:
         last = logits[0, -1]
         top = np.argsort(-last)[: args.top]
@@ -111,7 +112,7 @@ def main(argv=None) -> int:
             f"max|dlogits| {np.abs(logits - ref_logits).max():.2e} ({max_rel(logits, ref_logits):.1e} rel)"
             if ref_logits is not None else "no reference")
         print(f"{b.name:<22} {dt * 1e3:9.1f} ms   {diff}")
-        print("    " + "   ".join(f"{decode(t)} {probs[t]:.3f}" for t in top))
+        print("    next: " + "   ".join(f"{decode(t)} {probs[t]:.3g}" for t in top))
     if skipped:
         print("\nnot run:")
         for name, why in skipped:
