@@ -69,12 +69,15 @@ def compare(session: nox.Session) -> None:
 
 @nox.session
 def benchmarks(session: nox.Session) -> None:
-    """pytest-benchmark across backends (CPU set by default); JSON under .benchmarks/, then a report."""
+    """pytest-benchmark across the CPU backends -> bench-cpu.json, then tables and charts in benchmark-report/.
+
+    The GPU set: `OUT=folder bash benchmarks/run_gpu.sh` on a CUDA machine (docs/benchmarks.md).
+    """
     _install(session)
-    session.run(
-        "python", "-m", "pytest", "benchmarks", "--benchmark-only",
-        "--benchmark-json=benchmark-results.json", *session.posargs, env=_env(),
-    )
+    session.run("python", "-m", "pytest", "benchmarks", "--bench-device=cpu", "--benchmark-only",
+                "--benchmark-json=bench-cpu.json", *session.posargs, env=_env())
+    session.run("python", "-m", "benchmarks.report", "bench-cpu.json", "--out", "benchmark-report",
+                "--prefix", "bench-cpu", "--stat", "min", env=_env())
 
 
 @nox.session
