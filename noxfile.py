@@ -74,10 +74,30 @@ def benchmarks(session: nox.Session) -> None:
     The GPU set: `OUT=folder bash benchmarks/run_gpu.sh` on a CUDA machine (docs/benchmarks.md).
     """
     _install(session)
-    session.run("python", "-m", "pytest", "benchmarks", "--bench-device=cpu", "--benchmark-only",
-                "--benchmark-json=bench-cpu.json", *session.posargs, env=_env())
-    session.run("python", "-m", "benchmarks.report", "bench-cpu.json", "--out", "benchmark-report",
-                "--prefix", "bench-cpu", "--stat", "min", env=_env())
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "benchmarks",
+        "--bench-device=cpu",
+        "--benchmark-only",
+        "--benchmark-json=bench-cpu.json",
+        *session.posargs,
+        env=_env(),
+    )
+    session.run(
+        "python",
+        "-m",
+        "benchmarks.report",
+        "bench-cpu.json",
+        "--out",
+        "benchmark-report",
+        "--prefix",
+        "bench-cpu",
+        "--stat",
+        "min",
+        env=_env(),
+    )
 
 
 @nox.session

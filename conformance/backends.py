@@ -57,8 +57,9 @@ class NumpyBackend(Backend):
     def __init__(self, dtype):
         self.dtype = np.dtype(dtype)
         bits = "f64" if self.dtype == np.float64 else "f32"
-        super().__init__(f"numpy-{bits}", "fp64" if bits == "f64" else "fp32", "cpu",
-                         "the reference (NumPy, hand-written backward)")
+        super().__init__(
+            f"numpy-{bits}", "fp64" if bits == "f64" else "fp32", "cpu", "the reference (NumPy, hand-written backward)"
+        )
 
     def available(self):
         try:
@@ -173,7 +174,10 @@ class TorchBackend(Backend):
         no_decay = [p for p in model.parameters() if p.dim() < 2]
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": hp["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"], foreach=False,
+            lr=hp["lr"],
+            betas=(hp["beta1"], hp["beta2"]),
+            eps=hp["eps"],
+            foreach=False,
         )
         x = torch.as_tensor(idx, device=self.device)
         y = torch.as_tensor(targets, device=self.device)
@@ -220,7 +224,10 @@ class NumbaBackend(Backend):
         from weights import num_params
 
         if _simulator() and num_params(config) > SIMULATOR_MAX_PARAMS:
-            return False, f"CUDA simulator: config of {num_params(config):,} values is too slow (limit {SIMULATOR_MAX_PARAMS:,})"
+            return (
+                False,
+                f"CUDA simulator: config of {num_params(config):,} values is too slow (limit {SIMULATOR_MAX_PARAMS:,})",
+            )
         return True, ""
 
     def _model(self, params, config, idx):
@@ -317,9 +324,14 @@ class HFBackend(Backend):
         model = self._model(params, config)
         params_ = list(model.transformer.parameters())  # the head is tied to wte: no parameter of its own
         opt = torch.optim.AdamW(
-            [{"params": [p for p in params_ if p.dim() >= 2], "weight_decay": hp["weight_decay"]},
-             {"params": [p for p in params_ if p.dim() < 2], "weight_decay": 0.0}],
-            lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"], foreach=False,
+            [
+                {"params": [p for p in params_ if p.dim() >= 2], "weight_decay": hp["weight_decay"]},
+                {"params": [p for p in params_ if p.dim() < 2], "weight_decay": 0.0},
+            ],
+            lr=hp["lr"],
+            betas=(hp["beta1"], hp["beta2"]),
+            eps=hp["eps"],
+            foreach=False,
         )
         x, y = torch.as_tensor(idx), torch.as_tensor(targets)
         losses = []
@@ -341,8 +353,14 @@ class HFBackend(Backend):
 
         model = self._model(params, config)
         with torch.no_grad():
-            out = model.generate(torch.as_tensor(idx), max_new_tokens=n, do_sample=False, use_cache=use_cache,
-                                 pad_token_id=0, attention_mask=torch.ones_like(torch.as_tensor(idx)))
+            out = model.generate(
+                torch.as_tensor(idx),
+                max_new_tokens=n,
+                do_sample=False,
+                use_cache=use_cache,
+                pad_token_id=0,
+                attention_mask=torch.ones_like(torch.as_tensor(idx)),
+            )
         return out.numpy()
 
 

@@ -39,7 +39,11 @@ class Case:
 
     @property
     def label(self) -> str:
-        return SYNTHETIC_LABEL if self.weights == "synthetic" else "trained for a few dozen steps by torch_impl on Tiny Shakespeare"
+        return (
+            SYNTHETIC_LABEL
+            if self.weights == "synthetic"
+            else "trained for a few dozen steps by torch_impl on Tiny Shakespeare"
+        )
 
 
 CASES: list[Case] = [
@@ -73,7 +77,7 @@ def char_ids(text: str) -> np.ndarray:
     return np.array([table.get(c, 0) for c in text], dtype=np.int64)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _shakespeare_text() -> str:
     path = tinyshakespeare_path()
     if path is None:

@@ -36,7 +36,9 @@ def scalar_rel(x: float, ref: float) -> float:
     return d / abs(float(ref)) if ref != 0 else d
 
 
-def worst_tensor(values: Mapping[str, np.ndarray], refs: Mapping[str, np.ndarray], metric) -> tuple[str, float, dict[str, float]]:
+def worst_tensor(
+    values: Mapping[str, np.ndarray], refs: Mapping[str, np.ndarray], metric
+) -> tuple[str, float, dict[str, float]]:
     """Apply `metric` to every named tensor; return (worst name, worst value, all values)."""
     missing = set(refs) ^ set(values)
     if missing:

@@ -39,8 +39,10 @@ def load_weights(source: str, fallback_synthetic: bool):
         if not fallback_synthetic:
             raise
         banner = "!" * 100
-        print(f"{banner}\n!! Could not fetch {source!r} from the hub:\n!!   {e}\n!! FALLING BACK TO {SYNTHETIC_LABEL}.\n"
-              f"!! The backends are still compared exactly, but the predicted tokens are meaningless.\n{banner}")
+        print(
+            f"{banner}\n!! Could not fetch {source!r} from the hub:\n!!   {e}\n!! FALLING BACK TO {SYNTHETIC_LABEL}.\n"
+            f"!! The backends are still compared exactly, but the predicted tokens are meaningless.\n{banner}"
+        )
         return synthetic(GPT2Config.gpt2_124m(), seed=0), GPT2Config.gpt2_124m(), SYNTHETIC_LABEL
 
 
@@ -52,8 +54,11 @@ def softmax(x: np.ndarray) -> np.ndarray:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", default="gpt2", help="hub id (gpt2), a .safetensors file or folder, or 'synthetic'")
-    ap.add_argument("--fallback-synthetic", action="store_true",
-                    help="if the hub cannot be reached, use the synthetic 124M checkpoint (clearly labelled)")
+    ap.add_argument(
+        "--fallback-synthetic",
+        action="store_true",
+        help="if the hub cannot be reached, use the synthetic 124M checkpoint (clearly labelled)",
+    )
     ap.add_argument("--prompt", default=DEFAULT_PROMPT)
     ap.add_argument("--backends", default="", help="comma-separated backend names (default: all available)")
     ap.add_argument("--top", type=int, default=5)
@@ -69,8 +74,10 @@ def main(argv=None) -> int:
         ids = [i % config.vocab_size for i in ids]
     idx = np.array([ids], dtype=np.int64)
     print(f"weights: {label}")
-    print(f"config:  n_layer={config.n_layer} n_head={config.n_head} n_embd={config.n_embd} "
-          f"vocab={config.vocab_size} n_ctx={config.n_ctx}")
+    print(
+        f"config:  n_layer={config.n_layer} n_head={config.n_head} n_embd={config.n_embd} "
+        f"vocab={config.vocab_size} n_ctx={config.n_ctx}"
+    )
     print(f"prompt:  {args.prompt!r} -> {len(ids)} tokens {ids}\n")
 
     def decode(i: int) -> str:
@@ -108,9 +115,15 @@ def main(argv=None) -> int:
         last = logits[0, -1]
         top = np.argsort(-last)[: args.top]
         probs = softmax(last)
-        diff = "reference" if b.name == REFERENCE else (
-            f"max|dlogits| {np.abs(logits - ref_logits).max():.2e} ({max_rel(logits, ref_logits):.1e} rel)"
-            if ref_logits is not None else "no reference")
+        diff = (
+            "reference"
+            if b.name == REFERENCE
+            else (
+                f"max|dlogits| {np.abs(logits - ref_logits).max():.2e} ({max_rel(logits, ref_logits):.1e} rel)"
+                if ref_logits is not None
+                else "no reference"
+            )
+        )
         print(f"{b.name:<22} {dt * 1e3:9.1f} ms   {diff}")
         print("    next: " + "   ".join(f"{decode(t)} {probs[t]:.3g}" for t in top))
     if skipped:

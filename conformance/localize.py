@@ -57,7 +57,9 @@ class Divergence:
         if self.name is None:
             return f"no activation differs by more than {self.threshold:g} (relative max)"
         i = [n for n, _ in self.errors].index(self.name)
-        before = f"; the activation before it, {self.errors[i - 1][0]}, is within {self.errors[i - 1][1]:.2e}" if i else ""
+        before = (
+            f"; the activation before it, {self.errors[i - 1][0]}, is within {self.errors[i - 1][1]:.2e}" if i else ""
+        )
         err = dict(self.errors)[self.name]
         return f"backends part at {self.name} ({err:.2e} > {self.threshold:g}): suspect op {self.op}{before}"
 
@@ -80,4 +82,6 @@ def localize(acts: dict, ref_acts: dict, config: GPT2Config, threshold: float) -
 
 
 def localize_backends(backend, reference, params, config, idx, threshold: float) -> Divergence:
-    return localize(backend.activations(params, config, idx), reference.activations(params, config, idx), config, threshold)
+    return localize(
+        backend.activations(params, config, idx), reference.activations(params, config, idx), config, threshold
+    )

@@ -27,12 +27,21 @@ from conformance.localize import localize_backends
 from conformance.suite import REFERENCE, Result, run_case
 from conformance.tolerances import CEILINGS, LOCALIZE
 
-CHECK_ORDER = ["logits", "loss", "grad_l2", "grad_max", "adamw_loss", "adamw_param_l2", "generate_mismatches", "kv_cache"]
+CHECK_ORDER = [
+    "logits",
+    "loss",
+    "grad_l2",
+    "grad_max",
+    "adamw_loss",
+    "adamw_param_l2",
+    "generate_mismatches",
+    "kv_cache",
+]
 
 
 def environment() -> dict:
     env = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
@@ -91,7 +100,9 @@ def format_table(results: list[Result], backends) -> str:
             else:
                 verdict = {True: "ok", False: "FAIL", None: "info"}[r.passed]
                 val = f"{int(r.value)}" if c in ("generate_mismatches", "kv_cache") else f"{r.value:.1e}"
-                ceil = "-" if r.ceiling is None else (f"{r.ceiling}" if isinstance(r.ceiling, int) else f"{r.ceiling:.0e}")
+                ceil = (
+                    "-" if r.ceiling is None else (f"{r.ceiling}" if isinstance(r.ceiling, int) else f"{r.ceiling:.0e}")
+                )
                 cell = f"{val} / {ceil} {verdict}"
             row += f"{cell:>22}"
         if ran:
@@ -100,7 +111,9 @@ def format_table(results: list[Result], backends) -> str:
     skipped = {}
     for r in results:
         if r.detail.startswith("skipped"):
-            skipped.setdefault(r.backend, set()).add(r.detail[len("skipped: "):] + ("" if r.check == "all" else f" [{r.check}]"))
+            skipped.setdefault(r.backend, set()).add(
+                r.detail[len("skipped: ") :] + ("" if r.check == "all" else f" [{r.check}]")
+            )
     if skipped:
         lines.append("")
         lines.append("skipped:")
@@ -113,6 +126,33 @@ def format_table(results: list[Result], backends) -> str:
     return "\n".join(lines)
 
 
+def markdown_table(results: list[dict]) -> str:
+    """The summary table in markdown, from the JSON report's results (as written by main)."""
+    rs = [Result(**r) for r in results]
+    worst = summarize(rs)
+    backends = list(dict.fromkeys(r.backend for r in rs))
+    checks = [c for c in CHECK_ORDER if any(k[1] == c for k in worst)]
+    lines = ["| backend | " + " | ".join(checks) + " |", "|---" * (len(checks) + 1) + "|"]
+    for b in backends:
+        cells = []
+        for c in checks:
+            r = worst.get((b, c))
+            if r is None:
+                cells.append("–")
+            elif r.value is None:
+                cells.append("error")
+            else:
+                val = f"{int(r.value)}" if c in ("generate_mismatches", "kv_cache") else f"{r.value:.1e}"
+                ceil = (
+                    "–" if r.ceiling is None else (f"{r.ceiling}" if isinstance(r.ceiling, int) else f"{r.ceiling:.0e}")
+                )
+                mark = {True: "", False: " **FAIL**", None: " (reported)"}[r.passed]
+                cells.append(f"{val} / {ceil}{mark}")
+        if any(c != "–" for c in cells):
+            lines.append(f"| {b} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full", action="store_true", help="include the full 124M-shape cases")
@@ -120,7 +160,14 @@ def main(argv=None) -> int:
     ap.add_argument("--backends", default="", help="comma-separated backend names (default: all)")
     ap.add_argument("--cases", default="", help="comma-separated case names (default: all of the chosen size)")
     ap.add_argument("--json", default="conformance-report.json", help="where to write the JSON report")
+    ap.add_argument(
+        "--markdown-from", metavar="JSON", help="print the summary table of an existing JSON report, then exit"
+    )
     args = ap.parse_args(argv)
+    if args.markdown_from:
+        with open(args.markdown_from) as f:
+            print(markdown_table(json.load(f)["results"]))
+        return 0
 
     backends = registry()
     if args.backends:
@@ -142,7 +189,9 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             rs = run_case(case, b)
             results += rs
-            status = "FAIL" if any(r.passed is False for r in rs) else ("skip" if all(r.value is None for r in rs) else "ok")
+            status = (
+                "FAIL" if any(r.passed is False for r in rs) else ("skip" if all(r.value is None for r in rs) else "ok")
+            )
             print(f"  {case.name:<20} {b.name:<22} {status:<5} {time.perf_counter() - t0:6.1f}s", flush=True)
 
     print()
@@ -167,10 +216,29 @@ def main(argv=None) -> int:
         "environment": environment(),
         "reference": REFERENCE,
         "ceilings": CEILINGS,
-        "cases": [{"name": c.name, "config": c.config.__dict__, "weights": c.label, "tokens": c.tokens, "B": c.B, "T": c.T,
-                   "checks": list(c.checks)} for c in cases],
-        "backends": [{"name": b.name, "precision": b.precision, "device": b.device, "notes": b.notes,
-                      "available": b.available()[0], "reason": b.available()[1]} for b in backends],
+        "cases": [
+            {
+                "name": c.name,
+                "config": c.config.__dict__,
+                "weights": c.label,
+                "tokens": c.tokens,
+                "B": c.B,
+                "T": c.T,
+                "checks": list(c.checks),
+            }
+            for c in cases
+        ],
+        "backends": [
+            {
+                "name": b.name,
+                "precision": b.precision,
+                "device": b.device,
+                "notes": b.notes,
+                "available": b.available()[0],
+                "reason": b.available()[1],
+            }
+            for b in backends
+        ],
         "results": [r.as_dict() for r in results],
         "localizations": localizations,
     }

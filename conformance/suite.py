@@ -38,7 +38,7 @@ class Result:
         return asdict(self)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reference_run(case: Case, what: str):
     """The float64 reference's answer for `case` (cached: every backend compares to the same numbers)."""
     ref = NumpyBackend(np.float64)
@@ -113,8 +113,13 @@ def run_case(case: Case, backend: Backend) -> list[Result]:
                 dt = time.perf_counter() - t0
                 r_losses, r_final = _reference_run(case, "adamw")
                 worst_step = max(range(len(r_losses)), key=lambda i: checks.scalar_rel(losses[i], r_losses[i]))
-                add("adamw_loss", checks.scalar_rel(losses[worst_step], r_losses[worst_step]),
-                    f"worst at step {worst_step + 1} of {ADAMW_STEPS}", dt, losses=list(map(float, losses)))
+                add(
+                    "adamw_loss",
+                    checks.scalar_rel(losses[worst_step], r_losses[worst_step]),
+                    f"worst at step {worst_step + 1} of {ADAMW_STEPS}",
+                    dt,
+                    losses=list(map(float, losses)),
+                )
                 final, r_final = without_key_bias(final, case.config), without_key_bias(r_final, case.config)
                 name, worst, per = checks.worst_tensor(final, r_final, checks.l2_rel)
                 add("adamw_param_l2", worst, f"worst tensor {name} (key biases excluded)", per_tensor=per)
@@ -123,8 +128,14 @@ def run_case(case: Case, backend: Backend) -> list[Result]:
                 dt = time.perf_counter() - t0
                 r_tokens = np.asarray(_reference_run(case, "generate"))
                 mism = int((tokens != r_tokens).sum()) if tokens.shape == r_tokens.shape else int(r_tokens.size)
-                add("generate_mismatches", mism, f"{GENERATE_TOKENS} greedy tokens after {case.T}", dt,
-                    tokens=tokens.tolist(), reference=r_tokens.tolist())
+                add(
+                    "generate_mismatches",
+                    mism,
+                    f"{GENERATE_TOKENS} greedy tokens after {case.T}",
+                    dt,
+                    tokens=tokens.tolist(),
+                    reference=r_tokens.tolist(),
+                )
             elif what == "kv_cache":
                 cached = np.asarray(backend.generate(params, case.config, idx, GENERATE_TOKENS, use_cache=True))
                 full = np.asarray(backend.generate(params, case.config, idx, GENERATE_TOKENS, use_cache=False))

@@ -34,11 +34,17 @@ def test_conformance(case, backend):
         pytest.skip(results[0].detail)
     failures = [r for r in results if r.passed is False]
     if failures:
-        lines = [f"{r.check}: {r.value} > ceiling {r.ceiling} ({r.detail})" if r.value is not None else f"{r.check}: {r.detail}"
-                 for r in failures]
+        lines = [
+            f"{r.check}: {r.value} > ceiling {r.ceiling} ({r.detail})"
+            if r.value is not None
+            else f"{r.check}: {r.detail}"
+            for r in failures
+        ]
         try:
             ceiling = LOCALIZE[backend.precision]
-            d = localize_backends(backend, NumpyBackend(np.float64), params_for(case), case.config, batch(case)[0], ceiling)
+            d = localize_backends(
+                backend, NumpyBackend(np.float64), params_for(case), case.config, batch(case)[0], ceiling
+            )
             lines.append("localizer: " + d.describe())
         except Exception as e:
             lines.append(f"localizer could not run: {e}")

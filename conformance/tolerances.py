@@ -26,11 +26,16 @@ of arbitrary sign. GPT-2 has exactly such coordinates: the attention key bias (t
 attn.c_attn.bias) has a zero gradient in exact arithmetic, because it adds the same q . b_k to every
 score of a softmax row. Those values are left out of the parameter comparison (conformance/suite.py,
 `without_key_bias`); everything else is compared in the l2 sense per tensor, not element-wise.
-Adam also amplifies ordinary float32 noise: a coordinate's step is g_i / |g_i| to first order, so an
-absolute gradient error e moves it by about lr * e / |g_i|, large where |g_i| is small. The float32
-floor of that effect is measured by running the reference itself in float32 (the same algorithm,
-only the precision differs): 5.3e-5 on small-shakespeare after 10 steps (4e-6 without its single
-worst coordinate, one whose gradient is 3.5e-9). The ceiling, 1e-4, is twice that floor.
+Adam also amplifies ordinary gradient noise: a coordinate's step is ~ lr * g_i / |g_i|, so an absolute
+gradient error e moves it by about lr * e / |g_i|, large where |g_i| is small. The float32 floor of
+that effect is measured by running the reference itself in float32 (the same algorithm, only the
+precision differs). At the full 124M shape after 10 steps it is 1.6e-5 (loss) and 1.35e-4 (params),
+where that run's gradients sit at 1.4e-6 of the float64 ones. A backend may have gradients up to the
+gradient ceiling (1e-5, ~7x that floor), and to first order its trajectory error scales with its
+gradient error, so the AdamW ceilings are the measured floor x 7, rounded up to the next half-decade:
+5e-4 (loss) and 1e-3 (params). Such a check still catches a missing bias correction or a wrong beta
+(errors of 1e-2 and more); finer optimizer bugs (decay on 1-D tensors) are caught by the per-backend
+AdamW unit tests, which feed identical gradients (tests/reference, tests/numba_impl).
 
 bfloat16 (torch-cuda-bf16) keeps 8 bits of mantissa (eps = 7.8e-3). Its ceilings are set from the
 H100 measurements at the full 124M shape (docs/conformance.md): the measured worst value rounded
@@ -48,22 +53,26 @@ FP32 = {
     "loss": 1e-6,
     "grad_l2": 1e-5,
     "grad_max": 1e-4,
-    "adamw_loss": 1e-5,
-    "adamw_param_l2": 1e-4,
+    "adamw_loss": 5e-4,
+    "adamw_param_l2": 1e-3,
     "generate_mismatches": 0,
     "kv_cache": 0,
 }
 
-# From the H100 measurements at 124M (docs/conformance.md): the worst value rounded up to the next half-decade.
+# From the H100 measurements (docs/conformance.md), the worst value over all cases rounded up to the next
+# half-decade: logits 9.0e-3, loss 1.1e-3, grad l2 6.0e-2 (ln_f.weight at 124M, T=1024), grad max 6.4e-2.
+# A bf16 AdamW trajectory is not comparable at all: Adam amplifies bf16's ~1e-2 gradient noise into
+# O(1) parameter differences within 10 steps (measured 0.88 loss, 1.1 params). It is reported, not judged,
+# and so are greedy tokens, where bf16 rounding may legitimately flip a near tie.
 BF16 = {
-    "logits": 5e-2,
+    "logits": 1e-2,
     "loss": 5e-3,
-    "grad_l2": 5e-2,
+    "grad_l2": 1e-1,
     "grad_max": 1e-1,
-    "adamw_loss": 5e-3,
-    "adamw_param_l2": 5e-3,
-    "generate_mismatches": None,  # greedy argmax under bf16 is not expected to match: reported, not judged
-    "kv_cache": None,  # likewise: cached and recomputed bf16 matmuls round differently; reported only
+    "adamw_loss": None,
+    "adamw_param_l2": None,
+    "generate_mismatches": None,
+    "kv_cache": None,
 }
 
 # The divergence localizer looks for the first activation beyond noise, which is tighter than the

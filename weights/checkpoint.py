@@ -118,7 +118,9 @@ def resolve(source: str | os.PathLike) -> Path:
     return download(str(source))
 
 
-def load(source: str | os.PathLike, dtype=np.float32, config: GPT2Config | None = None) -> tuple[dict[str, np.ndarray], GPT2Config]:
+def load(
+    source: str | os.PathLike, dtype=np.float32, config: GPT2Config | None = None
+) -> tuple[dict[str, np.ndarray], GPT2Config]:
     """Load a GPT-2 checkpoint into the canonical params dict (float32, or float64 on request).
 
     The config comes from `config` if given, else from config.json beside the file, else it is
@@ -172,7 +174,9 @@ def atomic_write(final: Path, write) -> None:
         pass
 
 
-def save(params: Mapping[str, np.ndarray], config: GPT2Config, folder: str | os.PathLike, metadata: dict | None = None) -> Path:
+def save(
+    params: Mapping[str, np.ndarray], config: GPT2Config, folder: str | os.PathLike, metadata: dict | None = None
+) -> Path:
     """Write `folder`/model.safetensors (hub layout, float32) and `folder`/config.json, atomically.
 
     The result loads with `load(folder)` and with transformers' `GPT2LMHeadModel.from_pretrained(folder)`.

@@ -36,9 +36,7 @@ class GPT2Config:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"GPT2Config.{field} must be a positive int, got {value!r}")
         if self.n_embd % self.n_head != 0:
-            raise ConfigError(
-                f"GPT2Config.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
-            )
+            raise ConfigError(f"GPT2Config.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if not (isinstance(self.layer_norm_eps, float) and 0.0 < self.layer_norm_eps < 1.0):
             raise ConfigError(f"GPT2Config.layer_norm_eps must be a float in (0, 1), got {self.layer_norm_eps!r}")
 
@@ -48,22 +46,22 @@ class GPT2Config:
 
     # ----------------------------------------------------------------- presets
     @classmethod
-    def gpt2_124m(cls) -> "GPT2Config":
+    def gpt2_124m(cls) -> GPT2Config:
         """The released GPT-2 small: 124,439,808 parameters with the tied head."""
         return cls(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, n_ctx=1024)
 
     @classmethod
-    def tiny(cls) -> "GPT2Config":
+    def tiny(cls) -> GPT2Config:
         """Small enough for float64 finite differences and the CUDA simulator."""
         return cls(n_layer=2, n_head=2, n_embd=16, vocab_size=64, n_ctx=16)
 
     @classmethod
-    def small(cls) -> "GPT2Config":
+    def small(cls) -> GPT2Config:
         """A CPU-friendly shape with the real vocabulary (so real text can be tokenised)."""
         return cls(n_layer=2, n_head=4, n_embd=64, vocab_size=50257, n_ctx=128)
 
     @classmethod
-    def preset(cls, name: str) -> "GPT2Config":
+    def preset(cls, name: str) -> GPT2Config:
         presets = {"gpt2": cls.gpt2_124m, "124m": cls.gpt2_124m, "tiny": cls.tiny, "small": cls.small}
         if name not in presets:
             raise ConfigError(f"unknown config preset {name!r}; choose one of {sorted(presets)}")
@@ -100,7 +98,7 @@ class GPT2Config:
         }
 
     @classmethod
-    def from_hf_dict(cls, d: dict, source: str = "config.json") -> "GPT2Config":
+    def from_hf_dict(cls, d: dict, source: str = "config.json") -> GPT2Config:
         """Read an HF GPT-2 `config.json`; refuses settings our three backends do not implement."""
         try:
             n_ctx = d.get("n_positions", d.get("n_ctx"))

@@ -89,7 +89,9 @@ def download(hub_id: str, timeout_s: float = 10.0) -> Path:
     try:
         import huggingface_hub
     except ImportError:
-        raise HubError(f"downloading {repo_id} needs huggingface_hub (pip install huggingface_hub); {OFFLINE_HELP}") from None
+        raise HubError(
+            f"downloading {repo_id} needs huggingface_hub (pip install huggingface_hub); {OFFLINE_HELP}"
+        ) from None
     cached = huggingface_hub.try_to_load_from_cache(repo_id, ckpt.filename, revision=ckpt.revision)
     if isinstance(cached, str):  # already downloaded: no network needed
         verify(Path(cached), ckpt)
@@ -100,7 +102,9 @@ def download(hub_id: str, timeout_s: float = 10.0) -> Path:
     try:
         path = huggingface_hub.hf_hub_download(repo_id, ckpt.filename, revision=ckpt.revision)
     except Exception as e:  # offline, DNS failure, proxy refusal, HTTP error: all end the same way
-        raise HubError(f"could not download {repo_id}/{ckpt.filename} ({type(e).__name__}: {e}); {OFFLINE_HELP}") from None
+        raise HubError(
+            f"could not download {repo_id}/{ckpt.filename} ({type(e).__name__}: {e}); {OFFLINE_HELP}"
+        ) from None
     path = Path(path)
     verify(path, ckpt)
     return path

@@ -32,7 +32,7 @@ import numpy as np
 from weights.config import GPT2Config
 
 # The 12 per-block tensor kinds, in checkpoint order, with their shapes as functions of C.
-BLOCK_TENSORS: tuple[tuple[str, "callable"], ...] = (
+BLOCK_TENSORS: tuple[tuple[str, callable], ...] = (
     ("ln_1.weight", lambda C: (C,)),
     ("ln_1.bias", lambda C: (C,)),
     ("attn.c_attn.weight", lambda C: (C, 3 * C)),

@@ -51,5 +51,7 @@ def tinyshakespeare_path() -> Path | None:
     return None
 
 
-WHERE_TOKENIZER = "set GPT2_TOKENIZER_DIR to a folder with vocab.bpe + encoder.json, or place them in ../shared/gpt2-tokenizer/"
+WHERE_TOKENIZER = (
+    "set GPT2_TOKENIZER_DIR to a folder with vocab.bpe + encoder.json, or place them in ../shared/gpt2-tokenizer/"
+)
 WHERE_TINYSHAKESPEARE = "set GPT2_DATA_DIR to a folder with tinyshakespeare.txt, or place it in ../shared/data/"

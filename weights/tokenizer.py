@@ -50,7 +50,7 @@ def _from_files(folder: Path):
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get_tokenizer(folder: str | None = None):
     """The GPT-2 encoding: from `folder`, else from the local files, else from tiktoken's download."""
     local = Path(folder) if folder else tokenizer_dir()
@@ -61,4 +61,6 @@ def get_tokenizer(folder: str | None = None):
     try:
         return tiktoken.get_encoding("gpt2")
     except Exception as e:
-        raise TokenizerError(f"GPT-2 tokenizer files not found locally and not downloadable ({e}); {WHERE_TOKENIZER}") from None
+        raise TokenizerError(
+            f"GPT-2 tokenizer files not found locally and not downloadable ({e}); {WHERE_TOKENIZER}"
+        ) from None

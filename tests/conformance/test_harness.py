@@ -53,7 +53,9 @@ def test_planted_transpose_fails_the_ceilings_and_is_localised():
     backend = _TransposedCProj()
     results = {r.check: r for r in run_case(CASE, backend)}
     assert results["logits"].passed is False and results["logits"].value > 100 * FP32["logits"]
-    d = localize_backends(backend, NumpyBackend(np.float64), params_for(CASE), CASE.config, batch(CASE)[0], LOCALIZE["fp32"])
+    d = localize_backends(
+        backend, NumpyBackend(np.float64), params_for(CASE), CASE.config, batch(CASE)[0], LOCALIZE["fp32"]
+    )
     assert d.name == "h.1.attn_proj", d.describe()
     assert "attn.c_proj" in d.op and "layer 1" in d.op
     names = [n for n, _ in d.errors]
@@ -63,13 +65,15 @@ def test_planted_transpose_fails_the_ceilings_and_is_localised():
 
 def test_correct_backend_is_not_localised():
     backend = NumpyBackend(np.float32)
-    d = localize_backends(backend, NumpyBackend(np.float64), params_for(CASE), CASE.config, batch(CASE)[0], LOCALIZE["fp32"])
+    d = localize_backends(
+        backend, NumpyBackend(np.float64), params_for(CASE), CASE.config, batch(CASE)[0], LOCALIZE["fp32"]
+    )
     assert d.name is None, d.describe()
 
 
 def test_planted_erf_gelu_in_torch_is_localised(monkeypatch):
     """torch_impl with the erf GELU (nn.GELU()'s default, wrong for GPT-2) parts from the reference at h.0.gelu."""
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     import torch.nn.functional as F
 
     exact_gelu = F.gelu

@@ -146,6 +146,7 @@ def test_bad_inputs_name_the_culprit(tmp_path):
         tokenize_files([bad], tmp_path / "out2", val_fraction=0.0, progress=False, tokenizer=_toy_tokenizer())
 
 
+@pytest.mark.skipif(tokenizer_dir() is None, reason=f"GPT-2 tokenizer files absent: {WHERE_TOKENIZER}")
 def test_cli_writes_both_splits(tmp_path, capsys):
     src = tmp_path / "in.txt"
     src.write_text("hello there\n" * 200)

@@ -13,7 +13,9 @@ from weights.hub import HubCheckpoint, HubError, download, verify
 def test_verify_rejects_wrong_hash(tmp_path):
     f = tmp_path / "model.safetensors"
     f.write_bytes(b"0123456789")
-    good = HubCheckpoint("x/y", "r", "model.safetensors", 10, "84d89877f0d4041efb6bf91a16f0248f2fd573e6af05c19f96bedb9f882f7882")
+    good = HubCheckpoint(
+        "x/y", "r", "model.safetensors", 10, "84d89877f0d4041efb6bf91a16f0248f2fd573e6af05c19f96bedb9f882f7882"
+    )
     verify(f, good)
     with pytest.raises(HubError, match="sha256 .* expected 00"):
         verify(f, HubCheckpoint("x/y", "r", "model.safetensors", 10, "00" * 32))

@@ -32,7 +32,9 @@ def test_endoftext_round_trip(enc):
         enc.encode(text)
 
 
-@pytest.mark.parametrize("text", ["", "  leading spaces", "naïve café 東京 🤖", "it's 1234567 o'clock\n\n\tend", "a" * 500])
+@pytest.mark.parametrize(
+    "text", ["", "  leading spaces", "naïve café 東京 🤖", "it's 1234567 o'clock\n\n\tend", "a" * 500]
+)
 def test_round_trip(enc, text):
     assert enc.decode(enc.encode(text)) == text
 
