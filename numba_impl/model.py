@@ -59,6 +59,9 @@ from numba_impl.kernels.matmul import matmul, matmul_backward, matmul_forward
 from numba_impl.kernels.residual import residual_forward
 from weights import GPT2Config, param_shapes, validate_params
 
+# The head's backward sums over the whole vocabulary: split-K chunks (see `matmul`'s k_chunk).
+HEAD_K_CHUNK = 1024
+
 KERNEL_SETS = ("fast", "naive")
 ATTENTIONS = ("flash", "naive")
 
@@ -268,7 +271,8 @@ class NumbaGPT2:
         self.dresidual[: N * C].copy_to_device(self._zeros[: N * C])
 
         # lm head: logits = lnf @ wte^T  ->  dlnf = dlogits @ wte (NN), dwte += dlogits^T @ lnf (TN)
-        matmul(self.dln, self.dlogits, self.p["wte.weight"], N, C, V, "NN", naive=naive)
+        # K = V = 50,257 terms per output: summed in chunks (split-K) to keep float32 rounding ~1e-6
+        matmul(self.dln, self.dlogits, self.p["wte.weight"], N, C, V, "NN", naive=naive, k_chunk=HEAD_K_CHUNK)
         matmul(self.g["wte.weight"], self.dlogits, self.lnf, V, C, N, "TN", accumulate=True, naive=naive)
         x_last = self.acts[-1]["x2"] if self.acts else self.encoded
         ln_backward(self.dresidual, self.g["ln_f.weight"], self.g["ln_f.bias"], self.dln, x_last,

@@ -127,6 +127,30 @@ def test_matmul_backward_matches_reference(naive):
     assert max_rel(host(db, (OC,)) - 1, ref_db) <= KERNEL_REL
 
 
+@pytest.mark.parametrize("layout", ["NN", "TN", "NT"])
+@pytest.mark.parametrize("naive", [True, False], ids=["naive", "tiled"])
+@pytest.mark.parametrize("k_chunk", [1, 5, 8, 100])
+def test_split_k_equals_one_pass(layout, naive, k_chunk):
+    """Summing K in chunks (each chunk's partial added to out) gives the same product, bias once, for
+    chunk sizes that do and do not divide K or the tile's K slice (a chunk larger than K is one pass)."""
+    M, N, K = 13, 11, 23
+    r = rng(11)
+    A, Bm, bias, base = (
+        r.standard_normal((M, K)),
+        r.standard_normal((K, N)),
+        r.standard_normal(N),
+        r.standard_normal((M, N)),
+    )
+    a_stored = A.T if layout[0] == "T" else A
+    b_stored = Bm.T if layout[1] == "T" else Bm
+    out = dev(base)
+    matmul.matmul(out, dev(a_stored), dev(b_stored), M, N, K, layout, bias=dev(bias), naive=naive, k_chunk=k_chunk)
+    assert max_rel(host(out, (M, N)), A @ Bm + bias) <= KERNEL_REL
+    out = dev(base)
+    matmul.matmul(out, dev(a_stored), dev(b_stored), M, N, K, layout, accumulate=True, naive=naive, k_chunk=k_chunk)
+    assert max_rel(host(out, (M, N)), base + A @ Bm) <= KERNEL_REL
+
+
 def test_matmul_rejects_unknown_layout():
     with pytest.raises(ValueError, match="layout"):
         matmul.matmul(None, None, None, 1, 1, 1, "TT")
