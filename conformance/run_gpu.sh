@@ -6,6 +6,8 @@
 # Writes under $OUT: gpu-tests.log (pytest -m gpu over tests/, plus tests/numba_impl on the real
 # GPU), conformance-small.{json,txt} (the CI-sized cases), conformance-124m.{json,txt} (the full
 # 124M-shape cases), nvidia-smi.txt. The float64 reference runs on the host's CPU cores.
+# Cases that read Tiny Shakespeare or the tokenizer find them through GPT2_SHARED_DIR (or ../shared);
+# without them those cases are reported as skipped, with the reason.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:?set OUT to the folder the results go to}"
