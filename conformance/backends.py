@@ -29,8 +29,9 @@ from weights import GPT2Config
 
 ADAMW_DEFAULTS = dict(lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1)
 
-# Beyond this many parameter values the CUDA simulator (one OS thread per CUDA thread) takes too long.
+# Beyond these sizes the CUDA simulator (one OS thread per CUDA thread) takes too long for CI.
 SIMULATOR_MAX_PARAMS = 50_000
+SIMULATOR_MAX_TOKENS = 8  # B * T; at B*T = 64 one case took 4-9 minutes (docs/numba_impl.md)
 
 
 def _simulator() -> bool:
@@ -48,7 +49,8 @@ class Backend:
     def available(self) -> tuple[bool, str]:
         return True, ""
 
-    def supports(self, config: GPT2Config) -> tuple[bool, str]:
+    def supports(self, config: GPT2Config, tokens: int = 1) -> tuple[bool, str]:
+        """Whether this backend runs a case of `config` with `tokens` = B * T positions here."""
         return True, ""
 
 
@@ -220,9 +222,11 @@ class NumbaBackend(Backend):
             self.device = "cuda-simulator"
         return True, ""
 
-    def supports(self, config):
+    def supports(self, config, tokens=1):
         from weights import num_params
 
+        if _simulator() and tokens > SIMULATOR_MAX_TOKENS:
+            return False, f"CUDA simulator: {tokens} tokens is too slow (limit {SIMULATOR_MAX_TOKENS}); runs on a GPU"
         if _simulator() and num_params(config) > SIMULATOR_MAX_PARAMS:
             return (
                 False,

@@ -50,6 +50,7 @@ CASES: list[Case] = [
     Case("tiny-T1", TINY, "synthetic", "random", 1, 1),
     Case("tiny-B1-T7", TINY, "synthetic", "random", 1, 7),
     Case("tiny-B4-ctx", TINY, "synthetic", "random-ignore", 4, TINY.n_ctx, ("forward_backward", "adamw")),
+    Case("tiny-B2-T4-adamw", TINY, "synthetic", "random-ignore", 2, 4, ("forward_backward", "adamw")),
     Case("tiny-trained", TINY_GEN, "trained", "shakespeare", 1, 4, ("forward_backward", "generate", "kv_cache")),
     Case("small-shakespeare", SMALL, "synthetic", "shakespeare", 4, 64, ("forward_backward", "adamw")),
     Case("small-trained", SMALL, "trained", "shakespeare", 1, 8, ("forward_backward", "generate", "kv_cache")),

@@ -80,7 +80,7 @@ def _judge(value, ceiling) -> bool | None:
 def run_case(case: Case, backend: Backend) -> list[Result]:
     ok, why = backend.available()
     if ok:
-        ok, why = backend.supports(case.config)
+        ok, why = backend.supports(case.config, case.B * case.T)
     if not ok:
         return [Result(case.name, backend.name, "all", None, None, None, f"skipped: {why}")]
     try:
