@@ -21,6 +21,7 @@ import functools
 import numpy as np
 
 from benchmarks.backends import BY_NAME
+from conformance.checks import max_rel  # max|out - ref| / max|ref|, in float64
 
 TOLERANCE = {"float64": 1e-10, "float32": 1e-4, "bfloat16": 5e-2}
 CHECKED_SIZES = ("tiny", "124m-cpu")
@@ -36,18 +37,12 @@ def reference_op(op: str, direction: str, size) -> np.ndarray:
     return to_numpy(fn())
 
 
-def scaled_error(out: np.ndarray, ref: np.ndarray) -> float:
-    if out.shape != ref.shape:
-        raise AssertionError(f"output shape {out.shape} differs from the reference's {ref.shape}")
-    return float(np.max(np.abs(out - ref)) / max(float(np.max(np.abs(ref))), 1e-30))
-
-
 def check_op_result(backend, op: str, direction: str, size, out: np.ndarray) -> float | None:
     """Assert the op's output is finite and (at checked sizes) matches the reference; returns the error."""
     assert np.all(np.isfinite(out)), f"{backend.name} {op} {direction}: non-finite output"
     if size.name not in CHECKED_SIZES:
         return None
-    err = scaled_error(out, reference_op(op, direction, size))
+    err = max_rel(out, reference_op(op, direction, size))
     tol = TOLERANCE[backend.dtype]
     assert err <= tol, f"{backend.name} {op} {direction} at {size.name}: scaled error {err:.2e} > {tol:.0e}"
     return err

@@ -38,6 +38,18 @@ def _simulator() -> bool:
     return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
 
 
+def torch_adamw(parameters, hp: dict):
+    """torch.optim.AdamW with the contract's hyperparameters; weight decay on 2-D tensors only."""
+    import torch
+
+    params = list(parameters)
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": hp["weight_decay"]},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"], foreach=False)
+
+
 @dataclass
 class Backend:
     name: str
@@ -172,15 +184,7 @@ class TorchBackend(Backend):
         import torch
 
         model = self._model(params, config)
-        decay = [p for p in model.parameters() if p.dim() >= 2]
-        no_decay = [p for p in model.parameters() if p.dim() < 2]
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=hp["lr"],
-            betas=(hp["beta1"], hp["beta2"]),
-            eps=hp["eps"],
-            foreach=False,
-        )
+        opt = torch_adamw(model.parameters(), hp)
         x = torch.as_tensor(idx, device=self.device)
         y = torch.as_tensor(targets, device=self.device)
         losses = []
@@ -326,17 +330,7 @@ class HFBackend(Backend):
         from conformance.precision import tf32_off
 
         model = self._model(params, config)
-        params_ = list(model.transformer.parameters())  # the head is tied to wte: no parameter of its own
-        opt = torch.optim.AdamW(
-            [
-                {"params": [p for p in params_ if p.dim() >= 2], "weight_decay": hp["weight_decay"]},
-                {"params": [p for p in params_ if p.dim() < 2], "weight_decay": 0.0},
-            ],
-            lr=hp["lr"],
-            betas=(hp["beta1"], hp["beta2"]),
-            eps=hp["eps"],
-            foreach=False,
-        )
+        opt = torch_adamw(model.transformer.parameters(), hp)  # the head is tied to wte: no parameter of its own
         x, y = torch.as_tensor(idx), torch.as_tensor(targets)
         losses = []
         with tf32_off():
