@@ -13,7 +13,9 @@ Import ``cuda`` and the helpers from here, never ``numba.cuda`` directly, so tha
      lanes of a warp with a butterfly of shuffles on a GPU, and with one exchange in the
      simulator (same result, far fewer of the barriers that make the simulator slow);
    - `block_size(gpu, sim)` picks a block size: the simulator runs one OS thread per CUDA
-     thread, so it gets blocks of a few threads.
+     thread, so it gets blocks of a few threads;
+   - ``cuda.shared.array`` is replaced by a race-free version (the simulator's own lets two
+     threads of a block end up with different "shared" arrays, rarely: see below).
 
 Rules every kernel here follows (they are easy to break, hard to see):
 - Literals are wrapped in ``float32(...)``: a bare Python float makes the arithmetic float64
@@ -66,6 +68,36 @@ def ceil_div(a: int, b: int) -> int:
 if SIMULATOR:
     import sys
     import threading
+
+    from numba.cuda.simulator import kernelapi as _kernelapi
+
+    # cuda.shared.array in the simulator (numba-cuda 0.30, FakeCUDAShared.array) looks the array up in
+    # a dict shared by the block's threads and creates it when missing: get, np.empty, set. A thread
+    # switch between the get and the set (rare: the GIL is only handed over there if np.empty runs
+    # the garbage collector, say) lets two threads each create an array, and the one whose array is
+    # overwritten in the dict then reads and writes memory no other thread sees: silently wrong
+    # results, in maybe one run of twenty of a conformance case. Real GPUs are not affected.
+    # scripts/cudasim_shared_race.py reproduces it with numba alone; docs/numba_impl.md tells the story.
+    # The replacement keys the array exactly as the original does (file and line of the call) and
+    # makes the get-or-create atomic. It also reads the caller's frame directly instead of
+    # formatting the whole stack (traceback.extract_stack), which made every call slow.
+    _shared_array_lock = threading.Lock()
+    _original_shared_array = _kernelapi.FakeCUDAShared.array
+
+    def _shared_array(self, shape, dtype, alignment=None):
+        if alignment is not None or shape == 0:  # dynamic shared memory: no lookup, nothing to race
+            return _original_shared_array(self, shape, dtype, alignment)
+        if isinstance(dtype, _kernelapi.types.Type):
+            dtype = _kernelapi.numpy_support.as_dtype(dtype)
+        caller = sys._getframe(1)
+        key = (caller.f_code.co_filename, caller.f_lineno)
+        with _shared_array_lock:
+            array = self._allocations.get(key)
+            if array is None:
+                array = self._allocations[key] = np.empty(shape, dtype)
+        return array
+
+    _kernelapi.FakeCUDAShared.array = _shared_array
 
     # The simulator's block manager busy-polls its threads for barriers while holding the GIL;
     # with Python's default 5 ms switch interval every barrier costs milliseconds. 0.5 ms makes

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import numpy as np
+import pytest
 
-from numba_impl._compat import WARP, block_max, block_sum, cuda, float32, kernel, shfl_xor, warp_max, warp_sum
+from numba_impl._compat import (
+    SIMULATOR,
+    WARP,
+    block_max,
+    block_sum,
+    cuda,
+    float32,
+    kernel,
+    shfl_xor,
+    warp_max,
+    warp_sum,
+)
 from tests.numba_impl.helpers import dev, needs_cuda
 
 pytestmark = needs_cuda
@@ -46,3 +59,39 @@ def test_warp_and_block_reductions():
     assert np.array_equal(got[2], np.repeat(warps.max(1), WARP))
     assert np.all(got[3] == x.sum())
     assert np.all(got[4] == x.max())
+
+
+@kernel
+def _shared_sum_kernel(out):
+    buf = cuda.shared.array(8, float32)
+    other = cuda.shared.array(8, float32)  # a second array on another line: must stay distinct
+    tid = cuda.threadIdx.x
+    buf[tid] = float32(tid)
+    other[tid] = float32(100.0)
+    cuda.syncthreads()
+    if tid == 0:
+        total = float32(0.0)
+        for i in range(8):
+            total += buf[i]
+        out[0] = total
+
+
+@pytest.mark.skipif(not SIMULATOR, reason="the race is in Numba's CUDA simulator; a GPU has real shared memory")
+def test_simulator_shared_array_is_one_array_per_block_under_thread_switches(monkeypatch):
+    """Stress test for the simulator's shared-array race (numba_impl/_compat.py). The window between
+    the simulator's lookup and its insert is widened by making np.empty hand the GIL to another
+    thread; with the simulator's own cuda.shared.array about 1 launch in 6 then sees threads with
+    different arrays (sum != 28), so 50 clean launches in a row do not happen by chance (p ~ 1e-4)."""
+    real_empty = np.empty
+
+    def yielding_empty(*args, **kwargs):
+        time.sleep(0.001)
+        return real_empty(*args, **kwargs)
+
+    monkeypatch.setattr(np, "empty", yielding_empty)
+    sums = []
+    for _ in range(50):
+        out = cuda.to_device(np.zeros(1, dtype=np.float32))
+        _shared_sum_kernel[1, 8](out)
+        sums.append(float(out.copy_to_host()[0]))
+    assert sums == [28.0] * 50
