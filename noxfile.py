@@ -14,8 +14,10 @@ kernel runs (slowly) in Numba's CUDA simulator on tiny configs.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
+import tomllib
 
 import nox
 
@@ -100,8 +102,20 @@ def benchmarks(session: nox.Session) -> None:
     )
 
 
+def _pinned(extra: str, name: str) -> str:
+    """The requirement for `name` in pyproject.toml's optional dependency group `extra` (one place for pins)."""
+    with open(os.path.join(os.path.dirname(__file__), "pyproject.toml"), "rb") as f:
+        group = tomllib.load(f)["project"]["optional-dependencies"][extra]
+    for requirement in group:
+        if re.match(rf"{re.escape(name)}\b", requirement):
+            return requirement
+    raise LookupError(f"pyproject.toml: no {name} in the [{extra}] extra")
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
+    """ruff's lint rules and its formatter, with the version pinned in pyproject.toml.
+    Fails (non-zero) on any finding, including a file the formatter would change."""
+    session.install(_pinned("dev", "ruff"))
     session.run("ruff", "check", ".")
-    session.run("ruff", "format", "--check", "--diff", ".", success_codes=[0, 1])
+    session.run("ruff", "format", "--check", "--diff", ".")
