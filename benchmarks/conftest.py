@@ -59,6 +59,10 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         except importlib.metadata.PackageNotFoundError:
             pass
     machine_info["gpt2_versions"] = versions
+    # The project's record (git commit and dirty flag, versions, CPU/GPU, host, date): weights/provenance.py.
+    from weights.provenance import provenance
+
+    machine_info["provenance"] = provenance()
     threads = {
         k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS") if k in os.environ
     }

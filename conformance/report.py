@@ -26,6 +26,7 @@ from conformance.cases import CASES, batch, params_for
 from conformance.localize import localize_backends
 from conformance.suite import REFERENCE, Result, run_case
 from conformance.tolerances import CEILINGS, LOCALIZE
+from weights.provenance import provenance
 
 CHECK_ORDER = [
     "logits",
@@ -213,6 +214,7 @@ def main(argv=None) -> int:
         localizations.append({"case": case_name, "backend": backend_name, "result": text})
 
     report = {
+        "provenance": provenance(),  # git commit (+ dirty), versions, device, host, date: weights/provenance.py
         "environment": environment(),
         "reference": REFERENCE,
         "ceilings": CEILINGS,

@@ -18,6 +18,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from weights.provenance import provenance  # noqa: E402
+
 
 def run(gpus: int, args, out_dir: Path) -> dict:
     flags = [
@@ -37,12 +41,33 @@ def run(gpus: int, args, out_dir: Path) -> dict:
     rows = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines() if line.strip()]
     steps = [r for r in rows if "loss" in r and r["step"] >= args.skip]
     mfus = [r["mfu"] for r in steps if r["mfu"] is not None]
+    losses = [r for r in rows if "loss" in r]
     return {
         "gpus": gpus,
+        "micro_batch": args.batch_size,
         "tokens_per_s": statistics.median(r["tokens_per_s"] for r in steps),
+        "ms_per_step": statistics.median(r["dt_ms"] for r in steps),
         "mfu": statistics.median(mfus) if mfus else None,
         "measured_steps": len(steps),
+        "first_step_s": losses[0]["dt_ms"] / 1e3 if losses else None,  # includes torch.compile
+        "loss_first_last": [losses[0]["loss"], losses[-1]["loss"]] if losses else None,
+        "per_step": [{k: r.get(k) for k in ("step", "loss", "dt_ms", "tokens_per_s", "mfu")} for r in losses],
     }
+
+
+def write_json(path: Path, args, results: list[dict]) -> None:
+    """The results file: the provenance record (commit, versions, GPUs, date), the settings, every run."""
+    settings = {k: v for k, v in vars(args).items() if k not in ("json", "out")}
+    settings.update(seq_len=1024, total_batch_tokens=524288, warmup_steps=10, dtype="bf16 autocast", compile=True)
+    doc = {
+        "what": "GPT-2 124M training throughput: torch_impl.train from scratch, 1 GPU then N GPUs (DDP)",
+        "measured_by": "scripts/train_throughput.py",
+        "provenance": provenance(),
+        "settings": settings,
+        "medians_over": f"steps >= {args.skip} (step 0 holds the torch.compile time)",
+        "runs": results,
+    }
+    path.write_text(json.dumps(doc, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] else "n/a"
         scaling = f"  scaling {r['scaling']:.2f}x" if "scaling" in r else ""
         print(f"{r['gpus']} GPU(s): {r['tokens_per_s']:,.0f} tokens/s  MFU {mfu}{scaling}")
-    Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+    write_json(Path(args.json), args, results)
     return 0
 
 

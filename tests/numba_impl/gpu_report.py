@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from numba_impl._compat import cuda  # noqa: E402  (the numpy>=2.5 alias first)
 from weights import GPT2Config, synthetic  # noqa: E402
+from weights.provenance import provenance  # noqa: E402
 
 WARMUP, REPEATS = 2, 5
 B, T = 4, 1024
@@ -355,6 +356,7 @@ def main():
     import torch
 
     report = {
+        "provenance": provenance(),  # git commit (+ dirty), versions, device, host, date: weights/provenance.py
         "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name(0),
         "versions": {"numpy": np.__version__, "numba": numba.__version__, "torch": torch.__version__},

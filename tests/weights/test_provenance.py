@@ -83,3 +83,56 @@ def test_the_module_prints_the_project_record():
     )
     rec = json.loads(out.stdout)
     assert rec["git"]["commit"] == _git(PROJECT_ROOT, "rev-parse", "HEAD")
+
+
+# ------------------------------------------------------------------ every results writer embeds the record
+def _head() -> str:
+    return _git(PROJECT_ROOT, "rev-parse", "HEAD")
+
+
+def test_the_conformance_report_json_records_the_commit(tmp_path):
+    from conformance.report import main
+
+    out = tmp_path / "report.json"
+    main(["--backends", "numpy-f32", "--cases", "tiny-T1", "--json", str(out)])
+    rec = json.loads(out.read_text())["provenance"]
+    assert rec["git"]["commit"] == _head() and rec["versions"]["numpy"] == np.__version__
+
+
+def test_the_benchmark_json_records_the_commit():
+    from benchmarks.conftest import pytest_benchmark_update_machine_info
+
+    machine_info = {}
+    pytest_benchmark_update_machine_info(None, machine_info)
+    assert machine_info["provenance"]["git"]["commit"] == _head()
+
+
+def test_the_training_throughput_json_records_the_commit(tmp_path):
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_throughput", PROJECT_ROOT / "scripts" / "train_throughput.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    args = argparse.Namespace(data="d", gpus=1, steps=30, skip=8, batch_size=64, out="o", json="t.json")
+    out = tmp_path / "throughput.json"
+    mod.write_json(out, args, [{"gpus": 1, "tokens_per_s": 1.0}])
+    doc = json.loads(out.read_text())
+    assert doc["provenance"]["git"]["commit"] == _head()
+    assert doc["runs"] == [{"gpus": 1, "tokens_per_s": 1.0}] and doc["settings"]["steps"] == 30
+
+
+def test_the_numba_gpu_report_records_the_commit(tmp_path, monkeypatch):
+    """The report's writer, with no section run (this machine has no GPU to measure)."""
+    torch = pytest.importorskip("torch")
+    sys.path.insert(0, str(PROJECT_ROOT / "tests" / "numba_impl"))
+    try:
+        import gpu_report
+    finally:
+        sys.path.pop(0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "no GPU (test)")
+    monkeypatch.setattr(sys, "argv", ["gpu_report.py", str(tmp_path), "--sections", ""])
+    monkeypatch.setattr(gpu_report.os, "sync", lambda: None)
+    gpu_report.main()
+    rec = json.loads((tmp_path / "numba-gpu-report.json").read_text())["provenance"]
+    assert rec["git"]["commit"] == _head()
