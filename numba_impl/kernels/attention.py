@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import numpy as np
 
-from numba_impl._compat import SIMULATOR, block_size, ceil_div, cuda, float32, kernel
+from numba_impl._compat import SIMULATOR, WARP, block_size, ceil_div, cuda, float32, kernel, shfl_xor
 
 NEG_INF = float32(-np.inf)
 
@@ -174,178 +175,457 @@ def attention_backward_naive(dqkv, datt, dpreatt, dout, att, qkv, B, T, C, NH):
 
 
 # ============================================================================= flash
+# FlashAttention-2 on CUDA cores. The GPU never holds a (T, T) matrix: a block owns a tile of rows
+# (queries in the forward and the dq pass, keys in the dk/dv pass), walks the other side in tiles
+# staged in shared memory, and keeps its partial results in registers.
+#
+# Inside a block, one tile product S = A @ B^T (A: BA rows, B: BB rows, both (., HS) in shared
+# memory) is register-tiled like a matmul: threads come in groups of LANES consecutive lanes
+# (one group = one slice of RT rows of A; 32 / LANES groups per warp), and lane g of a group
+# computes the RT x CT entries S[rows, g + LANES*c] (c < CT). Per step d of the dot products a
+# thread reads RT values of A and CT of B from shared memory and does RT*CT FMAs (16 for 8 loads
+# at RT = CT = 4; the old one-thread-per-query kernels did one load per FMA). The rows of a
+# group are its own, so a row-wise reduction (the softmax max, the sum l, the delta dot product)
+# is log2(LANES) shuffles inside the group. The second product of each step (P @ V in the
+# forward, dS @ K for dq, P^T @ dO and dS^T @ Q for dk/dv) goes through a small shared tile:
+# lane g then owns the output columns g + LANES*t (t < DT = ceil(HS / LANES)) of its RT rows.
+# Shared tiles of HS columns are padded to HS + 1 so that the rows read by one warp fall in
+# different banks.
+class FlashTiles(NamedTuple):
+    """One block's shape: `warps` warps, LANES lanes per row group, RT rows per thread, CT columns of
+    the score tile per lane. Rows per block = warps * 32 / LANES * RT; columns per tile = LANES * CT."""
+
+    warps: int
+    lanes: int
+    rt: int
+    ct: int
+
+    @property
+    def threads(self) -> int:
+        return self.warps * WARP
+
+    @property
+    def rows(self) -> int:
+        return self.warps * WARP // self.lanes * self.rt
+
+    @property
+    def cols(self) -> int:
+        return self.lanes * self.ct
+
+
+# GPU: 64 queries x 32 keys per forward step (4 warps); 32 x 32 in the two backward kernels (2
+# warps; they stage four (32, HS) tiles). Simulator: one warp of 32 Python threads, 4 lanes per
+# row, one row per thread: tiles of 8 rows x 4 columns, so a ragged T of ~10 crosses tile edges.
+FLASH_FORWARD_TILES = FlashTiles(warps=4, lanes=8, rt=4, ct=4)
+FLASH_BACKWARD_TILES = FlashTiles(warps=2, lanes=8, rt=4, ct=4)
+FLASH_TILES_SIM = FlashTiles(warps=1, lanes=4, rt=1, ct=1)
+FLASH_STATIC_SHARED = 48 * 1024  # bytes of static shared memory a block may use
+
+
+def flash_shared_bytes(HS: int, tiles: FlashTiles, kernel_name: str) -> int:
+    """Bytes of shared memory one block of `kernel_name` ("forward", "dq", "dkv") declares."""
+    R, K = tiles.rows, tiles.cols
+    if kernel_name == "forward":  # q (R, HS+1), k (K, HS+1), v (K, HS), p (R, K+1)
+        words = R * (HS + 1) + K * (HS + 1) + K * HS + R * (K + 1)
+    elif kernel_name == "dq":  # q, dout (R, HS+1); k, v (K, HS+1); ds (R, K+1)
+        words = 2 * R * (HS + 1) + 2 * K * (HS + 1) + R * (K + 1)
+    else:  # k, v (R, HS+1); q, dout (K, HS+1); p, ds (R, K+1); lse, delta (K)
+        words = 2 * R * (HS + 1) + 2 * K * (HS + 1) + 2 * R * (K + 1) + 2 * K
+    return 4 * words
+
+
 @functools.cache
-def flash_kernels(HS: int, BQ: int):
-    """The flash kernels for head size HS and tiles of BQ queries / BQ keys (BQ threads per block).
+def flash_forward_kernel(HS: int, tiles: FlashTiles):
+    """Forward for head size HS. Grid (B*NH, ceil(T / rows)); block (bh, y) owns query rows
+    tile*R .. tile*R+R-1 with tile = (number of tiles - 1 - y): the longest rows (most keys) start first."""
+    LANES, RT, CT = tiles.lanes, tiles.rt, tiles.ct
+    R, K, NTHREADS = tiles.rows, tiles.cols, tiles.threads
+    DT = ceil_div(HS, LANES)
+    HSP, KP = HS + 1, K + 1  # padded row lengths (shared array shapes must be compile-time constants)
 
-    Grid: (ceil(T / BQ), B * NH); block (b*NH + h, tile) owns rows tile*BQ .. tile*BQ+BQ-1 of head h."""
-
-    @kernel
-    def flash_forward_kernel(out, lse, qkv, B, T, C, NH, scale):
-        k_tile = cuda.shared.array((BQ, HS), float32)
-        v_tile = cuda.shared.array((BQ, HS), float32)
-        q = cuda.local.array(HS, float32)
-        acc = cuda.local.array(HS, float32)
-        scores = cuda.local.array(BQ, float32)
-        bh = cuda.blockIdx.y
+    @kernel(lineinfo=True)
+    def flash_forward(out, lse, qkv, B, T, C, NH, scale):
+        q_s = cuda.shared.array((R, HSP), float32)  # scale * q of this block's queries
+        k_s = cuda.shared.array((K, HSP), float32)
+        v_s = cuda.shared.array((K, HS), float32)
+        p_s = cuda.shared.array((R, KP), float32)  # exp(s - m) of the current key tile
+        s = cuda.local.array((RT, CT), float32)
+        o = cuda.local.array((RT, DT), float32)  # un-normalised output rows
+        m = cuda.local.array(RT, float32)  # running row max
+        l_part = cuda.local.array(RT, float32)  # this lane's share of the running row sum
+        k_reg = cuda.local.array(CT, float32)
+        v_reg = cuda.local.array(DT, float32)
+        tid = cuda.threadIdx.x
+        g = tid % LANES
+        r0 = (tid // LANES) * RT
+        bh = cuda.blockIdx.x
         b = bh // NH
         h = bh % NH
-        q0 = cuda.blockIdx.x * BQ
-        t = q0 + cuda.threadIdx.x
+        q0 = (cuda.gridDim.y - 1 - cuda.blockIdx.y) * R
         x = b * T * 3 * C + h * HS  # qkv[b, 0, h*HS]
-        if t < T:
-            for d in range(HS):
-                q[d] = qkv[x + t * 3 * C + d] * scale
-        for d in range(HS):
-            acc[d] = float32(0.0)
-        m = NEG_INF
-        l_sum = float32(0.0)
-        last_key = min(T, q0 + BQ)  # keys this block needs: 0 .. last_key-1
-        for k0 in range(0, last_key, BQ):
-            for e in range(cuda.threadIdx.x, BQ * HS, BQ):  # stage keys and values, coalesced along d
-                s = k0 + e // HS
+        for e in range(tid, R * HS, NTHREADS):
+            t = q0 + e // HS
+            q_s[e // HS, e % HS] = qkv[x + t * 3 * C + e % HS] * scale if t < T else float32(0.0)
+        for i in range(RT):
+            m[i] = NEG_INF
+            l_part[i] = float32(0.0)
+            for c in range(DT):
+                o[i, c] = float32(0.0)
+        for k0 in range(0, min(T, q0 + R), K):
+            cuda.syncthreads()  # everyone is done with the previous k_s, v_s, p_s
+            for e in range(tid, K * HS, NTHREADS):
+                j = e // HS
                 d = e % HS
-                if s < T:
-                    k_tile[e // HS, d] = qkv[x + s * 3 * C + C + d]
-                    v_tile[e // HS, d] = qkv[x + s * 3 * C + 2 * C + d]
+                key = k0 + j
+                if key < T:
+                    k_s[j, d] = qkv[x + key * 3 * C + C + d]
+                    v_s[j, d] = qkv[x + key * 3 * C + 2 * C + d]
+                else:
+                    k_s[j, d] = float32(0.0)
+                    v_s[j, d] = float32(0.0)
             cuda.syncthreads()
-            if t < T and k0 <= t:
-                n_keys = min(BQ, t - k0 + 1)  # causal: keys k0 .. t
-                tile_max = NEG_INF
-                for j in range(n_keys):
-                    dot = float32(0.0)
-                    for d in range(HS):
-                        dot += q[d] * k_tile[j, d]
-                    scores[j] = dot
-                    tile_max = max(tile_max, dot)
-                m_new = max(m, tile_max)
-                correction = math.exp(m - m_new)
-                l_sum *= correction
-                for d in range(HS):
-                    acc[d] *= correction
-                for j in range(n_keys):
-                    p = math.exp(scores[j] - m_new)
-                    l_sum += p
-                    for d in range(HS):
-                        acc[d] += p * v_tile[j, d]
-                m = m_new
-            cuda.syncthreads()
-        if t < T:
-            inv = float32(1.0) / l_sum
-            o = (b * T + t) * C + h * HS
+            # s = (scale q) k^T for this thread's RT x CT entries
+            for i in range(RT):
+                for c in range(CT):
+                    s[i, c] = float32(0.0)
             for d in range(HS):
-                out[o + d] = acc[d] * inv
-            lse[bh * T + t] = m + math.log(l_sum)
+                for c in range(CT):
+                    k_reg[c] = k_s[g + LANES * c, d]
+                for i in range(RT):
+                    qv = q_s[r0 + i, d]
+                    for c in range(CT):
+                        s[i, c] += qv * k_reg[c]
+            # online softmax, row by row: the new max over the group, rescale, p into shared memory
+            for i in range(RT):
+                t = q0 + r0 + i
+                mx = NEG_INF
+                for c in range(CT):
+                    key = k0 + g + LANES * c
+                    if key > t or key >= T:  # causal mask; keys past the end
+                        s[i, c] = NEG_INF
+                    mx = max(mx, s[i, c])
+                lane_mask = 1
+                while lane_mask < LANES:
+                    mx = max(mx, shfl_xor(mx, lane_mask))
+                    lane_mask *= 2
+                m_new = max(m[i], mx)  # finite: key 0 is in the first tile of every row
+                correction = math.exp(m[i] - m_new)
+                row_sum = float32(0.0)
+                for c in range(CT):
+                    p = math.exp(s[i, c] - m_new)
+                    p_s[r0 + i, g + LANES * c] = p
+                    row_sum += p
+                l_part[i] = l_part[i] * correction + row_sum
+                for c in range(DT):
+                    o[i, c] *= correction
+                m[i] = m_new
+            cuda.syncthreads()
+            # o += p v
+            for j in range(K):
+                for c in range(DT):
+                    dd = g + LANES * c
+                    v_reg[c] = v_s[j, dd] if dd < HS else float32(0.0)
+                for i in range(RT):
+                    p = p_s[r0 + i, j]
+                    for c in range(DT):
+                        o[i, c] += p * v_reg[c]
+        for i in range(RT):
+            l_row = l_part[i]
+            lane_mask = 1
+            while lane_mask < LANES:
+                l_row += shfl_xor(l_row, lane_mask)
+                lane_mask *= 2
+            t = q0 + r0 + i
+            if t < T:
+                inv = float32(1.0) / l_row
+                row = (b * T + t) * C + h * HS
+                for c in range(DT):
+                    dd = g + LANES * c
+                    if dd < HS:
+                        out[row + dd] = o[i, c] * inv
+                if g == 0:
+                    lse[bh * T + t] = m[i] + math.log(l_row)
 
-    @kernel
-    def flash_backward_dq_kernel(dqkv, delta, qkv, dout, lse, B, T, C, NH, scale):
-        """One thread per query t: dq[t] = scale * sum_{s<=t} p (dout[t].v[s] - D[t]) k[s]."""
-        k_tile = cuda.shared.array((BQ, HS), float32)
-        v_tile = cuda.shared.array((BQ, HS), float32)
-        q = cuda.local.array(HS, float32)
-        g = cuda.local.array(HS, float32)
-        dq = cuda.local.array(HS, float32)
-        bh = cuda.blockIdx.y
+    return flash_forward
+
+
+@functools.cache
+def flash_backward_dq_kernel(HS: int, tiles: FlashTiles):
+    """dq for head size HS, and delta = rowsum(dout * out) on the way (the dk/dv kernel reads it).
+    Grid and row ownership as in the forward: block (bh, y) owns R query rows and walks the keys.
+
+        p = exp(scale q.k - lse);  ds = p * (dout.v - delta);  dq = scale * sum_s ds k[s]"""
+    LANES, RT, CT = tiles.lanes, tiles.rt, tiles.ct
+    R, K, NTHREADS = tiles.rows, tiles.cols, tiles.threads
+    DT = ceil_div(HS, LANES)
+    HSP, KP = HS + 1, K + 1  # padded row lengths (shared array shapes must be compile-time constants)
+
+    @kernel(lineinfo=True)
+    def flash_backward_dq(dqkv, delta, qkv, dout, out, lse, B, T, C, NH, scale):
+        q_s = cuda.shared.array((R, HSP), float32)  # scale * q
+        g_s = cuda.shared.array((R, HSP), float32)  # dout
+        k_s = cuda.shared.array((K, HSP), float32)
+        v_s = cuda.shared.array((K, HSP), float32)
+        ds_s = cuda.shared.array((R, KP), float32)
+        s = cuda.local.array((RT, CT), float32)
+        dp = cuda.local.array((RT, CT), float32)
+        dq = cuda.local.array((RT, DT), float32)
+        lse_row = cuda.local.array(RT, float32)
+        delta_row = cuda.local.array(RT, float32)
+        k_reg = cuda.local.array(CT, float32)
+        v_reg = cuda.local.array(CT, float32)
+        kd_reg = cuda.local.array(DT, float32)
+        tid = cuda.threadIdx.x
+        g = tid % LANES
+        r0 = (tid // LANES) * RT
+        bh = cuda.blockIdx.x
         b = bh // NH
         h = bh % NH
-        q0 = cuda.blockIdx.x * BQ
-        t = q0 + cuda.threadIdx.x
+        q0 = (cuda.gridDim.y - 1 - cuda.blockIdx.y) * R
         x = b * T * 3 * C + h * HS
-        lse_t = float32(0.0)
-        d_t = float32(0.0)
-        if t < T:
-            o = (b * T + t) * C + h * HS
-            for d in range(HS):
-                q[d] = qkv[x + t * 3 * C + d] * scale
-                g[d] = dout[o + d]
-            lse_t = lse[bh * T + t]
-            d_t = delta[bh * T + t]
-        for d in range(HS):
-            dq[d] = float32(0.0)
-        for k0 in range(0, min(T, q0 + BQ), BQ):
-            for e in range(cuda.threadIdx.x, BQ * HS, BQ):
-                s = k0 + e // HS
+        for e in range(tid, R * HS, NTHREADS):
+            t = q0 + e // HS
+            d = e % HS
+            if t < T:
+                q_s[e // HS, d] = qkv[x + t * 3 * C + d] * scale
+                g_s[e // HS, d] = dout[(b * T + t) * C + h * HS + d]
+            else:
+                q_s[e // HS, d] = float32(0.0)
+                g_s[e // HS, d] = float32(0.0)
+        cuda.syncthreads()
+        for i in range(RT):  # delta[t] = dout[t] . out[t]: the lanes of the group split the HS terms
+            t = q0 + r0 + i
+            acc = float32(0.0)
+            if t < T:
+                row = (b * T + t) * C + h * HS
+                for c in range(DT):
+                    dd = g + LANES * c
+                    if dd < HS:
+                        acc += g_s[r0 + i, dd] * out[row + dd]
+            lane_mask = 1
+            while lane_mask < LANES:
+                acc += shfl_xor(acc, lane_mask)
+                lane_mask *= 2
+            delta_row[i] = acc
+            lse_row[i] = lse[bh * T + t] if t < T else float32(0.0)
+            if t < T and g == 0:
+                delta[bh * T + t] = acc
+            for c in range(DT):
+                dq[i, c] = float32(0.0)
+        for k0 in range(0, min(T, q0 + R), K):
+            cuda.syncthreads()
+            for e in range(tid, K * HS, NTHREADS):
+                j = e // HS
                 d = e % HS
-                if s < T:
-                    k_tile[e // HS, d] = qkv[x + s * 3 * C + C + d]
-                    v_tile[e // HS, d] = qkv[x + s * 3 * C + 2 * C + d]
+                key = k0 + j
+                if key < T:
+                    k_s[j, d] = qkv[x + key * 3 * C + C + d]
+                    v_s[j, d] = qkv[x + key * 3 * C + 2 * C + d]
+                else:
+                    k_s[j, d] = float32(0.0)
+                    v_s[j, d] = float32(0.0)
             cuda.syncthreads()
-            if t < T and k0 <= t:
-                for j in range(min(BQ, t - k0 + 1)):
-                    qk = float32(0.0)
-                    gv = float32(0.0)
-                    for d in range(HS):
-                        qk += q[d] * k_tile[j, d]
-                        gv += g[d] * v_tile[j, d]
-                    ds = math.exp(qk - lse_t) * (gv - d_t)
-                    for d in range(HS):
-                        dq[d] += ds * k_tile[j, d]
+            for i in range(RT):
+                for c in range(CT):
+                    s[i, c] = float32(0.0)
+                    dp[i, c] = float32(0.0)
+            for d in range(HS):  # s = (scale q) k^T, dp = dout v^T
+                for c in range(CT):
+                    k_reg[c] = k_s[g + LANES * c, d]
+                    v_reg[c] = v_s[g + LANES * c, d]
+                for i in range(RT):
+                    qv = q_s[r0 + i, d]
+                    gv = g_s[r0 + i, d]
+                    for c in range(CT):
+                        s[i, c] += qv * k_reg[c]
+                        dp[i, c] += gv * v_reg[c]
+            for i in range(RT):
+                t = q0 + r0 + i
+                for c in range(CT):
+                    key = k0 + g + LANES * c
+                    ds = float32(0.0)
+                    if key <= t and t < T:  # (key <= t < T also keeps key < T)
+                        ds = math.exp(s[i, c] - lse_row[i]) * (dp[i, c] - delta_row[i])
+                    ds_s[r0 + i, g + LANES * c] = ds
             cuda.syncthreads()
-        if t < T:
-            y = (b * T + t) * 3 * C + h * HS
-            for d in range(HS):
-                dqkv[y + d] = dq[d] * scale
+            for j in range(K):  # dq += ds k
+                for c in range(DT):
+                    dd = g + LANES * c
+                    kd_reg[c] = k_s[j, dd] if dd < HS else float32(0.0)
+                for i in range(RT):
+                    dsv = ds_s[r0 + i, j]
+                    for c in range(DT):
+                        dq[i, c] += dsv * kd_reg[c]
+        for i in range(RT):
+            t = q0 + r0 + i
+            if t < T:
+                row = (b * T + t) * 3 * C + h * HS
+                for c in range(DT):
+                    dd = g + LANES * c
+                    if dd < HS:
+                        dqkv[row + dd] = dq[i, c] * scale
 
-    @kernel
-    def flash_backward_dkv_kernel(dqkv, delta, qkv, dout, lse, B, T, C, NH, scale):
-        """One thread per key s: dk[s] = scale * sum_{t>=s} ds q[t];  dv[s] = sum_{t>=s} p dout[t]."""
-        q_tile = cuda.shared.array((BQ, HS), float32)
-        g_tile = cuda.shared.array((BQ, HS), float32)
-        lse_tile = cuda.shared.array(BQ, float32)
-        delta_tile = cuda.shared.array(BQ, float32)
-        k = cuda.local.array(HS, float32)
-        v = cuda.local.array(HS, float32)
-        dk = cuda.local.array(HS, float32)
-        dv = cuda.local.array(HS, float32)
-        bh = cuda.blockIdx.y
+    return flash_backward_dq
+
+
+@functools.cache
+def flash_backward_dkv_kernel(HS: int, tiles: FlashTiles):
+    """dk, dv for head size HS. Grid (B*NH, ceil(T / rows)); block (bh, y) owns key rows y*R ..
+    y*R+R-1 (the first keys are seen by the most queries: they start first) and walks the queries
+    t >= its first key in tiles of `cols`, accumulating in registers (no atomics, deterministic):
+
+        dv[s] = sum_{t>=s} p dout[t];   dk[s] = sum_{t>=s} ds (scale q[t])"""
+    LANES, RT, CT = tiles.lanes, tiles.rt, tiles.ct
+    R, K, NTHREADS = tiles.rows, tiles.cols, tiles.threads
+    DT = ceil_div(HS, LANES)
+    HSP, KP = HS + 1, K + 1  # padded row lengths (shared array shapes must be compile-time constants)
+
+    @kernel(lineinfo=True)
+    def flash_backward_dkv(dqkv, delta, qkv, dout, lse, B, T, C, NH, scale):
+        k_s = cuda.shared.array((R, HSP), float32)
+        v_s = cuda.shared.array((R, HSP), float32)
+        q_s = cuda.shared.array((K, HSP), float32)  # scale * q
+        g_s = cuda.shared.array((K, HSP), float32)  # dout
+        p_s = cuda.shared.array((R, KP), float32)  # p^T: keys x queries
+        ds_s = cuda.shared.array((R, KP), float32)
+        lse_s = cuda.shared.array(K, float32)
+        delta_s = cuda.shared.array(K, float32)
+        st = cuda.local.array((RT, CT), float32)  # s^T = k (scale q)^T
+        dpt = cuda.local.array((RT, CT), float32)  # dp^T = v dout^T
+        dk = cuda.local.array((RT, DT), float32)
+        dv = cuda.local.array((RT, DT), float32)
+        q_reg = cuda.local.array(CT, float32)
+        g_reg = cuda.local.array(CT, float32)
+        qd_reg = cuda.local.array(DT, float32)
+        gd_reg = cuda.local.array(DT, float32)
+        tid = cuda.threadIdx.x
+        g = tid % LANES
+        r0 = (tid // LANES) * RT
+        bh = cuda.blockIdx.x
         b = bh // NH
         h = bh % NH
-        s0 = cuda.blockIdx.x * BQ
-        s = s0 + cuda.threadIdx.x
+        k0 = cuda.blockIdx.y * R
         x = b * T * 3 * C + h * HS
-        if s < T:
-            for d in range(HS):
-                k[d] = qkv[x + s * 3 * C + C + d] * scale
-                v[d] = qkv[x + s * 3 * C + 2 * C + d]
-        for d in range(HS):
-            dk[d] = float32(0.0)
-            dv[d] = float32(0.0)
-        for t0 in range(s0, T, BQ):  # queries t >= s0 can see keys of this block
-            for e in range(cuda.threadIdx.x, BQ * HS, BQ):
-                t = t0 + e // HS
+        for e in range(tid, R * HS, NTHREADS):
+            key = k0 + e // HS
+            d = e % HS
+            if key < T:
+                k_s[e // HS, d] = qkv[x + key * 3 * C + C + d]
+                v_s[e // HS, d] = qkv[x + key * 3 * C + 2 * C + d]
+            else:
+                k_s[e // HS, d] = float32(0.0)
+                v_s[e // HS, d] = float32(0.0)
+        for i in range(RT):
+            for c in range(DT):
+                dk[i, c] = float32(0.0)
+                dv[i, c] = float32(0.0)
+        for t0 in range(k0, T, K):
+            cuda.syncthreads()
+            for e in range(tid, K * HS, NTHREADS):
+                j = e // HS
                 d = e % HS
+                t = t0 + j
                 if t < T:
-                    q_tile[e // HS, d] = qkv[x + t * 3 * C + d]
-                    g_tile[e // HS, d] = dout[(b * T + t) * C + h * HS + d]
-            if t0 + cuda.threadIdx.x < T:
-                lse_tile[cuda.threadIdx.x] = lse[bh * T + t0 + cuda.threadIdx.x]
-                delta_tile[cuda.threadIdx.x] = delta[bh * T + t0 + cuda.threadIdx.x]
+                    q_s[j, d] = qkv[x + t * 3 * C + d] * scale
+                    g_s[j, d] = dout[(b * T + t) * C + h * HS + d]
+                else:
+                    q_s[j, d] = float32(0.0)
+                    g_s[j, d] = float32(0.0)
+            for j in range(tid, K, NTHREADS):
+                t = t0 + j
+                lse_s[j] = lse[bh * T + t] if t < T else float32(0.0)
+                delta_s[j] = delta[bh * T + t] if t < T else float32(0.0)
             cuda.syncthreads()
-            if s < T:
-                for j in range(max(0, s - t0), min(BQ, T - t0)):  # causal: queries t >= s
-                    qk = float32(0.0)
-                    gv = float32(0.0)
-                    for d in range(HS):
-                        qk += q_tile[j, d] * k[d]
-                        gv += g_tile[j, d] * v[d]
-                    p = math.exp(qk - lse_tile[j])
-                    ds = p * (gv - delta_tile[j])
-                    for d in range(HS):
-                        dv[d] += p * g_tile[j, d]
-                        dk[d] += ds * q_tile[j, d]
-            cuda.syncthreads()
-        if s < T:
-            y = (b * T + s) * 3 * C + h * HS
+            for i in range(RT):
+                for c in range(CT):
+                    st[i, c] = float32(0.0)
+                    dpt[i, c] = float32(0.0)
             for d in range(HS):
-                dqkv[y + C + d] = dk[d] * scale
-                dqkv[y + 2 * C + d] = dv[d]
+                for c in range(CT):
+                    q_reg[c] = q_s[g + LANES * c, d]
+                    g_reg[c] = g_s[g + LANES * c, d]
+                for i in range(RT):
+                    kv = k_s[r0 + i, d]
+                    vv = v_s[r0 + i, d]
+                    for c in range(CT):
+                        st[i, c] += kv * q_reg[c]
+                        dpt[i, c] += vv * g_reg[c]
+            for i in range(RT):
+                key = k0 + r0 + i
+                for c in range(CT):
+                    j = g + LANES * c
+                    t = t0 + j
+                    p = float32(0.0)
+                    ds = float32(0.0)
+                    if key <= t and t < T:
+                        p = math.exp(st[i, c] - lse_s[j])
+                        ds = p * (dpt[i, c] - delta_s[j])
+                    p_s[r0 + i, j] = p
+                    ds_s[r0 + i, j] = ds
+            cuda.syncthreads()
+            for j in range(K):  # dv += p^T dout;  dk += ds^T (scale q)
+                for c in range(DT):
+                    dd = g + LANES * c
+                    gd_reg[c] = g_s[j, dd] if dd < HS else float32(0.0)
+                    qd_reg[c] = q_s[j, dd] if dd < HS else float32(0.0)
+                for i in range(RT):
+                    pv = p_s[r0 + i, j]
+                    dsv = ds_s[r0 + i, j]
+                    for c in range(DT):
+                        dv[i, c] += pv * gd_reg[c]
+                        dk[i, c] += dsv * qd_reg[c]
+        for i in range(RT):
+            key = k0 + r0 + i
+            if key < T:
+                row = (b * T + key) * 3 * C + h * HS
+                for c in range(DT):
+                    dd = g + LANES * c
+                    if dd < HS:
+                        dqkv[row + C + dd] = dk[i, c]
+                        dqkv[row + 2 * C + dd] = dv[i, c]
 
-    return flash_forward_kernel, flash_backward_dq_kernel, flash_backward_dkv_kernel
+    return flash_backward_dkv
+
+
+class FlashKernels(NamedTuple):
+    forward: object
+    backward_dq: object
+    backward_dkv: object
+    forward_tiles: FlashTiles
+    backward_tiles: FlashTiles
+
+
+def flash_tiles(HS: int) -> tuple[FlashTiles, FlashTiles]:
+    """(forward, backward) block shapes for head size HS: the defaults, with rows per thread halved
+    (then lanes doubled) until every kernel's shared tiles fit in FLASH_STATIC_SHARED."""
+    if SIMULATOR:
+        return FLASH_TILES_SIM, FLASH_TILES_SIM
+    chosen = []
+    for tiles, names in ((FLASH_FORWARD_TILES, ("forward",)), (FLASH_BACKWARD_TILES, ("dq", "dkv"))):
+        while max(flash_shared_bytes(HS, tiles, n) for n in names) > FLASH_STATIC_SHARED:
+            if tiles.rt > 1:
+                tiles = tiles._replace(rt=tiles.rt // 2)
+            elif tiles.ct > 1:
+                tiles = tiles._replace(ct=tiles.ct // 2)
+            else:
+                raise ValueError(f"head size {HS} is too large for the flash kernels' shared tiles")
+        chosen.append(tiles)
+    return chosen[0], chosen[1]
+
+
+def flash_kernels(HS: int, forward_tiles: FlashTiles | None = None, backward_tiles: FlashTiles | None = None):
+    """The three flash kernels for head size HS (default block shapes from `flash_tiles`)."""
+    default_fwd, default_bwd = flash_tiles(HS)
+    ft, bt = forward_tiles or default_fwd, backward_tiles or default_bwd
+    return FlashKernels(
+        flash_forward_kernel(HS, ft), flash_backward_dq_kernel(HS, bt), flash_backward_dkv_kernel(HS, bt), ft, bt
+    )
 
 
 @kernel
 def attention_delta_kernel(delta, dout, out, B, T, C, NH):
-    """delta[b,h,t] = dout[b,t,h] . out[b,t,h] (the row sum of att * datt)."""
+    """delta[b,h,t] = dout[b,t,h] . out[b,t,h] (the row sum of att * datt). The flash backward
+    computes it inside its dq kernel; this stand-alone kernel is its naive twin for the tests."""
     i = cuda.grid(1)
     if i < B * NH * T:
         t = i % T
@@ -359,41 +639,24 @@ def attention_delta_kernel(delta, dout, out, B, T, C, NH):
         delta[i] = acc
 
 
-FLASH_TILE_MAX = 128  # queries (and keys) per tile = threads per block, at most
-FLASH_SHARED_BYTES = (
-    32 * 1024
-)  # the two staged (tile, HS) float32 tiles stay well inside 48 KiB of static shared memory
-FLASH_TILE_SIM = 4
+def attention_forward_flash(out, lse, qkv, B, T, C, NH, tiles=None):
+    """out (B,T,C) from qkv (B,T,3C); lse (B,NH,T) saved for the backward. tiles: a FlashTiles."""
+    if C % NH:
+        raise ValueError(f"n_embd={C} is not a multiple of n_head={NH}")
+    ks = flash_kernels(C // NH, forward_tiles=tiles)
+    ft = ks.forward_tiles
+    grid = (B * NH, ceil_div(T, ft.rows))
+    ks.forward[grid, ft.threads](out, lse, qkv, B, T, C, NH, np.float32(1.0 / math.sqrt(C // NH)))
 
 
-def flash_tile(HS: int) -> int:
-    """Queries per block: the largest power of two <= 128 whose two (tile, HS) tiles fit in 32 KiB
-    (64 at GPT-2's HS = 64). A sweep on an H100 at T=1024 ran 16 < 32 < 64 in time order."""
-    if SIMULATOR:
-        return FLASH_TILE_SIM
-    tile = FLASH_TILE_MAX
-    while tile > 16 and 2 * tile * HS * 4 > FLASH_SHARED_BYTES:
-        tile //= 2
-    return tile
-
-
-def _flash_setup(B, T, C, NH, tile=None):
-    HS = C // NH
-    BQ = tile or flash_tile(HS)
-    grid = (ceil_div(T, BQ), B * NH)
-    return flash_kernels(HS, BQ), grid, BQ, np.float32(1.0 / math.sqrt(HS))
-
-
-def attention_forward_flash(out, lse, qkv, B, T, C, NH, tile=None):
-    """out (B,T,C) from qkv (B,T,3C); lse (B,NH,T) saved for the backward. tile: queries per block."""
-    (fwd, _, _), grid, BQ, scale = _flash_setup(B, T, C, NH, tile)
-    fwd[grid, BQ](out, lse, qkv, B, T, C, NH, scale)
-
-
-def attention_backward_flash(dqkv, delta, dout, out, lse, qkv, B, T, C, NH, tile=None):
-    """dqkv (B,T,3C) written from dout (B,T,C); delta (B,NH,T) is scratch. tile: as in the forward."""
-    (_, dq_kernel, dkv_kernel), grid, BQ, scale = _flash_setup(B, T, C, NH, tile)
-    threads = block_size(256, 32)
-    attention_delta_kernel[ceil_div(B * NH * T, threads), threads](delta, dout, out, B, T, C, NH)
-    dq_kernel[grid, BQ](dqkv, delta, qkv, dout, lse, B, T, C, NH, scale)
-    dkv_kernel[grid, BQ](dqkv, delta, qkv, dout, lse, B, T, C, NH, scale)
+def attention_backward_flash(dqkv, delta, dout, out, lse, qkv, B, T, C, NH, tiles=None):
+    """dqkv (B,T,3C) written from dout (B,T,C); delta (B,NH,T) is scratch (written by the dq kernel,
+    read by the dk/dv kernel). tiles: a FlashTiles for both backward kernels."""
+    if C % NH:
+        raise ValueError(f"n_embd={C} is not a multiple of n_head={NH}")
+    ks = flash_kernels(C // NH, backward_tiles=tiles)
+    bt = ks.backward_tiles
+    grid = (B * NH, ceil_div(T, bt.rows))
+    scale = np.float32(1.0 / math.sqrt(C // NH))
+    ks.backward_dq[grid, bt.threads](dqkv, delta, qkv, dout, out, lse, B, T, C, NH, scale)
+    ks.backward_dkv[grid, bt.threads](dqkv, delta, qkv, dout, lse, B, T, C, NH, scale)

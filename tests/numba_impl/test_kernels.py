@@ -279,14 +279,9 @@ def test_adamw_kernel_matches_reference_over_three_steps():
 
 # ----------------------------------------------------------------------------- GPU tile choices
 def test_gpu_tile_choices(monkeypatch):
-    """The GPU defaults (the simulator uses its own tiny tiles): the flash tile keeps both staged
-    (tile, HS) float32 tiles inside 32 KiB; the matmul takes the 128x128 tile only with >= 2 waves of it."""
-    monkeypatch.setattr(attention, "SIMULATOR", False)
+    """The GPU defaults (the simulator uses its own tiny tiles): the matmul takes the 128x128 tile
+    only with >= 2 waves of it. (The flash tiles: test_attention_flash.py.)"""
     monkeypatch.setattr(matmul, "SIMULATOR", False)
-    assert attention.flash_tile(64) == 64  # GPT-2: 2 * 64 * 64 * 4 B = 32 KiB
-    assert attention.flash_tile(32) == 128
-    for hs in (8, 16, 32, 64, 128):
-        assert 2 * attention.flash_tile(hs) * hs * 4 <= attention.FLASH_SHARED_BYTES
     assert matmul.default_tile(4096, 3072, "NN") == matmul.GPU_TILE  # 32 x 24 = 768 tiles of 128x128
     assert matmul.default_tile(4096, 768, "NN") == matmul.GPU_TILE_SMALL  # only 192
     assert matmul.default_tile(768, 3072, "TN") == matmul.GPU_TILE_SMALL_TN
