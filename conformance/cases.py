@@ -118,18 +118,19 @@ def batch(case: Case, seed: int = 1234) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------------- weights
-def params_for(case: Case) -> dict[str, np.ndarray]:
-    """The case's weights. The arrays are read-only: every case and backend shares them, so a backend
-    that updated its input in place would corrupt every comparison after it; instead it fails loudly."""
-    params = _synthetic(case.config) if case.weights == "synthetic" else _trained(case.config)
+def params_for(case: Case, seed: int = 0) -> dict[str, np.ndarray]:
+    """The case's weights (synthetic ones drawn with `seed`; conformance.spread varies it). The arrays are
+    read-only: every case and backend shares them, so a backend that updated its input in place would
+    corrupt every comparison after it; instead it fails loudly."""
+    params = _synthetic(case.config, seed) if case.weights == "synthetic" else _trained(case.config)
     for arr in params.values():
         arr.setflags(write=False)
     return params
 
 
 @functools.lru_cache(maxsize=2)
-def _synthetic(config: GPT2Config) -> dict[str, np.ndarray]:
-    return synthetic(config, seed=0)
+def _synthetic(config: GPT2Config, seed: int = 0) -> dict[str, np.ndarray]:
+    return synthetic(config, seed=seed)
 
 
 TRAIN_STEPS = 40

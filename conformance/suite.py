@@ -39,11 +39,11 @@ class Result:
 
 
 @functools.cache
-def _reference_run(case: Case, what: str):
+def _reference_run(case: Case, what: str, seed: int = 0):
     """The float64 reference's answer for `case` (cached: every backend compares to the same numbers)."""
     ref = NumpyBackend(np.float64)
-    params = params_for(case)
-    idx, targets = batch(case)
+    params = params_for(case, seed)
+    idx, targets = case_batch(case, seed)
     if what == "forward_backward":
         return ref.forward_backward(params, case.config, idx, targets)
     if what == "adamw":
@@ -77,15 +77,22 @@ def _judge(value, ceiling) -> bool | None:
     return bool(value <= ceiling)
 
 
-def run_case(case: Case, backend: Backend) -> list[Result]:
+def case_batch(case: Case, seed: int = 0):
+    """The case's tokens: seed 0 is the suite's batch; conformance.spread draws others."""
+    return batch(case) if seed == 0 else batch(case, seed=1234 + seed)
+
+
+def run_case(case: Case, backend: Backend, seed: int = 0) -> list[Result]:
+    """Every check of `case` on `backend`. seed 0 is the suite; conformance.spread measures other
+    seeds (weights and tokens drawn with them) to set the ceilings."""
     ok, why = backend.available()
     if ok:
         ok, why = backend.supports(case.config, case.B * case.T)
     if not ok:
         return [Result(case.name, backend.name, "all", None, None, None, f"skipped: {why}")]
     try:
-        params = params_for(case)
-        idx, targets = batch(case)
+        params = params_for(case, seed)
+        idx, targets = case_batch(case, seed)
     except CaseUnavailable as e:
         return [Result(case.name, backend.name, "all", None, None, None, f"skipped: {e}")]
     ceil = CEILINGS["fp32" if backend.precision == "fp64" else backend.precision]
@@ -101,7 +108,7 @@ def run_case(case: Case, backend: Backend) -> list[Result]:
             if what == "forward_backward":
                 logits, loss, grads = backend.forward_backward(params, case.config, idx, targets)
                 dt = time.perf_counter() - t0
-                r_logits, r_loss, r_grads = _reference_run(case, "forward_backward")
+                r_logits, r_loss, r_grads = _reference_run(case, "forward_backward", seed)
                 add("logits", checks.max_rel(logits, r_logits), seconds=dt)
                 add("loss", checks.scalar_rel(loss, r_loss), f"loss {float(loss):.6f} vs {float(r_loss):.6f}")
                 name, worst, per = checks.worst_tensor(grads, r_grads, checks.l2_rel)
@@ -111,7 +118,7 @@ def run_case(case: Case, backend: Backend) -> list[Result]:
             elif what == "adamw":
                 losses, final = backend.adamw(params, case.config, idx, targets, ADAMW_STEPS, ADAMW_DEFAULTS)
                 dt = time.perf_counter() - t0
-                r_losses, r_final = _reference_run(case, "adamw")
+                r_losses, r_final = _reference_run(case, "adamw", seed)
                 worst_step = max(range(len(r_losses)), key=lambda i: checks.scalar_rel(losses[i], r_losses[i]))
                 add(
                     "adamw_loss",
@@ -126,7 +133,7 @@ def run_case(case: Case, backend: Backend) -> list[Result]:
             elif what == "generate":
                 tokens = np.asarray(backend.generate(params, case.config, idx, GENERATE_TOKENS))
                 dt = time.perf_counter() - t0
-                r_tokens = np.asarray(_reference_run(case, "generate"))
+                r_tokens = np.asarray(_reference_run(case, "generate", seed))
                 mism = int((tokens != r_tokens).sum()) if tokens.shape == r_tokens.shape else int(r_tokens.size)
                 add(
                     "generate_mismatches",
