@@ -21,7 +21,6 @@ float32's time on the same device (>1: slower than torch).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -31,6 +30,7 @@ from pathlib import Path
 from benchmarks.backends import BACKENDS, BASELINES
 from benchmarks.cases import MODEL_TASKS, OPS
 from benchmarks.throughput import derived
+from weights.errors import ArgumentParser, UserError, run_cli
 
 BACKEND_ORDER = [b.name for b in BACKENDS]
 SIZE_ORDER = ["tiny", "124m-cpu", "124m-gpu"]
@@ -451,8 +451,13 @@ def write_report(
     return [md, copy, *drawn]
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    """The command line; bad flags or input files are one line (`error: ...`) and exit status 2."""
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    ap = ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n")[0])
     ap.add_argument("json", type=Path, nargs="+", help="pytest-benchmark JSON (--benchmark-json=...), one or more")
     ap.add_argument("--out", type=Path, default=Path("docs/results"), help="output folder (default docs/results)")
     ap.add_argument("--prefix", default=None, help="file name prefix (default: the JSON's stem)")
@@ -462,15 +467,24 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     for path in args.json:
         if not path.is_file():
-            ap.error(f"{path}: no such file")
+            raise UserError(f"{path}: no such file")
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out}: exists and is not a folder")
     try:
+        if not load(args.json, args.stat)[1]:
+            raise UserError(
+                f"{' '.join(map(str, args.json))}: no timed benchmarks (was it run with --benchmark-disable?)"
+            )
         prefix = args.prefix or args.json[0].stem
         written = write_report(args.json, args.out, prefix, args.title, charts=not args.no_charts, stat=args.stat)
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-        ap.error(f"{' '.join(map(str, args.json))} is not pytest-benchmark JSON ({type(e).__name__}: {e})")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(
+            f"{' '.join(map(str, args.json))} is not pytest-benchmark JSON ({type(e).__name__}: {e})"
+        ) from None
     for p in written:
         print(p)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -26,6 +26,7 @@ from conformance.cases import CASES, batch, params_for
 from conformance.localize import localize_backends
 from conformance.suite import REFERENCE, Result, run_case
 from conformance.tolerances import CEILINGS, LOCALIZE
+from weights.errors import ArgumentParser, UsageError, UserError, run_cli
 from weights.provenance import provenance
 
 CHECK_ORDER = [
@@ -155,7 +156,14 @@ def markdown_table(results: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The command line; bad flags or files are one line (`error: ...`) and exit status 2."""
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    ap = ArgumentParser(
+        prog="python -m conformance.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--full", action="store_true", help="include the full 124M-shape cases")
     ap.add_argument("--only-full", action="store_true", help="run only the full 124M-shape cases")
     ap.add_argument("--backends", default="", help="comma-separated backend names (default: all)")
@@ -167,20 +175,33 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.markdown_from:
         with open(args.markdown_from) as f:
-            print(markdown_table(json.load(f)["results"]))
+            try:
+                table = markdown_table(json.load(f)["results"])
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise UserError(
+                    f"--markdown-from {args.markdown_from}: not a conformance JSON report ({type(e).__name__}: {e})"
+                ) from None
+        print(table)
         return 0
 
     backends = registry()
     if args.backends:
         wanted = set(args.backends.split(","))
-        unknown = wanted - {b.name for b in backends}
+        known = [b.name for b in backends]
+        unknown = wanted - set(known)
         if unknown:
-            ap.error(f"unknown backend(s) {sorted(unknown)}")
+            raise UsageError(f"--backends: unknown backend(s) {sorted(unknown)}; known: {', '.join(known)}")
         backends = [b for b in backends if b.name in wanted or b.name == REFERENCE]
     cases = [c for c in CASES if (c.full and (args.full or args.only_full)) or (not c.full and not args.only_full)]
     if args.cases:
         wanted = set(args.cases.split(","))
+        unknown = wanted - {c.name for c in CASES}
+        if unknown:
+            raise UsageError(f"--cases: unknown case(s) {sorted(unknown)}; known: {', '.join(c.name for c in CASES)}")
         cases = [c for c in CASES if c.name in wanted]
+    json_dir = os.path.dirname(os.path.abspath(args.json))
+    if not os.path.isdir(json_dir):  # found out now, not after the whole run
+        raise UsageError(f"--json {args.json}: folder {json_dir} does not exist")
 
     results: list[Result] = []
     for case in cases:

@@ -10,13 +10,16 @@ the steps after `--skip` (step 0 holds the compile time). Prints a table and wri
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repository's packages
+
+from weights.errors import ArgumentParser, UsageError, UserError, run_cli  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
@@ -37,7 +40,11 @@ def run(gpus: int, args, out_dir: Path) -> dict:
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
                "-m", "torch_impl.train", *flags]  # fmt: skip
-    subprocess.run(cmd, env=env, check=True)
+    code = subprocess.run(cmd, env=env).returncode
+    if code != 0:  # the run printed its own error above
+        raise UserError(
+            f"the {gpus}-GPU training run failed with exit status {code} (its output is above): {' '.join(cmd)}"
+        )
     rows = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines() if line.strip()]
     steps = [r for r in rows if "loss" in r and r["step"] >= args.skip]
     mfus = [r["mfu"] for r in steps if r["mfu"] is not None]
@@ -70,8 +77,38 @@ def write_json(path: Path, args, results: list[dict]) -> None:
     path.write_text(json.dumps(doc, indent=1) + "\n")
 
 
+def check_args(args) -> None:
+    """Every flag and the machine, before minutes of training start."""
+    for flag, value, lowest in (("--gpus", args.gpus, 1), ("--steps", args.steps, 1), ("--skip", args.skip, 0),
+                                ("--batch-size", args.batch_size, 1)):  # fmt: skip
+        if value < lowest:
+            raise UsageError(f"{flag} {value}: must be >= {lowest}")
+    if args.skip >= args.steps:
+        raise UsageError(f"--skip {args.skip} leaves none of --steps {args.steps} to measure")
+    if 524288 % (args.batch_size * 1024 * args.gpus):
+        raise UsageError(f"--batch-size {args.batch_size} x 1024 x --gpus {args.gpus} does not divide 524,288 tokens")
+    from torch_impl.data import shard_paths
+
+    shard_paths(args.data, "train")  # DataError naming the folder when it holds no shards
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError("no CUDA device: this script measures GPU training throughput")
+    if args.gpus > torch.cuda.device_count():
+        raise UsageError(f"--gpus {args.gpus}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The command line; bad flags, data or a machine without CUDA are one line and exit status 2."""
+    from torch_impl.data import DataError
+
+    return run_cli(_main, argv, extra=(DataError,))
+
+
+def _main(argv: list[str]) -> int:
+    import argparse
+
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="token shards (python -m torch_impl.data)")
     ap.add_argument("--gpus", type=int, default=2, help="GPUs for the DDP run (1: only the single-GPU run)")
     ap.add_argument("--steps", type=int, default=30)
@@ -80,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/throughput", help="folder for the runs' logs")
     ap.add_argument("--json", default="throughput.json")
     args = ap.parse_args(argv)
+    check_args(args)
     results = [run(1, args, Path(args.out) / "gpu1")]
     if args.gpus > 1:
         results.append(run(args.gpus, args, Path(args.out) / f"gpu{args.gpus}"))

@@ -20,8 +20,9 @@ import os
 import shutil
 from pathlib import Path
 
-# The one temp-file + fsync + rename helper of the project (weights/ writes model files with it too).
-from weights import atomic_write
+# The one temp-file + fsync + rename helper of the project (weights/ writes model files with it too);
+# it leaves files 0644 like any ordinary file (mkstemp alone would make them owner-only).
+from weights import CheckpointError, atomic_write
 
 LATEST = "latest"
 STATE_FILE = "train_state.pt"
@@ -60,9 +61,10 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     pointer = Path(out_dir) / LATEST
     if not pointer.is_file():
         return None
-    folder = Path(out_dir) / pointer.read_text().strip()
-    if not (folder / STATE_FILE).is_file():
-        raise FileNotFoundError(f"{pointer} names {folder.name}, which has no {STATE_FILE}")
+    name = pointer.read_text(errors="replace").strip()
+    folder = Path(out_dir) / name
+    if not name or "/" in name or not (folder / STATE_FILE).is_file():
+        raise CheckpointError(f"{pointer} names {name!r}, which is not a checkpoint folder with a {STATE_FILE}")
     return folder
 
 
@@ -75,7 +77,15 @@ def load_checkpoint(folder: str | os.PathLike) -> tuple[dict, object, dict]:
     folder = Path(folder)
     state_path = folder / STATE_FILE
     if not state_path.is_file():
-        raise FileNotFoundError(f"{folder}: no {STATE_FILE}; not a training checkpoint (weights only?)")
+        raise CheckpointError(f"{folder}: no {STATE_FILE}; not a training checkpoint (weights only?)")
     params, config = weights.load(folder)
-    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or foreign files fail inside pickle/zipfile with many exception types
+        raise CheckpointError(f"{state_path}: unreadable training state ({type(e).__name__}: {e})") from None
+    missing = [
+        k for k in ("step", "optimizer", "loader", "rng", "pad_rows") if not isinstance(state, dict) or k not in state
+    ]
+    if missing:
+        raise CheckpointError(f"{state_path}: not a training state of torch_impl.train (missing {missing})")
     return params, config, state

@@ -31,7 +31,6 @@ loader's whole state is (shard index, pos): saved in checkpoints, restored on re
 
 from __future__ import annotations
 
-import argparse
 import json
 import mmap
 import os
@@ -42,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from torch_impl.checkpoint import atomic_write
+from weights.errors import ArgumentParser, UserError, run_cli
 
 SHARD_MAGIC = 20240520
 SHARD_VERSION = 1
@@ -52,8 +52,8 @@ EOT_ID = 50256
 MANIFEST = "manifest.json"
 
 
-class DataError(ValueError):
-    """Shards or inputs that cannot be used as training data."""
+class DataError(UserError):
+    """Shards or inputs that cannot be used as training data (a user error: one line, exit 2)."""
 
 
 # ----------------------------------------------------------------------------- shard files
@@ -214,24 +214,42 @@ def tokenize_files(
     shard_tokens  a shard is closed once it holds at least this many tokens (cut between chunks)
     threads       tokenizer threads (0: one per CPU core)
     """
-    threads = threads or os.cpu_count() or 1
     files = [Path(p) for p in inputs]
     for p in files:
         if not p.is_file():
             raise DataError(f"{p}: no such input file")
     if not 0.0 <= val_fraction < 1.0:
-        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if shard_tokens < 1 or chunk_bytes < 1:
-        raise DataError("shard_tokens and chunk_bytes must be positive")
+        raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if shard_tokens < 1:
+        raise DataError(f"--shard-tokens must be >= 1, got {shard_tokens}")
+    if chunk_bytes < 1:
+        raise DataError(f"chunk_bytes must be >= 1, got {chunk_bytes}")
     if tokenizer is None:
         from weights.tokenizer import get_tokenizer
 
         tokenizer = get_tokenizer()
+    if threads < 0:
+        raise DataError(f"--threads must be >= 0 (0: one per CPU core), got {threads}")
+    threads = threads or os.cpu_count() or 1
     vocab = tokenizer.n_vocab
     if vocab - 1 > MAX_TOKEN_ID:
         raise DataError(f"tokenizer has {vocab} ids; uint16 shards hold ids up to {MAX_TOKEN_ID}")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: --out exists and is not a folder")
+    created = [p for p in (out, *out.parents) if not p.exists()]  # removed again if we fail before writing
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _tokenize_into(files, out, val_fraction, shard_tokens, chunk_bytes, prefix, progress, tokenizer, threads)
+    except BaseException:
+        for p in created:  # deepest first; only folders that are still empty
+            if p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
+        raise
+
+
+def _tokenize_into(files, out: Path, val_fraction, shard_tokens, chunk_bytes, prefix, progress, tokenizer, threads):
+    vocab = tokenizer.n_vocab
     prefix = prefix or out.name or "data"
     sizes = [p.stat().st_size for p in files]
     total = sum(sizes)
@@ -246,7 +264,13 @@ def tokenize_files(
 
     manifest_path = out / MANIFEST
     if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            manifest["inputs"], manifest["settings"], manifest["done"]  # noqa: B018 (the keys a resume needs)
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise DataError(
+                f"{manifest_path}: not a manifest of this tool ({type(e).__name__}: {e}); use a fresh --out folder"
+            ) from None
         if manifest["inputs"] != inputs_record or manifest["settings"] != settings:
             raise DataError(
                 f"{manifest_path}: this folder holds shards of other inputs or settings; "
@@ -335,6 +359,10 @@ class ShardLoader:
     def from_folder(cls, folder, split: str, B: int, T: int, rank: int = 0, world: int = 1) -> ShardLoader:
         return cls(shard_paths(folder, split), B, T, rank, world)
 
+    def max_token_id(self) -> int:
+        """The largest token id in any of this split's shards (-1 if they are empty); reads every shard once."""
+        return max((int(read_shard(p).max()) for p, n in zip(self.paths, self.lengths, strict=True) if n), default=-1)
+
     def state(self) -> dict:
         return {"shard": self.shard, "pos": self.pos}
 
@@ -361,7 +389,12 @@ class ShardLoader:
 
 # ----------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
+    """The command line; bad inputs or flags are one line (`error: ...`) and exit status 2."""
+    return run_cli(_main, argv, extra=(DataError,))
+
+
+def _main(argv: list[str]) -> int:
+    ap = ArgumentParser(
         prog="python -m torch_impl.data",
         description="Tokenise text files with the GPT-2 tokenizer into uint16 train/val shards (resumable).",
     )
@@ -373,19 +406,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="tokenizer threads (0: one per CPU core)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
-    try:
-        manifest = tokenize_files(
-            args.inputs,
-            args.out,
-            args.val_fraction,
-            args.shard_tokens,
-            prefix=args.prefix,
-            progress=not args.no_progress,
-            threads=args.threads,
-        )
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    manifest = tokenize_files(
+        args.inputs,
+        args.out,
+        args.val_fraction,
+        args.shard_tokens,
+        prefix=args.prefix,
+        progress=not args.no_progress,
+        threads=args.threads,
+    )
     for split in ("train", "val"):
         shards = [s for s in manifest["shards"] if s["split"] == split]
         print(f"{split}: {sum(s['tokens'] for s in shards):,} tokens in {len(shards)} shard(s)")

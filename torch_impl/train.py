@@ -50,8 +50,9 @@ import torch
 
 import weights
 from torch_impl.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
-from torch_impl.data import ShardLoader, shard_paths
+from torch_impl.data import DataError, ShardLoader, shard_paths
 from torch_impl.lr_schedule import lr_at
+from weights.errors import ArgumentParser, UsageError, UserError, run_cli
 
 
 def _opt(default, help: str, choices: tuple[str, ...] | None = None):
@@ -111,8 +112,62 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             choices, value = f.metadata["choices"], getattr(self, f.name)
+            kind = type(f.default)  # a --config file can hold any type; flags are converted by argparse
+            if kind is bool:
+                ok_type = isinstance(value, bool)
+            else:
+                numeric = (int, float) if kind is float else kind
+                ok_type = isinstance(value, numeric) and not isinstance(value, bool)
+            if not ok_type:
+                raise UsageError(f"{_flag(f.name)} must be {kind.__name__}; got {value!r}")
             if choices and value not in choices:
-                raise ValueError(f"{_flag(f.name)} must be one of {', '.join(choices)}; got {value!r}")
+                raise UsageError(f"{_flag(f.name)} must be one of {', '.join(choices)}; got {value!r}")
+            if f.name in _RANGES:
+                lo, hi, rule = _RANGES[f.name]
+                if not (lo(value) and hi(value) and math.isfinite(value)):
+                    raise UsageError(f"{_flag(f.name)} {value!r}: must be {rule}")
+
+
+def _at_least(x):
+    return lambda v: v >= x
+
+
+def _below(x):
+    return lambda v: v < x
+
+
+def _any(v) -> bool:
+    return True
+
+
+# Numeric settings and the values that can work: (lower test, upper test, the rule in words).
+_RANGES = {
+    "n_layer": (_at_least(0), _any, ">= 0 (0 keeps the preset)"),
+    "n_head": (_at_least(0), _any, ">= 0 (0 keeps the preset)"),
+    "n_embd": (_at_least(0), _any, ">= 0 (0 keeps the preset)"),
+    "padded_vocab": (_at_least(1), _any, ">= 1"),
+    "batch_size": (_at_least(1), _any, ">= 1"),
+    "seq_len": (_at_least(1), _any, ">= 1"),
+    "total_batch_tokens": (_at_least(0), _any, ">= 0"),
+    "max_steps": (_at_least(1), _any, ">= 1"),
+    "stop_step": (_at_least(0), _any, ">= 0"),
+    "lr": (lambda v: v > 0, _any, "> 0"),
+    "min_lr_frac": (_at_least(0), lambda v: v <= 1, "in [0, 1]"),
+    "warmup_steps": (_at_least(0), _any, ">= 0"),
+    "weight_decay": (_at_least(0), _any, ">= 0"),
+    "beta1": (_at_least(0), _below(1), "in [0, 1)"),
+    "beta2": (_at_least(0), _below(1), "in [0, 1)"),
+    "eps": (lambda v: v > 0, _any, "> 0"),
+    "grad_clip": (_at_least(0), _any, ">= 0 (0: no clipping)"),
+    "peak_flops": (_at_least(0), _any, ">= 0"),
+    "eval_every": (_at_least(0), _any, ">= 0"),
+    "eval_batches": (_at_least(1), _any, ">= 1"),
+    "sample_every": (_at_least(0), _any, ">= 0"),
+    "sample_tokens": (_at_least(1), _any, ">= 1"),
+    "log_every": (_at_least(0), _any, ">= 0"),
+    "ckpt_every": (_at_least(0), _any, ">= 0"),
+    "keep_last": (_at_least(0), _any, ">= 0"),
+}
 
 
 class NonFiniteError(RuntimeError):
@@ -171,7 +226,7 @@ def setup_distributed(device_pref: str) -> Dist:
     NCCL on CUDA, gloo on CPU. Each rank owns the GPU of its LOCAL_RANK."""
     use_cuda = torch.cuda.is_available() if device_pref == "auto" else device_pref == "cuda"
     if device_pref == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: torch sees no CUDA device")
+        raise UserError("--device cuda: torch sees no CUDA device on this machine (use --device cpu or auto)")
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return Dist(device=torch.device("cuda" if use_cuda else "cpu"))
     import torch.distributed as dist
@@ -348,7 +403,7 @@ def train(cfg: TrainConfig) -> dict:
 
 def _train(cfg: TrainConfig, d: Dist) -> dict:
     if not cfg.data:
-        raise ValueError("--data is required: a folder of token shards (make them with `python -m torch_impl.data`)")
+        raise UsageError("--data is required: a folder of token shards (make them with `python -m torch_impl.data`)")
     device = d.device
     use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda")
     amp_dtype = torch.bfloat16 if use_bf16 else torch.float32
@@ -371,21 +426,30 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
         params, config = None, model_config(cfg)
     B, T = cfg.batch_size, cfg.seq_len
     if not 1 <= T <= config.n_ctx:
-        raise ValueError(f"--seq-len {T} must be in [1, n_ctx={config.n_ctx}]")
+        raise UsageError(f"--seq-len {T} must be in [1, n_ctx={config.n_ctx}]")
     per_micro = B * T * d.world
     total = cfg.total_batch_tokens or per_micro
     if total % per_micro:
-        raise ValueError(
+        raise UsageError(
             f"--total-batch-tokens {total} is not a multiple of B*T*world = {B}*{T}*{d.world} = {per_micro}"
         )
     grad_accum = total // per_micro
 
-    raw_model = build_model(cfg, device, params, config)
-    optimizer = build_optimizer(cfg, raw_model, device)
     train_loader = ShardLoader(shard_paths(cfg.data, "train"), B, T, d.rank, d.world)
     val_loader = None
     if cfg.eval_every:
         val_loader = ShardLoader(shard_paths(cfg.data, "val"), B, T, d.rank, d.world)
+    for split, loader in (("train", train_loader), ("val", val_loader)):
+        top = loader.max_token_id() if loader is not None else -1
+        if top >= config.vocab_size:  # an embedding lookup out of range would fail (or read pad rows) later
+            model_from = f"--model {cfg.model}" if params is None else "the checkpoint"
+            raise UserError(
+                f"{cfg.data}: the {split} shards hold token id {top}, but {model_from} has a vocabulary of "
+                f"{config.vocab_size} ids; tokenise for this vocabulary or use a model whose vocabulary covers the data"
+            )
+
+    raw_model = build_model(cfg, device, params, config)
+    optimizer = build_optimizer(cfg, raw_model, device)
     start_step = 0
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -532,7 +596,8 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
                 run_sample(cfg.max_steps)
     finally:
         log.close()
-    if d.master and cfg.plot and (out_dir / "log.jsonl").exists():
+    trained = bool(summary["losses"]) or start_step > 0  # else the log holds no loss to draw
+    if d.master and cfg.plot and trained and (out_dir / "log.jsonl").exists():
         try:
             from torch_impl.plot import plot_log
 
@@ -560,13 +625,20 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     if known.config:
         path = Path(known.config)
         text = path.read_text()
-        file_values = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        try:
+            file_values = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+            raise UsageError(
+                f"--config {path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'} ({e})"
+            ) from None
+        if not isinstance(file_values, dict):
+            raise UsageError(f"--config {path}: expected a table of settings, got {type(file_values).__name__}")
         names = {f.name for f in dataclasses.fields(TrainConfig)}
         unknown = sorted(set(file_values) - names)
         if unknown:
-            raise SystemExit(f"{path}: unknown setting(s) {unknown}; see `python -m torch_impl.train --help`")
+            raise UsageError(f"--config {path}: unknown setting(s) {unknown}; see `python -m torch_impl.train --help`")
 
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="python -m torch_impl.train",
         description="Train GPT-2 (from scratch or a checkpoint) on token shards; torchrun for DDP.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -588,10 +660,16 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
             )
     args = vars(ap.parse_args(argv))
     args.pop("config")
+    args.pop("debug")
     return TrainConfig(**args)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; a user error (a bad flag, file, shard or checkpoint) is one line and exit status 2."""
+    return run_cli(_main, argv, extra=(DataError,))
+
+
+def _main(argv: list[str]) -> int:
     cfg = parse_args(argv)
     try:
         summary = train(cfg)

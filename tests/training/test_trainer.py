@@ -288,7 +288,7 @@ def test_config_file_then_flags(tmp_path):
     cfg = parse_args(["--config", str(tmp_path / "run.toml"), "--lr", "2e-4"])
     assert (cfg.data, cfg.batch_size, cfg.lr, cfg.compile) == ("shards", 16, 2e-4, True)
     (tmp_path / "run.json").write_text('{"max_steps": 7, "typo_field": 1}')
-    with pytest.raises(SystemExit, match="typo_field"):
+    with pytest.raises(ValueError, match="typo_field"):  # a UsageError: one line, exit 2 from main()
         parse_args(["--config", str(tmp_path / "run.json")])
 
 
