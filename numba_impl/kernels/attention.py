@@ -13,16 +13,22 @@ naive (as the math reads; allocates B*NH*T*T twice):
     attention_forward_naive   preatt (B,NH,T,T) scores; att (B,NH,T,T) softmax (0 above the diagonal)
     attention_backward_naive  datt, dpreatt (B,NH,T,T) scratch; dqkv (B,T,3C) written
 
-flash (tiled, online softmax; memory O(B*NH*T)):
-    attention_forward_flash   one thread per query row; the block of BQ query rows walks the keys
-                              in tiles of BQ staged in shared memory, keeping a running max m, a
-                              running sum l and an un-normalised output row; stores
+flash (FlashAttention-2 on CUDA cores, online softmax; memory O(B*NH*T)):
+    attention_forward_flash   a block owns 64 query rows (R), walks the keys in tiles of 32 staged in
+                              shared memory, keeps a running max m, a running sum l and an
+                              un-normalised output per row in registers; stores
                               lse = m + log(l) (B,NH,T) for the backward.
     attention_backward_flash  recomputes p = exp(scale*q.k - lse) instead of reading att:
                               D[t] = dout[t] . out[t];  ds = p * (dout[t].v[s] - D[t])
-                              dq[t] = scale * sum_s ds k[s]   (one thread per query)
-                              dk[s] = scale * sum_t ds q[t];  dv[s] = sum_t p dout[t]   (one thread per key)
-Head size is a compile-time constant of the flash kernels (built per HS by `flash_kernels`).
+                              dq pass: a block owns 32 queries, walks the keys (D on the way):
+                                  dq[t] = scale * sum_s ds k[s]
+                              dk/dv pass: a block owns 32 keys, walks the queries t >= its keys:
+                                  dk[s] = scale * sum_t ds q[t];  dv[s] = sum_t p dout[t]
+                              registers hold each block's sums: no atomics, deterministic.
+Head size and block shape (FlashTiles) are compile-time constants: kernels are built per (HS, tiles)
+by `flash_forward_kernel`, `flash_backward_dq_kernel`, `flash_backward_dkv_kernel`; `flash_kernels(HS)`
+returns the three with the default shapes of `flash_tiles(HS)`. The register tiling is described
+above `FlashTiles`.
 """
 
 from __future__ import annotations

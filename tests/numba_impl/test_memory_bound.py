@@ -1,0 +1,93 @@
+"""The memory-bound kernels' fast versions against their naive twins, on ragged sizes: GELU and the
+residual add with several elements per thread (a partial last block), the LayerNorm whose rows live
+in registers (C not a multiple of 32; more rows than the backward's warps, so warps walk several
+rows and the blocks' parameter sums meet in atomics), and the online-softmax cross-entropy (a row
+whose max comes late, an ignored target). Outputs are poisoned with NaN first where they are
+written, not accumulated. Tolerance: KERNEL_REL (helpers.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from numba_impl.kernels import crossentropy, gelu, layernorm, residual
+from reference import layers as ref_layers
+from tests.numba_impl.helpers import KERNEL_REL, dev, host, max_rel, needs_cuda, rng
+
+pytestmark = needs_cuda
+
+
+def _nan(n):
+    return dev(np.full(n, np.nan))
+
+
+def test_gelu_ilp_matches_naive_twin_and_reference():
+    N = 301  # 32-thread simulator blocks of 4 elements each: 3 blocks, the last one partial
+    r = rng(40)
+    x, dout = 3.0 * r.standard_normal(N), r.standard_normal(N)
+    outs = {}
+    for naive in (True, False):
+        out, dx = _nan(N), _nan(N)
+        gelu.gelu_forward(out, dev(x), N, naive=naive)
+        gelu.gelu_backward(dx, dev(x), dev(dout), N, naive=naive)
+        outs[naive] = host(out, (N,)), host(dx, (N,))
+    assert max_rel(outs[False][0], outs[True][0]) <= KERNEL_REL
+    assert max_rel(outs[False][1], outs[True][1]) <= KERNEL_REL
+    assert max_rel(outs[False][0], ref_layers.gelu_forward(x)) <= KERNEL_REL
+    assert max_rel(outs[False][1], ref_layers.gelu_backward(dout, x)) <= KERNEL_REL
+
+
+def test_residual_ilp_matches_naive_twin():
+    N = 301
+    r = rng(41)
+    a, b = r.standard_normal(N), r.standard_normal(N)
+    got = {}
+    for naive in (True, False):
+        out = _nan(N)
+        residual.residual_forward(out, dev(a), dev(b), N, naive=naive)
+        got[naive] = host(out, (N,))
+    assert np.array_equal(got[False], got[True])  # one float32 add each: identical
+    assert max_rel(got[False], a + b) <= KERNEL_REL
+
+
+def test_layernorm_registers_version_matches_naive_twin():
+    N, C, eps = 13, 70, 1e-5  # 3 values per lane, the last lane slice partial; 13 rows over 2 blocks
+    r = rng(42)
+    x = 2.0 + r.standard_normal((N, C))
+    w, b = 1.0 + 0.1 * r.standard_normal(C), 0.1 * r.standard_normal(C)
+    dout = r.standard_normal((N, C))
+    res = {}
+    for name, fwd, bwd in (
+        ("naive", layernorm.layernorm_forward_naive, layernorm.layernorm_backward_naive),
+        ("warp", layernorm.layernorm_forward, layernorm.layernorm_backward),
+    ):
+        out, mean, rstd = _nan(N * C), _nan(N), _nan(N)
+        fwd(out, mean, rstd, dev(x), dev(w), dev(b), N, C, eps)
+        dx, dw, db = dev(np.ones((N, C))), dev(np.ones(C)), dev(np.ones(C))  # the backward accumulates
+        bwd(dx, dw, db, dev(dout), dev(x), dev(w), mean, rstd, N, C)
+        res[name] = [
+            host(a, s) for a, s in ((out, (N, C)), (mean, (N,)), (rstd, (N,)), (dx, (N, C)), (dw, (C,)), (db, (C,)))
+        ]
+    for got, want in zip(res["warp"], res["naive"], strict=True):
+        assert np.isfinite(got).all()
+        assert max_rel(got, want) <= KERNEL_REL
+    ref_dx, ref_dw, ref_db = ref_layers.layernorm_backward(dout, x, w, *ref_layers.layernorm_forward(x, w, b, eps)[1:])
+    assert max_rel(res["warp"][4] - 1, ref_dw) <= KERNEL_REL
+    assert max_rel(res["warp"][5] - 1, ref_db) <= KERNEL_REL
+
+
+def test_online_softmax_crossentropy_matches_naive_twin():
+    N, V = 4, 97
+    r = rng(43)
+    logits = 3.0 * r.standard_normal((N, V))
+    logits[0, V - 1] = 40.0  # the row max in the last element: every running sum is rescaled
+    logits[1, 0] = 40.0  # and in the first
+    targets = r.integers(0, V, N)
+    targets[2] = -1
+    got = {}
+    for naive in (True, False):
+        losses, dlogits = _nan(N), _nan(N * V)
+        crossentropy.crossentropy(losses, dlogits, dev(logits), dev(targets, np.int32), N, V, 1.0 / 3, naive=naive)
+        got[naive] = host(losses, (N,)), host(dlogits, (N, V))
+    assert max_rel(got[False][0], got[True][0]) <= KERNEL_REL
+    assert max_rel(got[False][1], got[True][1]) <= KERNEL_REL
+    assert got[False][0][2] == 0.0 and np.all(got[False][1][2] == 0.0)
