@@ -25,6 +25,8 @@ Rules every kernel here follows (they are easy to break, hard to see):
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 if not hasattr(np, "row_stack"):  # NumPy >= 2.5; numba-cuda 0.30 still calls it.
@@ -43,12 +45,59 @@ _GPU_ONLY_OPTIONS = ("lineinfo", "launch_bounds", "max_registers", "opt", "fastm
 
 
 def kernel(fn=None, **options):
-    """``@kernel`` or ``@kernel(lineinfo=True, ...)``: ``cuda.jit`` that also works in the simulator."""
+    """``@kernel`` or ``@kernel(lineinfo=True, ...)``: ``cuda.jit`` that also works in the simulator,
+    and whose ``fn[grid, block](...)`` launches go on the current `launch_stream`."""
     if SIMULATOR:
         options = {k: v for k, v in options.items() if k not in _GPU_ONLY_OPTIONS}
     if fn is None:
-        return lambda f: cuda.jit(**options)(f)
-    return cuda.jit(**options)(fn)
+        return lambda f: StreamKernel(cuda.jit(**options)(f))
+    return StreamKernel(cuda.jit(**options)(fn))
+
+
+# The stream that `fn[grid, block]` launches go on (None: CUDA's legacy default stream). A model
+# sets it around its launches (`with launch_stream(s): ...`) so that a whole training step is
+# queued on one stream, which a CUDA graph can then capture (numba_impl/graph.py): capture works
+# on a created stream, never on the legacy default stream.
+_LAUNCH_STREAM = [None]
+
+
+@contextlib.contextmanager
+def launch_stream(stream):
+    """Inside the block, every `kernel` launched without an explicit stream goes on `stream`."""
+    previous = _LAUNCH_STREAM[0]
+    _LAUNCH_STREAM[0] = stream
+    try:
+        yield stream
+    finally:
+        _LAUNCH_STREAM[0] = previous
+
+
+def current_stream():
+    """The stream launches go on now (0 = the default stream): for copies that must queue with them."""
+    return _LAUNCH_STREAM[0] or 0
+
+
+class StreamKernel:
+    """A ``cuda.jit`` kernel whose ``[grid, block]`` launch configuration gets the current launch
+    stream added (``[grid, block, stream]``); an explicit stream or shared-memory size is kept.
+    Everything else (``py_func``, ``overloads``, ``inspect_asm``, ...) is the wrapped dispatcher's."""
+
+    __slots__ = ("dispatcher",)
+
+    def __init__(self, dispatcher):
+        self.dispatcher = dispatcher
+
+    def __getitem__(self, config):
+        stream = _LAUNCH_STREAM[0]
+        if stream is not None and len(config) == 2:
+            config = (config[0], config[1], stream)
+        return self.dispatcher[config]
+
+    def __getattr__(self, name):
+        return getattr(self.dispatcher, name)
+
+    def __repr__(self):
+        return f"StreamKernel({self.dispatcher!r})"
 
 
 def device(fn):
@@ -205,9 +254,11 @@ __all__ = [
     "block_sum",
     "ceil_div",
     "cuda",
+    "current_stream",
     "device",
     "float32",
     "kernel",
+    "launch_stream",
     "shfl_xor",
     "warp_max",
     "warp_sum",

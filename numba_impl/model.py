@@ -25,16 +25,28 @@ buffer, `dresidual`: a residual add passes its gradient to both branches unchang
 reads `dresidual` as its output gradient and the LayerNorm backward at the branch's start adds
 its input gradient into `dresidual` (no copy, no separate residual-backward launch).
 
-Kernel choice: kernels="fast" (tiled matmul, warp LayerNorm, block cross-entropy, sorted
+Kernel choice: kernels="fast" (tiled matmul, warp LayerNorm, block cross-entropy, chained
 embedding scatter) or "naive" (the simple twin of each); attention="flash" or "naive".
+
+Launches and CUDA graphs. Every launch of the model goes on the model's own stream
+(`self.stream`, through `_compat.launch_stream`), and a step is split into two halves:
+`_upload_*` copies the step's inputs (token ids, targets, AdamW's hyperparameters) into fixed
+device buffers, and `_launch_*` queues kernels that read only device buffers. The second half
+is therefore the same sequence of launches with the same arguments every step of a given shape,
+which is what a CUDA graph records: with cuda_graphs=True, `forward_backward_device`, `step` and
+`forward_device` record their launches once per (B, T, kept targets) and replay them
+(numba_impl/graph.py); without a GPU (the simulator) they run eagerly and `graph_note` says why.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
-from numba_impl._compat import cuda
-from numba_impl.kernels.adamw import adamw_update
+from numba_impl._compat import cuda, launch_stream
+from numba_impl.graph import CapturedGraph, graphs_unavailable
+from numba_impl.kernels.adamw import HYPER, adamw_hyperparameters, adamw_launch
 from numba_impl.kernels.attention import (
     attention_backward_flash,
     attention_backward_naive,
@@ -42,13 +54,8 @@ from numba_impl.kernels.attention import (
     attention_forward_naive,
 )
 from numba_impl.kernels.crossentropy import crossentropy
-from numba_impl.kernels.encoder import (
-    encoder_backward_naive,
-    encoder_backward_sorted,
-    encoder_forward,
-    token_groups,
-)
-from numba_impl.kernels.gelu import gelu_backward, gelu_forward
+from numba_impl.kernels.encoder import encoder_backward_chained, encoder_backward_naive, encoder_forward
+from numba_impl.kernels.gelu import gelu_backward
 from numba_impl.kernels.layernorm import (
     layernorm_backward,
     layernorm_backward_naive,
@@ -56,10 +63,10 @@ from numba_impl.kernels.layernorm import (
     layernorm_forward_naive,
 )
 from numba_impl.kernels.matmul import matmul, matmul_backward, matmul_forward
-from numba_impl.kernels.residual import residual_forward
 from weights import GPT2Config, param_shapes, validate_params
 
-# The head's backward sums over the whole vocabulary: split-K chunks (see `matmul`'s k_chunk).
+# The head's backward sums over the whole vocabulary: no float32 running sum longer than this
+# (see `matmul`'s k_chunk; the fast kernel closes the chunks in registers, in one launch).
 HEAD_K_CHUNK = 1024
 
 KERNEL_SETS = ("fast", "naive")
@@ -80,6 +87,7 @@ class NumbaGPT2:
         max_seq: int | None = None,
         kernels: str = "fast",
         attention: str = "flash",
+        cuda_graphs: bool = False,
     ):
         validate_params(params, config)
         max_seq = config.n_ctx if max_seq is None else max_seq
@@ -96,6 +104,15 @@ class NumbaGPT2:
         self.naive = kernels == "naive"
         self.attention = attention
         self.step_count = 0  # AdamW steps taken
+        # The stream every launch of the model goes on (a created stream: graph capture needs one;
+        # it synchronises with the default stream, so plain copies back to the host wait for it).
+        self.stream = cuda.stream()
+        self.cuda_graphs = bool(cuda_graphs)
+        self._graphs: dict[tuple, CapturedGraph] = {}
+        # Why graphs are not used although asked for (None: they are, or were not asked for).
+        self.graph_note = graphs_unavailable() if self.cuda_graphs else None
+        if self.graph_note:
+            warnings.warn(self.graph_note, RuntimeWarning, stacklevel=2)
 
         # ---- parameters, gradients, AdamW moments: flat buffers, 2-D tensors first
         shapes = param_shapes(config)
@@ -143,6 +160,9 @@ class NumbaGPT2:
         self.losses = empty(N)
         self.d_idx = cuda.device_array(N, dtype=np.int32)
         self.d_targets = cuda.device_array(N, dtype=np.int32)
+        self.d_hyper = cuda.to_device(np.zeros(len(HYPER), dtype=np.float32))  # AdamW's, written each step
+        self.d_next_pos = cuda.device_array(N, dtype=np.int32)  # embedding backward: token chains
+        self.d_is_first = cuda.device_array(N, dtype=np.int32)
 
         # ---- backward scratch
         self.dlogits = empty(N * V)
@@ -201,13 +221,27 @@ class NumbaGPT2:
         return targets.astype(np.int32)
 
     # ------------------------------------------------------------------ forward
+    def _upload_inputs(self, idx: np.ndarray, targets: np.ndarray | None) -> None:
+        """Copy token ids (and targets) into the fixed device buffers the launches read."""
+        N = idx.size
+        self._shape = idx.shape
+        self.d_idx[:N].copy_to_device(idx.ravel(), stream=self.stream)
+        self._n_valid = 0
+        if targets is not None:
+            self.d_targets[:N].copy_to_device(targets.ravel(), stream=self.stream)
+            self._n_valid = int((targets >= 0).sum())
+
     def _forward(self, idx: np.ndarray, targets: np.ndarray | None, with_grad: bool) -> None:
-        """Runs the forward pass on the device (and the loss / dlogits when targets are given)."""
+        """Runs the forward pass on the device (and the loss / dlogits when targets are given), eagerly."""
+        self._upload_inputs(idx, targets)
+        with launch_stream(self.stream):
+            self._launch_forward(targets is not None, with_grad)
+
+    def _launch_forward(self, with_loss: bool, with_grad: bool) -> None:
+        """Queue the forward pass for the uploaded inputs (kernel launches only)."""
         cfg = self.config
-        B, T = idx.shape
+        B, T = self._shape
         C, NH, V, N = cfg.n_embd, cfg.n_head, cfg.vocab_size, B * T
-        self._shape = (B, T)
-        self.d_idx[:N].copy_to_device(idx.ravel())
         naive = self.naive
         ln_forward = layernorm_forward_naive if naive else layernorm_forward
         eps = cfg.layer_norm_eps
@@ -222,20 +256,20 @@ class NumbaGPT2:
                 attention_forward_naive(a["atty"], a["preatt"], a["att"], a["qkv"], B, T, C, NH)
             else:
                 attention_forward_flash(a["atty"], a["lse"], a["qkv"], B, T, C, NH)
-            matmul_forward(a["attproj"], a["atty"], p("attn.c_proj.weight"), p("attn.c_proj.bias"), N, C, C, naive)
-            residual_forward(a["x1"], x, a["attproj"], N * C)
+            # attproj = atty @ W + b and x1 = x + attproj in one kernel (the residual add in its epilogue)
+            matmul_forward(a["attproj"], a["atty"], p("attn.c_proj.weight"), p("attn.c_proj.bias"), N, C, C, naive,
+                           residual=x, residual_out=a["x1"])  # fmt: skip
             ln_forward(a["ln2"], a["ln2_mean"], a["ln2_rstd"], a["x1"], p("ln_2.weight"), p("ln_2.bias"), N, C, eps)
-            matmul_forward(a["fch"], a["ln2"], p("mlp.c_fc.weight"), p("mlp.c_fc.bias"), N, C, 4 * C, naive)
-            gelu_forward(a["gelu"], a["fch"], N * 4 * C)
-            matmul_forward(a["mlpproj"], a["gelu"], p("mlp.c_proj.weight"), p("mlp.c_proj.bias"), N, 4 * C, C, naive)
-            residual_forward(a["x2"], a["x1"], a["mlpproj"], N * C)
+            # fch = ln2 @ W + b (kept for the GELU's backward) and gelu = gelu(fch), one kernel
+            matmul_forward(a["fch"], a["ln2"], p("mlp.c_fc.weight"), p("mlp.c_fc.bias"), N, C, 4 * C, naive,
+                           gelu_out=a["gelu"])  # fmt: skip
+            matmul_forward(a["mlpproj"], a["gelu"], p("mlp.c_proj.weight"), p("mlp.c_proj.bias"), N, 4 * C, C, naive,
+                           residual=a["x1"], residual_out=a["x2"])  # fmt: skip
             x = a["x2"]
         ln_forward(self.lnf, self.lnf_mean, self.lnf_rstd, x, self.p["ln_f.weight"], self.p["ln_f.bias"], N, C, eps)
         # logits (N, V) = lnf (N, C) @ wte^T, wte stored (V, C)
         matmul(self.logits, self.lnf, self.p["wte.weight"], N, V, C, "NT", naive=naive)
-        if targets is not None:
-            self.d_targets[:N].copy_to_device(targets.ravel())
-            self._n_valid = int((targets >= 0).sum())
+        if with_loss:
             crossentropy(
                 self.losses, self.dlogits, self.logits, self.d_targets, N, V,
                 1.0 / self._n_valid, with_grad=with_grad, naive=naive,
@@ -260,15 +294,16 @@ class NumbaGPT2:
         return self._logits_host(), loss
 
     # ------------------------------------------------------------------ backward
-    def _backward(self, idx: np.ndarray) -> None:
-        """Fills the gradient buffer from the dlogits of the last forward (gradients are overwritten)."""
+    def _launch_backward(self) -> None:
+        """Queue the backward: fills the gradient buffer from the dlogits of the last forward
+        (gradients are overwritten). Kernel launches and device-to-device copies only."""
         cfg = self.config
-        B, T = idx.shape
+        B, T = self._shape
         C, NH, V, N = cfg.n_embd, cfg.n_head, cfg.vocab_size, B * T
         naive = self.naive
         ln_backward = layernorm_backward_naive if naive else layernorm_backward
-        self.d_grads.copy_to_device(self._zeros[: self.n_params])
-        self.dresidual[: N * C].copy_to_device(self._zeros[: N * C])
+        self.d_grads.copy_to_device(self._zeros[: self.n_params], stream=self.stream)
+        self.dresidual[: N * C].copy_to_device(self._zeros[: N * C], stream=self.stream)
 
         # lm head: logits = lnf @ wte^T  ->  dlnf = dlogits @ wte (NN), dwte += dlogits^T @ lnf (TN)
         # K = V = 50,257 terms per output: summed in chunks (split-K) to keep float32 rounding ~1e-6
@@ -308,19 +343,58 @@ class NumbaGPT2:
 
         if naive:
             encoder_backward_naive(self.g["wte.weight"], self.g["wpe.weight"], dres, self.d_idx, B, T, C)
-        else:
-            order, start, token = token_groups(idx)
-            encoder_backward_sorted(self.g["wte.weight"], self.g["wpe.weight"], dres, cuda.to_device(order),
-                                    cuda.to_device(start), cuda.to_device(token), len(token), B, T, C)  # fmt: skip
+        else:  # deterministic: positions grouped by token on the device (no host argsort)
+            encoder_backward_chained(self.g["wte.weight"], self.g["wpe.weight"], dres, self.d_idx,
+                                     self.d_next_pos, self.d_is_first, B, T, C)  # fmt: skip
+
+    # ------------------------------------------------------------------ eager or graph
+    def _run(self, kind: str, launches) -> None:
+        """Queue `launches` (kernel launches only; the inputs are uploaded) on the model's stream.
+
+        Eager without cuda_graphs. With them, the first call for a (kind, B, T, kept targets) runs
+        eagerly (that compiles every kernel and is this call's work), then records the same launches
+        into a CUDA graph; later calls with that key replay the graph. A failed capture leaves the
+        model eager and says why in `graph_note` (and a warning)."""
+        with launch_stream(self.stream):
+            if not self.cuda_graphs or self.graph_note is not None:
+                launches()
+                return
+            key = (kind, *self._shape, self._n_valid)
+            graph = self._graphs.get(key)
+            if graph is not None:
+                graph.replay()
+                return
+            launches()
+            try:
+                self._graphs[key] = CapturedGraph(self.stream, launches)
+            except Exception as e:  # the eager run above did this call's work: carry on eagerly
+                self.graph_note = f"CUDA graph capture failed, running eagerly: {type(e).__name__}: {e}"
+                warnings.warn(self.graph_note, RuntimeWarning, stacklevel=3)
+
+    def graph_stats(self) -> dict[str, dict[str, int]]:
+        """Per recorded graph: its key (kind, B, T, kept targets), node count and replays so far."""
+        return {str(k): {"nodes": int(g.n_nodes), "replays": g.replays} for k, g in self._graphs.items()}
+
+    def forward_device(self, idx, targets=None) -> None:
+        """The forward (and per-position losses with targets), leaving logits on the device."""
+        idx = self._check_idx(idx)
+        targets = None if targets is None else self._check_targets(targets, idx.shape)
+        self._upload_inputs(idx, targets)
+        self._run("forward", lambda: self._launch_forward(targets is not None, with_grad=False))
+        self._last_targets = targets
 
     def forward_backward_device(self, idx, targets) -> None:
         """Forward + backward, leaving logits, losses and gradients on the device (nothing is copied
         back; pair with `synchronize()` to time it). Read the results with `loss()`, `grads()`."""
         idx = self._check_idx(idx)
         targets = self._check_targets(targets, idx.shape)
-        self._forward(idx, targets, with_grad=True)
-        self._backward(idx)
+        self._upload_inputs(idx, targets)
+        self._run("forward_backward", self._launch_forward_backward)
         self._last_targets = targets
+
+    def _launch_forward_backward(self) -> None:
+        self._launch_forward(with_loss=True, with_grad=True)
+        self._launch_backward()
 
     def forward_backward(self, idx, targets):
         """logits (B, T, V), mean loss, and the gradients as a dict with the canonical names."""
@@ -336,19 +410,40 @@ class NumbaGPT2:
         return {n: flat[o : o + s].reshape(self.shapes[n]).copy() for n, (o, s) in self.offsets.items()}
 
     # ------------------------------------------------------------------ optimizer
+    def _upload_adamw(self, lr, beta1, beta2, eps, weight_decay) -> None:
+        """Count the step and write its hyperparameters (and bias corrections) to the device."""
+        hyper = adamw_hyperparameters(self.step_count + 1, lr, beta1, beta2, eps, weight_decay)
+        self.step_count += 1
+        self.d_hyper.copy_to_device(hyper, stream=self.stream)
+
+    def _launch_adamw(self) -> None:
+        adamw_launch(self.d_params, self.d_grads, self.d_m, self.d_v, self.n_params, self.n_decay, self.d_hyper)
+
     def adamw_step(self, lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1) -> None:
         """One AdamW step on every parameter, with the gradients of the last backward (on the device).
         Weight decay applies to the 2-D tensors only (wte, wpe and the weight matrices)."""
-        self.step_count += 1
-        adamw_update(self.d_params, self.d_grads, self.d_m, self.d_v, self.n_params, self.n_decay,
-                     self.step_count, lr, beta1, beta2, eps, weight_decay)  # fmt: skip
+        self._upload_adamw(lr, beta1, beta2, eps, weight_decay)
+        with launch_stream(self.stream):
+            self._launch_adamw()
+
+    def step_device(self, idx, targets, lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1) -> None:
+        """One training step (forward, backward, AdamW) queued on the device, nothing copied back;
+        with cuda_graphs, one graph replay. Read the loss with `loss()`."""
+        idx = self._check_idx(idx)
+        targets = self._check_targets(targets, idx.shape)
+        self._upload_inputs(idx, targets)
+        self._upload_adamw(lr, beta1, beta2, eps, weight_decay)
+        self._run("step", self._launch_step)
+        self._last_targets = targets
+
+    def _launch_step(self) -> None:
+        self._launch_forward_backward()
+        self._launch_adamw()
 
     def step(self, idx, targets, lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1) -> float:
         """One training step: forward, backward, AdamW. Returns the loss before the update."""
-        self.forward_backward_device(idx, targets)
-        loss = self.loss()
-        self.adamw_step(lr, beta1, beta2, eps, weight_decay)
-        return loss
+        self.step_device(idx, targets, lr, beta1, beta2, eps, weight_decay)
+        return self.loss()
 
     def synchronize(self) -> None:
         """Wait for every launched kernel to finish (for timing)."""

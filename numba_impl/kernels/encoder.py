@@ -11,6 +11,10 @@ in dwte (and of its position in dwpe). Two versions:
 - sorted: the host groups positions by token id (a stable argsort of idx), then one thread per
   (token, c) sums its group in a fixed order and adds once: deterministic, no atomics.
   dwpe is summed over the batch by one thread per (t, c), also without atomics.
+- chained: the same groups, the same sums in the same order (bit-identical to sorted), but found
+  on the device: one thread per position links it to the next position with the same token, and
+  marks the first one; then one thread per (first position, c) walks its chain. No host work and a
+  fixed launch shape, so a CUDA graph can capture it (the model uses this one).
 """
 
 from __future__ import annotations
@@ -101,4 +105,53 @@ def encoder_backward_sorted(dwte, dwpe, dout, order, group_start, group_token, n
     wte_backward_sorted_kernel[ceil_div(n_groups * C, threads), threads](
         dwte, dout, order, group_start, group_token, n_groups, C
     )
+    wpe_backward_kernel[ceil_div(T * C, threads), threads](dwpe, dout, B, T, C)
+
+
+# ----------------------------------------------------------------------------- backward, chained
+@kernel
+def token_chains_kernel(next_pos, is_first, idx, BT):
+    """One thread per position p: next_pos[p] = the next position q > p with idx[q] == idx[p] (BT if
+    none); is_first[p] = 1 if no earlier position has that token. O(BT) reads per thread: BT^2 in all
+    (16.8 M int compares at B*T = 4096, microseconds on a GPU)."""
+    p = cuda.grid(1)
+    if p < BT:
+        token = idx[p]
+        first = 1
+        for q in range(p):
+            if idx[q] == token:
+                first = 0
+                break
+        nxt = BT
+        for q in range(p + 1, BT):
+            if idx[q] == token:
+                nxt = q
+                break
+        next_pos[p] = nxt
+        is_first[p] = first
+
+
+@kernel
+def wte_backward_chained_kernel(dwte, dout, idx, next_pos, is_first, BT, C):
+    """One thread per (position, c); the first position of each token sums its chain in position order."""
+    i = cuda.grid(1)
+    if i < BT * C:
+        p = i // C
+        c = i % C
+        if is_first[p]:
+            acc = float32(0.0)
+            q = p
+            while q < BT:
+                acc += dout[q * C + c]
+                q = next_pos[q]
+            dwte[idx[p] * C + c] += acc
+
+
+def encoder_backward_chained(dwte, dwpe, dout, idx, next_pos, is_first, B, T, C):
+    """Deterministic scatter-add (accumulates into dwte/dwpe) with the grouping done on the device.
+    next_pos, is_first: int32 scratch of >= B*T elements."""
+    BT = B * T
+    threads = block_size(256, 32)
+    token_chains_kernel[ceil_div(BT, threads), threads](next_pos, is_first, idx, BT)
+    wte_backward_chained_kernel[ceil_div(BT * C, threads), threads](dwte, dout, idx, next_pos, is_first, BT, C)
     wpe_backward_kernel[ceil_div(T * C, threads), threads](dwpe, dout, B, T, C)
