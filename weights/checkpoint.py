@@ -155,9 +155,11 @@ def atomic_write(final: Path, write) -> None:
     final = Path(final)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes the file owner-only; a checkpoint is an ordinary readable file
     try:
         write(tmp)
+        # mkstemp makes the file owner-only, and some writers (safetensors) replace it with an owner-only
+        # file of their own; a checkpoint is an ordinary readable file, so set the mode after writing.
+        os.chmod(tmp, 0o644)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, final)
