@@ -7,35 +7,39 @@ Every linear layer of GPT-2 is one of three layouts of this product (flat row-ma
     "TN"  A stored (K, M), B stored (K, N)   weight gradient x^T @ dout
 
 A linear layer y = x @ W + b with x (BT, C), W (C, OC):
-    forward    y  = x @ W + b                      NN
+    forward    y  = x @ W + b                      NN   (+ gelu(y) or residual + y, fused)
     backward   dx = dy @ W^T                       NT   (dx (BT, C))
-               dW += x^T @ dy                      TN   (dW (C, OC), accumulated)
-               db += column sums of dy             `bias_backward`
+               dW += x^T @ dy                      TN   (dW (C, OC), accumulated; db += column sums of dy, fused)
 
-Two kernels compute the product:
+Three kernels compute the product, float32 products and float32 sums in all of them (they differ
+only in the order of the K sum):
 - naive: one thread per output element, a K-long dot product straight from global memory;
-- tiled: a block computes a BM x BN tile of `out` (128x128 or 64x64, see `default_tile`),
-  stepping over K in slices of BK that the block stages in shared memory; each thread keeps a
-  TM x TN sub-tile of accumulators in registers and its rows/columns are strided by the thread
-  grid (row ty + r * BM/TM), so shared-memory reads are conflict-free and global stores
-  coalesce. Tile sizes are compile-time constants (the kernel is built per layout and tile
-  shape by `tiled_matmul_kernel`).
-Accumulation is float32 in both; the order of the K sum differs, nothing else.
+- tiled: the previous optimised kernel, kept to compare against: a block computes a 128x128 or
+  64x64 tile with one shared stage and an 8x8 (or 4x4) tile of scalar accumulators per thread;
+- fast (the default, below): 8x8 register fragments read with 16-byte shared loads, padded shared
+  tiles, register-prefetch double buffering, an unchecked path for interior tiles, fused
+  epilogues, and split-K in one launch (+ a reduction) with the sum chunked in registers.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 
-from numba_impl._compat import SIMULATOR, block_size, ceil_div, cuda, float32, kernel
+from numba_impl._compat import SIMULATOR, block_size, ceil_div, cuda, device, float32, kernel
 
 LAYOUTS = ("NN", "NT", "TN")
 
-# (BM, BN, BK, TM, TN). On a GPU both tiles use 256 threads. Chosen by a sweep on an H100 at the
-# GPT-2 124M shapes (tests/numba_impl/gpu_report.py, section "sweep"): the 128x128 tile wins when
-# the output has >= ~2 waves of such tiles (2 x 132 SMs), else the 64x64 tile keeps every SM busy.
+# GELU, tanh form (GPT-2's "gelu_new"): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+SQRT_2_OVER_PI = float32(np.sqrt(2.0 / np.pi))
+GELU_COEF = float32(0.044715)
+
+# Tiles of the tiled kernel: (BM, BN, BK, TM, TN). On a GPU both tiles use 256 threads. Chosen by a
+# sweep on an H100 at the GPT-2 124M shapes (tests/numba_impl/gpu_report.py, section "sweep"): the
+# 128x128 tile wins when the output has >= ~2 waves of such tiles (2 x 132 SMs), else the 64x64 tile
+# keeps every SM busy.
 GPU_TILE = (128, 128, 16, 8, 8)
 GPU_TILE_SMALL = (64, 64, 8, 4, 4)
 GPU_TILE_SMALL_TN = (64, 64, 16, 4, 4)  # the weight-gradient layout liked the longer K slice
@@ -169,31 +173,390 @@ def tiled_matmul_kernel(layout: str, BM: int, BN: int, BK: int, TM: int, TN: int
     return matmul_tiled_kernel
 
 
+# ----------------------------------------------------------------------------- fast
+# The fast kernel (`fast_matmul_kernel`). A block of THREADS = (BM/TM) * (BN/TN) threads computes
+# a BM x BN tile of `out`; thread (ty, tx) keeps TM x TN accumulators in registers, as 2 x 2 blocks
+# of (TM/2) x (TN/2): rows ty*TM/2 + [0, TM/2) and BM/2 + ty*TM/2 + [0, TM/2), columns likewise.
+# Per K step (BK deep) the block stages A's slice as a_s[k, m] and B's as b_s[k, n] in shared
+# memory; a thread then reads, per k, its TM/2 consecutive floats of a_s twice and its TN/2 of b_s
+# twice: with TM = TN = 8, four 16-byte loads (ld.shared.v4.f32) for 64 FMAs. Rows are padded by
+# PAD floats: the operands that are contiguous along k in global memory (A in NN/NT, B in NT) are
+# written transposed, and without the pad the threads of a warp would write one bank.
+# Double buffering: two shared stages; while the block computes on one, each thread holds the next
+# slice in registers (loaded from global memory before the FMAs, stored to the other stage after
+# them), so one barrier per K step suffices. Tiles that lie wholly inside (M, N) with a K range that
+# is a multiple of BK take loads without bounds checks (the branch is uniform over the block).
+# Epilogues fused into the store: bias, accumulate, GELU (out2 = gelu(out), out keeps the
+# pre-activation the backward needs), residual add (out2 = extra + out); and for the weight
+# gradient (TN), the bias gradient (column sums of B = dout, which the kernel loads anyway).
+# Split-K: gridDim.z slices of K, each written to its own (M, N) slice of a workspace and summed in
+# a fixed order by `splitk_reduce_kernel` (deterministic, no atomics). kc > 0: every kc terms of K
+# the running sum is added into a second set of accumulators, so no float32 register sums more
+# than kc products (the head's backward sums K = 50,257; see `matmul`'s k_chunk).
+FAST_PAD = 4  # floats of padding per shared row: keeps rows 16-byte aligned, spreads transposed writes over banks
+# 16-byte aligned shared tiles: what lets the compiler merge 4 float loads into one ld.shared.v4.f32.
+# (The simulator refuses the keyword; its numpy arrays are aligned anyway.)
+SHARED_ALIGN = None if SIMULATOR else 16
+VEC = 4  # staging: each thread moves runs of 4 consecutive floats (16 bytes) from global to shared
+
+EPILOGUES = ("none", "gelu", "residual")
+_EPI_CODE = {name: i for i, name in enumerate(EPILOGUES)}
+
+# (BM, BN, BK, TM, TN) candidates on a GPU; `fast_tile` picks one per shape. The simulator gets
+# FAST_SIM_TILE: 4 threads, 2x2 fragments, the same code paths (fragments of halves, staging runs of 4).
+FAST_TILE = (128, 128, 8, 8, 8)  # 256 threads
+FAST_TILE_NARROW = (128, 64, 8, 8, 8)  # 128 threads, for outputs with few 128x128 tiles
+FAST_SIM_TILE = (8, 8, 4, 4, 4)
+SMS = 132  # H100 SXM and H200 multiprocessors; only used to judge waves of tiles
+MIN_SPLIT_K = 512  # a split-K slice sums at least this many terms
+
+
+def fast_tile(M: int, N: int, layout: str) -> tuple:
+    """Tile of the fast kernel for an (M, N) output: 128x128 when that makes >= 2 waves, else 128x64."""
+    if SIMULATOR:
+        return FAST_SIM_TILE
+    if ceil_div(M, FAST_TILE[0]) * ceil_div(N, FAST_TILE[1]) >= 2 * SMS:
+        return FAST_TILE
+    return FAST_TILE_NARROW
+
+
+def split_k(M: int, N: int, K: int, tile: tuple) -> int:
+    """How many K slices: enough to give ~2 waves of blocks, each slice >= MIN_SPLIT_K terms."""
+    if SIMULATOR:
+        return 1
+    blocks = ceil_div(M, tile[0]) * ceil_div(N, tile[1])
+    if blocks >= 2 * SMS:
+        return 1
+    return max(1, min(ceil_div(2 * SMS, blocks), K // MIN_SPLIT_K))
+
+
+@device
+def gelu_tanh(x):
+    """GPT-2's GELU, tanh form (the same formula as kernels/gelu.py)."""
+    u = SQRT_2_OVER_PI * (x + GELU_COEF * x * x * x)
+    return float32(0.5) * x * (float32(1.0) + math.tanh(u))
+
+
+@functools.cache
+def fast_matmul_kernel(layout: str, BM: int, BN: int, BK: int, TM: int, TN: int, epilogue: str = "none",
+                       kc: int = 0, fuse_dbias: bool = False):  # fmt: skip
+    """Build the fast kernel for one layout, tile shape, epilogue, K-chunk and bias-gradient choice.
+
+    Kernel arguments: (out, a, b, bias, out2, extra, dbias, M, N, K, k_start, k_stop, k_split,
+    accumulate, has_bias). Block z of the grid sums K over [k_start + z*k_split, ... + k_split) and
+    writes its slice z of `out` (out + z*M*N): the launcher passes a workspace when gridDim.z > 1."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"matmul layout must be one of {LAYOUTS}, got {layout!r}")
+    if epilogue not in EPILOGUES:
+        raise ValueError(f"matmul epilogue must be one of {EPILOGUES}, got {epilogue!r}")
+    if fuse_dbias and layout != "TN":
+        raise ValueError("the fused bias gradient needs the TN layout (B = dout stored (K, N))")
+    TX, TY = BN // TN, BM // TM  # threads along N, along M
+    TX_SHIFT = TX.bit_length() - 1
+    THREADS = TX * TY
+    HM, HN = TM // 2, TN // 2
+    ok = TM % 2 == 0 and TN % 2 == 0 and BM % TM == 0 and BN % TN == 0 and BK % VEC == 0 and BM % VEC == 0
+    ok = ok and BN % VEC == 0 and (BM * BK) % (VEC * THREADS) == 0 and (BN * BK) % (VEC * THREADS) == 0
+    ok = ok and THREADS % (BN // VEC) == 0 and (kc == 0 or kc % BK == 0) and TX == 1 << TX_SHIFT
+    if not ok:
+        raise ValueError(f"fast matmul tile {(BM, BN, BK, TM, TN)} (kc={kc}) does not split evenly over its threads")
+    A_RUNS = BM * BK // (VEC * THREADS)  # runs of VEC floats each thread stages per K step
+    B_RUNS = BN * BK // (VEC * THREADS)
+    A_T, B_T = layout[0] == "T", layout[1] == "T"
+    EPI = _EPI_CODE[epilogue]
+    KC_STEPS = kc // BK
+    DB_ROWS = THREADS // (BN // VEC)  # threads that stage the same columns of B
+    HALF_M, HALF_N = BM // 2, BN // 2
+    A_ROW, B_ROW = BM + FAST_PAD, BN + FAST_PAD  # shared row lengths (floats)
+    A_STAGE, B_STAGE = A_RUNS * VEC, B_RUNS * VEC  # floats each thread holds for the next K step
+    RED_ROWS, RED_COLS = (DB_ROWS, BN) if fuse_dbias else (1, 1)  # shared scratch of the bias-gradient sums
+
+    @device
+    def load_a(stage, a, M, K, m0, k0, k_end, tid, checked):
+        """A[m0:m0+BM, k0:k0+BK] into registers, VEC consecutive floats (along A's contiguous axis) per run."""
+        for run in range(A_RUNS):
+            e = tid + run * THREADS
+            for j in range(VEC):
+                if A_T:  # stored (K, M): runs along m
+                    gm = m0 + (e % (BM // VEC)) * VEC + j
+                    gk = k0 + e // (BM // VEC)
+                    if not checked:
+                        stage[run * VEC + j] = a[gk * M + gm]
+                    else:
+                        stage[run * VEC + j] = a[gk * M + gm] if gm < M and gk < k_end else float32(0.0)
+                else:  # stored (M, K): runs along k
+                    gk = k0 + (e % (BK // VEC)) * VEC + j
+                    gm = m0 + e // (BK // VEC)
+                    if not checked:
+                        stage[run * VEC + j] = a[gm * K + gk]
+                    else:
+                        stage[run * VEC + j] = a[gm * K + gk] if gm < M and gk < k_end else float32(0.0)
+
+    @device
+    def load_b(stage, b, N, K, n0, k0, k_end, tid, checked):
+        """B[k0:k0+BK, n0:n0+BN] into registers, VEC consecutive floats (along B's contiguous axis) per run."""
+        for run in range(B_RUNS):
+            e = tid + run * THREADS
+            for j in range(VEC):
+                if B_T:  # stored (N, K): runs along k
+                    gk = k0 + (e % (BK // VEC)) * VEC + j
+                    gn = n0 + e // (BK // VEC)
+                    if not checked:
+                        stage[run * VEC + j] = b[gn * K + gk]
+                    else:
+                        stage[run * VEC + j] = b[gn * K + gk] if gn < N and gk < k_end else float32(0.0)
+                else:  # stored (K, N): runs along n
+                    gn = n0 + (e % (BN // VEC)) * VEC + j
+                    gk = k0 + e // (BN // VEC)
+                    if not checked:
+                        stage[run * VEC + j] = b[gk * N + gn]
+                    else:
+                        stage[run * VEC + j] = b[gk * N + gn] if gn < N and gk < k_end else float32(0.0)
+
+    @device
+    def store_a(a_s, buf, stage, tid):
+        for run in range(A_RUNS):
+            e = tid + run * THREADS
+            for j in range(VEC):
+                if A_T:
+                    a_s[buf, e // (BM // VEC), (e % (BM // VEC)) * VEC + j] = stage[run * VEC + j]
+                else:
+                    a_s[buf, (e % (BK // VEC)) * VEC + j, e // (BK // VEC)] = stage[run * VEC + j]
+
+    @device
+    def store_b(b_s, buf, stage, tid):
+        for run in range(B_RUNS):
+            e = tid + run * THREADS
+            for j in range(VEC):
+                if B_T:
+                    b_s[buf, (e % (BK // VEC)) * VEC + j, e // (BK // VEC)] = stage[run * VEC + j]
+                else:
+                    b_s[buf, e // (BN // VEC), (e % (BN // VEC)) * VEC + j] = stage[run * VEC + j]
+
+    @kernel
+    def matmul_fast_kernel(out, a, b, bias, out2, extra, dbias, M, N, K, k_start, k_stop, k_split, accumulate,
+                           has_bias):  # fmt: skip
+        a_s = cuda.shared.array((2, BK, A_ROW), float32, alignment=SHARED_ALIGN)
+        b_s = cuda.shared.array((2, BK, B_ROW), float32, alignment=SHARED_ALIGN)
+        acc = cuda.local.array((TM, TN), float32)
+        total = cuda.local.array((TM, TN), float32)  # kc > 0 only
+        a_frag = cuda.local.array(TM, float32)
+        b_frag = cuda.local.array(TN, float32)
+        a_stage = cuda.local.array(A_STAGE, float32)
+        b_stage = cuda.local.array(B_STAGE, float32)
+        db_sum = cuda.local.array(VEC, float32)  # fuse_dbias only
+        tid = cuda.threadIdx.x
+        tx = tid & (TX - 1)  # bit operations (TX is a power of two): the compiler sees tx, ty >= 0, so the
+        ty = (tid & 1023) >> TX_SHIFT  # four fragment loads share one aligned address (ld.shared.v4.f32)
+        m0 = cuda.blockIdx.y * BM
+        n0 = cuda.blockIdx.x * BN
+        z = cuda.blockIdx.z
+        k_begin = k_start + z * k_split
+        k_end = min(k_stop, k_begin + k_split)
+        n_steps = (k_end - k_begin + BK - 1) // BK
+        interior = m0 + BM <= M and n0 + BN <= N
+        checked = not (interior and (k_end - k_begin) % BK == 0)
+        do_dbias = fuse_dbias and cuda.blockIdx.y == 0
+        for r in range(TM):
+            for c in range(TN):
+                acc[r, c] = float32(0.0)
+                total[r, c] = float32(0.0)
+        for j in range(VEC):
+            db_sum[j] = float32(0.0)
+
+        if n_steps > 0:
+            load_a(a_stage, a, M, K, m0, k_begin, k_end, tid, checked)
+            load_b(b_stage, b, N, K, n0, k_begin, k_end, tid, checked)
+            store_a(a_s, 0, a_stage, tid)
+            store_b(b_s, 0, b_stage, tid)
+            if do_dbias:
+                for run in range(B_RUNS):
+                    for j in range(VEC):
+                        db_sum[j] += b_stage[run * VEC + j]
+        cuda.syncthreads()
+
+        for step in range(n_steps):
+            buf = step & 1
+            more = step + 1 < n_steps
+            if more:  # the next slice into registers; its loads are in flight during the FMAs below
+                k_next = k_begin + (step + 1) * BK
+                load_a(a_stage, a, M, K, m0, k_next, k_end, tid, checked)
+                load_b(b_stage, b, N, K, n0, k_next, k_end, tid, checked)
+            for k in range(BK):
+                for r in range(HM):
+                    a_frag[r] = a_s[buf, k, ty * HM + r]
+                    a_frag[HM + r] = a_s[buf, k, HALF_M + ty * HM + r]
+                for c in range(HN):
+                    b_frag[c] = b_s[buf, k, tx * HN + c]
+                    b_frag[HN + c] = b_s[buf, k, HALF_N + tx * HN + c]
+                for r in range(TM):
+                    for c in range(TN):
+                        acc[r, c] += a_frag[r] * b_frag[c]
+            if KC_STEPS > 0 and (step + 1) % KC_STEPS == 0:  # close a chunk of kc terms
+                for r in range(TM):
+                    for c in range(TN):
+                        total[r, c] += acc[r, c]
+                        acc[r, c] = float32(0.0)
+            if more:
+                store_a(a_s, 1 - buf, a_stage, tid)
+                store_b(b_s, 1 - buf, b_stage, tid)
+                if do_dbias:
+                    for run in range(B_RUNS):
+                        for j in range(VEC):
+                            db_sum[j] += b_stage[run * VEC + j]
+            cuda.syncthreads()
+
+        if do_dbias:  # column sums of this block's B rows: DB_ROWS threads hold partial sums of each column
+            col = (tid % (BN // VEC)) * VEC
+            red = cuda.shared.array((RED_ROWS, RED_COLS), float32)
+            for j in range(VEC):
+                red[tid // (BN // VEC), col + j] = db_sum[j]
+            cuda.syncthreads()
+            for n in range(tid, BN, THREADS):
+                if n0 + n < N:
+                    s = float32(0.0)
+                    for row in range(DB_ROWS):
+                        s += red[row, n]
+                    cuda.atomic.add(dbias, n0 + n, s)
+
+        out_base = z * M * N
+        for r in range(TM):
+            gm = m0 + (r // HM) * HALF_M + ty * HM + r % HM
+            for c in range(TN):
+                gn = n0 + (c // HN) * HALF_N + tx * HN + c % HN
+                if interior or (gm < M and gn < N):
+                    value = acc[r, c]
+                    if KC_STEPS > 0:
+                        value += total[r, c]
+                    if has_bias:
+                        value += bias[gn]
+                    i = gm * N + gn
+                    if accumulate:
+                        value += out[out_base + i]
+                    out[out_base + i] = value
+                    if EPI == 1:
+                        out2[i] = gelu_tanh(value)
+                    elif EPI == 2:
+                        out2[i] = extra[i] + value
+
+    return matmul_fast_kernel
+
+
+@kernel
+def splitk_reduce_kernel(out, partials, bias, out2, extra, M, N, splits, accumulate, has_bias, epilogue):
+    """out(M, N) (+)= sum over z of partials[z] (+ bias), in the order z = 0, 1, ...; then the epilogue."""
+    i = cuda.grid(1)
+    MN = M * N
+    if i < MN:
+        value = float32(0.0)
+        for z in range(splits):
+            value += partials[z * MN + i]
+        if has_bias:
+            value += bias[i % N]
+        if accumulate:
+            value += out[i]
+        out[i] = value
+        if epilogue == 1:
+            out2[i] = gelu_tanh(value)
+        elif epilogue == 2:
+            out2[i] = extra[i] + value
+
+
 # ----------------------------------------------------------------------------- launchers
-_NO_BIAS = {}
+_SCRATCH = {}
+
+
+def _dummy():
+    """A 1-element device array to pass where a kernel takes an array it does not use."""
+    if "dummy" not in _SCRATCH:
+        _SCRATCH["dummy"] = cuda.to_device(np.zeros(1, dtype=np.float32))
+    return _SCRATCH["dummy"]
 
 
 def _dummy_bias():
-    """A 1-element device array to pass where a kernel takes a bias but none is used."""
-    if "array" not in _NO_BIAS:
-        _NO_BIAS["array"] = cuda.to_device(np.zeros(1, dtype=np.float32))
-    return _NO_BIAS["array"]
+    return _dummy()
 
 
-def matmul(out, a, b, M, N, K, layout="NN", bias=None, accumulate=False, naive=False, tile=None, k_chunk=None):
+def splitk_workspace(n: int):
+    """A device buffer of >= n floats for split-K partial sums, allocated once and grown when needed
+    (allocate it before capturing a CUDA graph: the first call with the largest shape does)."""
+    ws = _SCRATCH.get("workspace")
+    if ws is None or ws.size < n:
+        if ws is not None:  # a CUDA graph recorded earlier may still point at it: never free it
+            _SCRATCH.setdefault("retired", []).append(ws)
+        ws = _SCRATCH["workspace"] = cuda.device_array(n, dtype=np.float32)
+    return ws
+
+
+KERNELS = ("fast", "tiled", "naive")
+
+
+def matmul(out, a, b, M, N, K, layout="NN", bias=None, accumulate=False, naive=False, tile=None, k_chunk=None,
+           kernel=None, splits=None, epilogue="none", out2=None, extra=None, dbias=None):  # fmt: skip
     """The standalone launcher: out(M, N) (+)= A @ B (+ bias), A and B stored as `layout` says.
 
     out, a, b, bias: flat float32 device arrays. accumulate=True adds into `out`.
-    tile: (BM, BN, BK, TM, TN[, interleave]) for the tiled kernel (default: `default_tile`).
-    k_chunk: sum over K in chunks of this many terms, one launch per chunk, each chunk's partial sum
-    added to `out` (split-K). Each output is otherwise one float32 register summed over all of K,
-    whose rounding error grows like sqrt(K) * eps: at K = 50,257 (the head's backward,
-    dlnf = dlogits @ wte) that is ~1e-5 relative, above the project's float32 gradient ceiling.
-    Chunks of 1024 bring it to ~sqrt(1024 + K/1024) * eps."""
+    kernel: "fast" (default), "tiled" (the previous kernel, kept for comparison) or "naive" (also
+    naive=True). tile: (BM, BN, BK, TM, TN) of the fast kernel (default `fast_tile`), or of the
+    tiled kernel; a 6-tuple (..., interleave) selects the tiled kernel.
+    epilogue (fast kernel): "gelu" also writes out2 = gelu(out); "residual" writes out2 = extra + out.
+    dbias (fast kernel, layout TN): dbias(N) += column sums of B, fused into the product's loads.
+    splits (fast kernel): K in this many slices, one launch plus a reduction (default `split_k`).
+    k_chunk: keep each float32 running sum to at most this many terms of K. Each output is otherwise
+    one float32 register summed over all of K, whose rounding error grows like sqrt(K) * eps: at
+    K = 50,257 (the head's backward, dlnf = dlogits @ wte) that is ~1e-5 relative, above the project's
+    float32 gradient ceiling; chunks of 1024 bring it to ~sqrt(1024 + K/1024) * eps. The fast kernel
+    does it in registers in one launch; the tiled and naive kernels launch once per chunk."""
     if layout not in LAYOUTS:
         raise ValueError(f"matmul layout must be one of {LAYOUTS}, got {layout!r}")
+    if kernel is None:
+        kernel = "naive" if naive else ("tiled" if tile is not None and len(tile) == 6 else "fast")
+    if kernel not in KERNELS:
+        raise ValueError(f"matmul kernel must be one of {KERNELS}, got {kernel!r}")
+    if epilogue not in EPILOGUES:
+        raise ValueError(f"matmul epilogue must be one of {EPILOGUES}, got {epilogue!r}")
+    if epilogue != "none" and (out2 is None or (epilogue == "residual" and extra is None)):
+        raise ValueError(f"matmul epilogue {epilogue!r} needs out2" + (" and extra" if epilogue == "residual" else ""))
+    if dbias is not None and layout != "TN":
+        raise ValueError("matmul: the fused bias gradient (dbias) needs the TN layout")
     has_bias = bias is not None
-    bias = bias if has_bias else _dummy_bias()
+    bias = bias if has_bias else _dummy()
+    if kernel == "fast":
+        _matmul_fast(out, a, b, M, N, K, layout, bias, has_bias, accumulate, tile, k_chunk, splits, epilogue,
+                     out2, extra, dbias)  # fmt: skip
+        return
+    _matmul_per_chunk(out, a, b, M, N, K, layout, bias, has_bias, accumulate, kernel == "naive", tile, k_chunk)
+    if epilogue != "none":  # the naive and tiled kernels have no fused epilogue: an elementwise pass
+        _elementwise_epilogue(out, out2, extra, M, N, epilogue)
+    if dbias is not None:
+        bias_backward(dbias, b, K, N, naive=kernel == "naive")
+
+
+def _matmul_fast(out, a, b, M, N, K, layout, bias, has_bias, accumulate, tile, k_chunk, splits, epilogue, out2,
+                 extra, dbias):  # fmt: skip
+    BM, BN, BK, TM, TN = tile or fast_tile(M, N, layout)
+    kc = ceil_div(int(k_chunk), BK) * BK if k_chunk else 0
+    splits = max(1, int(splits if splits is not None else split_k(M, N, K, (BM, BN))))
+    k_split = ceil_div(ceil_div(max(K, 1), splits), BK) * BK  # slices start on a BK boundary
+    splits = ceil_div(max(K, 1), k_split)
+    fn = fast_matmul_kernel(layout, BM, BN, BK, TM, TN, epilogue if splits == 1 else "none", kc, dbias is not None)
+    threads = (BM // TM) * (BN // TN)
+    grid = (ceil_div(N, BN), ceil_div(M, BM), splits)
+    out2_ = out2 if out2 is not None else _dummy()
+    extra_ = extra if extra is not None else _dummy()
+    dbias_ = dbias if dbias is not None else _dummy()
+    if splits == 1:
+        fn[grid, threads](out, a, b, bias, out2_, extra_, dbias_, M, N, K, 0, K, k_split, accumulate, has_bias)
+        return
+    ws = splitk_workspace(splits * M * N)
+    fn[grid, threads](ws, a, b, bias, out2_, extra_, dbias_, M, N, K, 0, K, k_split, False, False)
+    t = block_size(256, 32)
+    splitk_reduce_kernel[ceil_div(M * N, t), t](out, ws, bias, out2_, extra_, M, N, splits, accumulate, has_bias,
+                                                _EPI_CODE[epilogue])  # fmt: skip
+
+
+def _matmul_per_chunk(out, a, b, M, N, K, layout, bias, has_bias, accumulate, naive, tile, k_chunk):
+    """The naive and tiled kernels: one launch per chunk of K, each adding its partial to `out`."""
     if naive:
         threads = block_size(16, 4)
         grid = (ceil_div(N, threads), ceil_div(M, threads))
@@ -214,6 +577,23 @@ def matmul(out, a, b, M, N, K, layout="NN", bias=None, accumulate=False, naive=F
     for i, k0 in enumerate(range(0, max(K, 1), step)):
         # the first chunk writes (or accumulates, if asked) and adds the bias; the others accumulate
         launch(k0, min(K, k0 + step), accumulate or i > 0, has_bias and i == 0)
+
+
+@kernel
+def epilogue_kernel(out, out2, extra, n, epilogue):
+    """The fused epilogues as their own pass (for the naive and tiled kernels): gelu or residual."""
+    i = cuda.grid(1)
+    if i < n:
+        if epilogue == 1:
+            out2[i] = gelu_tanh(out[i])
+        elif epilogue == 2:
+            out2[i] = extra[i] + out[i]
+
+
+def _elementwise_epilogue(out, out2, extra, M, N, epilogue):
+    t = block_size(256, 32)
+    extra = extra if extra is not None else _dummy()
+    epilogue_kernel[ceil_div(M * N, t), t](out, out2, extra, M * N, _EPI_CODE[epilogue])
 
 
 @kernel
@@ -240,15 +620,28 @@ def bias_backward(dbias, dout, M, N, naive=False):
     bias_backward_kernel[ceil_div(ceil_div(M, chunk) * N, threads), threads](dbias, dout, M, N, chunk)
 
 
-def matmul_forward(out, inp, weight, bias, BT, C, OC, naive=False):
-    """out(BT, OC) = inp(BT, C) @ weight(C, OC) + bias(OC); bias may be None."""
-    matmul(out, inp, weight, BT, OC, C, "NN", bias=bias, naive=naive)
+def matmul_forward(out, inp, weight, bias, BT, C, OC, naive=False, gelu_out=None, residual=None, residual_out=None):
+    """out(BT, OC) = inp(BT, C) @ weight(C, OC) + bias(OC); bias may be None.
+    gelu_out(BT, OC): also write gelu(out) (out keeps the pre-activation). residual(BT, OC) with
+    residual_out(BT, OC): also write residual_out = residual + out. Fused into the store of the fast
+    kernel; a separate elementwise pass after the naive one."""
+    if gelu_out is not None:
+        matmul(out, inp, weight, BT, OC, C, "NN", bias=bias, naive=naive, epilogue="gelu", out2=gelu_out)
+    elif residual_out is not None:
+        matmul(out, inp, weight, BT, OC, C, "NN", bias=bias, naive=naive, epilogue="residual", out2=residual_out,
+               extra=residual)  # fmt: skip
+    else:
+        matmul(out, inp, weight, BT, OC, C, "NN", bias=bias, naive=naive)
 
 
 def matmul_backward(dinp, dweight, dbias, dout, inp, weight, BT, C, OC, naive=False, accumulate_dinp=False):
     """Backward of `matmul_forward`. dinp(BT, C) = dout @ weight^T (or += with accumulate_dinp);
-    dweight(C, OC) += inp^T @ dout; dbias(OC) += column sums of dout (skipped when dbias is None)."""
+    dweight(C, OC) += inp^T @ dout; dbias(OC) += column sums of dout (skipped when dbias is None;
+    fused into the weight gradient's kernel unless naive)."""
     matmul(dinp, dout, weight, BT, C, OC, "NT", accumulate=accumulate_dinp, naive=naive)
-    matmul(dweight, inp, dout, C, OC, BT, "TN", accumulate=True, naive=naive)
-    if dbias is not None:
-        bias_backward(dbias, dout, BT, OC, naive=naive)
+    if naive:
+        matmul(dweight, inp, dout, C, OC, BT, "TN", accumulate=True, naive=True)
+        if dbias is not None:
+            bias_backward(dbias, dout, BT, OC, naive=True)
+    else:
+        matmul(dweight, inp, dout, C, OC, BT, "TN", accumulate=True, dbias=dbias)
