@@ -177,7 +177,8 @@ def differences(derived: dict) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- the measurement
-def measure(cases, backends, seeds, progress=print) -> list[dict]:
+def measure(cases, backends, seeds, progress=print, case_done=lambda rows: None) -> list[dict]:
+    """run_case for every case x seed x backend; case_done(rows so far) after each case (to save them)."""
     rows = []
     for case in cases:
         for seed in seeds:
@@ -192,6 +193,7 @@ def measure(cases, backends, seeds, progress=print) -> list[dict]:
                 status = "skip" if all(r.value is None for r in rs) else ("over" if bad else "ok")
                 progress(f"  {case.name:<20} seed {seed}  {b.name:<22} {status:<4} {time.perf_counter() - t0:6.1f}s")
             _reference_run.cache_clear()  # the float64 answers of one (case, seed) are not needed again
+        case_done(rows)
     return rows
 
 
@@ -232,26 +234,34 @@ def main(argv=None) -> int:
     if args.cases:
         wanted = set(args.cases.split(","))
         cases = [c for c in CASES if c.name in wanted]
-    rows = []
     small = [c for c in cases if not c.full]
     full = [c for c in cases if c.full]
-    rows += measure(small, backends, range(args.seeds))
-    rows += measure(full, backends, range(args.full_seeds or args.seeds))
+    command = "python -m conformance.spread " + " ".join(argv if argv is not None else sys.argv[1:])
+    record = provenance()
+
+    def write(rows: list[dict]) -> dict:
+        """The results file, rewritten after every case: a run cut short keeps what it measured."""
+        measured = [r for r in rows if r["value"] is not None and r["check"] in CHECKS]
+        doc = {
+            "what": "every conformance check vs the float64 reference over several seeds: what sets the ceilings",
+            "measured_by": command,
+            "provenance": record,
+            "rule": RULE,
+            "ceilings_when_measured": tolerances.CEILINGS,
+            "worst": {
+                p: {c: {k: r[k] for k in ("value", "backend", "case", "seed")} for c, r in checks.items()}
+                for p, checks in worst_per_check(measured).items()
+            },
+            "leave_one_out": leave_one_out([{**r, "source": "this run"} for r in measured]),
+            "results": rows,
+        }
+        Path(args.out).write_text(json.dumps(doc, indent=1, default=float) + "\n")
+        return doc
+
+    rows = measure(small, backends, range(args.seeds), case_done=write)
+    rows += measure(full, backends, range(args.full_seeds or args.seeds), case_done=lambda more: write(rows + more))
+    doc = write(rows)
     measured = [r for r in rows if r["value"] is not None and r["check"] in CHECKS]
-    doc = {
-        "what": "every conformance check vs the float64 reference over several seeds: what sets the ceilings",
-        "measured_by": "python -m conformance.spread " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "provenance": provenance(),
-        "rule": RULE,
-        "ceilings_when_measured": tolerances.CEILINGS,
-        "worst": {
-            p: {c: {k: r[k] for k in ("value", "backend", "case", "seed")} for c, r in checks.items()}
-            for p, checks in worst_per_check(measured).items()
-        },
-        "leave_one_out": leave_one_out([{**r, "source": "this run"} for r in measured]),
-        "results": rows,
-    }
-    Path(args.out).write_text(json.dumps(doc, indent=1, default=float) + "\n")
     print(f"\n{len(measured)} values; worst per check:")
     for p, checks in doc["worst"].items():
         for c, w in checks.items():
