@@ -1,0 +1,177 @@
+"""The tensor-core (3xTF32) matmul: the mma helper against NumPy, the kernel against its float32
+naive twin (kernels/matmul.py) and a float64 product, and its PTX through ptxas.
+
+In the CUDA simulator (CI) the helper is the Python emulation of numba_impl/mma.py, so these tests
+check the kernel's tiling, staging, fragment indexing, split-K and epilogue on small ragged shapes;
+on a GPU the same tests run the real instruction. `test_kernels_compile_for_sm90_without_spills`
+needs no GPU and no simulator: it compiles every layout's kernel to PTX for sm_90 and reads ptxas'
+report.
+
+Tolerances:
+- one m16n8k8 on TF32 inputs: the 8 products are exact in float32 and the sum is rounded to
+  float32 (at most a few ulp of the accumulator): max|d| <= 1e-6 max|ref| (ref in float64).
+- the 3xTF32 matmul against float64: each product carries ~2^-21 relative error from the dropped
+  lo*lo term and the TF32 rounding of lo, plus float32 accumulation, over K <= ~40 terms here:
+  KERNEL_REL (1e-5 of the output scale, helpers.py), the same bound as the float32 kernels.
+- against the naive float32 kernel: both within KERNEL_REL of float64, so within 2 KERNEL_REL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from numba_impl._compat import cuda
+from numba_impl.kernels import matmul as matmul_f32
+from numba_impl.kernels import matmul_3xtf32 as m3
+from tests.numba_impl.helpers import KERNEL_REL, dev, host, max_rel, needs_cuda, rng
+
+MMA_REL = 1e-6
+
+
+def _tf32(x):
+    """TF32 rounding in NumPy (nearest, ties away from zero): the oracle for mma.tf32_round."""
+    bits = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    return ((bits + 0x1000) & 0xFFFFE000).astype(np.uint32).view(np.float32)
+
+
+def _operands(layout, M, N, K, r):
+    a = r.standard_normal((M, K))
+    b = r.standard_normal((K, N))
+    a_stored = a.T if layout[0] == "T" else a
+    b_stored = b.T if layout[1] == "T" else b
+    return a, b, a_stored, b_stored
+
+
+# ----------------------------------------------------------------------------- the helper
+@needs_cuda
+def test_mma_m16n8k8_and_tf32_split_match_numpy():
+    from numba_impl._compat import float32, kernel
+    from numba_impl.mma import mma_tf32_m16n8k8, tf32_round
+
+    @kernel
+    def one_mma(d, hi_out, lo_out, a, b, c, x):
+        lane = cuda.threadIdx.x
+        g, t = lane // 4, lane % 4
+        hi = tf32_round(x[lane])
+        hi_out[lane] = hi
+        lo_out[lane] = tf32_round(x[lane] - hi)
+        a0, a1 = tf32_round(a[g * 8 + t]), tf32_round(a[(g + 8) * 8 + t])
+        a2, a3 = tf32_round(a[g * 8 + t + 4]), tf32_round(a[(g + 8) * 8 + t + 4])
+        b0, b1 = tf32_round(b[t * 8 + g]), tf32_round(b[(t + 4) * 8 + g])
+        c0, c1 = c[g * 8 + 2 * t], c[g * 8 + 2 * t + 1]
+        c2, c3 = c[(g + 8) * 8 + 2 * t], c[(g + 8) * 8 + 2 * t + 1]
+        d0, d1, d2, d3 = mma_tf32_m16n8k8(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3)
+        d[g * 8 + 2 * t] = d0
+        d[g * 8 + 2 * t + 1] = d1
+        d[(g + 8) * 8 + 2 * t] = d2
+        d[(g + 8) * 8 + 2 * t + 1] = d3 + float32(0.0)
+
+    r = rng(30)
+    A, B, C = r.standard_normal((16, 8)), r.standard_normal((8, 8)), r.standard_normal((16, 8))
+    x = (r.standard_normal(32) * 10.0 ** r.integers(-3, 4, 32)).astype(np.float32)
+    d = dev(np.full((16, 8), np.nan))  # poisoned: every element must be written
+    hi, lo = dev(np.full(32, np.nan)), dev(np.full(32, np.nan))
+    one_mma[1, 32](d, hi, lo, dev(A), dev(B), dev(C), dev(x))
+
+    ref = _tf32(A).astype(np.float64) @ _tf32(B).astype(np.float64) + C.astype(np.float32)
+    assert max_rel(host(d, (16, 8)), ref) <= MMA_REL
+    hi, lo = hi.copy_to_host(), lo.copy_to_host()
+    assert np.array_equal(hi, _tf32(x)), "tf32_round must round to nearest, ties away from zero"
+    assert not (hi.view(np.uint32) & 0x1FFF).any() and not (lo.view(np.uint32) & 0x1FFF).any()
+    # hi + lo keeps x to ~2^-22 relative (one rounding of the remainder, whose size is <= 2^-11 |x|)
+    assert np.all(np.abs((hi.astype(np.float64) + lo) - x) <= 2.0**-21 * np.abs(x))
+
+
+# ----------------------------------------------------------------------------- the kernel
+@needs_cuda
+@pytest.mark.parametrize("layout", m3.LAYOUTS)
+@pytest.mark.parametrize("mode", m3.ACCUMULATE_MODES)
+def test_matmul_3xtf32_matches_float64_and_the_naive_float32_kernel(layout, mode):
+    M, N, K = 19, 21, 27  # ragged: partial tiles in M, N and the last K slice
+    r = rng(31)
+    a, b, a_s, b_s = _operands(layout, M, N, K, r)
+    bias = r.standard_normal(N)
+    ref = a @ b + bias
+
+    out = dev(np.full((M, N), np.nan))
+    m3.matmul(out, dev(a_s), dev(b_s), M, N, K, layout, bias=dev(bias), accumulate_mode=mode)
+    got = host(out, (M, N))
+    assert np.isfinite(got).all(), "an output element was not written"
+    assert max_rel(got, ref) <= KERNEL_REL
+
+    naive = dev(np.zeros((M, N)))
+    matmul_f32.matmul(naive, dev(a_s), dev(b_s), M, N, K, layout, bias=dev(bias), naive=True)
+    assert max_rel(got, host(naive, (M, N))) <= 2 * KERNEL_REL
+
+
+@needs_cuda
+@pytest.mark.parametrize("layout", ["NN", "TN"])
+def test_matmul_3xtf32_accumulates_and_splits_k(layout):
+    """accumulate=True adds into `out`; k_chunk sums K in chunks (the head's long-K backward)."""
+    M, N, K = 9, 17, 40
+    r = rng(32)
+    a, b, a_s, b_s = _operands(layout, M, N, K, r)
+    start = r.standard_normal((M, N))
+    out = dev(start)
+    m3.matmul(out, dev(a_s), dev(b_s), M, N, K, layout, accumulate=True, k_chunk=12)  # 12 -> slices of 16
+    assert max_rel(host(out, (M, N)), start + a @ b) <= KERNEL_REL
+
+
+@needs_cuda
+def test_matmul_3xtf32_forward_backward_match_float64():
+    BT, C, OC = 11, 13, 18
+    r = rng(33)
+    x, w, bias, dout = (r.standard_normal(s) for s in ((BT, C), (C, OC), (OC,), (BT, OC)))
+    out = dev(np.full((BT, OC), np.nan))
+    m3.matmul_forward(out, dev(x), dev(w), dev(bias), BT, C, OC)
+    assert max_rel(host(out, (BT, OC)), x @ w + bias) <= KERNEL_REL
+    dx, dw, db = dev(np.full((BT, C), np.nan)), dev(np.ones((C, OC))), dev(np.ones(OC))  # dW, db accumulate
+    m3.matmul_backward(dx, dw, db, dev(dout), dev(x), dev(w), BT, C, OC)
+    assert max_rel(host(dx, (BT, C)), dout @ w.T) <= KERNEL_REL
+    assert max_rel(host(dw, (C, OC)) - 1, x.T @ dout) <= KERNEL_REL
+    assert max_rel(host(db, (OC,)) - 1, dout.sum(0)) <= KERNEL_REL
+
+
+def test_matmul_3xtf32_refuses_naive_and_bad_arguments():
+    with pytest.raises(ValueError, match="no naive version"):
+        m3.matmul(None, None, None, 1, 1, 1, naive=True)
+    with pytest.raises(ValueError, match="layout"):
+        m3.matmul_3xtf32_kernel("TT", *m3.GPU_TILE)
+    with pytest.raises(ValueError, match="accumulate_mode"):
+        m3.matmul_3xtf32_kernel("NN", *m3.GPU_TILE, "fused")
+    with pytest.raises(ValueError, match="multiple of 8"):
+        m3.matmul_3xtf32_kernel("NN", 1, 1, 1, 1, 12)
+
+
+# ----------------------------------------------------------------------------- ptxas, no GPU needed
+SM90_SHARED_STATIC_LIMIT = 48 * 1024
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.mark.skipif(shutil.which("ptxas") is None, reason="ptxas (CUDA toolkit) not on PATH")
+def test_kernels_compile_for_sm90_without_spills():
+    """Every layout x tile of the kernel compiled for sm_90 (Numba's real CUDA target, in a subprocess,
+    so this runs in CI next to the simulator) and read through ptxas: the whole kernel's PTX holds the
+    tensor-core instruction (inline assembly), no float64 arithmetic, no stack frame, no spills, and
+    its shared memory fits the 48 KiB a block gets without opting in."""
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "numba_3xtf32_check.py"), "--ptxas"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(done.stdout)
+    assert len(rows) == len(m3.LAYOUTS) * 2
+    for row in rows:
+        where = f"{row['layout']} {row['tile']}: {row['report']}"
+        assert row["ptxas_rc"] == 0, where
+        assert row["mma"] >= 3 and row["f64"] == 0, where
+        assert row["stack"] == 0 and row["spill_stores"] == 0 and row["spill_loads"] == 0, where
+        assert row["smem"] <= SM90_SHARED_STATIC_LIMIT, where
