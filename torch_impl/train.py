@@ -624,6 +624,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     file_values: dict = {}
     if known.config:
         path = Path(known.config)
+        if not path.is_file():
+            raise UsageError(f"--config {path}: no such file")
         text = path.read_text()
         try:
             file_values = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)

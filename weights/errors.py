@@ -54,9 +54,12 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def one_line(e: BaseException) -> str:
-    """`error: <message>` with the message folded onto one line."""
-    text = " ".join(str(e).split()) or type(e).__name__
-    return f"error: {text}"
+    """`error: <message>` with the message folded onto one line (`<file>: <reason>` for an OSError)."""
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        text = f"{e.filename}: {e.strerror}" + (f" -> {e.filename2}" if e.filename2 is not None else "")
+    else:
+        text = str(e)
+    return "error: " + (" ".join(text.split()) or type(e).__name__)
 
 
 class ArgumentParser(argparse.ArgumentParser):

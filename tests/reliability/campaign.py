@@ -89,13 +89,17 @@ def shards(ws: Path, vocab: int, name: str = "data", n: int = 2048) -> Path:
     return folder
 
 
+# A CPU-sized run of the 'tiny' preset (2 layers, C=16, vocabulary 64); the table shows it as TINY_RUN.
+TINY_FLAGS = [
+    "--model", "tiny", "--padded-vocab", "128", "--batch-size", "2", "--seq-len", "8", "--max-steps", "2",
+    "--device", "cpu", "--eval-every", "0", "--log-every", "0", "--no-progress", "--no-plot",
+]  # fmt: skip
+TINY_RUN = "<tiny CPU run>"
+
+
 def train_args(ws: Path, data: Path, *extra: str) -> list[str]:
-    """A CPU-sized run of the 'tiny' preset; `extra` flags come last and override."""
-    return [
-        "--data", str(data), "--out-dir", str(ws / "run"), "--model", "tiny", "--padded-vocab", "128",
-        "--batch-size", "2", "--seq-len", "8", "--max-steps", "2", "--device", "cpu", "--eval-every", "0",
-        "--log-every", "0", "--no-progress", "--no-plot", *extra,
-    ]  # fmt: skip
+    """--data, --out-dir run, the tiny run's flags, then `extra` (which override)."""
+    return ["--data", str(data), "--out-dir", str(ws / "run"), *TINY_FLAGS, *extra]
 
 
 def fake_run_checkpoint(ws: Path, state_bytes: bytes | None = None, pointer: str = "step_0000001") -> Path:
@@ -251,6 +255,12 @@ def _other_manifest(ws: Path) -> list[str]:
         json.dumps({"inputs": [{"path": "/elsewhere.txt", "size": 1}], "settings": {}, "shards": [], "done": True})
     )
     return [str(ws / "a.txt"), "--out", str(out), "--no-progress"]
+
+
+def _corrupt_manifest(ws: Path) -> list[str]:
+    argv = _other_manifest(ws)
+    (ws / "out" / "manifest.json").write_text('{"inputs": [')  # cut short, as by a full disk
+    return argv
 
 
 def _text(ws: Path, name: str, data: bytes) -> str:
@@ -520,6 +530,7 @@ CASES: list[Case] = [
         needs=_tokenizer,
     ),
     Case("--out holds another dataset", "data", _other_manifest, names="manifest.json", needs=_tokenizer),
+    Case("--out holds a cut-short manifest.json", "data", _corrupt_manifest, names="manifest.json", needs=_tokenizer),
     # --- the conformance report
     Case("unknown --backends name", "report", lambda ws: ["--backends", "nosuch"], names="nosuch"),
     Case("unknown --cases name", "report", lambda ws: ["--cases", "nosuch"], names="nosuch"),
@@ -685,7 +696,16 @@ def run_all(cases: list[Case] = CASES, progress: bool = True) -> list[Outcome]:
 def _shell(argv: list[str]) -> str:
     import shlex
 
-    return " ".join(shlex.quote(a) if len(a) < 40 else shlex.quote(a[:37] + "...") for a in argv)
+    n = len(TINY_FLAGS)
+    for i in range(len(argv) - n + 1):  # the tiny run's flags, shown as one word
+        if argv[i : i + n] == TINY_FLAGS:
+            argv = [*argv[:i], TINY_RUN, *argv[i + n :]]
+            break
+
+    def word(a: str) -> str:
+        return a if a == TINY_RUN else shlex.quote(a if len(a) < 40 else a[:37] + "...")
+
+    return " ".join(word(a) for a in argv)
 
 
 def _provenance() -> str:
@@ -746,8 +766,10 @@ def markdown(outcomes: list[Outcome]) -> str:
             "|---|---|---|---|---|---|---|",
             *rows,
             "",
-            "Paths are relative to each case's scratch folder. Files left by the kill -9 cases are the",
+            f"Paths are relative to each case's scratch folder. {TINY_RUN} stands for `{' '.join(TINY_FLAGS)}`.",
+            "Files left by the kill -9 cases are checkpoint 1 (written before the kill) and the",
             "unfinished checkpoint 2 (its temp file), which `latest` never names: a resume starts from checkpoint 1.",
+            "The exit status -9 is the kill's signal as Python reports it.",
             "",
         ]
     )
