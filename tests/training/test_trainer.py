@@ -213,7 +213,9 @@ def _free_port() -> int:
 
 def test_ddp_two_processes_match_one(random_shards, tmp_path, tiny_config):
     """torchrun, 2 CPU processes (gloo, loopback only), B=2 each, 2 micro-steps per step (gradients
-    synced on the last only) == one process with B=4 and the same accumulation, on the same tokens."""
+    synced on the last only) == one process with B=4 and the same accumulation, on the same tokens.
+    Syncing on every micro-step gives the same numbers, so tests/training/ddp_probe.py records when
+    DDP all-reduces: only in the backward of the last micro-step of each step."""
     steps, total = 4, 2 * 2 * 16 * 2
     single = train(
         tiny_config(random_shards, tmp_path / "one", batch_size=4, total_batch_tokens=total, max_steps=steps)
@@ -231,8 +233,7 @@ def test_ddp_two_processes_match_one(random_shards, tmp_path, tiny_config):
         "127.0.0.1",
         "--master-port",
         str(_free_port()),
-        "-m",
-        "torch_impl.train",
+        str(REPO / "tests" / "training" / "ddp_probe.py"),  # torch_impl.train, recording DDP's all-reduces
         "--data",
         str(random_shards),
         "--out-dir",
@@ -263,6 +264,7 @@ def test_ddp_two_processes_match_one(random_shards, tmp_path, tiny_config):
         "0",
     ]
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env["DDP_PROBE_OUT"] = str(tmp_path / "ddp-sync")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = [eval_json(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
@@ -274,6 +276,11 @@ def test_ddp_two_processes_match_one(random_shards, tmp_path, tiny_config):
         "checkpoint": latest_checkpoint(tmp_path / "ddp"),
     }
     _assert_same_trajectory(single, ddp)
+    for rank in range(2):
+        probe = eval_json((tmp_path / f"ddp-sync.rank{rank}.json").read_text())
+        assert probe["forwards"] == steps * 2, probe
+        # forward 2, 4, ... is the last micro-step of a step: all-reduce in its backward, never earlier
+        assert sorted(set(probe["synced_at"])) == [2 * (s + 1) for s in range(steps)], probe
 
 
 def eval_json(line: str) -> dict:

@@ -1,0 +1,652 @@
+"""Mutation testing: plant known bugs, one at a time, and check that the tests catch each one.
+
+    nice -n 10 python scripts/mutation.py                 # every mutant -> docs/results/mutation.md
+    python scripts/mutation.py --list                     # the mutants and the tests that must catch them
+    python scripts/mutation.py --only trainer-no-clip     # some mutants (the results file is not written)
+
+A mutant is a precise textual replacement: (file, old text, new text). The old text must occur
+exactly once in the file, or the run stops before anything is run (exit 2, naming the mutant):
+a refactor that moves the code makes the list fail loudly instead of rotting silently.
+
+How a run goes:
+  1. copy the repository's files (`git ls-files`: tracked, plus untracked files git does not
+     ignore) into a temporary folder; the repository itself is never modified;
+  2. baseline: run every test named below on the unmodified copy; they must all pass (a test
+     that fails without a bug proves nothing when it fails with one);
+  3. for each mutant: apply it to the copy, run only its tests (`pytest -x`), restore the file.
+     Caught = a named test failed; survived = they all passed.
+  4. write the table (mutant, where, which test caught it, the commit and date) to
+     docs/results/mutation.md, and exit 1 if any mutant survived or any run errored.
+
+Tests run with NUMBA_ENABLE_CUDASIM=1 (Numba kernels in the CUDA simulator), PYTHONHASHSEED=0 and
+no bytecode cache (a restored file is never shadowed by the mutant's .pyc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = Path("docs/results/mutation.md")
+TIMEOUT_S = 600  # per pytest run
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str  # relative to the repository root
+    old: str
+    new: str
+    tests: tuple[str, ...]  # pytest node ids that must catch it
+    what: str  # the bug, in words
+
+
+class MutantError(Exception):
+    """A mutant that cannot be applied (its anchor text is gone or ambiguous)."""
+
+
+# ---------------------------------------------------------------------------------------------- tests
+T_OPT = "tests/reference/test_optimizer.py"
+T_OPS = "tests/reference/test_ops_gradcheck.py"
+T_MODEL_GC = "tests/reference/test_model_gradcheck.py"
+T_CKPT = "tests/weights/test_checkpoint.py"
+T_SYN = "tests/weights/test_config_synthetic.py"
+T_NK = "tests/numba_impl/test_kernels.py"
+T_NM = "tests/numba_impl/test_model.py"
+T_TREF = "tests/torch_impl/test_vs_reference.py"
+T_TIO = "tests/torch_impl/test_weights_in_out.py"
+T_TRAIN = "tests/training/test_trainer.py"
+T_STEP = "tests/training/test_optimizer_step.py"
+T_CONF = "conformance/test_conformance.py"
+
+CONF_TORCH_ADAMW = f"{T_CONF}::test_conformance[tiny-B2-T4-adamw-torch-cpu-f32]"
+CONF_HF_ADAMW = f"{T_CONF}::test_conformance[tiny-B2-T4-adamw-hf-transformers-f32]"
+TRAINER_STEP = f"{T_STEP}::test_every_update_is_clipped_scheduled_adamw_with_decay_on_matrices_only"
+
+# ---------------------------------------------------------------------------------------------- mutants
+MUTANTS: list[Mutant] = [
+    # ---- weights/
+    Mutant(
+        "weights-no-shape-check",
+        "weights/checkpoint.py",
+        "        if tuple(arr.shape) != shape:\n            raise CheckpointError(",
+        "        if False:\n            raise CheckpointError(",
+        (f"{T_CKPT}::test_wrong_shape_is_named",),
+        "load() accepts a tensor of the wrong shape",
+    ),
+    Mutant(
+        "weights-accepts-nan",
+        "weights/checkpoint.py",
+        "        if not np.isfinite(arr).all():\n            raise CheckpointError(",
+        "        if False:\n            raise CheckpointError(",
+        (f"{T_CKPT}::test_non_finite_is_named",),
+        "load() accepts NaN/inf weights",
+    ),
+    Mutant(
+        "weights-save-not-atomic",
+        "weights/checkpoint.py",
+        "    except BaseException:\n        Path(tmp).unlink(missing_ok=True)\n        raise",
+        "    except BaseException:\n        os.replace(tmp, final)\n        raise",
+        (f"{T_CKPT}::test_save_is_atomic_when_interrupted",),
+        "an interrupted save leaves a half-written file in place of the checkpoint",
+    ),
+    Mutant(
+        "weights-residual-init-std",
+        "weights/synthetic.py",
+        "    proj_std = INIT_STD / math.sqrt(2 * config.n_layer)",
+        "    proj_std = INIT_STD / math.sqrt(config.n_layer)",
+        (f"{T_SYN}::test_synthetic_statistics_follow_gpt2_init",),
+        "residual projections initialised with 0.02/sqrt(L) instead of 0.02/sqrt(2L)",
+    ),
+    # ---- reference/: forward bugs
+    Mutant(
+        "reference-layernorm-unbiased-variance",
+        "reference/layers.py",
+        "    var = (xc * xc).mean(axis=-1, keepdims=True)",
+        "    var = (xc * xc).sum(axis=-1, keepdims=True) / (x.shape[-1] - 1)",
+        (f"{T_OPS}::test_layernorm_uses_biased_variance_and_eps",),
+        "LayerNorm divides the variance by C-1 (GPT-2 divides by C)",
+    ),
+    Mutant(
+        "reference-attention-sees-the-future",
+        "reference/attention.py",
+        "    return np.arange(Tk)[None, :] <= np.arange(Tk - Tq, Tk)[:, None]",
+        "    return np.arange(Tk)[None, :] <= np.arange(Tk - Tq, Tk)[:, None] + 1",
+        (f"{T_OPS}::test_attention_is_causal",),
+        "the causal mask lets each query see one key ahead",
+    ),
+    # ---- reference/: backward-only bugs (the forward stays exactly right)
+    Mutant(
+        "reference-gelu-backward",
+        "reference/layers.py",
+        "    return dout * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du_dx)",
+        "    return dout * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th) * du_dx)",
+        (f"{T_OPS}::test_gelu_is_the_tanh_form_and_its_gradient",),
+        "GELU backward uses 1 - tanh instead of 1 - tanh^2 (backward only)",
+    ),
+    Mutant(
+        "reference-layernorm-backward-no-variance-path",
+        "reference/layers.py",
+        "    dx = rstd * (g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True))",
+        "    dx = rstd * (g - g.mean(axis=-1, keepdims=True))",
+        (f"{T_OPS}::test_layernorm_all_inputs",),
+        "LayerNorm backward drops the path through the variance (backward only)",
+    ),
+    Mutant(
+        "reference-embedding-backward-no-scatter-add",
+        "reference/layers.py",
+        "    np.add.at(dwte, idx.reshape(-1), dout.reshape(B * T, C))",
+        "    dwte[idx.reshape(-1)] += dout.reshape(B * T, C)",
+        (f"{T_OPS}::test_embedding_scatter_add_with_repeated_tokens",),
+        "embedding backward keeps one occurrence of a repeated token instead of adding all (backward only)",
+    ),
+    Mutant(
+        "reference-crossentropy-backward-counts-ignored",
+        "reference/layers.py",
+        "    dlogits = probs * (counted[..., None] / n).astype(probs.dtype)",
+        "    dlogits = probs * (counted[..., None] / counted.size).astype(probs.dtype)",
+        (f"{T_OPS}::test_crossentropy_mean_over_counted_positions",),
+        "cross-entropy backward divides by all positions, ignored ones included (backward only)",
+    ),
+    Mutant(
+        "reference-attention-backward-softmax-jacobian",
+        "reference/attention.py",
+        "    ds = att * (datt - (datt * att).sum(axis=-1, keepdims=True))",
+        "    ds = att * datt",
+        (f"{T_OPS}::test_attention_qkv_gradient",),
+        "naive attention backward forgets the softmax's row-sum term (backward only)",
+    ),
+    Mutant(
+        "reference-tiled-attention-backward-scale",
+        "reference/attention.py",
+        "        dq[:, :, k0:] += (ds @ k[:, :, k0:k1]) * scale",
+        "        dq[:, :, k0:] += ds @ k[:, :, k0:k1]",
+        (f"{T_OPS}::test_attention_qkv_gradient",),
+        "tiled (flash) attention backward forgets the 1/sqrt(HS) scale in dq (backward only)",
+    ),
+    Mutant(
+        "reference-tied-head-gradient-dropped",
+        "reference/model.py",
+        '        dx, acts["idx"], config.vocab_size, config.n_ctx, dwte=dwte_head\n',
+        '        dx, acts["idx"], config.vocab_size, config.n_ctx, dwte=None\n',
+        (f"{T_MODEL_GC}::test_unused_rows_get_exact_zero_and_tied_wte_has_both_terms",),
+        "the wte gradient loses the tied head's term (backward only)",
+    ),
+    # ---- reference/ optimizer
+    Mutant(
+        "reference-adamw-decay-every-tensor",
+        "reference/optimizer.py",
+        "        if p.ndim == 2:\n            p *= 1.0 - lr * weight_decay",
+        "        if True:\n            p *= 1.0 - lr * weight_decay",
+        (f"{T_OPT}::test_first_step_by_hand_and_decay_only_on_matrices",),
+        "reference AdamW decays biases and LayerNorm parameters too",
+    ),
+    Mutant(
+        "reference-adamw-no-v-bias-correction",
+        "reference/optimizer.py",
+        "        v_hat = v / bias_correction2",
+        "        v_hat = v",
+        (f"{T_OPT}::test_matches_torch_adamw_over_five_steps",),
+        "reference AdamW without the second-moment bias correction",
+    ),
+    # ---- numba_impl/ (CUDA simulator)
+    Mutant(
+        "numba-gelu-backward",
+        "numba_impl/kernels/gelu.py",
+        "    return float32(0.5) * (float32(1.0) + th) + float32(0.5) * x * (float32(1.0) - th * th) * du",
+        "    return float32(0.5) * (float32(1.0) + th) + float32(0.5) * x * (float32(1.0) - th) * du",
+        (f"{T_NK}::test_gelu_forward_backward_match_reference",),
+        "the GELU kernels' derivative uses 1 - tanh instead of 1 - tanh^2 (backward only)",
+    ),
+    Mutant(
+        "numba-residual-backward-overwrites",
+        "numba_impl/kernels/residual.py",
+        "        db[i] += g",
+        "        db[i] = g",
+        (f"{T_NK}::test_residual_forward_backward",),
+        "residual backward overwrites the branch gradient instead of accumulating (backward only)",
+    ),
+    Mutant(
+        "numba-encoder-wpe-backward-overwrites",
+        "numba_impl/kernels/encoder.py",
+        "        dwpe[i] += acc",
+        "        dwpe[i] = acc",
+        (f"{T_NK}::test_encoder_forward_and_both_backwards_match_numpy",),
+        "sorted embedding backward overwrites dwpe instead of accumulating (backward only)",
+    ),
+    Mutant(
+        "numba-layernorm-backward-no-mean-path",
+        "numba_impl/kernels/layernorm.py",
+        "    g_mean = warp_sum(g_sum) / float32(C)",
+        "    g_mean = warp_sum(g_sum) * float32(0.0)",
+        (f"{T_NK}::test_layernorm_forward_backward_match_reference",),
+        "the warp LayerNorm backward kernel drops the path through the mean (backward only)",
+    ),
+    Mutant(
+        "numba-layernorm-dweight-without-rstd",
+        "numba_impl/kernels/layernorm.py",
+        "            dw += d * (inp[row * C + c] - mean[row]) * rstd[row]",
+        "            dw += d * (inp[row * C + c] - mean[row])",
+        (f"{T_NK}::test_layernorm_forward_backward_match_reference",),
+        "LayerNorm's weight gradient uses x - mean instead of the normalised x (backward only)",
+    ),
+    Mutant(
+        "numba-adamw-decay-every-element",
+        "numba_impl/kernels/adamw.py",
+        "        if i < n_decay:",
+        "        if i < N:",
+        (f"{T_NK}::test_adamw_kernel_matches_reference_over_three_steps",),
+        "AdamW kernel decays every element, biases and LayerNorm included",
+    ),
+    Mutant(
+        "numba-adamw-no-v-bias-correction",
+        "numba_impl/kernels/adamw.py",
+        "1.0 - beta1**step, 1.0 - beta2**step], dtype=np.float32)",
+        "1.0 - beta1**step, 1.0], dtype=np.float32)",
+        (f"{T_NK}::test_adamw_kernel_matches_reference_over_three_steps",),
+        "AdamW launcher without the second-moment bias correction",
+    ),
+    Mutant(
+        "numba-model-decay-on-1d",
+        "numba_impl/model.py",
+        "        self.n_decay = sum(self.offsets[n][1] for n in self.names if len(shapes[n]) == 2)",
+        "        self.n_decay = self.n_params",
+        (f"{T_NM}::test_adamw_steps_follow_reference_trajectory",),
+        "the Numba model marks every tensor for weight decay",
+    ),
+    # ---- torch_impl/ model
+    Mutant(
+        "torch-erf-gelu",
+        "torch_impl/model.py",
+        '        h = F.gelu(h, approximate="tanh")',
+        '        h = F.gelu(h, approximate="none")',
+        (f"{T_TREF}::test_float64_logits_loss_grads_match_the_reference",),
+        "the torch MLP uses erf-GELU instead of GPT-2's tanh form",
+    ),
+    Mutant(
+        "torch-attention-scale",
+        "torch_impl/model.py",
+        "    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(HS))  # (B, NH, Tq, Tk)",
+        "    att = (q @ k.transpose(-2, -1)) * (1.0 / HS)  # (B, NH, Tq, Tk)",
+        (f"{T_TREF}::test_float64_logits_loss_grads_match_the_reference",),
+        "math attention scales scores by 1/HS instead of 1/sqrt(HS)",
+    ),
+    Mutant(
+        "torch-causal-mask-one-ahead",
+        "torch_impl/model.py",
+        "tril(diagonal=Tk - Tq)",
+        "tril(diagonal=Tk - Tq + 1)",
+        (f"{T_TREF}::test_float64_logits_loss_grads_match_the_reference",),
+        "the math attention's causal mask lets each query see one key ahead",
+    ),
+    # ---- torch_impl/ trainer
+    Mutant(
+        "trainer-no-grad-clip",
+        "torch_impl/train.py",
+        "            clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf",
+        "            clip = math.inf",
+        (TRAINER_STEP,),
+        "the trainer never clips the gradient norm",
+    ),
+    Mutant(
+        "trainer-decay-biases-and-layernorm",
+        "torch_impl/train.py",
+        '        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},\n'
+        '        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},',
+        '        {"params": [p for p in params if p.dim() >= 1], "weight_decay": cfg.weight_decay},\n'
+        '        {"params": [p for p in params if p.dim() < 1], "weight_decay": 0.0},',
+        (TRAINER_STEP,),
+        "the trainer's AdamW decays biases and LayerNorm parameters",
+    ),
+    Mutant(
+        "trainer-lr-schedule-not-applied",
+        "torch_impl/train.py",
+        '            for group in optimizer.param_groups:\n                group["lr"] = lr',
+        "            for group in optimizer.param_groups:\n                pass",
+        (TRAINER_STEP,),
+        "the LR schedule is computed and logged but never given to the optimizer (constant peak LR)",
+    ),
+    Mutant(
+        "trainer-beta2",
+        "torch_impl/train.py",
+        "betas=(cfg.beta1, cfg.beta2)",
+        "betas=(cfg.beta1, 0.999)",
+        (TRAINER_STEP,),
+        "the trainer's AdamW ignores --beta2 (0.999 instead of GPT-2's 0.95)",
+    ),
+    Mutant(
+        "trainer-ddp-sync-every-micro-step",
+        "torch_impl/train.py",
+        "                    model.require_backward_grad_sync = micro == grad_accum - 1",
+        "                    model.require_backward_grad_sync = True",
+        (f"{T_TRAIN}::test_ddp_two_processes_match_one",),
+        "DDP all-reduces on every micro-step (no_sync removed): same numbers, grad_accum times the traffic",
+    ),
+    Mutant(
+        "trainer-loss-not-scaled-by-accumulation",
+        "torch_impl/train.py",
+        "                loss = loss / grad_accum\n",
+        "                loss = loss / 1\n",
+        (f"{T_TRAIN}::test_grad_accumulation_matches_one_big_batch",),
+        "micro-step losses are not divided by grad_accum (gradients grad_accum times too big)",
+    ),
+    # ---- conformance/: the AdamW trajectory check must catch optimizer bugs of a backend
+    Mutant(
+        "conformance-adamw-beta2",
+        "conformance/backends.py",
+        'betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"], foreach=False)',
+        'betas=(hp["beta1"], 0.999), eps=hp["eps"], foreach=False)',
+        (CONF_TORCH_ADAMW,),
+        "the torch backends' AdamW uses beta2 = 0.999 instead of 0.95",
+    ),
+    Mutant(
+        "conformance-adamw-decay-every-tensor",
+        "conformance/backends.py",
+        '        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},\n'
+        '    ]\n    return torch.optim.AdamW(groups, lr=hp["lr"]',
+        '        {"params": [p for p in params if p.dim() < 2], "weight_decay": hp["weight_decay"]},\n'
+        '    ]\n    return torch.optim.AdamW(groups, lr=hp["lr"]',
+        (CONF_TORCH_ADAMW,),
+        "the torch backends' AdamW decays every tensor, biases and LayerNorm included",
+    ),
+    Mutant(
+        "conformance-adamw-eps",
+        "conformance/backends.py",
+        'betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"], foreach=False)',
+        'betas=(hp["beta1"], hp["beta2"]), eps=1e-6, foreach=False)',
+        (CONF_HF_ADAMW,),
+        "the torch backends' AdamW uses epsilon 1e-6 instead of 1e-8",
+    ),
+]
+
+
+# ---------------------------------------------------------------------------------------------- machinery
+def apply(mutant: Mutant, root: Path) -> str:
+    """Apply `mutant` to the file under `root`; return the original text (to restore it).
+
+    Raises MutantError unless the anchor text occurs exactly once."""
+    path = root / mutant.path
+    if not path.is_file():
+        raise MutantError(f"mutant {mutant.name}: {mutant.path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    count = text.count(mutant.old)
+    if count != 1:
+        where = "is gone" if count == 0 else f"occurs {count} times"
+        raise MutantError(f"mutant {mutant.name}: its anchor text {where} in {mutant.path}: {mutant.old!r}")
+    if mutant.old == mutant.new:
+        raise MutantError(f"mutant {mutant.name}: new text equals old text")
+    path.write_text(text.replace(mutant.old, mutant.new), encoding="utf-8")
+    return text
+
+
+def line_of(mutant: Mutant, root: Path) -> int:
+    text = (root / mutant.path).read_text(encoding="utf-8")
+    return text[: text.index(mutant.old)].count("\n") + 1 + len(mutant.old) - len(mutant.old.lstrip("\n"))
+
+
+def check_all(mutants: list[Mutant], root: Path) -> None:
+    """Every anchor applies exactly once (checked on a throwaway read, nothing written)."""
+    names = [m.name for m in mutants]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise MutantError(f"duplicate mutant names: {dupes}")
+    for m in mutants:
+        path = root / m.path
+        if not path.is_file():
+            raise MutantError(f"mutant {m.name}: {m.path} does not exist")
+        count = path.read_text(encoding="utf-8").count(m.old)
+        if count != 1:
+            where = "is gone" if count == 0 else f"occurs {count} times"
+            raise MutantError(f"mutant {m.name}: its anchor text {where} in {m.path}: {m.old!r}")
+        if not m.tests:
+            raise MutantError(f"mutant {m.name}: names no test")
+
+
+def repo_files(source: Path) -> list[str]:
+    """Tracked files plus untracked files that git does not ignore (what a user's working tree holds)."""
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=source,
+        capture_output=True,
+        check=True,
+    ).stdout
+    return sorted({f for f in out.decode().split("\0") if f and (source / f).is_file()})
+
+
+def copy_repo(source: Path, dest: Path, ref: str | None = None) -> None:
+    """The working tree's files (ref None) or the tree of a commit (`git archive ref`) into dest."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if ref is not None:
+        archive = subprocess.run(["git", "archive", "--format=tar", ref], cwd=source, capture_output=True)
+        if archive.returncode != 0:
+            raise MutantError(f"--ref {ref}: {archive.stderr.decode().strip()}")
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+        return
+    for rel in repo_files(source):
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / rel, target)
+
+
+def test_env(root: Path, source: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        NUMBA_ENABLE_CUDASIM="1",
+        PYTHONHASHSEED="0",
+        PYTHONDONTWRITEBYTECODE="1",
+        PYTHONPATH=str(root),
+        OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"),
+    )
+    shared = source.parent / "shared"
+    if "GPT2_SHARED_DIR" not in env and shared.is_dir():  # the copy has no ../shared of its own
+        env["GPT2_SHARED_DIR"] = str(shared)
+    return env
+
+
+_FAILED = re.compile(r"^(FAILED|ERROR) (\S+)(?: - (.*))?$", re.M)
+
+
+@dataclass
+class Outcome:
+    verdict: str  # "caught", "survived", "error", "passed" (baseline), "failed" (baseline)
+    test: str = ""
+    message: str = ""
+    seconds: float = 0.0
+    output: str = ""
+
+
+def run_tests(root: Path, source: Path, tests: tuple[str, ...], stop_first: bool) -> Outcome:
+    basetemp = root.parent / "pytest-tmp"
+    shutil.rmtree(basetemp, ignore_errors=True)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", f"--basetemp={basetemp}"]
+    cmd += ["-x"] if stop_first else []
+    cmd += list(tests)
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            cmd, cwd=root, env=test_env(root, source), capture_output=True, text=True, timeout=TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired:
+        return Outcome("error", message=f"timed out after {TIMEOUT_S} s", seconds=time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    output = proc.stdout + proc.stderr
+    if proc.returncode == 0:
+        if re.search(r"\bskipped\b", output):  # a skipped test proves nothing
+            return Outcome("error", message="a test was skipped", seconds=seconds, output=output)
+        return Outcome("passed", seconds=seconds, output=output)
+    if proc.returncode == 1:
+        hits = _FAILED.findall(output)
+        if hits:
+            kind, test, message = hits[0]
+            message = (message or "").strip()
+            if kind == "ERROR":
+                message = f"(error in setup) {message}"
+            return Outcome("failed", test, message[:160], seconds, output)
+    tail = " | ".join(output.strip().splitlines()[-3:])
+    return Outcome("error", message=f"pytest exit {proc.returncode}: {tail[:200]}", seconds=seconds, output=output)
+
+
+def git_info(source: Path, ref: str | None = None) -> tuple[str, bool]:
+    """(commit, dirty): the commit tested, and whether the tested files differ from it."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", f"{ref or 'HEAD'}^{{commit}}"], cwd=source, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        if ref is not None:
+            return commit, False
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=source,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", True
+    return commit, dirty
+
+
+def versions() -> str:
+    parts = [f"python {platform.python_version()}"]
+    for mod in ("numpy", "torch", "numba", "pytest"):
+        try:
+            parts.append(f"{mod} {__import__(mod).__version__}")
+        except ImportError:
+            parts.append(f"{mod} absent")
+    return ", ".join(parts)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def write_report(
+    path: Path, rows: list[tuple[Mutant, int, Outcome]], baseline: Outcome, source: Path, ref: str | None, t0: float
+) -> None:
+    commit, dirty = git_info(source, ref)
+    caught = sum(o.verdict == "caught" for _, _, o in rows)
+    lines = [
+        "# Mutation testing: planted bugs and the tests that catch them",
+        "",
+        "Written by `scripts/mutation.py` (do not edit by hand). Each mutant is one precise textual change",
+        "to one file, applied to a temporary copy of the repository; only the tests named for it run",
+        "(`pytest -x`), after a baseline run in which every one of those tests passed on the unmodified copy.",
+        "",
+        f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- commit: `{commit}`{' (working tree had uncommitted changes)' if dirty else ''}",
+        f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}; {versions()}",
+        f"- Numba kernels in the CUDA simulator (NUMBA_ENABLE_CUDASIM=1); wall time {time.perf_counter() - t0:.0f} s",
+        f"- baseline: {len(set(t for m, _, _ in rows for t in m.tests))} test ids, {baseline.verdict} "
+        f"in {baseline.seconds:.0f} s",
+        f"- **{caught} of {len(rows)} mutants caught**"
+        + ("" if caught == len(rows) else f"; **{len(rows) - caught} not caught (the run exits 1)**"),
+        "",
+        "| # | mutant | where | the bug | verdict | caught by | s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for i, (m, line, o) in enumerate(rows, 1):
+        by = f"`{o.test}`<br>{_cell(o.message)}" if o.verdict == "caught" else _cell(o.message)
+        lines.append(
+            f"| {i} | `{m.name}` | `{m.path}:{line}` | {_cell(m.what)} | {o.verdict} | {by} | {o.seconds:.0f} |"
+        )
+    lines.append("")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def run(mutants: list[Mutant], source: Path, out: Path | None, ref: str | None = None, keep: bool = False) -> int:
+    t0 = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="gpt2-mutation-"))
+    root = work / "repo"
+    try:
+        copy_repo(source, root, ref)
+        check_all(mutants, root)
+        what = f"commit {git_info(source, ref)[0][:12]}" if ref else "the working tree"
+        print(f"{len(mutants)} mutants; copy of {what} in {root}", flush=True)
+        all_tests = tuple(dict.fromkeys(t for m in mutants for t in m.tests))
+        print(f"baseline: {len(all_tests)} test ids on the unmodified copy", flush=True)
+        baseline = run_tests(root, source, all_tests, stop_first=False)
+        print(f"  {baseline.verdict} in {baseline.seconds:.0f} s", flush=True)
+        if baseline.verdict != "passed":
+            print(f"error: the baseline did not pass ({baseline.test} {baseline.message}); no mutant was judged")
+            print(baseline.output[-4000:])
+            return 1
+        rows: list[tuple[Mutant, int, Outcome]] = []
+        for i, m in enumerate(mutants, 1):
+            line = line_of(m, root)
+            original = apply(m, root)
+            try:
+                o = run_tests(root, source, m.tests, stop_first=True)
+            finally:
+                (root / m.path).write_text(original, encoding="utf-8")
+            if o.verdict == "failed":
+                o.verdict = "caught"
+            elif o.verdict == "passed":
+                o.verdict, o.message = "survived", "every named test passed"
+            print(f"[{i:2d}/{len(mutants)}] {o.verdict:8s} {m.name:48s} {o.seconds:5.0f} s  {o.test}", flush=True)
+            if o.message:
+                print(f"      {o.message}", flush=True)
+            rows.append((m, line, o))
+        if out is not None:
+            write_report(out, rows, baseline, source, ref, t0)
+            print(f"wrote {out}")
+        bad = [m.name for m, _, o in rows if o.verdict != "caught"]
+        print(f"{len(rows) - len(bad)} of {len(rows)} mutants caught" + (f"; not caught: {bad}" if bad else ""))
+        return 1 if bad else 0
+    finally:
+        if keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python scripts/mutation.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--list", action="store_true", help="print the mutants and their tests, run nothing")
+    ap.add_argument("--check", action="store_true", help="only check that every anchor applies exactly once")
+    ap.add_argument("--only", nargs="+", metavar="NAME", help="run only these mutants (no results file)")
+    ap.add_argument("--out", default=str(RESULTS), help="results file, relative to the repository (full runs only)")
+    ap.add_argument("--ref", help="test the files of this commit (git archive) instead of the working tree")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary copy (to debug a mutant)")
+    args = ap.parse_args(argv)
+    mutants = MUTANTS
+    if args.only:
+        known = {m.name for m in MUTANTS}
+        unknown = [n for n in args.only if n not in known]
+        if unknown:
+            print(f"error: --only: unknown mutant(s) {unknown}; see --list", file=sys.stderr)
+            return 2
+        mutants = [m for m in MUTANTS if m.name in args.only]
+    try:
+        if args.list:
+            check_all(mutants, REPO)
+            for m in mutants:
+                print(f"{m.name:48s} {m.path}:{line_of(m, REPO)}\n    {m.what}\n    " + "\n    ".join(m.tests))
+            return 0
+        if args.check:
+            check_all(mutants, REPO)
+            print(f"{len(mutants)} mutants, every anchor applies exactly once")
+            return 0
+        return run(mutants, REPO, None if args.only else REPO / args.out, ref=args.ref, keep=args.keep)
+    except MutantError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
