@@ -13,7 +13,8 @@
     conftest.py     the `smoke` marker; --bench-size, --bench-device, --bench-rounds, --bench-deadline
     run_gpu.sh      the GPU set, time-boxed, for a CUDA machine without nox
 
-    test_bench_ops.py, test_bench_model.py, test_bench_attention_scaling.py, test_bench_weights.py
+    test_bench_ops.py, test_bench_model.py, test_bench_attention_scaling.py, test_bench_weights.py,
+    test_bench_matmul.py (GPU: every GPT-2 matmul shape vs cuBLAS float32, and the copy bandwidth)
 
 See docs/benchmarks.md for how to run them and how to read the numbers.
 """

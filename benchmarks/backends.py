@@ -8,8 +8,15 @@ impl_*.py module with `make_op` and `make_model`).
     numpy-f32, numpy-f64           the NumPy reference (reference/), on the CPU
     torch-cpu-f32, torch-cpu-bf16  torch's CPU kernels; bf16 = bfloat16 inputs / autocast
     torch-cuda-f32, torch-cuda-bf16
-    numba-cuda-f32                 the Numba CUDA kernels (numba_impl/)
+    numba-cuda-f32                 the Numba CUDA kernels (numba_impl/), float32 on the CUDA cores
+    numba-cuda-f32-graphs          the same kernels, each whole-model step replayed as one CUDA graph
+                                   (whole-model benchmarks only: the ops are numba-cuda-f32's)
+    numba-cuda-3xtf32              the Numba model with its matmuls on the tensor cores (3xTF32:
+                                   float32 accuracy from three TF32 products); whole model, the
+                                   matmul op and the matmul shapes
 
+A backend's `variant` selects one of these Numba configurations; `skip_reason(size, what)` says
+which benchmarks (what = "model", "op:<op>", "attention", "matmul") a variant runs.
 Ratios are taken against the torch float32 backend of the same device (BASELINES).
 """
 
@@ -27,14 +34,15 @@ class Backend:
     family: str  # "numpy" | "torch" | "numba": which impl_<family>.py builds its callables
     device: str  # "cpu" | "cuda"
     dtype: str  # "float32" | "float64" | "bfloat16": what the math runs in
+    variant: str = ""  # Numba only: "" (eager float32), "graphs" or "3xtf32"
 
     def impl(self):
         """The module that builds this backend's callables (imported on first use)."""
         return importlib.import_module(f"benchmarks.impl_{self.family}")
 
-    def skip_reason(self, size) -> str | None:
-        """Why this backend cannot run at `size` here, or None when it can."""
-        return _skip_reason(self.family, self.device, size.name, size.gpu_only)
+    def skip_reason(self, size, what: str = "model") -> str | None:
+        """Why this backend cannot run benchmark kind `what` at `size` here, or None when it can."""
+        return _skip_reason(self.family, self.device, size.name, size.gpu_only) or _variant_skip(self.variant, what)
 
     def problem(self) -> str | None:
         """Why this backend cannot run here at all; "simulator" when Numba runs in the CUDA simulator."""
@@ -57,6 +65,8 @@ BACKENDS = [
     Backend("torch-cuda-f32", "torch", "cuda", "float32"),
     Backend("torch-cuda-bf16", "torch", "cuda", "bfloat16"),
     Backend("numba-cuda-f32", "numba", "cuda", "float32"),
+    Backend("numba-cuda-f32-graphs", "numba", "cuda", "float32", variant="graphs"),
+    Backend("numba-cuda-3xtf32", "numba", "cuda", "float32", variant="3xtf32"),
 ]
 BY_NAME = {b.name: b for b in BACKENDS}
 
@@ -103,6 +113,35 @@ def _family_problem(family: str, device: str) -> str | None:
             return "needs a CUDA GPU visible to Numba (NUMBA_ENABLE_CUDASIM=1 runs the tiny size in the simulator)"
         return None
     return f"unknown backend family {family!r}"
+
+
+# Which benchmark kinds each Numba variant runs (the others would time the plain float32 kernels again).
+VARIANT_RUNS = {"graphs": ("model",), "3xtf32": ("model", "op:matmul", "matmul")}
+
+
+@functools.cache
+def variant_problem(variant: str) -> str | None:
+    """Why a Numba variant cannot run in this checkout (None = it can)."""
+    if variant == "3xtf32":
+        import inspect
+
+        try:
+            import numba_impl.kernels.matmul_3xtf32  # noqa: F401
+            from numba_impl.model import NumbaGPT2
+        except ImportError as e:
+            return f"numba_impl has no 3xTF32 matmul here ({e})"
+        if "matmul" not in inspect.signature(NumbaGPT2).parameters:
+            return "NumbaGPT2 takes no matmul= option yet (the 3xTF32 backend is not wired into the model)"
+    return None
+
+
+def _variant_skip(variant: str, what: str) -> str | None:
+    if not variant:
+        return None
+    if what not in VARIANT_RUNS.get(variant, ()):
+        runs = ", ".join(VARIANT_RUNS[variant])
+        return f"the {variant} variant runs {runs} only (elsewhere it would time the float32 kernels again)"
+    return variant_problem(variant)
 
 
 def numba_simulated() -> bool:

@@ -86,6 +86,53 @@ def op_inputs(op: str, size, seed: int = 0) -> OpInputs:
     return OpInputs(op, B, T, C, NH, V, arrays)
 
 
+def min_bytes(op: str, direction: str, inputs: OpInputs) -> int | None:
+    """The fewest bytes a float32 op must move through device memory: each input read once, each
+    output written once (what a memory-bound kernel's time is judged against). None for the ops
+    whose time is arithmetic (matmul, attention)."""
+    N, C, V = inputs.N, inputs.C, inputs.V
+    floats = {
+        ("layernorm", "forward"): N * C + 2 * C + N * C + 2 * N,  # x, w, b -> out, mean, rstd
+        # dout, x, dx (the model's kernel adds into it: read and write), w, mean, rstd -> dw, db
+        ("layernorm", "backward"): 4 * N * C + C + 2 * N + 2 * C,
+        ("gelu", "forward"): 2 * N * 4 * C,  # x -> out
+        ("gelu", "backward"): 3 * N * 4 * C,  # x, dout -> dx
+        ("crossentropy", "forward"): N * V + N + N,  # logits, targets -> losses
+        ("crossentropy", "backward"): 2 * N * V + 2 * N,  # logits, targets -> losses, dlogits
+    }.get((op, direction))
+    return None if floats is None else 4 * floats
+
+
+# The matmul shapes of GPT-2 124M at B=4, T=1024 (BT = 4096 rows), forward and backward, each as
+# (name, M, N, K, layout, k_chunk): out(M, N) = A @ B in kernels/matmul.py's layouts. k_chunk: the
+# head's backward sums K = 50,257 in chunks (numba_impl.model.HEAD_K_CHUNK) to keep float32 accuracy.
+MATMUL_SHAPES = (
+    ("c_attn fwd", 4096, 2304, 768, "NN", None),
+    ("attn c_proj fwd", 4096, 768, 768, "NN", None),
+    ("c_fc fwd", 4096, 3072, 768, "NN", None),
+    ("mlp c_proj fwd", 4096, 768, 3072, "NN", None),
+    ("lm head fwd", 4096, 50257, 768, "NT", None),
+    ("c_attn dX", 4096, 768, 2304, "NT", None),
+    ("attn c_proj dX", 4096, 768, 768, "NT", None),
+    ("c_fc dX", 4096, 768, 3072, "NT", None),
+    ("mlp c_proj dX", 4096, 3072, 768, "NT", None),
+    ("c_attn dW", 768, 2304, 4096, "TN", None),
+    ("attn c_proj dW", 768, 768, 4096, "TN", None),
+    ("c_fc dW", 768, 3072, 4096, "TN", None),
+    ("mlp c_proj dW", 3072, 768, 4096, "TN", None),
+    ("lm head dX", 4096, 768, 50257, "NN", 1024),
+    ("lm head dW", 50257, 768, 4096, "TN", None),
+)
+
+
+def matmul_operands(M: int, N: int, K: int, layout: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """float32 A, B stored as `layout` says (values of unit scale)."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((K, M) if layout[0] == "T" else (M, K), dtype=np.float32)
+    b = rng.standard_normal((N, K) if layout[1] == "T" else (K, N), dtype=np.float32)
+    return a, b
+
+
 def model_inputs(size, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """idx, targets (B, T): random token ids (a fixed seed), targets = idx shifted by one."""
     rng = np.random.default_rng(seed)

@@ -1,5 +1,9 @@
 """The Numba CUDA kernels as benchmark callables: each op's launchers, and numba_impl's NumbaGPT2.
 
+The backend's variant (benchmarks/backends.py) picks the configuration: "" = float32 kernels,
+eager; "graphs" = the same, each model step recorded once and replayed as a CUDA graph;
+"3xtf32" = the matmuls on the tensor cores (kernels/matmul_3xtf32.py).
+
 Inputs go to the device once, as flat float32 arrays (the layout the kernels take); the
 outputs and scratch of every op are allocated once too, so a timed call is the kernel
 launches and nothing else. Kernels that accumulate (the LayerNorm and matmul backwards add
@@ -22,7 +26,7 @@ from numba_impl.kernels.crossentropy import crossentropy
 from numba_impl.kernels.gelu import gelu_backward, gelu_forward
 from numba_impl.kernels.layernorm import layernorm_backward, layernorm_forward
 from numba_impl.kernels.matmul import matmul_backward, matmul_forward
-from numba_impl.model import NumbaGPT2
+from numba_impl.model import HEAD_K_CHUNK, NumbaGPT2
 
 LR = 1e-4
 MODEL_ATTENTION = "flash"
@@ -53,10 +57,22 @@ def _host(d, shape) -> np.ndarray:
     return d.copy_to_host().reshape(shape).astype(np.float64)
 
 
+def _matmul_module(variant: str):
+    """The module whose matmul / matmul_forward / matmul_backward launchers the variant uses."""
+    if variant == "3xtf32":
+        from numba_impl.kernels import matmul_3xtf32
+
+        return matmul_3xtf32
+    from numba_impl.kernels import matmul
+
+    return matmul
+
+
 class _Op:
     """One op's device buffers and its forward / backward launches (shapes as in benchmarks/cases.py)."""
 
-    def __init__(self, inputs, attention: str | None = None):
+    def __init__(self, inputs, attention: str | None = None, variant: str = ""):
+        self.variant = variant
         self.i = inputs
         self.d = {k: _device(v) for k, v in inputs.arrays.items()}
         B, T, C, NH, V, N = inputs.B, inputs.T, inputs.C, inputs.NH, inputs.V, inputs.N
@@ -87,7 +103,8 @@ class _Op:
         B, T, C, NH, V, N = i.B, i.T, i.C, i.NH, i.V, i.N
         op = i.op
         if op == "matmul":
-            matmul_forward(w["out"], d["x"], d["w"], d["b"], N, C, 4 * C)
+            forward = _matmul_module(self.variant).matmul_forward if self.variant else matmul_forward
+            forward(w["out"], d["x"], d["w"], d["b"], N, C, 4 * C)
         elif op == "layernorm":
             layernorm_forward(w["out"], w["mean"], w["rstd"], d["x"], d["w"], d["b"], N, C, i.eps)
         elif op == "gelu":
@@ -106,7 +123,8 @@ class _Op:
         B, T, C, NH, V, N = i.B, i.T, i.C, i.NH, i.V, i.N
         op = i.op
         if op == "matmul":
-            matmul_backward(w["dx"], w["dw"], w["db"], d["dout"], d["x"], d["w"], N, C, 4 * C)
+            backward = _matmul_module(self.variant).matmul_backward if self.variant else matmul_backward
+            backward(w["dx"], w["dw"], w["db"], d["dout"], d["x"], d["w"], N, C, 4 * C)
         elif op == "layernorm":
             layernorm_backward(w["dx"], w["dw"], w["db"], d["dout"], d["x"], d["w"], w["mean"], w["rstd"], N, C)
         elif op == "gelu":
@@ -132,7 +150,7 @@ class _Op:
 
 def make_op(backend, inputs, direction):
     """(callable, to_numpy) for `inputs.op` in `direction` ("forward" | "backward")."""
-    op = _Op(inputs)
+    op = _Op(inputs, variant=backend.variant)
     shape = op.out_shape(direction)
     if direction == "forward":
         to_numpy = lambda r: _host(r, shape)
@@ -161,13 +179,12 @@ def make_model(backend, params, config, idx, targets, task):
     Results stay on the device: no logits are copied back inside a timed call.
     """
     B, T = idx.shape
-    m = NumbaGPT2(params, config, max_batch=B, max_seq=T, attention=MODEL_ATTENTION)
-    if task == "forward":
-        forward_device = getattr(m, "forward_device", None)
-        if forward_device is None:  # the driver's device-only forward (logits and losses stay on the GPU)
-            checked_idx, checked_targets = m._check_idx(idx), m._check_targets(targets, idx.shape)
-            forward_device = lambda i, t: m._forward(checked_idx, checked_targets, with_grad=False)
-        run = lambda: forward_device(idx, targets)
+    options = {"cuda_graphs": backend.variant == "graphs"}
+    if backend.variant == "3xtf32":
+        options["matmul"] = "3xtf32"
+    m = NumbaGPT2(params, config, max_batch=B, max_seq=T, attention=MODEL_ATTENTION, **options)
+    if task == "forward":  # logits and losses stay on the GPU
+        run = lambda: m.forward_device(idx, targets)
         return run, lambda _: float(m.losses[: B * T].copy_to_host().astype(np.float64).mean())
 
     def forward_backward():
@@ -176,8 +193,22 @@ def make_model(backend, params, config, idx, targets, task):
     if task == "forward-backward":
         return forward_backward, lambda _: m.loss()
 
-    def train_step():
-        m.forward_backward_device(idx, targets)
-        m.adamw_step(lr=LR)
+    def train_step():  # forward, backward, AdamW: one graph replay with cuda_graphs
+        m.step_device(idx, targets, lr=LR)
 
     return train_step, lambda _: m.loss()
+
+
+def make_matmul(backend, M, N, K, layout, k_chunk, a_host, b_host):
+    """(callable, to_numpy) of out(M, N) = A @ B for one matmul shape, A and B stored as `layout`
+    says (benchmarks/cases.py MATMUL_SHAPES); k_chunk as the model uses it (the head's backward)."""
+    module = _matmul_module(backend.variant)
+    a, b = cuda.to_device(a_host.ravel()), cuda.to_device(b_host.ravel())
+    out = cuda.device_array(M * N, np.float32)
+    head_chunk = HEAD_K_CHUNK if k_chunk else None
+
+    def run():
+        module.matmul(out, a, b, M, N, K, layout, k_chunk=head_chunk)
+        return out
+
+    return run, lambda r: r.copy_to_host().reshape(M, N)

@@ -156,3 +156,44 @@ def make_model(backend, params, config, idx, targets, task):
         return loss
 
     return train_step, loss_of
+
+
+def make_matmul(backend, M, N, K, layout, k_chunk, a_host, b_host):
+    """(callable, to_numpy) of out(M, N) = A @ B through torch.matmul (cuBLAS on CUDA), A and B stored
+    as `layout` says; transposes are views, as in torch's linear layers. float32 stays IEEE float32
+    (torch's default: no TF32). k_chunk is the Numba kernels' concern (cuBLAS sums K its own way)."""
+    dtype = DTYPES[backend.dtype]
+    a = torch.from_numpy(a_host).to(device=backend.device, dtype=dtype)
+    b = torch.from_numpy(b_host).to(device=backend.device, dtype=dtype)
+    op_a = a.T if layout[0] == "T" else a
+    op_b = b.T if layout[1] == "T" else b
+
+    def run():
+        return torch.matmul(op_a, op_b)
+
+    return run, _to_numpy
+
+
+def matmul_reference(M, N, K, layout, a_host, b_host) -> np.ndarray | None:
+    """A @ B in float64 on the GPU (cuBLAS DGEMM: milliseconds where NumPy would take seconds), or
+    None without a CUDA GPU."""
+    if not torch.cuda.is_available():
+        return None
+    a = torch.from_numpy(a_host).to(device="cuda", dtype=torch.float64)
+    b = torch.from_numpy(b_host).to(device="cuda", dtype=torch.float64)
+    out = torch.matmul(a.T if layout[0] == "T" else a, b.T if layout[1] == "T" else b)
+    return out.cpu().numpy()
+
+
+def make_device_copy(n_bytes: int):
+    """A device-to-device copy of n_bytes (float32) through torch: the device's copy bandwidth, the
+    ceiling of memory-bound kernels. The callable's `moved_bytes` counts bytes read + written."""
+    n = n_bytes // 4
+    src = torch.randn(n, device="cuda")
+    dst = torch.empty_like(src)
+
+    def run():
+        return dst.copy_(src)
+
+    run.moved_bytes = 2 * 4 * n
+    return run

@@ -4,7 +4,10 @@
 
 writes, under --out:
 
-    <prefix>.md             date, machine, devices; whole-model table (ms, tokens/s, TFLOP/s, MFU,
+    <prefix>.md             date, machine, devices; on a GPU run the goals (each a written rule,
+                            met / NOT met; --check-goals exits 3 when one is not met) and the matmul
+                            shapes (TFLOP/s, % of cuBLAS float32, error vs float64); whole-model
+                            table (ms, tokens/s, TFLOP/s, MFU,
                             ratio to torch, first call); per-op tables (backends side by side, each
                             with its ratio to torch on the same device); attention scaling (time and
                             peak memory per T); anything else (e.g. weight building) as plain rows
@@ -281,8 +284,155 @@ def jit_section(results: list[Result]) -> list[str]:
     return ["## Numba first calls (JIT compile)", "", intro, ""] + table(header, rows)
 
 
+# ----------------------------------------------------------------------------- matmul shapes and goals
+MATMUL_BACKENDS = ["torch-cuda-f32", "numba-cuda-f32", "numba-cuda-3xtf32"]
+MATMUL_BASELINE = "torch-cuda-f32"  # cuBLAS float32, TF32 off
+
+
+def matmul_rows(results: list[Result]) -> dict[str, dict[str, Result]]:
+    """shape name -> backend -> result, in the order the shapes were run."""
+    out: dict[str, dict[str, Result]] = {}
+    for r in results:
+        if r.kind == "matmul":
+            out.setdefault(r.shape, {})[r.backend] = r
+    return out
+
+
+def tflops(r: Result | None) -> float | None:
+    return None if r is None or not r.flops or r.time_s <= 0 else r.flops / r.time_s / 1e12
+
+
+def matmul_section(results: list[Result]) -> list[str]:
+    rows_by_shape = matmul_rows(results)
+    if not rows_by_shape:
+        return []
+    backends = ordered({b for rs in rows_by_shape.values() for b in rs}, MATMUL_BACKENDS)
+    header = ["shape (M×N×K, layout)"] + [f"{b} TFLOP/s" for b in backends]
+    header += [f"{b} % of cuBLAS fp32" for b in backends if b != MATMUL_BASELINE]
+    header += [f"{b} error vs fp64" for b in backends]
+    rows = []
+    for shape, rs in rows_by_shape.items():
+        any_r = next(iter(rs.values()))
+        base = tflops(rs.get(MATMUL_BASELINE))
+        row = [f"{shape} ({any_r.M}×{any_r.N}×{any_r.K}, {any_r.layout})"]
+        row += [fmt_num(tflops(rs.get(b))) for b in backends]
+        for b in backends:
+            if b != MATMUL_BASELINE:
+                t = tflops(rs.get(b))
+                row.append("–" if t is None or not base else f"{100 * t / base:.0f}%")
+        for b in backends:
+            err = rs[b].max_rel_err_vs_float64 if b in rs else None
+            row.append("–" if err is None else f"{err:.1e}")
+        rows.append(row)
+    intro = (
+        "Each product of GPT-2 124M at B=4, T=1024 (benchmarks/cases.py MATMUL_SHAPES) alone: TFLOP/s = "
+        f"2MNK / {STAT['name']} time; % of cuBLAS fp32 = TFLOP/s over torch float32's (TF32 off) on the "
+        "same GPU in the same run; error = max|out − ref| / max|ref| against the product in float64."
+    )
+    return ["## Matmul shapes", "", intro, ""] + table(header, rows)
+
+
+def copy_bandwidth(results: list[Result]) -> float | None:
+    """Bytes/s of the device-to-device copy benchmark (read + written), None if not run."""
+    r = next((r for r in results if r.kind == "device-copy" and r.time_s > 0), None)
+    return None if r is None else r.moved_bytes / r.time_s
+
+
+def _find(results, **want) -> Result | None:
+    return next((r for r in results if all(getattr(r, k) == v for k, v in want.items())), None)
+
+
+# The goals of the GPU run, each a written rule over numbers of the same run (docs/numba_impl.md).
+GOAL_MODEL_F32 = 1.5  # forward+backward, numba-cuda-f32 / torch-cuda-f32 at 124m-gpu
+GOAL_MODEL_3XTF32 = 1.0  # the same for numba-cuda-3xtf32
+GOAL_MATMUL_SHARE = 0.70  # each matmul shape, numba-cuda-f32 TFLOP/s / cuBLAS fp32's
+GOAL_SMALL = 1.5  # forward+backward at 124m-cpu (B=1, T=128) with CUDA graphs / torch-cuda-f32
+GOAL_BANDWIDTH = 0.80  # memory-bound ops: min bytes / time over the copy bandwidth
+MEMORY_BOUND_OPS = ("layernorm", "gelu", "crossentropy")
+
+
+def goal_rows(results: list[Result]) -> list[tuple[str, str, str, bool | None]]:
+    """(goal, measured, rule, met) per goal row; met None = no goal (the row is information)."""
+    rows = []
+    not_run = "not measured in this run"
+
+    def model_ratio(backend, size, task="forward-backward"):
+        r = _find(results, kind="model", size=size, task=task, backend=backend)
+        base = _find(results, kind="model", size=size, task=task, backend="torch-cuda-f32")
+        return (r, base, None if r is None or base is None else r.time_s / base.time_s)
+
+    for backend, bar in (("numba-cuda-f32", GOAL_MODEL_F32), ("numba-cuda-3xtf32", GOAL_MODEL_3XTF32)):
+        r, base, ratio = model_ratio(backend, "124m-gpu")
+        measured = not_run if ratio is None else f"{fmt_time(r.time_s)} vs {fmt_time(base.time_s)}: {ratio:.2f}×"
+        rows.append((f"forward+backward 124M B=4 T=1024, {backend} vs torch f32", measured, f"≤ {bar:.1f}×",
+                     ratio is not None and ratio <= bar))  # fmt: skip
+    for shape, rs in matmul_rows(results).items():
+        for backend in ("numba-cuda-f32", "numba-cuda-3xtf32"):
+            t, base = tflops(rs.get(backend)), tflops(rs.get(MATMUL_BASELINE))
+            if backend == "numba-cuda-3xtf32" and t is None:
+                continue
+            share = None if t is None or not base else t / base
+            measured = not_run if share is None else f"{t:.1f} vs {base:.1f} TFLOP/s: {100 * share:.0f}%"
+            goal = backend == "numba-cuda-f32"
+            rows.append((f"matmul {shape}, {backend} vs cuBLAS fp32", measured,
+                         f"≥ {100 * GOAL_MATMUL_SHARE:.0f}%" if goal else "–",
+                         (share is not None and share >= GOAL_MATMUL_SHARE) if goal else None))  # fmt: skip
+    graphs, base, ratio_g = model_ratio("numba-cuda-f32-graphs", "124m-cpu")
+    eager, _, ratio_e = model_ratio("numba-cuda-f32", "124m-cpu")
+    if ratio_g is None:
+        measured = not_run
+    else:
+        measured = f"graphs {fmt_time(graphs.time_s)} ({ratio_g:.2f}×)"
+        if eager is not None:
+            speedup = eager.time_s / graphs.time_s
+            measured += f", eager {fmt_time(eager.time_s)} ({ratio_e:.2f}×): graphs {speedup:.2f}× faster"
+    rows.append(("small shape: forward+backward 124M B=1 T=128, numba-cuda-f32 with CUDA graphs vs torch f32",
+                 measured, f"≤ {GOAL_SMALL:.1f}×", ratio_g is not None and ratio_g <= GOAL_SMALL))  # fmt: skip
+    bandwidth = copy_bandwidth(results)
+    for r in results:
+        if r.kind != "op" or r.size != "124m-gpu" or r.backend != "numba-cuda-f32":
+            continue
+        base = _find(results, kind="op", size="124m-gpu", op=r.op, direction=r.direction, backend="torch-cuda-f32")
+        ratio = f"{fmt_time(r.time_s)}" + ("" if base is None else f", {r.time_s / base.time_s:.2f}× torch")
+        if r.op in MEMORY_BOUND_OPS and r.min_bytes:
+            achieved = r.min_bytes / r.time_s
+            if bandwidth is None:
+                rows.append((f"op {r.op} {r.direction}", f"{ratio}; {achieved / 1e12:.2f} TB/s (no copy benchmark)",
+                             f"≥ {100 * GOAL_BANDWIDTH:.0f}% of copy bandwidth", False))  # fmt: skip
+            else:
+                share = achieved / bandwidth
+                rows.append((f"op {r.op} {r.direction}",
+                             f"{ratio}; {achieved / 1e12:.2f} of {bandwidth / 1e12:.2f} TB/s: {100 * share:.0f}%",
+                             f"≥ {100 * GOAL_BANDWIDTH:.0f}% of copy bandwidth", share >= GOAL_BANDWIDTH))  # fmt: skip
+        else:
+            rows.append((f"op {r.op} {r.direction}", ratio, "–", None))
+    return rows
+
+
+def goals_section(results: list[Result]) -> list[str]:
+    rows = goal_rows(results)
+    if not any(r.device == "cuda" for r in results):
+        return []
+    verdict = {True: "met", False: "**NOT met**", None: "–"}
+    intro = (
+        "Each goal is a written rule over numbers of this run on one GPU (ratios: time / torch float32's "
+        "time, TF32 off; forward+backward of the whole model; matmul shares: TFLOP/s over cuBLAS float32's; "
+        "memory-bound ops: the bytes they must move (benchmarks/cases.py min_bytes) per second over the "
+        "device-to-device copy bandwidth measured in the same run). A goal whose numbers are missing "
+        "from the run is NOT met."
+    )
+    body = [[goal, measured, rule, verdict[met]] for goal, measured, rule, met in rows]
+    return ["## Goals", "", intro, ""] + table(["goal", "measured", "rule", "verdict"], body)
+
+
+def goals_met(results: list[Result]) -> tuple[int, int]:
+    """(goals met, goals judged) of the run."""
+    judged = [met for *_, met in goal_rows(results) if met is not None]
+    return sum(judged), len(judged)
+
+
 def other_section(results: list[Result]) -> list[str]:
-    rest = [r for r in results if r.kind not in ("model", "op", "attention-scaling")]
+    rest = [r for r in results if r.kind not in ("model", "op", "attention-scaling", "matmul", "device-copy")]
     if not rest:
         return []
     rows = [[r.group, r.name, fmt_time(r.time_s), fmt_time(r.stddev_s), str(r.rounds)]
@@ -298,7 +448,8 @@ def markdown(data: dict, results: list[Result], title: str, charts: list[str]) -
     if not results:
         lines += ["No timed benchmarks in this file (was it run with --benchmark-disable?).", ""]
     lines += [f"![{Path(c).stem}]({Path(c).name})" for c in charts] + ([""] if charts else [])
-    for section in (model_section, op_section, scaling_section, jit_section, other_section):
+    for section in (goals_section, model_section, matmul_section, op_section, scaling_section, jit_section,
+                    other_section):  # fmt: skip
         lines += section(results)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -316,6 +467,7 @@ def _pyplot():
 COLORS = {
     "numpy-f32": "#4c72b0", "numpy-f64": "#8da0cb", "torch-cpu-f32": "#dd8452", "torch-cpu-bf16": "#f2b880",
     "torch-cuda-f32": "#c44e52", "torch-cuda-bf16": "#e89a9c", "numba-cuda-f32": "#55a868",
+    "numba-cuda-f32-graphs": "#8fd19e", "numba-cuda-3xtf32": "#2d6a3e",
 }  # fmt: skip
 
 
@@ -464,6 +616,9 @@ def _main(argv: list[str]) -> int:
     ap.add_argument("--title", default=None, help="report title")
     ap.add_argument("--stat", choices=STATS, default="median", help="statistic of the rounds (default median)")
     ap.add_argument("--no-charts", action="store_true", help="markdown only")
+    ap.add_argument(
+        "--check-goals", action="store_true", help="exit 3 when a goal of the GPU run is NOT met (section Goals)"
+    )
     args = ap.parse_args(argv)
     for path in args.json:
         if not path.is_file():
@@ -483,6 +638,11 @@ def _main(argv: list[str]) -> int:
         ) from None
     for p in written:
         print(p)
+    if args.check_goals:
+        met, judged = goals_met(load(args.json, args.stat)[1])
+        print(f"goals: {met} of {judged} met" + ("" if judged and met == judged else " (see the Goals section)"))
+        if not judged or met < judged:
+            return 3
     return 0
 
 

@@ -241,3 +241,50 @@ def test_numba_first_calls_are_listed_with_their_compile_time(tmp_path):
     assert "## Numba first calls (JIT compile)" in md
     rows = [r for r in md_rows(md, "forward") if len(r) == 5]  # the JIT table's rows (the model table has 8 cells)
     assert rows == [["forward", "tiny", "12.2 s", "250 ms", "12 s"]]
+
+
+def _goal_benchmarks(numba_fwd_bwd_s, numba_matmul_s, graphs_small_s):
+    """A GPU run with one number per goal kind (round figures: the verdicts are exact)."""
+    gpu = {"device": "cuda", "dtype": "float32", "device_name": H100}
+    out = [
+        model("forward-backward", "torch-cuda-f32", "cuda", 0.100),
+        model("forward-backward", "numba-cuda-f32", "cuda", numba_fwd_bwd_s),
+        model("forward-backward", "torch-cuda-f32", "cuda", 0.010, size="124m-cpu", tokens=128),
+        model("forward-backward", "numba-cuda-f32", "cuda", 0.030, size="124m-cpu", tokens=128),
+        model("forward-backward", "numba-cuda-f32-graphs", "cuda", graphs_small_s, size="124m-cpu", tokens=128),
+        bench("device-copy", "copy", 0.001, kind="device-copy", moved_bytes=4 * 10**9, backend="torch-cuda-f32", **gpu),
+    ]
+    for backend, t in (("torch-cuda-f32", 0.001), ("numba-cuda-f32", numba_matmul_s)):
+        shape = {"shape": "c_fc fwd", "M": 4096, "N": 3072, "K": 768, "layout": "NN", "flops": 2e12}
+        out.append(bench("matmul:c_fc fwd", f"mm-{backend}", t, kind="matmul", backend=backend,
+                         max_rel_err_vs_float64=3e-7, **shape, **gpu))  # fmt: skip
+    for backend, t in (("torch-cuda-f32", 0.0001), ("numba-cuda-f32", 0.0001)):  # 0.3e9 B / 0.1 ms = 3 TB/s = 75%
+        out.append(bench("op:gelu:forward:124m-gpu", f"gelu-{backend}", t, kind="op", op="gelu", direction="forward",
+                         size="124m-gpu", min_bytes=3 * 10**8, backend=backend, **gpu))  # fmt: skip
+    return out
+
+
+def test_goals_section_judges_each_goal_by_its_rule(tmp_path):
+    path = results_json(tmp_path, _goal_benchmarks(numba_fwd_bwd_s=0.140, numba_matmul_s=0.0015, graphs_small_s=0.016))
+    _, results = report.load(path)
+    rows = {goal: (measured, met) for goal, measured, _, met in report.goal_rows(results)}
+    f32 = rows["forward+backward 124M B=4 T=1024, numba-cuda-f32 vs torch f32"]
+    assert "1.40×" in f32[0] and f32[1] is True
+    missing = rows["forward+backward 124M B=4 T=1024, numba-cuda-3xtf32 vs torch f32"]
+    assert missing == ("not measured in this run", False)
+    assert rows["matmul c_fc fwd, numba-cuda-f32 vs cuBLAS fp32"][1] is False  # 67% < 70%
+    small = next(v for k, v in rows.items() if k.startswith("small shape"))
+    assert small[1] is False and "1.60×" in small[0] and "graphs 1.88× faster" in small[0]
+    assert rows["op gelu forward"][1] is False and "75%" in rows["op gelu forward"][0]
+    assert report.goals_met(results) == (1, 5)
+    md = report.markdown(*report.load(path), "t", [])
+    assert "## Goals" in md and "**NOT met**" in md and "## Matmul shapes" in md
+
+
+def test_check_goals_exits_3_until_every_goal_is_met(tmp_path):
+    bad = results_json(tmp_path, _goal_benchmarks(numba_fwd_bwd_s=0.2, numba_matmul_s=0.0012, graphs_small_s=0.012))
+    cmd = [sys.executable, "-m", "benchmarks.report", str(bad), "--out", str(tmp_path), "--no-charts", "--check-goals"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 3 and "goals: 2 of 5 met" in done.stdout, done.stdout + done.stderr
+    plain = subprocess.run(cmd[:-1], capture_output=True, text=True)  # without --check-goals: a report, no verdict
+    assert plain.returncode == 0, plain.stderr
