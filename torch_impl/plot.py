@@ -8,11 +8,12 @@ the validation loss where it was measured. Bottom panel: the learning rate.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
+
+from weights.errors import ArgumentParser, UsageError, UserError, run_cli
 
 
 def read_log(path: str | Path) -> tuple[dict, dict, dict]:
@@ -21,7 +22,10 @@ def read_log(path: str | Path) -> tuple[dict, dict, dict]:
     for line in Path(path).read_text().splitlines():
         if not line.strip():
             continue
-        entry = json.loads(line)
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: not a log.jsonl of torch_impl.train (line {e.lineno}: {e.msg})") from None
         if "loss" in entry:
             train[entry["step"]] = entry["loss"]
             lr[entry["step"]] = entry["lr"]
@@ -70,11 +74,20 @@ def plot_log(log_path: str | Path, png_path: str | Path, smooth: int = 20) -> Pa
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m torch_impl.plot", description="Loss-curve PNG from a log.jsonl")
+    """The command line; a missing or foreign log, or a bad flag, is one line (`error: ...`) and exit status 2."""
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    ap = ArgumentParser(prog="python -m torch_impl.plot", description="Loss-curve PNG from a log.jsonl")
     ap.add_argument("log", help="log.jsonl written by torch_impl.train")
     ap.add_argument("-o", "--out", default=None, help="PNG path (default: loss.png beside the log)")
     ap.add_argument("--smooth", type=int, default=20, help="moving-average window in steps")
     args = ap.parse_args(argv)
+    if args.smooth < 1:
+        raise UsageError(f"--smooth {args.smooth}: the moving-average window must be >= 1 step")
+    if not read_log(args.log)[0]:  # an empty plot says nothing
+        raise UserError(f"{args.log}: no training steps logged yet; nothing to plot")
     out = args.out or Path(args.log).with_name("loss.png")
     print(plot_log(args.log, out, args.smooth))
     return 0

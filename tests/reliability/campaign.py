@@ -54,6 +54,7 @@ COMMANDS = {
     "report": ("python -m conformance.report", "conformance.report:main"),
     "bench-report": ("python -m benchmarks.report", "benchmarks.report:main"),
     "throughput": ("python scripts/train_throughput.py", "scripts/train_throughput.py"),
+    "plot": ("python -m torch_impl.plot", "torch_impl.plot:main"),
 }
 
 
@@ -531,6 +532,21 @@ CASES: list[Case] = [
     ),
     Case("--out holds another dataset", "data", _other_manifest, names="manifest.json", needs=_tokenizer),
     Case("--out holds a cut-short manifest.json", "data", _corrupt_manifest, names="manifest.json", needs=_tokenizer),
+    # --- the loss plot
+    Case("missing log.jsonl", "plot", lambda ws: [str(ws / "log.jsonl")], names="log.jsonl"),
+    Case(
+        "log.jsonl without a training step",
+        "plot",
+        lambda ws: [_text(ws, "log.jsonl", b'{"step": 0, "event": "start"}\n')],
+        names="log.jsonl",
+    ),
+    Case("log.jsonl not JSON lines", "plot", lambda ws: [_text(ws, "log.jsonl", b"step 1\n")], names="log.jsonl"),
+    Case(
+        "--smooth 0",
+        "plot",
+        lambda ws: [_text(ws, "log.jsonl", b'{"step": 0, "loss": 4.0, "lr": 1e-3}\n'), "--smooth", "0"],
+        names="--smooth 0",
+    ),
     # --- the conformance report
     Case("unknown --backends name", "report", lambda ws: ["--backends", "nosuch"], names="nosuch"),
     Case("unknown --cases name", "report", lambda ws: ["--cases", "nosuch"], names="nosuch"),

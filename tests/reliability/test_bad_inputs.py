@@ -8,6 +8,7 @@ need processes of their own.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -29,9 +30,19 @@ def test_bad_input_is_reported_cleanly(case, tmp_path):
 
 def test_the_campaign_covers_every_command_with_enough_kinds():
     commands = {c.command for c in CASES}
-    assert commands == {"compare", "train", "data", "report", "bench-report", "throughput"}
+    assert commands == {"compare", "train", "data", "report", "bench-report", "throughput", "plot"}
     assert len(CASES) >= 30
     assert any(c.runner is not None and c.code < 0 for c in CASES)  # a kill -9 during a checkpoint write
+
+
+def test_docs_table_is_the_generated_one():
+    """docs/reliability.md holds one row per case, in order: regenerate it when the table changes."""
+    text = (REPO / "docs" / "reliability.md").read_text()
+    rows = [line.split(" | ")[1] for line in text.splitlines() if re.match(r"\| \d+ \| ", line)]
+    assert rows == [c.what for c in CASES], "run: python -m tests.reliability.campaign --write docs/reliability.md"
+    assert "Written by `python -m tests.reliability.campaign --write docs/reliability.md`" in text
+    tried, clean = map(int, re.search(r"\*\*(\d+) tried, (\d+) clean\*\*", text).groups())
+    assert tried == clean
 
 
 @pytest.mark.parametrize(
