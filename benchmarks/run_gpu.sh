@@ -15,6 +15,8 @@
 # 380) are skipped, and the whole pytest run is killed at BENCH_DEADLINE + 70 s, so the script ends
 # in under 8 minutes. The files run in order of importance for the goals (model, matmul shapes,
 # ops, attention scaling), so a deadline cuts attention scaling first.
+# BENCH_SELECT: a pytest -k expression, for a partial (dry) run, e.g.
+#   BENCH_DEADLINE=60 BENCH_SELECT="124m-cpu or c_fc" OUT=/tmp/dry bash benchmarks/run_gpu.sh
 # Exit status: 0 = every benchmark passed and every goal is met; 3 = every benchmark passed, some
 # goal is NOT met (the report says which); 1 = a benchmark failed or no JSON was written.
 set -euo pipefail
@@ -41,6 +43,7 @@ timeout "$KILL_AFTER" python3 -m pytest \
     benchmarks/test_bench_attention_scaling.py \
     --bench-device=cuda --bench-deadline="$DEADLINE" --benchmark-only \
     --benchmark-json="$OUT/bench-gpu.json" -p no:cacheprovider -q -rs --durations=15 \
+    ${BENCH_SELECT:+-k "$BENCH_SELECT"} \
     2>&1 | tee "$OUT/pytest.log" || status=$?
 
 if [[ -s "$OUT/bench-gpu.json" ]]; then

@@ -8,6 +8,9 @@ Writes OUT_DIR/numba-gpu-report.json (and prints it section by section). Section
     ops         the same step, time per kernel family (synchronised after each launch)
     matmul      the tiled matmul kernel's TFLOP/s at GPT-2 shapes vs torch.matmul float32 (TF32 off)
     attention   flash vs naive attention, time and scratch memory, T = 128 .. 1024
+    graphs      CUDA graphs (NumbaGPT2(cuda_graphs=True)) vs eager at 124M, B=1 T=128 and B=4 T=1024:
+                replay results bit for bit against eager, time per forward+backward and per
+                training step, the host time to queue an eager step, torch float32 beside them
     conformance 124M, B=4, T=1024, synthetic weights: NumbaGPT2 and torch float32 vs the NumPy
                 reference in float64 (on the CPU), at the project's float32 ceilings
 Timings: median of `REPEATS` runs after `WARMUP` runs, wall clock around a synchronize.
@@ -50,7 +53,7 @@ def median_time(fn, sync, warmup=WARMUP, repeats=REPEATS) -> float:
     return float(np.median(times))
 
 
-def batch(config, seed=0):
+def batch(config, seed=0, B=B, T=T):
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, config.vocab_size, (B, T))
     targets = rng.integers(0, config.vocab_size, (B, T))
@@ -115,7 +118,7 @@ def section_ops(res):
     m.forward_backward_device(idx, targets)
     totals: dict[str, float] = {}
     names = [n for n in dir(model_mod) if n.endswith(("_forward", "_backward", "_forward_flash", "_backward_flash"))]
-    names += ["matmul", "crossentropy", "encoder_backward_sorted", "gelu_forward", "gelu_backward"]
+    names += ["matmul", "crossentropy", "encoder_backward_chained", "gelu_forward", "gelu_backward"]
     originals = {}
     for name in set(names):
         fn = getattr(model_mod, name, None)
@@ -224,6 +227,64 @@ def section_attention(res):
             "flash_vs_naive_dqkv_max_abs_diff": float(np.abs(dqkv.copy_to_host() - d_naive).max()),
         }
     res["B=4,NH=12,HS=64"] = out
+
+
+def section_graphs(res):
+    """CUDA graphs vs eager launches of the same kernels, at the small and the large 124M shape."""
+    import torch
+
+    from numba_impl.model import NumbaGPT2
+    from torch_impl.contract import tf32_disabled
+
+    config = GPT2Config.gpt2_124m()
+    params = synthetic(config, seed=0)
+    for Bs, Ts in ((1, 128), (4, 1024)):
+        out = res[f"B={Bs},T={Ts}"] = {}
+        idx, targets = batch(config, seed=2, B=Bs, T=Ts)
+        eager = NumbaGPT2(params, config, max_batch=Bs, max_seq=Ts)
+        graphed = NumbaGPT2(params, config, max_batch=Bs, max_seq=Ts, cuda_graphs=True)
+        # Bit for bit: one eager forward+backward against a replay (the graphed model's second call).
+        eager.forward_backward_device(idx, targets)
+        want = {"loss": np.array([eager.loss()]), **eager.grads()}
+        want["logits"] = eager.logits[: Bs * Ts * config.vocab_size].copy_to_host()
+        for _ in range(2):  # the first call runs eagerly and records; the second replays
+            graphed.forward_backward_device(idx, targets)
+        got = {"loss": np.array([graphed.loss()]), **graphed.grads()}
+        got["logits"] = graphed.logits[: Bs * Ts * config.vocab_size].copy_to_host()
+        differ = {k: float(np.abs(got[k] - v).max()) for k, v in want.items() if not np.array_equal(got[k], v)}
+        out["replay_vs_eager_tensors_compared"] = len(want)
+        out["replay_vs_eager_tensors_not_bit_identical"] = differ  # max abs difference of each
+        out["graph_note"] = graphed.graph_note
+        # Time: median of 20 after 3 warm-ups, wall clock between synchronizes.
+        fb = lambda m: lambda: m.forward_backward_device(idx, targets)  # noqa: E731
+        st = lambda m: lambda: m.step_device(idx, targets, lr=1e-5)  # noqa: E731
+        out["eager_fwd_bwd_ms"] = 1e3 * median_time(fb(eager), cuda.synchronize, 3, 20)
+        out["graph_fwd_bwd_ms"] = 1e3 * median_time(fb(graphed), cuda.synchronize, 3, 20)
+        out["eager_step_ms"] = 1e3 * median_time(st(eager), cuda.synchronize, 3, 20)
+        out["graph_step_ms"] = 1e3 * median_time(st(graphed), cuda.synchronize, 3, 20)
+        host = []  # host time to queue one eager forward+backward (no synchronize inside)
+        for _ in range(10):
+            cuda.synchronize()
+            t0 = time.perf_counter()
+            eager.forward_backward_device(idx, targets)
+            host.append(time.perf_counter() - t0)
+        cuda.synchronize()
+        out["eager_fwd_bwd_host_queue_ms"] = 1e3 * float(np.median(host))
+        out["graphs"] = graphed.graph_stats()
+        model = torch_model(params, config, "sdpa")
+        it, tt = torch.as_tensor(idx, device="cuda"), torch.as_tensor(targets, device="cuda")
+
+        def torch_step(model=model, it=it, tt=tt):
+            model.zero_grad(set_to_none=True)
+            model(it, tt)[1].backward()
+
+        with tf32_disabled():
+            out["torch_f32_sdpa_fwd_bwd_ms"] = 1e3 * median_time(torch_step, torch.cuda.synchronize, 3, 20)
+        out["ratio_graph_over_torch_fwd_bwd"] = out["graph_fwd_bwd_ms"] / out["torch_f32_sdpa_fwd_bwd_ms"]
+        out["ratio_eager_over_torch_fwd_bwd"] = out["eager_fwd_bwd_ms"] / out["torch_f32_sdpa_fwd_bwd_ms"]
+        print(f"graphs B={Bs} T={Ts}", json.dumps(out), flush=True)
+        del eager, graphed, model
+        torch.cuda.empty_cache()
 
 
 def section_sweep(res):
@@ -341,6 +402,7 @@ SECTIONS = {
     "ops": section_ops,
     "matmul": section_matmul,
     "attention": section_attention,
+    "graphs": section_graphs,
     "sweep": section_sweep,
     "conformance": section_conformance,
 }
