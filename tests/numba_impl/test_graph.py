@@ -11,8 +11,6 @@ On a GPU: graph replays of the training step give bit-identical results to eager
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 
@@ -157,11 +155,9 @@ def test_graph_replays_are_bit_identical_to_eager_steps():
     steps = batches(GPU_CONFIG, 3, Bg, Tg) + batches(GPU_CONFIG, 1, Bg, Tg, seed=9)[:1]
     eager = run_steps(NumbaGPT2(params, GPU_CONFIG, max_batch=Bg, max_seq=Tg), steps)
     eager2 = run_steps(NumbaGPT2(params, GPU_CONFIG, max_batch=Bg, max_seq=Tg), steps)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a failed capture warns: make it fail here
-        m = NumbaGPT2(params, GPU_CONFIG, max_batch=Bg, max_seq=Tg, cuda_graphs=True)
-        graphed = run_steps(m, steps)
-    assert m.graph_note is None
+    m = NumbaGPT2(params, GPU_CONFIG, max_batch=Bg, max_seq=Tg, cuda_graphs=True)
+    graphed = run_steps(m, steps)
+    assert m.graph_note is None, m.graph_note  # set when a capture failed (and the model went eager)
     stats = m.graph_stats()
     assert sum(s["replays"] for s in stats.values()) >= 2, stats
     assert all(s["nodes"] > 20 for s in stats.values()), stats
