@@ -255,13 +255,15 @@ def section_graphs(res):
         out["replay_vs_eager_tensors_compared"] = len(want)
         out["replay_vs_eager_tensors_not_bit_identical"] = differ  # max abs difference of each
         out["graph_note"] = graphed.graph_note
-        # Time: median of 20 after 3 warm-ups, wall clock between synchronizes.
+        # Time: median of 20 (10 at the large shape) after 3 (2) warm-ups, wall clock between synchronizes.
+        reps = (3, 20) if Bs * Ts <= 1024 else (2, 10)
+        res["timing_method"] = "median of 20 after 3 warm-ups (B=4,T=1024: 10 after 2), wall clock between synchronizes"
         fb = lambda m: lambda: m.forward_backward_device(idx, targets)  # noqa: E731
         st = lambda m: lambda: m.step_device(idx, targets, lr=1e-5)  # noqa: E731
-        out["eager_fwd_bwd_ms"] = 1e3 * median_time(fb(eager), cuda.synchronize, 3, 20)
-        out["graph_fwd_bwd_ms"] = 1e3 * median_time(fb(graphed), cuda.synchronize, 3, 20)
-        out["eager_step_ms"] = 1e3 * median_time(st(eager), cuda.synchronize, 3, 20)
-        out["graph_step_ms"] = 1e3 * median_time(st(graphed), cuda.synchronize, 3, 20)
+        out["eager_fwd_bwd_ms"] = 1e3 * median_time(fb(eager), cuda.synchronize, *reps)
+        out["graph_fwd_bwd_ms"] = 1e3 * median_time(fb(graphed), cuda.synchronize, *reps)
+        out["eager_step_ms"] = 1e3 * median_time(st(eager), cuda.synchronize, *reps)
+        out["graph_step_ms"] = 1e3 * median_time(st(graphed), cuda.synchronize, *reps)
         host = []  # host time to queue one eager forward+backward (no synchronize inside)
         for _ in range(10):
             cuda.synchronize()
@@ -279,7 +281,7 @@ def section_graphs(res):
             model(it, tt)[1].backward()
 
         with tf32_disabled():
-            out["torch_f32_sdpa_fwd_bwd_ms"] = 1e3 * median_time(torch_step, torch.cuda.synchronize, 3, 20)
+            out["torch_f32_sdpa_fwd_bwd_ms"] = 1e3 * median_time(torch_step, torch.cuda.synchronize, *reps)
         out["ratio_graph_over_torch_fwd_bwd"] = out["graph_fwd_bwd_ms"] / out["torch_f32_sdpa_fwd_bwd_ms"]
         out["ratio_eager_over_torch_fwd_bwd"] = out["eager_fwd_bwd_ms"] / out["torch_f32_sdpa_fwd_bwd_ms"]
         print(f"graphs B={Bs} T={Ts}", json.dumps(out), flush=True)
