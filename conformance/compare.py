@@ -118,7 +118,10 @@ def parse_args(argv: list[str]):
 
 
 def select_backends(spec: str):
-    """The backends named in `spec` (comma-separated; empty: all), always with the reference first."""
+    """The backends named in `spec` (comma-separated; empty: all), always with the reference first.
+
+    A backend asked for by name must be able to run here (a CUDA backend on a machine without CUDA
+    is a user error); with no names, those that cannot run are listed and skipped."""
     backends = registry()
     if not spec:
         return backends
@@ -127,7 +130,12 @@ def select_backends(spec: str):
     unknown = [w for w in wanted if w not in known]
     if unknown or not wanted:
         raise UsageError(f"--backends {spec!r}: unknown backend(s) {unknown}; known: {', '.join(known)}")
-    return [b for b in backends if b.name in set(wanted) | {REFERENCE}]
+    chosen = [b for b in backends if b.name in set(wanted) | {REFERENCE}]
+    for b in chosen:
+        ok, why = b.available()
+        if not ok and b.name in wanted:
+            raise UsageError(f"--backends {b.name}: cannot run on this machine ({why})")
+    return chosen
 
 
 @dataclass
@@ -222,6 +230,10 @@ def _main(argv: list[str]) -> int:
         raise UsageError(
             f"--prompt is {len(ids)} tokens, longer than the model's context (n_ctx = {config.n_ctx}); shorten it"
         )
+    for b in backends if args.backends else []:
+        ok, why = b.supports(config, len(ids))
+        if not ok:
+            raise UsageError(f"--backends {b.name}: cannot run this checkpoint here ({why})")
     if args.top > config.vocab_size:
         raise UsageError(f"--top {args.top}: the vocabulary has only {config.vocab_size} tokens")
     say(f"\nweights: {label}")

@@ -36,6 +36,7 @@ CHECK_ORDER = [
     "grad_max",
     "adamw_loss",
     "adamw_param_l2",
+    "adamw_update_l2",
     "generate_mismatches",
     "kv_cache",
 ]
@@ -192,6 +193,10 @@ def _main(argv: list[str]) -> int:
         if unknown:
             raise UsageError(f"--backends: unknown backend(s) {sorted(unknown)}; known: {', '.join(known)}")
         backends = [b for b in backends if b.name in wanted or b.name == REFERENCE]
+        for b in backends:  # asked for by name: it must be able to run here
+            ok, why = b.available()
+            if not ok and b.name in wanted:
+                raise UsageError(f"--backends {b.name}: cannot run on this machine ({why})")
     cases = [c for c in CASES if (c.full and (args.full or args.only_full)) or (not c.full and not args.only_full)]
     if args.cases:
         wanted = set(args.cases.split(","))

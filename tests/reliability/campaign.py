@@ -324,6 +324,13 @@ CASES: list[Case] = [
         needs=_tokenizer,
     ),
     Case("unknown --backends name", "compare", lambda ws: ["--backends", "nosuch"], names="nosuch"),
+    Case(
+        "--backends torch-cuda-f32 without CUDA",
+        "compare",
+        lambda ws: ["--backends", "torch-cuda-f32"],
+        names="--backends torch-cuda-f32",
+        needs=_no_cuda,
+    ),
     Case("unknown flag", "compare", lambda ws: ["--tpo", "3"], names="--tpo"),
     Case(
         "prompt longer than n_ctx",
@@ -549,6 +556,13 @@ CASES: list[Case] = [
     ),
     # --- the conformance report
     Case("unknown --backends name", "report", lambda ws: ["--backends", "nosuch"], names="nosuch"),
+    Case(
+        "--backends torch-cuda-f32 without CUDA",
+        "report",
+        lambda ws: ["--backends", "torch-cuda-f32"],
+        names="--backends torch-cuda-f32",
+        needs=_no_cuda,
+    ),
     Case("unknown --cases name", "report", lambda ws: ["--cases", "nosuch"], names="nosuch"),
     Case("--json into a missing folder", "report", lambda ws: ["--json", str(ws / "no" / "r.json")], names="--json"),
     Case(
