@@ -1,0 +1,349 @@
+"""The Numba matmul on a GPU: correctness of every variant, GPT-2 124M shapes timed against cuBLAS
+float32 (torch.matmul, TF32 off), a tile-shape sweep, and the head backward's float32 accuracy.
+
+    NUMBA_ENABLE_CUDASIM=0 python3 scripts/numba_matmul_sweep.py OUT.json [--budget-s 200]
+
+Sections, each written to OUT.json as soon as it is done (a run cut short keeps what it measured):
+  correctness  the fast kernel (each layout, several tiles, bias/accumulate, split-K, K chunks in
+               registers, GELU and residual epilogues, fused bias gradient) against the naive kernel
+               on ragged shapes (none a multiple of a tile), outputs poisoned with NaN first;
+               max|d| / max|ref| must be <= 1e-5 (float32 sums of <= ~1,100 terms in another order)
+  head         dlnf = dlogits @ wte (K = 50,257) against float64 (torch on the GPU): fast with
+               k_chunk=1024 (what the model runs), fast without chunks, cuBLAS float32
+  timing       every matmul of GPT-2 124M at B*T = 4096 (forward NN, backward NT and TN, the head):
+               fast (default tile and split) vs torch.matmul float32 vs the previous tiled kernel
+  sweep        tile shapes x split-K per shape (the defaults come from here)
+  model        NumbaGPT2 forward+backward at 124M, B=4, T=1024 (if time is left)
+Timing: CUDA events around batches of back-to-back launches (so Python's launch cost overlaps the
+GPU's work), after warm-up; the median over batches. Exit 1 if a correctness check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from numba_impl._compat import SIMULATOR, cuda  # noqa: E402
+from numba_impl.kernels import matmul as mm  # noqa: E402
+from weights.provenance import provenance  # noqa: E402
+
+BT, C, V = 4096, 768, 50257
+# (name, M, N, K, layout): every product of a GPT-2 124M step at B*T = 4096.
+SHAPES = [
+    ("fwd qkv", BT, 3 * C, C, "NN"),
+    ("fwd attn_proj", BT, C, C, "NN"),
+    ("fwd fc", BT, 4 * C, C, "NN"),
+    ("fwd mlp_proj", BT, C, 4 * C, "NN"),
+    ("bwd dx qkv", BT, C, 3 * C, "NT"),
+    ("bwd dx attn_proj", BT, C, C, "NT"),
+    ("bwd dx fc", BT, C, 4 * C, "NT"),
+    ("bwd dx mlp_proj", BT, 4 * C, C, "NT"),
+    ("bwd dw qkv", C, 3 * C, BT, "TN"),
+    ("bwd dw attn_proj", C, C, BT, "TN"),
+    ("bwd dw fc", C, 4 * C, BT, "TN"),
+    ("bwd dw mlp_proj", 4 * C, C, BT, "TN"),
+    ("head logits", BT, V, C, "NT"),
+    ("head dlnf", BT, C, V, "NN"),
+    ("head dwte", V, C, BT, "TN"),
+]
+HEAD_K_CHUNK = 1024
+TILES = [(128, 128, 8, 8, 8), (128, 128, 16, 8, 8), (128, 64, 8, 8, 8), (128, 64, 16, 8, 8), (64, 64, 8, 8, 8)]
+CHECK_REL = 1e-5
+
+START = time.time()
+
+
+def elapsed() -> float:
+    return time.time() - START
+
+
+# ----------------------------------------------------------------------------- helpers
+def operands(M, N, K, layout, seed=0):
+    """Device arrays of A and B stored as `layout` says, and torch views computing the same product."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    a_shape = (K, M) if layout[0] == "T" else (M, K)
+    b_shape = (N, K) if layout[1] == "T" else (K, N)
+    a = torch.randn(a_shape, device="cuda", generator=g)
+    b = torch.randn(b_shape, device="cuda", generator=g)
+    op_a = a.t() if layout[0] == "T" else a
+    op_b = b.t() if layout[1] == "T" else b
+    return a, b, op_a, op_b
+
+
+def nb(t: torch.Tensor):
+    """A flat Numba view of a contiguous torch CUDA tensor (no copy)."""
+    return cuda.as_cuda_array(t.reshape(-1))
+
+
+def time_numba(fn, batches=7, per=10, warmup=2) -> float:
+    """Median over batches of the mean time (ms) of `per` back-to-back calls, by CUDA events."""
+    for _ in range(warmup):
+        fn()
+    cuda.synchronize()
+    times = []
+    for _ in range(batches):
+        e0, e1 = cuda.event(timing=True), cuda.event(timing=True)
+        e0.record()
+        for _ in range(per):
+            fn()
+        e1.record()
+        e1.synchronize()
+        times.append(cuda.event_elapsed_time(e0, e1) / per)
+    return statistics.median(times)
+
+
+def time_torch(fn, batches=7, per=10, warmup=2) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(batches):
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        for _ in range(per):
+            fn()
+        e1.record()
+        e1.synchronize()
+        times.append(e0.elapsed_time(e1) / per)
+    return statistics.median(times)
+
+
+def tflops(M, N, K, ms) -> float:
+    return 2.0 * M * N * K / (ms * 1e-3) / 1e12
+
+
+def max_rel(x: torch.Tensor, ref: torch.Tensor) -> float:
+    x, ref = x.double(), ref.double()
+    return float((x - ref).abs().max() / ref.abs().max())
+
+
+def l2_rel(x: torch.Tensor, ref: torch.Tensor) -> float:
+    x, ref = x.double(), ref.double()
+    return float(torch.linalg.norm(x - ref) / torch.linalg.norm(ref))
+
+
+# ----------------------------------------------------------------------------- sections
+def section_correctness(res):
+    """Fast vs naive on ragged shapes, every variant; NaN-poisoned outputs."""
+    rows = []
+    cases = []
+    for layout in mm.LAYOUTS:
+        for tile in TILES:
+            cases.append(dict(layout=layout, tile=tile, M=1000, N=700, K=301))
+        cases.append(dict(layout=layout, tile=None, M=257, N=130, K=1029, splits=3))
+        cases.append(dict(layout=layout, tile=None, M=300, N=200, K=5000, k_chunk=1024))
+        cases.append(dict(layout=layout, tile=None, M=300, N=200, K=5000, k_chunk=1024, splits=2))
+    for c in cases:
+        M, N, K, layout = c["M"], c["N"], c["K"], c["layout"]
+        a, b, op_a, op_b = operands(M, N, K, layout, seed=M + K)
+        bias = torch.randn(N, device="cuda")
+        base = torch.randn(M, N, device="cuda")
+        ref = base.clone()
+        mm.matmul(nb(ref), nb(a), nb(b), M, N, K, layout, bias=nb(bias), accumulate=True, kernel="naive")
+        out = base.clone()
+        mm.matmul(nb(out), nb(a), nb(b), M, N, K, layout, bias=nb(bias), accumulate=True, kernel="fast",
+                  tile=c.get("tile"), splits=c.get("splits"), k_chunk=c.get("k_chunk"))  # fmt: skip
+        plain = torch.full((M, N), float("nan"), device="cuda")
+        mm.matmul(nb(plain), nb(a), nb(b), M, N, K, layout, kernel="fast", tile=c.get("tile"), splits=c.get("splits"),
+                  k_chunk=c.get("k_chunk"))  # fmt: skip
+        torch.cuda.synchronize()
+        e = max(max_rel(out, ref), max_rel(plain + base + bias, ref))
+        finite = bool(torch.isfinite(plain).all())
+        rows.append({**{k: v for k, v in c.items()}, "max_rel_vs_naive": e, "all_written": finite,
+                     "ok": e <= CHECK_REL and finite})  # fmt: skip
+    # epilogues (forward) and the fused bias gradient (weight gradient), default tiles and forced splits
+    M, N, K = 1000, 700, 301
+    a, b, op_a, op_b = operands(M, N, K, "NN", seed=1)
+    bias, extra = torch.randn(N, device="cuda"), torch.randn(M, N, device="cuda")
+    pre = torch.empty(M, N, device="cuda")
+    mm.matmul(nb(pre), nb(a), nb(b), M, N, K, "NN", bias=nb(bias), kernel="naive")
+    gelu_ref = 0.5 * pre * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (pre + 0.044715 * pre**3)))
+    for splits in (1, 3):
+        for epi, ref2 in (("gelu", gelu_ref), ("residual", extra + pre)):
+            out, out2 = torch.full_like(pre, float("nan")), torch.full_like(pre, float("nan"))
+            mm.matmul(nb(out), nb(a), nb(b), M, N, K, "NN", bias=nb(bias), splits=splits, epilogue=epi, out2=nb(out2),
+                      extra=nb(extra))  # fmt: skip
+            torch.cuda.synchronize()
+            e = max(max_rel(out, pre), max_rel(out2, ref2))
+            rows.append({"layout": "NN", "epilogue": epi, "splits": splits, "M": M, "N": N, "K": K,
+                         "max_rel_vs_naive": e, "ok": e <= CHECK_REL})  # fmt: skip
+        x, dout = torch.randn(K, M, device="cuda"), torch.randn(K, N, device="cuda")  # TN: K = B*T rows
+        dw, db = torch.ones(M, N, device="cuda"), torch.ones(N, device="cuda")
+        dw_ref, db_ref = torch.ones(M, N, device="cuda"), torch.ones(N, device="cuda")
+        mm.matmul(nb(dw_ref), nb(x), nb(dout), M, N, K, "TN", accumulate=True, kernel="naive")
+        mm.bias_backward(nb(db_ref), nb(dout), K, N, naive=True)
+        mm.matmul(nb(dw), nb(x), nb(dout), M, N, K, "TN", accumulate=True, dbias=nb(db), splits=splits)
+        torch.cuda.synchronize()
+        e = max(max_rel(dw - 1, dw_ref - 1), max_rel(db - 1, db_ref - 1))
+        rows.append({"layout": "TN", "dbias": True, "splits": splits, "M": M, "N": N, "K": K,
+                     "max_rel_vs_naive": e, "ok": e <= CHECK_REL})  # fmt: skip
+    res["correctness"] = {"rule": f"max|fast - naive| / max|naive| <= {CHECK_REL}", "rows": rows,
+                          "all_ok": all(r["ok"] for r in rows)}  # fmt: skip
+
+
+def section_head(res):
+    """dlnf = dlogits @ wte against float64: dlogits like the model's (softmax - onehot) / N."""
+    g = torch.Generator(device="cuda").manual_seed(3)
+    logits = 2.0 * torch.randn(BT, V, device="cuda", generator=g)
+    dlogits = torch.softmax(logits, dim=-1)
+    targets = torch.randint(0, V, (BT,), device="cuda", generator=g)
+    dlogits[torch.arange(BT, device="cuda"), targets] -= 1.0
+    dlogits /= BT
+    del logits
+    wte = 0.02 * torch.randn(V, C, device="cuda", generator=g)
+    ref = dlogits.double() @ wte.double()
+    d_dlogits, d_wte = nb(dlogits), nb(wte)
+    rows = {}
+    for name, kw in (("fast k_chunk=1024 (model)", dict(k_chunk=HEAD_K_CHUNK)), ("fast no chunks", {}),
+                     ("tiled per-chunk launches", dict(kernel="tiled", k_chunk=HEAD_K_CHUNK))):  # fmt: skip
+        out = torch.empty(BT, C, device="cuda")
+        d_out = nb(out)
+        run = lambda kw=kw, d_out=d_out: mm.matmul(d_out, d_dlogits, d_wte, BT, C, V, "NN", **kw)
+        run()
+        torch.cuda.synchronize()
+        rows[name] = {"max_rel": max_rel(out, ref), "l2_rel": l2_rel(out, ref), "ms": time_numba(run, 3, 3, 1)}
+    out = dlogits @ wte
+    torch.cuda.synchronize()
+    rows["cublas float32 (torch, TF32 off)"] = {"max_rel": max_rel(out, ref), "l2_rel": l2_rel(out, ref),
+                                                "ms": time_torch(lambda: dlogits @ wte, 3, 3, 1)}  # fmt: skip
+    res["head_backward_accuracy"] = {"shape": [BT, C, V], "reference": "float64 (torch on the GPU)", "rows": rows}
+
+
+def section_timing(res):
+    rows = []
+    for name, M, N, K, layout in SHAPES:
+        ta, tb, op_a, op_b = operands(M, N, K, layout)
+        a, b, out, dbias = nb(ta), nb(tb), nb(torch.empty(M, N, device="cuda")), nb(torch.zeros(N, device="cuda"))
+        kc = HEAD_K_CHUNK if name == "head dlnf" else None
+        tile = mm.fast_tile(M, N, layout)
+        splits = mm.split_k(M, N, K, tile)
+        fast = lambda: mm.matmul(out, a, b, M, N, K, layout, k_chunk=kc)  # noqa: B023
+        t_fast = time_numba(fast)
+        row = {"name": name, "M": M, "N": N, "K": K, "layout": layout, "tile": tile, "splits": splits,
+               "k_chunk": kc, "fast_ms": t_fast}  # fmt: skip
+        if layout == "TN" and name != "head dwte":  # the model's weight gradient also sums the bias gradient
+            row["fast_with_dbias_ms"] = time_numba(
+                lambda: mm.matmul(out, a, b, M, N, K, layout, accumulate=True, dbias=dbias)  # noqa: B023
+            )
+        t_tiled = time_numba(lambda: mm.matmul(out, a, b, M, N, K, layout, kernel="tiled", k_chunk=kc),  # noqa: B023
+                             5, 5, 1)  # fmt: skip
+        t_torch = time_torch(lambda: torch.matmul(op_a, op_b))  # noqa: B023
+        row |= {"tiled_ms": t_tiled, "torch_ms": t_torch, "fast_tflops": tflops(M, N, K, t_fast),
+                "torch_tflops": tflops(M, N, K, t_torch), "fast_vs_torch": t_torch / t_fast,
+                "tiled_vs_torch": t_torch / t_tiled}  # fmt: skip
+        rows.append(row)
+        print(f"{name:<18} {layout} fast {t_fast:7.3f} ms  torch {t_torch:7.3f} ms  "
+              f"({row['fast_vs_torch']:.0%} of cuBLAS)  tiled {t_tiled:7.3f} ms", flush=True)  # fmt: skip
+    res["timing"] = rows
+
+
+def section_sweep(res, deadline):
+    rows = []
+    data = {}
+    for name, M, N, K, layout in SHAPES:
+        ta, tb, _, _ = operands(M, N, K, layout)
+        data[name] = (nb(ta), nb(tb), nb(torch.empty(M, N, device="cuda")), (ta, tb))
+    for tile in TILES:  # tile-major: a run cut short still has whole tiles over every shape
+        for name, M, N, K, layout in SHAPES:
+            a, b, out, _ = data[name]
+            kc = HEAD_K_CHUNK if name == "head dlnf" else None
+            head = name.startswith("head")
+            blocks = mm.ceil_div(M, tile[0]) * mm.ceil_div(N, tile[1])
+            split_options = [1] if blocks >= 2 * mm.SMS or K < 2048 else [1, 2, 4]
+            if head and name != "head dlnf":
+                split_options = [1]
+            for splits in split_options:
+                if elapsed() > deadline:
+                    rows.append({"name": name, "tile": tile, "splits": splits, "skipped": "time budget"})
+                    continue
+                run = lambda: mm.matmul(out, a, b, M, N, K, layout, tile=tile, splits=splits, k_chunk=kc)  # noqa: B023
+                t = time_numba(run, 3, 3 if head else 5, 1)
+                rows.append({"name": name, "M": M, "N": N, "K": K, "layout": layout, "tile": tile, "splits": splits,
+                             "ms": t, "tflops": tflops(M, N, K, t)})  # fmt: skip
+    for name, *_ in SHAPES:
+        best = min((r for r in rows if r["name"] == name and "ms" in r), key=lambda r: r["ms"], default=None)
+        if best:
+            print(f"sweep {name:<18} best {best['tile']} splits {best['splits']}: {best['ms']:.3f} ms", flush=True)
+    res["sweep"] = rows
+
+
+def section_model(res):
+    from numba_impl.model import NumbaGPT2
+    from weights import GPT2Config
+    from weights.synthetic import synthetic
+
+    cfg = GPT2Config.gpt2_124m()
+    params = synthetic(cfg, seed=0)
+    B, T = 4, 1024
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, cfg.vocab_size, (B, T))
+    targets = rng.integers(0, cfg.vocab_size, (B, T))
+    m = NumbaGPT2(params, cfg, max_batch=B, max_seq=T)
+    step = lambda: m.forward_backward_device(idx, targets)
+    t = time_numba(step, 5, 1, 2)
+    res["model"] = {"B": B, "T": T, "numba_forward_backward_ms": t, "loss": m.loss()}
+    print(f"NumbaGPT2 124M forward+backward B=4 T=1024: {t:.1f} ms", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", help="JSON file to write")
+    parser.add_argument("--budget-s", type=float, default=200.0, help="stop starting new measurements after this")
+    args = parser.parse_args()
+    if SIMULATOR or not torch.cuda.is_available():
+        print("error: needs a CUDA GPU and NUMBA_ENABLE_CUDASIM=0", file=sys.stderr)
+        return 2
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    res = {"provenance": provenance(), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+           "torch_float32_matmul_precision": torch.get_float32_matmul_precision(),
+           "tf32_allowed": torch.backends.cuda.matmul.allow_tf32, "timing_method": __doc__.split("Timing: ")[1].strip(),
+           "sections_done": []}  # fmt: skip
+    out = Path(args.out)
+
+    def save(section):
+        res["sections_done"].append(section)
+        res["elapsed_s"] = elapsed()
+        out.write_text(json.dumps(res, indent=1, default=str))
+
+    ok = True
+    for name, fn in (("correctness", section_correctness), ("head", section_head), ("timing", section_timing)):
+        try:
+            fn(res)
+        except Exception as e:  # keep the other sections' numbers
+            res[f"{name}_error"] = f"{type(e).__name__}: {e}"
+            print(f"section {name} failed: {e}", flush=True)
+            ok = False
+        save(name)
+    if "correctness" in res:
+        bad = [r for r in res["correctness"]["rows"] if not r["ok"]]
+        print(f"correctness: {len(res['correctness']['rows']) - len(bad)} ok, {len(bad)} failed", flush=True)
+        for r in bad:
+            print("  FAILED", r, flush=True)
+        ok = ok and not bad
+    section_sweep(res, args.budget_s - 45)
+    save("sweep")
+    if elapsed() < args.budget_s - 40:
+        try:
+            section_model(res)
+        except Exception as e:
+            res["model_error"] = f"{type(e).__name__}: {e}"
+        save("model")
+    print(f"done in {elapsed():.0f} s -> {out}", flush=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
