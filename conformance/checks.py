@@ -36,6 +36,11 @@ def scalar_rel(x: float, ref: float) -> float:
     return d / abs(float(ref)) if ref != 0 else d
 
 
+def moved(params: Mapping[str, np.ndarray], start: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """params - start for every named tensor, in float64: how far an optimizer moved each one."""
+    return {name: np.asarray(params[name], np.float64) - np.asarray(start[name], np.float64) for name in start}
+
+
 def worst_tensor(
     values: Mapping[str, np.ndarray], refs: Mapping[str, np.ndarray], metric
 ) -> tuple[str, float, dict[str, float]]:

@@ -21,6 +21,14 @@ from conformance.tolerances import CEILINGS
 
 REFERENCE = "numpy-f64"
 
+# adamw_update_l2 compares what AdamW added to the weights (final - start, per tensor) with what it added
+# in the reference. The weights themselves (adamw_param_l2) hide an optimizer bug under their own size:
+# decay on every tensor moves a LayerNorm weight (~1) by lr * wd per step, 1e-3 of it after 10 steps,
+# right at the parameter ceiling, but 10-20% of its update. Same ceiling, no new number: the float32
+# floor of the update metric is 1.6e-5 on the CI cases and 2.7e-4 at the full 124M shape
+# (numpy-f32 on a CPU), under the parameters' 1e-3 (docs/conformance.md).
+SAME_CEILING = {"adamw_update_l2": "adamw_param_l2"}
+
 
 @dataclass
 class Result:
@@ -99,7 +107,7 @@ def run_case(case: Case, backend: Backend, seed: int = 0) -> list[Result]:
     out: list[Result] = []
 
     def add(check, value, detail="", seconds=0.0, **extra):
-        c = ceil[check]
+        c = ceil[SAME_CEILING.get(check, check)]
         out.append(Result(case.name, backend.name, check, float(value), c, _judge(value, c), detail, seconds, extra))
 
     for what in case.checks:
@@ -130,6 +138,11 @@ def run_case(case: Case, backend: Backend, seed: int = 0) -> list[Result]:
                 final, r_final = without_key_bias(final, case.config), without_key_bias(r_final, case.config)
                 name, worst, per = checks.worst_tensor(final, r_final, checks.l2_rel)
                 add("adamw_param_l2", worst, f"worst tensor {name} (key biases excluded)", per_tensor=per)
+                start = without_key_bias(params, case.config)
+                name, worst, per = checks.worst_tensor(
+                    checks.moved(final, start), checks.moved(r_final, start), checks.l2_rel
+                )
+                add("adamw_update_l2", worst, f"worst tensor {name} (key biases excluded)", per_tensor=per)
             elif what == "generate":
                 tokens = np.asarray(backend.generate(params, case.config, idx, GENERATE_TOKENS))
                 dt = time.perf_counter() - t0

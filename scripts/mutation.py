@@ -447,6 +447,7 @@ def test_env(root: Path, source: Path) -> dict[str, str]:
         PYTHONDONTWRITEBYTECODE="1",
         PYTHONPATH=str(root),
         OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"),
+        COLUMNS="400",  # pytest's summary lines are cut to the terminal width
     )
     shared = source.parent / "shared"
     if "GPT2_SHARED_DIR" not in env and shared.is_dir():  # the copy has no ../shared of its own
@@ -469,7 +470,8 @@ class Outcome:
 def run_tests(root: Path, source: Path, tests: tuple[str, ...], stop_first: bool) -> Outcome:
     basetemp = root.parent / "pytest-tmp"
     shutil.rmtree(basetemp, ignore_errors=True)
-    cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", f"--basetemp={basetemp}"]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "--tb=short", "-p", "no:cacheprovider"]
+    cmd += [f"--basetemp={basetemp}"]
     cmd += ["-x"] if stop_first else []
     cmd += list(tests)
     t0 = time.perf_counter()
@@ -489,10 +491,11 @@ def run_tests(root: Path, source: Path, tests: tuple[str, ...], stop_first: bool
         hits = _FAILED.findall(output)
         if hits:
             kind, test, message = hits[0]
-            message = (message or "").strip()
+            details = [ln[1:].strip() for ln in output.splitlines() if ln.startswith("E ") and ln[1:].strip()]
+            message = " / ".join(details[:3]) or (message or "").strip()
             if kind == "ERROR":
                 message = f"(error in setup) {message}"
-            return Outcome("failed", test, message[:160], seconds, output)
+            return Outcome("failed", test, message[:240], seconds, output)
     tail = " | ".join(output.strip().splitlines()[-3:])
     return Outcome("error", message=f"pytest exit {proc.returncode}: {tail[:200]}", seconds=seconds, output=output)
 
