@@ -184,8 +184,8 @@ def tiled_matmul_kernel(layout: str, BM: int, BN: int, BK: int, TM: int, TN: int
 # written transposed, and without the pad the threads of a warp would write one bank.
 # Double buffering: two shared stages; while the block computes on one, each thread holds the next
 # slice in registers (loaded from global memory before the FMAs, stored to the other stage after
-# them), so one barrier per K step suffices. Tiles that lie wholly inside (M, N) with a K range that
-# is a multiple of BK take loads without bounds checks (the branch is uniform over the block).
+# them), so one barrier per K step suffices. Tiles that lie wholly inside (M, N) take loads without
+# bounds checks, except on a last, partial K step (the branch is uniform over the block).
 # Epilogues fused into the store: bias, accumulate, GELU (out2 = gelu(out), out keeps the
 # pre-activation the backward needs), residual add (out2 = extra + out); and for the weight
 # gradient (TN), the bias gradient (column sums of B = dout, which the kernel loads anyway).
@@ -355,7 +355,8 @@ def fast_matmul_kernel(layout: str, BM: int, BN: int, BK: int, TM: int, TN: int,
         k_end = min(k_stop, k_begin + k_split)
         n_steps = (k_end - k_begin + BK - 1) // BK
         interior = m0 + BM <= M and n0 + BN <= N
-        checked = not (interior and (k_end - k_begin) % BK == 0)
+        edge = not interior  # loads need bounds checks on every K step
+        k_tail = (k_end - k_begin) % BK != 0  # ... or only on the last, partial one
         do_dbias = fuse_dbias and cuda.blockIdx.y == 0
         for r in range(TM):
             for c in range(TN):
@@ -365,6 +366,7 @@ def fast_matmul_kernel(layout: str, BM: int, BN: int, BK: int, TM: int, TN: int,
             db_sum[j] = float32(0.0)
 
         if n_steps > 0:
+            checked = edge or (k_tail and n_steps == 1)
             load_a(a_stage, a, M, K, m0, k_begin, k_end, tid, checked)
             load_b(b_stage, b, N, K, n0, k_begin, k_end, tid, checked)
             store_a(a_s, 0, a_stage, tid)
@@ -380,6 +382,7 @@ def fast_matmul_kernel(layout: str, BM: int, BN: int, BK: int, TM: int, TN: int,
             more = step + 1 < n_steps
             if more:  # the next slice into registers; its loads are in flight during the FMAs below
                 k_next = k_begin + (step + 1) * BK
+                checked = edge or (k_tail and step + 2 == n_steps)
                 load_a(a_stage, a, M, K, m0, k_next, k_end, tid, checked)
                 load_b(b_stage, b, N, K, n0, k_next, k_end, tid, checked)
             for k in range(BK):
