@@ -26,6 +26,7 @@ weights: an independent oracle that this project did not write.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -100,7 +101,7 @@ def parse_args(argv: list[str]):
     ap = ArgumentParser(
         prog="python -m conformance.compare",
         description=__doc__,
-        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--weights", default="gpt2", help="hub id (gpt2), a .safetensors file or folder, or 'synthetic'")
     ap.add_argument(

@@ -146,6 +146,35 @@ def test_bad_inputs_name_the_culprit(tmp_path):
         tokenize_files([bad], tmp_path / "out2", val_fraction=0.0, progress=False, tokenizer=_toy_tokenizer())
 
 
+def test_a_failure_leaves_no_empty_out_folder_but_keeps_finished_shards(tmp_path):
+    """Folders this run created are removed when nothing was written into them; whole shards stay (resumable)."""
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xffnot utf-8\n")
+    with pytest.raises(DataError, match="bad.txt: not UTF-8"):
+        tokenize_files([bad], tmp_path / "a" / "b" / "out", progress=False, tokenizer=_toy_tokenizer())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.txt"]  # not even the parents a/ and a/b/
+    good = tmp_path / "good.txt"
+    good.write_text("fine text\n" * 200)  # 200 chunks: more than one group of chunks encoded together
+    with pytest.raises(DataError, match="bad.txt: not UTF-8"):  # the first file's shards are written, then the error
+        tokenize_files([good, bad], tmp_path / "o", 0.0, 1, chunk_bytes=16, progress=False, tokenizer=_toy_tokenizer())
+    assert (tmp_path / "o" / "manifest.json").is_file() and shard_paths(tmp_path / "o", "train")
+
+
+def test_loader_reports_the_largest_token_id(tmp_path):
+    write_shard(tmp_path / "x_train_000000.bin", np.array([3, 9, 4] * 10))
+    write_shard(tmp_path / "x_train_000001.bin", np.array([1, 2, 70] * 10))
+    assert ShardLoader.from_folder(tmp_path, "train", 2, 4).max_token_id() == 70
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert data.main([str(tmp_path / "nope.txt"), "--out", str(tmp_path / "o"), "--threads", "-1"]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'nope.txt'}: no such input file\n"
+    (tmp_path / "a.txt").write_text("hi\n")
+    assert data.main([str(tmp_path / "a.txt"), "--out", str(tmp_path / "o"), "--threads", "-1"]) == 2
+    assert capsys.readouterr().err == "error: --threads must be >= 0 (0: one per CPU core), got -1\n"
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.skipif(tokenizer_dir() is None, reason=f"GPT-2 tokenizer files absent: {WHERE_TOKENIZER}")
 def test_cli_writes_both_splits(tmp_path, capsys):
     src = tmp_path / "in.txt"
