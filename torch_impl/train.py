@@ -122,52 +122,41 @@ class TrainConfig:
                 raise UsageError(f"{_flag(f.name)} must be {kind.__name__}; got {value!r}")
             if choices and value not in choices:
                 raise UsageError(f"{_flag(f.name)} must be one of {', '.join(choices)}; got {value!r}")
-            if f.name in _RANGES:
-                lo, hi, rule = _RANGES[f.name]
-                if not (lo(value) and hi(value) and math.isfinite(value)):
-                    raise UsageError(f"{_flag(f.name)} {value!r}: must be {rule}")
+        for name, ok, rule in _ranges(self):  # NaN fails every comparison, so it is never ok
+            value = getattr(self, name)
+            if not (ok and math.isfinite(value)):
+                raise UsageError(f"{_flag(name)} {value!r}: must be {rule}")
 
 
-def _at_least(x):
-    return lambda v: v >= x
-
-
-def _below(x):
-    return lambda v: v < x
-
-
-def _any(v) -> bool:
-    return True
-
-
-# Numeric settings and the values that can work: (lower test, upper test, the rule in words).
-_RANGES = {
-    "n_layer": (_at_least(0), _any, ">= 0 (0 keeps the preset)"),
-    "n_head": (_at_least(0), _any, ">= 0 (0 keeps the preset)"),
-    "n_embd": (_at_least(0), _any, ">= 0 (0 keeps the preset)"),
-    "padded_vocab": (_at_least(1), _any, ">= 1"),
-    "batch_size": (_at_least(1), _any, ">= 1"),
-    "seq_len": (_at_least(1), _any, ">= 1"),
-    "total_batch_tokens": (_at_least(0), _any, ">= 0"),
-    "max_steps": (_at_least(1), _any, ">= 1"),
-    "stop_step": (_at_least(0), _any, ">= 0"),
-    "lr": (lambda v: v > 0, _any, "> 0"),
-    "min_lr_frac": (_at_least(0), lambda v: v <= 1, "in [0, 1]"),
-    "warmup_steps": (_at_least(0), _any, ">= 0"),
-    "weight_decay": (_at_least(0), _any, ">= 0"),
-    "beta1": (_at_least(0), _below(1), "in [0, 1)"),
-    "beta2": (_at_least(0), _below(1), "in [0, 1)"),
-    "eps": (lambda v: v > 0, _any, "> 0"),
-    "grad_clip": (_at_least(0), _any, ">= 0 (0: no clipping)"),
-    "peak_flops": (_at_least(0), _any, ">= 0"),
-    "eval_every": (_at_least(0), _any, ">= 0"),
-    "eval_batches": (_at_least(1), _any, ">= 1"),
-    "sample_every": (_at_least(0), _any, ">= 0"),
-    "sample_tokens": (_at_least(1), _any, ">= 1"),
-    "log_every": (_at_least(0), _any, ">= 0"),
-    "ckpt_every": (_at_least(0), _any, ">= 0"),
-    "keep_last": (_at_least(0), _any, ">= 0"),
-}
+def _ranges(c: TrainConfig) -> list[tuple[str, bool, str]]:
+    """(setting, whether its value can work, the rule in words) for every numeric setting."""
+    return [
+        ("n_layer", c.n_layer >= 0, ">= 0 (0 keeps the preset)"),
+        ("n_head", c.n_head >= 0, ">= 0 (0 keeps the preset)"),
+        ("n_embd", c.n_embd >= 0, ">= 0 (0 keeps the preset)"),
+        ("padded_vocab", c.padded_vocab >= 1, ">= 1"),
+        ("batch_size", c.batch_size >= 1, ">= 1"),
+        ("seq_len", c.seq_len >= 1, ">= 1"),
+        ("total_batch_tokens", c.total_batch_tokens >= 0, ">= 0 (0: B*T*world)"),
+        ("max_steps", c.max_steps >= 1, ">= 1"),
+        ("stop_step", c.stop_step >= 0, ">= 0 (0: run on)"),
+        ("lr", c.lr > 0, "> 0"),
+        ("min_lr_frac", 0 <= c.min_lr_frac <= 1, "in [0, 1]"),
+        ("warmup_steps", c.warmup_steps >= 0, ">= 0"),
+        ("weight_decay", c.weight_decay >= 0, ">= 0"),
+        ("beta1", 0 <= c.beta1 < 1, "in [0, 1)"),
+        ("beta2", 0 <= c.beta2 < 1, "in [0, 1)"),
+        ("eps", c.eps > 0, "> 0"),
+        ("grad_clip", c.grad_clip >= 0, ">= 0 (0: no clipping)"),
+        ("peak_flops", c.peak_flops >= 0, ">= 0 (0: look the device up)"),
+        ("eval_every", c.eval_every >= 0, ">= 0 (0: never)"),
+        ("eval_batches", c.eval_batches >= 1, ">= 1"),
+        ("sample_every", c.sample_every >= 0, ">= 0 (0: never)"),
+        ("sample_tokens", c.sample_tokens >= 1, ">= 1"),
+        ("log_every", c.log_every >= 0, ">= 0"),
+        ("ckpt_every", c.ckpt_every >= 0, ">= 0 (0: only at the end)"),
+        ("keep_last", c.keep_last >= 0, ">= 0 (0: keep all)"),
+    ]
 
 
 class NonFiniteError(RuntimeError):

@@ -461,10 +461,16 @@ CASES: list[Case] = [
     ),
     Case("--config file missing", "train", lambda ws: ["--config", str(ws / "none.toml")], names="none.toml"),
     Case(
-        "--config value of the wrong type",
+        "--config value a string, not a number",
         "train",
         lambda ws: [*train_args(ws, shards(ws, 64)), "--config", _text(ws, "run.json", b'{"warmup_steps": "ten"}')],
         names="--warmup-steps",
+    ),
+    Case(
+        "--config value a list, not a number",
+        "train",
+        lambda ws: [*train_args(ws, shards(ws, 64)), "--config", _text(ws, "run.json", b'{"lr": [0.1]}')],
+        names="--lr",
     ),
     Case(
         "--init truncated checkpoint",
