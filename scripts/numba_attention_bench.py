@@ -15,7 +15,11 @@ Sections (the JSON is rewritten after each, so a run cut short keeps what it mea
   memory       LayerNorm fwd/bwd, GELU fwd/bwd, residual add, cross-entropy fwd+bwd at GPT-2 124M's
                B=4 T=1024 shapes: fast vs naive twin vs torch, with the bytes each op must move
                (every input read once, every output written once) over its time, as a fraction
-               of the copy bandwidth; input sets rotate so that no timing reads from the 60 MB L2
+               of the copy bandwidth; input sets rotate so that no timing reads from the 60 MB L2.
+               Each timing brackets one Python call, so Numba's host-side launch cost is in it.
+  graphed      the fast memory-bound kernels and the flash kernels inside CUDA graph replays
+               (LAUNCHES_PER_GRAPH launches per replay): the kernels' own time
+  attention_variants  other flash block shapes
 Timing: CUDA events around each call, median of REPEATS after WARMUP calls.
 """
 
@@ -398,6 +402,124 @@ def memory_bound(report):
         add("crossentropy forward+backward", "torch (cross_entropy + autograd.grad)", t, xent_bytes)
 
 
+LAUNCHES_PER_GRAPH = 20
+
+
+def graph_timed(launch, n_sets) -> dict | None:
+    """Kernel time without the host's launch cost: LAUNCHES_PER_GRAPH launches of launch(k) (k cycling
+    over the input sets) recorded in one CUDA graph (numba_impl/graph.py); each replay is timed with
+    events on the graph's stream, divided by the launches. None where graphs are unavailable."""
+    from numba_impl._compat import launch_stream
+    from numba_impl.graph import CapturedGraph, graphs_unavailable
+
+    if graphs_unavailable():
+        return None
+    stream = cuda.stream()
+    with launch_stream(stream):
+        for i in range(n_sets):  # compile and load before the capture
+            launch(i)
+    stream.synchronize()
+
+    def record():
+        with launch_stream(stream):
+            for i in range(LAUNCHES_PER_GRAPH):
+                launch(i % n_sets)
+
+    graph = CapturedGraph(stream, record)
+    for _ in range(WARMUP):
+        graph.replay()
+    stream.synchronize()
+    times = []
+    for _ in range(REPEATS):
+        start, end = cuda.event(), cuda.event()
+        start.record(stream=stream)
+        graph.replay()
+        end.record(stream=stream)
+        end.synchronize()
+        times.append(cuda.event_elapsed_time(start, end) / LAUNCHES_PER_GRAPH)
+    return {"median_ms": float(np.median(times)), "min_ms": float(min(times)), "max_ms": float(max(times)),
+            "n": REPEATS, "launches_per_replay": LAUNCHES_PER_GRAPH}  # fmt: skip
+
+
+def memory_bound_graphed(report):
+    """The fast memory-bound kernels and the flash kernels timed inside CUDA graph replays: the
+    kernels' own time, without Numba's host-side launch cost that the eager timings include."""
+    B, T, C, NH = MAIN
+    N = B * T
+    V = 97 if SMOKE else 50257
+    copy_bw = report.get("copy", {}).get("GBps")
+    rows = []
+    report["graphed"] = {"launches_per_replay": LAUNCHES_PER_GRAPH, "rows": rows}
+    r = np.random.default_rng(11)
+
+    def add(op, t, nbytes=None):
+        if t is None:
+            rows.append({"op": op, "note": "CUDA graphs unavailable here"})
+            return
+        row = {"op": op, **t}
+        if nbytes:
+            row.update(bytes=nbytes, GBps=nbytes / t["median_ms"] / 1e6)
+            if copy_bw:
+                row["fraction_of_copy"] = row["GBps"] / copy_bw
+        rows.append(row)
+        print("graphed", json.dumps(row), flush=True)
+
+    def f32(*shape):
+        return r.standard_normal(shape).astype(np.float32)
+
+    k = n_sets(4 * N * C * 4)
+    xs, douts = [dev(f32(N, C) + 1) for _ in range(k)], [dev(f32(N, C)) for _ in range(k)]
+    outs, dx = [cuda.device_array(N * C, np.float32) for _ in range(k)], [dev(f32(N, C)) for _ in range(k)]
+    w, b = dev(1 + 0.1 * f32(C)), dev(0.1 * f32(C))
+    mean, rstd = cuda.device_array(N, np.float32), cuda.device_array(N, np.float32)
+    dw, db = dev(np.zeros(C)), dev(np.zeros(C))
+    add(
+        "layernorm forward",
+        graph_timed(lambda i: layernorm.layernorm_forward(outs[i], mean, rstd, xs[i], w, b, N, C, 1e-5), k),
+        8 * N * C + 8 * N,
+    )
+    add(
+        "layernorm backward (dinp +=, dweight, dbias)",
+        graph_timed(lambda i: layernorm.layernorm_backward(dx[i], dw, db, douts[i], xs[i], w, mean, rstd, N, C), k),
+        16 * N * C + 8 * N,
+    )
+    M = N * 4 * C
+    k = n_sets(3 * M * 4)
+    ms = [dev(f32(M)) for _ in range(k)]
+    gs = [dev(f32(M)) for _ in range(k)]
+    mo = [cuda.device_array(M, np.float32) for _ in range(k)]
+    add("gelu forward", graph_timed(lambda i: gelu.gelu_forward(mo[i], ms[i], M), k), 8 * M)
+    add("gelu backward", graph_timed(lambda i: gelu.gelu_backward(mo[i], ms[i], gs[i], M), k), 12 * M)
+    add("gelu forward, naive twin", graph_timed(lambda i: gelu.gelu_forward(mo[i], ms[i], M, naive=True), k), 8 * M)
+    add(
+        "residual forward",
+        graph_timed(lambda i: residual.residual_forward(mo[i], ms[i], gs[i], N * C), k),
+        12 * N * C,
+    )
+    if over_budget():
+        return
+    logits = dev(2 * f32(N, V))
+    dlogits = cuda.device_array(N * V, np.float32)
+    targets = dev(r.integers(0, V, N), np.int32)
+    losses = cuda.device_array(N, np.float32)
+    add(
+        "crossentropy forward+backward",
+        graph_timed(lambda _: crossentropy.crossentropy(losses, dlogits, logits, targets, N, V, 1.0 / N), 1),
+        8 * N * V + 8 * N,
+    )
+    qkv, dout = dev(f32(B, T, 3 * C)), dev(f32(B, T, C))
+    out, lse = cuda.device_array(B * T * C, np.float32), cuda.device_array(B * NH * T, np.float32)
+    dqkv, delta = cuda.device_array(B * T * 3 * C, np.float32), cuda.device_array(B * NH * T, np.float32)
+    add(
+        "flash attention forward",
+        graph_timed(lambda _: attention.attention_forward_flash(out, lse, qkv, B, T, C, NH), 1),
+    )
+    add(
+        "flash attention backward",
+        graph_timed(lambda _: attention.attention_backward_flash(dqkv, delta, dout, out, lse, qkv, B, T, C, NH), 1),
+    )
+
+
 def copy_bandwidth(report):
     if not TORCH_GPU:
         report["copy"] = {"note": "no GPU torch: not measured"}
@@ -418,7 +540,8 @@ def main():
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         report["torch_tf32"] = False
-    for section in (copy_bandwidth, correctness, attention_timing, memory_bound, attention_variants):
+    sections = (copy_bandwidth, correctness, attention_timing, memory_bound, memory_bound_graphed, attention_variants)
+    for section in sections:
         if over_budget():
             report.setdefault("skipped", []).append(section.__name__)
             continue
