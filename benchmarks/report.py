@@ -267,20 +267,23 @@ def jit_section(results: list[Result]) -> list[str]:
     rows = []
     for r in results:
         if r.backend and r.backend.startswith("numba") and r.first_call_s is not None:
-            what = (
-                r.task or f"{r.op} {r.direction}" if r.kind != "attention-scaling" else f"attention {r.variant} T={r.T}"
-            )
-            rows.append([what, r.size or "", fmt_time(r.first_call_s), fmt_time(r.time_s),
+            if r.kind == "attention-scaling":
+                what = f"attention {r.variant} T={r.T}"
+            elif r.kind == "matmul":
+                what = f"matmul {r.shape}"
+            else:
+                what = r.task or f"{r.op} {r.direction}"
+            rows.append([what, r.backend, r.size or "", fmt_time(r.first_call_s), fmt_time(r.time_s),
                          fmt_time(max(r.first_call_s - r.time_s, 0.0))])  # fmt: skip
     if not rows:
         return []
     intro = (
         "First call of each Numba benchmark, timed before any warm-up, against its steady time. "
         "A kernel is compiled on its first launch in the process, so the compile time lands in the "
-        "first benchmark that launches it (the run order: model, ops, attention scaling); the "
+        "first benchmark that launches it (the run order: model, matmul shapes, ops, attention scaling); the "
         "difference is the compile (and first-transfer) cost."
     )
-    header = ["benchmark", "size", "first call", STAT["name"], "first − steady"]
+    header = ["benchmark", "backend", "size", "first call", STAT["name"], "first − steady"]
     return ["## Numba first calls (JIT compile)", "", intro, ""] + table(header, rows)
 
 
