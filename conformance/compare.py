@@ -302,6 +302,8 @@ def _main(argv: list[str]) -> int:
     absent = [o.name for o in outcomes if o.verdict == "not run"]
     if failed:
         say(f"overall: FAIL: {', '.join(failed)} ({len(failed)} of {len(judged)} judged backends)")
+    elif not judged:
+        say(f"overall: nothing judged: only {REFERENCE} ran")
     else:
         say(
             f"overall: PASS: {len(judged)} backend(s) agree with {REFERENCE} within tolerance"
