@@ -128,7 +128,7 @@ class Launch:
 
 
 # Factory constants worth showing in the table (the tile and variant of a kernel built per shape).
-_CONFIG_NAMES = ("layout", "BM", "BN", "BK", "EPI", "KC_STEPS", "fuse_dbias", "HS", "R", "K", "C")
+_CONFIG_NAMES = ("A_T", "B_T", "BM", "BN", "BK", "EPI", "KC_STEPS", "fuse_dbias", "HS", "R", "K", "C")
 
 
 def _threads(blockdim) -> int:

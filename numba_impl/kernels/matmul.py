@@ -202,17 +202,38 @@ VEC = 4  # staging: each thread moves runs of 4 consecutive floats (16 bytes) fr
 EPILOGUES = ("none", "gelu", "residual")
 _EPI_CODE = {name: i for i, name in enumerate(EPILOGUES)}
 
-# (BM, BN, BK, TM, TN) candidates on a GPU; `fast_tile` picks one per shape. The simulator gets
-# FAST_SIM_TILE: 4 threads, 2x2 fragments, the same code paths (fragments of halves, staging runs of 4).
-FAST_TILE = (128, 128, 8, 8, 8)  # 256 threads
-FAST_TILE_NARROW = (128, 64, 8, 8, 8)  # 128 threads, for outputs with few 128x128 tiles
+# (BM, BN, BK, TM, TN) of the fast kernel. The simulator gets FAST_SIM_TILE: 4 threads, 2x2
+# fragments, the same code paths (fragments of halves, staging runs of 4).
+FAST_TILE = (128, 128, 16, 8, 8)  # 256 threads
+FAST_TILE_NARROW = (128, 64, 16, 8, 8)  # 128 threads, for outputs with few 128x128 tiles
 FAST_SIM_TILE = (8, 8, 4, 4, 4)
 SMS = 132  # H100 SXM and H200 multiprocessors; only used to judge waves of tiles
 MIN_SPLIT_K = 512  # a split-K slice sums at least this many terms
 
+# (tile, split-K) per product of a GPT-2 124M step at B*T = 4096: the fastest of the sweep in
+# docs/results/numba-matmul-sweep-h200.json (5 tiles x 1/2/4 slices, H200; the time in each comment).
+# Other shapes take the rule in `fast_tile` / `split_k`.
+TUNED = {
+    (4096, 2304, 768, "NN"): ((128, 64, 16, 8, 8), 1),  # fwd qkv: 0.589 ms
+    (4096, 768, 768, "NN"): ((128, 64, 16, 8, 8), 1),  # fwd attn_proj: 0.216 ms
+    (4096, 3072, 768, "NN"): ((128, 128, 8, 8, 8), 1),  # fwd fc: 0.760 ms
+    (4096, 768, 3072, "NN"): ((128, 128, 8, 8, 8), 4),  # fwd mlp_proj: 0.750 ms
+    (4096, 768, 2304, "NT"): ((128, 128, 16, 8, 8), 2),  # bwd dx qkv: 0.547 ms
+    (4096, 768, 768, "NT"): ((128, 64, 16, 8, 8), 1),  # bwd dx attn_proj: 0.217 ms
+    (4096, 768, 3072, "NT"): ((128, 128, 16, 8, 8), 2),  # bwd dx fc: 0.709 ms
+    (4096, 3072, 768, "NT"): ((128, 128, 16, 8, 8), 1),  # bwd dx mlp_proj: 0.688 ms
+    (768, 2304, 4096, "TN"): ((128, 128, 16, 8, 8), 2),  # bwd dw qkv: 0.606 ms
+    (768, 768, 4096, "TN"): ((128, 64, 8, 8, 8), 4),  # bwd dw attn_proj: 0.271 ms
+    (768, 3072, 4096, "TN"): ((128, 128, 16, 8, 8), 4),  # bwd dw fc: 0.780 ms
+    (3072, 768, 4096, "TN"): ((128, 128, 16, 8, 8), 4),  # bwd dw mlp_proj: 0.780 ms
+    (4096, 50257, 768, "NT"): ((128, 128, 16, 8, 8), 1),  # head logits: 10.547 ms
+    (4096, 768, 50257, "NN"): ((128, 128, 16, 8, 8), 4),  # head dlnf (k_chunk=1024): 12.706 ms
+    (50257, 768, 4096, "TN"): ((128, 128, 16, 8, 8), 1),  # head dwte: 10.172 ms
+}
+
 
 def fast_tile(M: int, N: int, layout: str) -> tuple:
-    """Tile of the fast kernel for an (M, N) output: 128x128 when that makes >= 2 waves, else 128x64."""
+    """Tile of the fast kernel by rule: 128x128 when that makes >= 2 waves of blocks, else 128x64."""
     if SIMULATOR:
         return FAST_SIM_TILE
     if ceil_div(M, FAST_TILE[0]) * ceil_div(N, FAST_TILE[1]) >= 2 * SMS:
@@ -221,13 +242,21 @@ def fast_tile(M: int, N: int, layout: str) -> tuple:
 
 
 def split_k(M: int, N: int, K: int, tile: tuple) -> int:
-    """How many K slices: enough to give ~2 waves of blocks, each slice >= MIN_SPLIT_K terms."""
+    """How many K slices by rule: enough to give ~2 waves of blocks, each slice >= MIN_SPLIT_K terms."""
     if SIMULATOR:
         return 1
     blocks = ceil_div(M, tile[0]) * ceil_div(N, tile[1])
     if blocks >= 2 * SMS:
         return 1
     return max(1, min(ceil_div(2 * SMS, blocks), K // MIN_SPLIT_K))
+
+
+def fast_config(M: int, N: int, K: int, layout: str) -> tuple[tuple, int]:
+    """(tile, splits) of the fast kernel for one product: the measured best (`TUNED`), else the rules."""
+    if not SIMULATOR and (M, N, K, layout) in TUNED:
+        return TUNED[(M, N, K, layout)]
+    tile = fast_tile(M, N, layout)
+    return tile, split_k(M, N, K, tile)
 
 
 @device
@@ -500,11 +529,11 @@ def matmul(out, a, b, M, N, K, layout="NN", bias=None, accumulate=False, naive=F
 
     out, a, b, bias: flat float32 device arrays. accumulate=True adds into `out`.
     kernel: "fast" (default), "tiled" (the previous kernel, kept for comparison) or "naive" (also
-    naive=True). tile: (BM, BN, BK, TM, TN) of the fast kernel (default `fast_tile`), or of the
+    naive=True). tile: (BM, BN, BK, TM, TN) of the fast kernel (default `fast_config`), or of the
     tiled kernel; a 6-tuple (..., interleave) selects the tiled kernel.
     epilogue (fast kernel): "gelu" also writes out2 = gelu(out); "residual" writes out2 = extra + out.
     dbias (fast kernel, layout TN): dbias(N) += column sums of B, fused into the product's loads.
-    splits (fast kernel): K in this many slices, one launch plus a reduction (default `split_k`).
+    splits (fast kernel): K in this many slices, one launch plus a reduction (default `fast_config`).
     k_chunk: keep each float32 running sum to at most this many terms of K. Each output is otherwise
     one float32 register summed over all of K, whose rounding error grows like sqrt(K) * eps: at
     K = 50,257 (the head's backward, dlnf = dlogits @ wte) that is ~1e-5 relative, above the project's
@@ -537,7 +566,10 @@ def matmul(out, a, b, M, N, K, layout="NN", bias=None, accumulate=False, naive=F
 
 def _matmul_fast(out, a, b, M, N, K, layout, bias, has_bias, accumulate, tile, k_chunk, splits, epilogue, out2,
                  extra, dbias):  # fmt: skip
-    BM, BN, BK, TM, TN = tile or fast_tile(M, N, layout)
+    if tile is None:
+        tile, tuned_splits = fast_config(M, N, K, layout)
+        splits = tuned_splits if splits is None else splits
+    BM, BN, BK, TM, TN = tile
     kc = ceil_div(int(k_chunk), BK) * BK if k_chunk else 0
     splits = max(1, int(splits if splits is not None else split_k(M, N, K, (BM, BN))))
     k_split = ceil_div(ceil_div(max(K, 1), splits), BK) * BK  # slices start on a BK boundary
