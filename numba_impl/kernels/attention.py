@@ -38,6 +38,7 @@ import math
 from typing import NamedTuple
 
 import numpy as np
+from numba import uint32
 
 from numba_impl._compat import SIMULATOR, WARP, block_size, ceil_div, cuda, float32, kernel, shfl_xor
 
@@ -205,6 +206,7 @@ class FlashTiles(NamedTuple):
     lanes: int
     rt: int
     ct: int
+    vec: bool = False  # forward only: the 16-byte shared-load variant (flash_forward_vec_kernel)
 
     @property
     def threads(self) -> int:
@@ -234,7 +236,9 @@ FLASH_STATIC_SHARED = 48 * 1024  # bytes of static shared memory a block may use
 def flash_shared_bytes(HS: int, tiles: FlashTiles, kernel_name: str) -> int:
     """Bytes of shared memory one block of `kernel_name` ("forward", "dq", "dkv") declares."""
     R, K = tiles.rows, tiles.cols
-    if kernel_name == "forward":  # q (R, HS+1), k (K, HS+1), v (K, HS), p (R, K+1)
+    if kernel_name == "forward" and tiles.vec:  # qT (HS, R+4), kT (HS, K+4), v (K, HS+4), pT (K, R+4)
+        words = HS * (R + 4) + HS * (K + 4) + K * (HS + 4) + K * (R + 4)
+    elif kernel_name == "forward":  # q (R, HS+1), k (K, HS+1), v (K, HS), p (R, K+1)
         words = R * (HS + 1) + K * (HS + 1) + K * HS + R * (K + 1)
     elif kernel_name == "dq":  # q, dout (R, HS+1); k, v (K, HS+1); ds (R, K+1)
         words = 2 * R * (HS + 1) + 2 * K * (HS + 1) + R * (K + 1)
@@ -356,6 +360,144 @@ def flash_forward_kernel(HS: int, tiles: FlashTiles):
                     lse[bh * T + t] = m[i] + math.log(l_row)
 
     return flash_forward
+
+
+# 16-byte shared loads (an experiment, not the default until it is measured). The scalar kernels
+# read shared memory one float at a time: per step d of s = q k^T a thread issues RT + CT loads for
+# RT * CT FMAs. If each thread's RT rows and CT keys are *contiguous* in shared memory and the
+# tiles are 16-byte aligned, the compiler merges 4 float loads into one ld.shared.v4.f32 (as the
+# fast matmul does): q and k are staged transposed (qT[d, r], kT[d, j]), lane g owns the keys
+# CT*g .. CT*g+CT-1 and the output columns DT*g .. DT*g+DT-1, and p goes through pT[j, r]. Per d:
+# 2 loads for 16 FMAs; per key j of o += p v: 3 loads for 32 FMAs (against 8 and 12).
+SHARED_ALIGN = None if SIMULATOR else 16  # the simulator refuses the keyword (its arrays are aligned anyway)
+VEC_PAD = 4  # floats of padding per transposed row: keeps rows 16-byte aligned
+
+
+def flash_vec_supported(HS: int, tiles: FlashTiles) -> bool:
+    """The 16-byte-load forward needs whole 4-float runs: RT, CT and HS / LANES multiples of 4 on a
+    GPU (the simulator takes any whole split, to run the same code on small tiles)."""
+    if HS % tiles.lanes:
+        return False
+    if SIMULATOR:
+        return True
+    return tiles.rt % 4 == 0 and tiles.ct % 4 == 0 and (HS // tiles.lanes) % 4 == 0
+
+
+@functools.cache
+def flash_forward_vec_kernel(HS: int, tiles: FlashTiles):
+    """The forward of `flash_forward_kernel` (same arguments, grid and results) with transposed,
+    16-byte aligned shared tiles and contiguous per-thread runs (see the comment above)."""
+    LANES, RT, CT = tiles.lanes, tiles.rt, tiles.ct
+    R, K, NTHREADS = tiles.rows, tiles.cols, tiles.threads
+    DT = HS // LANES
+    LANE_SHIFT = LANES.bit_length() - 1  # LANES is a power of two: tid >> LANE_SHIFT = tid // LANES
+    RP, KPV, HSV = R + VEC_PAD, K + VEC_PAD, HS + VEC_PAD
+
+    @kernel(lineinfo=True)
+    def flash_forward_vec(out, lse, qkv, B, T, C, NH, scale):
+        qT = cuda.shared.array((HS, RP), float32, alignment=SHARED_ALIGN)  # scale * q, transposed
+        kT = cuda.shared.array((HS, KPV), float32, alignment=SHARED_ALIGN)
+        v_s = cuda.shared.array((K, HSV), float32, alignment=SHARED_ALIGN)
+        pT = cuda.shared.array((K, RP), float32, alignment=SHARED_ALIGN)
+        s = cuda.local.array((RT, CT), float32)
+        o = cuda.local.array((RT, DT), float32)
+        m = cuda.local.array(RT, float32)
+        l_part = cuda.local.array(RT, float32)
+        q_reg = cuda.local.array(RT, float32)
+        k_reg = cuda.local.array(CT, float32)
+        p_reg = cuda.local.array(RT, float32)
+        v_reg = cuda.local.array(DT, float32)
+        tid = cuda.threadIdx.x
+        g = tid & (LANES - 1)  # bit operations: the compiler sees non-negative, aligned offsets, so no
+        r0 = ((tid & 1023) >> LANE_SHIFT) * RT  # negative-index fix-up hides the 16-byte alignment
+        c0 = g * CT  # this lane's keys: c0 .. c0+CT-1 of the tile
+        d0 = g * DT  # and output columns d0 .. d0+DT-1
+        bh = cuda.blockIdx.x
+        b = bh // NH
+        h = bh % NH
+        q0 = (cuda.gridDim.y - 1 - cuda.blockIdx.y) * R
+        x = b * T * 3 * C + h * HS
+        for e in range(tid, R * HS, NTHREADS):
+            t = q0 + e // HS
+            qT[e % HS, e // HS] = qkv[x + t * 3 * C + e % HS] * scale if t < T else float32(0.0)
+        for i in range(RT):
+            m[i] = NEG_INF
+            l_part[i] = float32(0.0)
+            for c in range(DT):
+                o[i, c] = float32(0.0)
+        for k0 in range(0, min(T, q0 + R), K):
+            cuda.syncthreads()
+            for e in range(tid, K * HS, NTHREADS):
+                j = e // HS
+                d = e % HS
+                key = k0 + j
+                if key < T:
+                    kT[d, j] = qkv[x + key * 3 * C + C + d]
+                    v_s[j, d] = qkv[x + key * 3 * C + 2 * C + d]
+                else:
+                    kT[d, j] = float32(0.0)
+                    v_s[j, d] = float32(0.0)
+            cuda.syncthreads()
+            for i in range(RT):
+                for c in range(CT):
+                    s[i, c] = float32(0.0)
+            for d in range(HS):
+                du = uint32(d)  # unsigned, for the same reason
+                for i in range(RT):
+                    q_reg[i] = qT[du, r0 + i]
+                for c in range(CT):
+                    k_reg[c] = kT[du, c0 + c]
+                for i in range(RT):
+                    for c in range(CT):
+                        s[i, c] += q_reg[i] * k_reg[c]
+            for i in range(RT):
+                t = q0 + r0 + i
+                mx = NEG_INF
+                for c in range(CT):
+                    key = k0 + c0 + c
+                    if key > t or key >= T:
+                        s[i, c] = NEG_INF
+                    mx = max(mx, s[i, c])
+                lane_mask = 1
+                while lane_mask < LANES:
+                    mx = max(mx, shfl_xor(mx, lane_mask))
+                    lane_mask *= 2
+                m_new = max(m[i], mx)
+                correction = math.exp(m[i] - m_new)
+                row_sum = float32(0.0)
+                for c in range(CT):
+                    p = math.exp(s[i, c] - m_new)
+                    pT[c0 + c, r0 + i] = p
+                    row_sum += p
+                l_part[i] = l_part[i] * correction + row_sum
+                for c in range(DT):
+                    o[i, c] *= correction
+                m[i] = m_new
+            cuda.syncthreads()
+            for j in range(K):
+                for i in range(RT):
+                    p_reg[i] = pT[j, r0 + i]
+                for c in range(DT):
+                    v_reg[c] = v_s[j, d0 + c]
+                for i in range(RT):
+                    for c in range(DT):
+                        o[i, c] += p_reg[i] * v_reg[c]
+        for i in range(RT):
+            l_row = l_part[i]
+            lane_mask = 1
+            while lane_mask < LANES:
+                l_row += shfl_xor(l_row, lane_mask)
+                lane_mask *= 2
+            t = q0 + r0 + i
+            if t < T:
+                inv = float32(1.0) / l_row
+                row = (b * T + t) * C + h * HS
+                for c in range(DT):
+                    out[row + d0 + c] = o[i, c] * inv
+                if g == 0:
+                    lse[bh * T + t] = m[i] + math.log(l_row)
+
+    return flash_forward_vec
 
 
 @functools.cache
@@ -628,9 +770,10 @@ def flash_kernels(HS: int, forward_tiles: FlashTiles | None = None, backward_til
     """The three flash kernels for head size HS (default block shapes from `flash_tiles`)."""
     default_fwd, default_bwd = flash_tiles(HS)
     ft, bt = forward_tiles or default_fwd, backward_tiles or default_bwd
-    return FlashKernels(
-        flash_forward_kernel(HS, ft), flash_backward_dq_kernel(HS, bt), flash_backward_dkv_kernel(HS, bt), ft, bt
-    )
+    if ft.vec and not flash_vec_supported(HS, ft):
+        raise ValueError(f"the 16-byte-load forward needs whole 4-float runs; {ft} does not give them at HS={HS}")
+    forward = flash_forward_vec_kernel(HS, ft) if ft.vec else flash_forward_kernel(HS, ft)
+    return FlashKernels(forward, flash_backward_dq_kernel(HS, bt), flash_backward_dkv_kernel(HS, bt), ft, bt)
 
 
 @kernel

@@ -94,6 +94,34 @@ def test_flash_with_the_gpu_block_layout_of_rows_and_lanes():
     assert max_rel(host(dqkv, (B, T, 3 * C)), naive_dqkv) <= KERNEL_REL
 
 
+@pytest.mark.parametrize(
+    "tiles, B, T, C, NH",
+    [
+        (FlashTiles(warps=1, lanes=4, rt=1, ct=1, vec=True), 2, 11, 16, 2),
+        (FlashTiles(warps=1, lanes=8, rt=4, ct=4, vec=True), 1, 37, 64, 2),  # the GPU's runs of 4, HS = 32
+    ],
+    ids=["sim-tiles", "gpu-layout"],
+)
+def test_flash_forward_with_16_byte_loads_matches_naive_twin(tiles, B, T, C, NH):
+    """The forward variant with transposed, aligned shared tiles (flash_forward_vec_kernel); the
+    backward it feeds is the default one, so lse must be right too."""
+    r = rng(50 + T)
+    qkv, dout = r.standard_normal((B, T, 3 * C)), r.standard_normal((B, T, C))
+    out, _, dqkv, _ = _run_flash(qkv, dout, B, T, C, NH, tiles=tiles)
+    naive_out, naive_dqkv = _run_naive(qkv, dout, B, T, C, NH)
+    assert max_rel(host(out, (B, T, C)), naive_out) <= KERNEL_REL
+    assert max_rel(host(dqkv, (B, T, 3 * C)), naive_dqkv) <= KERNEL_REL
+
+
+def test_flash_forward_with_16_byte_loads_refuses_ragged_runs(monkeypatch):
+    monkeypatch.setattr(attention, "SIMULATOR", False)
+    assert attention.flash_vec_supported(64, FlashTiles(4, 8, 4, 4, vec=True))
+    assert not attention.flash_vec_supported(48, FlashTiles(4, 8, 4, 4, vec=True))  # 6 columns per lane
+    assert not attention.flash_vec_supported(64, FlashTiles(4, 8, 2, 4, vec=True))  # runs of 2 rows
+    with pytest.raises(ValueError, match="16-byte"):
+        attention.flash_kernels(48, forward_tiles=FlashTiles(4, 8, 4, 4, vec=True))
+
+
 def test_flash_rejects_a_head_count_that_does_not_divide_the_width():
     with pytest.raises(ValueError, match="n_head"):
         attention.attention_forward_flash(None, None, None, 1, 4, 10, 3)
