@@ -13,7 +13,8 @@ Each `Backend` wraps one implementation's own entry points (docs/contract.md) an
 reported as skipped with that reason, never silently dropped.
 
 Registry: numpy-f64 (ground truth), numpy-f32, torch-cpu-f32, torch-cuda-f32, torch-cuda-bf16,
-numba-cuda-f32 (a real GPU, or Numba's CUDA simulator on tiny configs), hf-transformers-f32
+numba-cuda-f32 (a real GPU, or Numba's CUDA simulator on tiny configs), numba-cuda-3xtf32 (the same
+model with its matmuls on the tensor cores, 3xTF32; a real GPU), hf-transformers-f32
 (transformers' GPT2LMHeadModel: an oracle this project did not write).
 """
 
@@ -208,8 +209,13 @@ class TorchBackend(Backend):
 
 # --------------------------------------------------------------------------- Numba CUDA
 class NumbaBackend(Backend):
-    def __init__(self):
-        super().__init__("numba-cuda-f32", "fp32", "cuda", "numba_impl kernels")
+    """numba_impl's model; matmul="3xtf32" puts its matmuls on the tensor cores (numba-cuda-3xtf32),
+    judged by the same float32 ceilings."""
+
+    def __init__(self, matmul: str = "fp32"):
+        name = "numba-cuda-f32" if matmul == "fp32" else f"numba-cuda-{matmul}"
+        super().__init__(name, "fp32", "cuda", f"numba_impl kernels, matmul={matmul}")
+        self.matmul = matmul
 
     def available(self):
         try:
@@ -229,6 +235,11 @@ class NumbaBackend(Backend):
     def supports(self, config, tokens=1):
         from weights import num_params
 
+        if _simulator() and self.matmul != "fp32":
+            return False, (
+                "CUDA simulator: the 3xTF32 kernel's warp-wide mma emulation is tested by "
+                "tests/numba_impl/test_matmul_3xtf32.py; the model runs on a GPU"
+            )
         if _simulator() and tokens > SIMULATOR_MAX_TOKENS:
             return False, f"CUDA simulator: {tokens} tokens is too slow (limit {SIMULATOR_MAX_TOKENS}); runs on a GPU"
         if _simulator() and num_params(config) > SIMULATOR_MAX_PARAMS:
@@ -242,7 +253,7 @@ class NumbaBackend(Backend):
         from numba_impl.model import NumbaGPT2
 
         B, T = np.asarray(idx).shape
-        return NumbaGPT2(params, config, max_batch=B, max_seq=T)
+        return NumbaGPT2(params, config, max_batch=B, max_seq=T, matmul=self.matmul)
 
     def forward(self, params, config, idx):
         return self._model(params, config, idx).forward(idx)[0]
@@ -265,11 +276,13 @@ class NumbaBackend(Backend):
             m.adamw_step(**hp)
         return losses, m.to_params()
 
-    def generate(self, params, config, idx, n, use_cache=True):
+    def generate(self, params, config, idx, n, use_cache=False):
+        """Greedy tokens; numba_impl has no KV cache, so use_cache=True raises NotImplementedError
+        (the suite reports the KV-cache check as skipped for this backend)."""
         B, T = np.asarray(idx).shape
         from numba_impl.model import NumbaGPT2
 
-        m = NumbaGPT2(params, config, max_batch=B, max_seq=T + n)
+        m = NumbaGPT2(params, config, max_batch=B, max_seq=T + n, matmul=self.matmul)
         return m.generate(idx, n, temperature=0.0, use_cache=use_cache)
 
 
@@ -371,6 +384,7 @@ def registry() -> list[Backend]:
         TorchBackend("cuda", "fp32"),
         TorchBackend("cuda", "bf16"),
         NumbaBackend(),
+        NumbaBackend(matmul="3xtf32"),
         HFBackend(),
     ]
 

@@ -9,9 +9,10 @@ GPU mode writes one JSON file (git commit, date, device, versions) with:
   max|d|/max|ref| and ||d||/||ref|| against a float64 product (torch, on the GPU) for
   numba 3xTF32 (both accumulate modes on the long-K shapes), numba float32 (kernels/matmul.py),
   torch float32 with TF32 off (cuBLAS fp32) and torch with TF32 on; and the median time of
-  numba 3xTF32 (both tiles), numba float32, torch fp32 and torch TF32 (CUDA events).
+  numba 3xTF32 (default tile; with --sweep, other tiles on three shapes), numba float32, torch fp32
+  and torch TF32 (CUDA events).
 --ptxas mode prints, as JSON, ptxas' report (registers, stack, spills, shared memory) of every
-layout x tile of the kernel compiled for sm_90.
+layout of the kernel (default tile; with --sweep, the sweep's tiles too) compiled for sm_90.
 """
 
 from __future__ import annotations
@@ -49,19 +50,20 @@ SHAPES = [
     ("bwd qkv dW", "TN", C, 3 * C, BT, None),
 ]
 CHAINED_ON = ("bwd head dlnf", "bwd head dwte", "fwd mlp proj")  # the long-K sums, where accumulation order shows
+SWEEP_ON = ("fwd fc", "fwd head (logits)", "bwd fc dW")  # one shape per layout
 
 
-def ptxas_reports() -> list[dict]:
+def ptxas_reports(sweep: bool = False) -> list[dict]:
     from numba import types
 
     from numba_impl._compat import cuda
     from numba_impl.kernels import matmul_3xtf32 as m3
 
     f32 = types.float32[::1]
-    sig = (f32, f32, f32, f32) + (types.int64,) * 5 + (types.boolean, types.boolean)
+    sig = (f32,) * 6 + (types.int64,) * 5 + (types.boolean, types.boolean)
     rows = []
     for layout in m3.LAYOUTS:
-        for tile in (m3.GPU_TILE, m3.GPU_TILE_SMALL):
+        for tile in (m3.GPU_TILE,) + (m3.SWEEP_TILES if sweep else ()):
             ptx, _ = cuda.compile_ptx(m3.matmul_3xtf32_kernel(layout, *tile).py_func, sig, cc=(9, 0))
             with tempfile.TemporaryDirectory() as tmp:
                 path = os.path.join(tmp, "k.ptx")
@@ -183,9 +185,9 @@ def gpu_run(args) -> dict:
             run3(mode=mode)()
             torch.cuda.synchronize()
             row[f"3xtf32_{mode}"] = errors(out.view(M, N), ref)
-        for label, tile in (("large", m3.GPU_TILE), ("small", m3.GPU_TILE_SMALL)):
-            row[f"us_3xtf32_{label}_tile"] = timed(run3(tile), reps)
-        row["default_tile"] = "large" if m3.default_tile(M, N, layout) == m3.GPU_TILE else "small"
+        row["us_3xtf32"] = timed(run3(m3.GPU_TILE), reps)
+        if args.sweep and name in SWEEP_ON:
+            row["sweep_us"] = {str(list(t)): timed(run3(t), reps) for t in m3.SWEEP_TILES}
         f32 = lambda: mf32.matmul(nout, na, nb, M, N, K, layout, k_chunk=k_chunk)  # noqa: E731
         out.fill_(float("nan"))
         f32()
@@ -197,16 +199,14 @@ def gpu_run(args) -> dict:
             row[label] = errors(A @ Bm, ref)
             row[f"us_{label}"] = timed(lambda: torch.mm(A, Bm, out=out.view(M, N)), reps)  # noqa: B023
         torch.backends.cuda.matmul.allow_tf32 = False
-        best = min(row["us_3xtf32_large_tile"], row["us_3xtf32_small_tile"])
-        row["tflops_3xtf32_best"] = row["gflop"] / best / 1e3
-        default_us = row[f"us_3xtf32_{row['default_tile']}_tile"]
-        row["ratio_3xtf32_default_over_torch_fp32"] = default_us / row["us_torch_fp32"]
+        row["tflops_3xtf32"] = row["gflop"] / row["us_3xtf32"] * 1e-3
+        row["tflops_torch_fp32"] = row["gflop"] / row["us_torch_fp32"] * 1e-3
+        row["ratio_3xtf32_over_torch_fp32"] = row["us_3xtf32"] / row["us_torch_fp32"]
         result["shapes"].append(row)
         print(
             f"{name:18s} {layout} {M:6d}x{N:6d}x{K:6d}  err max 3x {row['3xtf32_separate']['max_rel']:.1e} "
             f"f32 {row['numba_fp32']['max_rel']:.1e} cuBLAS {row['torch_fp32']['max_rel']:.1e} "
-            f"tf32 {row['torch_tf32']['max_rel']:.1e} | us 3x L {row['us_3xtf32_large_tile']:.0f} "
-            f"S {row['us_3xtf32_small_tile']:.0f} f32 {row['us_numba_fp32']:.0f} "
+            f"tf32 {row['torch_tf32']['max_rel']:.1e} | us 3x {row['us_3xtf32']:.0f} f32 {row['us_numba_fp32']:.0f} "
             f"cuBLAS {row['us_torch_fp32']:.0f} tf32 {row['us_torch_tf32']:.0f}",
             flush=True,
         )
@@ -228,9 +228,10 @@ def main() -> int:
     p.add_argument("--commit", default=None, help="git commit of the measured code")
     p.add_argument("--ptxas", action="store_true", help="print ptxas' report of every kernel variant (no GPU)")
     p.add_argument("--quick", action="store_true", help="three shapes only")
+    p.add_argument("--sweep", action="store_true", help="also time other tiles (GPU) / report them (--ptxas)")
     args = p.parse_args()
     if args.ptxas:
-        print(json.dumps(ptxas_reports(), indent=1))
+        print(json.dumps(ptxas_reports(args.sweep), indent=1))
         return 0
     if not args.out:
         print("error: give the JSON file to write (or --ptxas)", file=sys.stderr)

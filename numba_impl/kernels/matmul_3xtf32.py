@@ -36,6 +36,7 @@ Long K: `k_chunk` sums K in chunks, one launch each, as kernels/matmul.py does.
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 
@@ -43,40 +44,54 @@ from numba_impl._compat import SIMULATOR, ceil_div, cuda, float32, kernel
 from numba_impl.kernels.matmul import bias_backward
 from numba_impl.mma import mma_tf32_m16n8k8, tf32_round
 
-# (WARPS_M, WARPS_N, MI, NI, BK): BM = WARPS_M * MI * 16, BN = WARPS_N * NI * 8.
-# Warp tiles of 32 x 32 (MI=2, NI=4): 64 x 32 ones (MI=4) need 255 registers and spill (ptxas, sm_90).
-GPU_TILE = (4, 2, 2, 4, 16)  # 128 x 64, 256 threads, ~240 registers, 29 KiB of shared tiles
-# for outputs with few large tiles: 64 x 64, 256 threads, warp tiles 32 x 16, ~128 registers
-GPU_TILE_SMALL = (2, 4, 2, 2, 16)
-LARGE_TILE_MIN_BLOCKS = 264  # 2 waves of large tiles over 132 SMs
-SIM_TILE = (1, 1, 1, 2, 8)  # 16 x 16, one warp: the simulator runs one OS thread per CUDA thread
+# (WARPS_M, WARPS_N, MI, NI, BK, STAGES): BM = WARPS_M * MI * 16, BN = WARPS_N * NI * 8; STAGES shared
+# copies of the tiles (2: one barrier per K slice; 1: two). The default was measured against the
+# others on an H200 (docs/results/numba-3xtf32-h200.json, made by scripts/numba_3xtf32_check.py --sweep).
+GPU_TILE = (2, 4, 2, 2, 16, 2)  # 64 x 64, 8 warps of 32 x 16, 256 threads, ~130 registers, 38 KiB of shared tiles
+SWEEP_TILES = (  # each fits the 48 KiB of static shared memory and compiles without spills (ptxas, sm_90)
+    (2, 4, 2, 2, 16, 1),  # the same, one stage (~80 registers: three blocks per SM)
+    (2, 4, 2, 2, 32, 1),  # BK = 32
+    (2, 2, 2, 4, 16, 2),  # 64 x 64, 4 warps of 32 x 32
+    (4, 2, 2, 4, 16, 1),  # 128 x 64, 8 warps of 32 x 32
+    (2, 4, 2, 4, 16, 1),  # 64 x 128, 8 warps of 32 x 32
+)
+SIM_TILE = (1, 1, 1, 2, 8, 2)  # 16 x 16, one warp: the simulator runs one OS thread per CUDA thread
 ACCUMULATE_MODES = ("separate", "chained")
+EPILOGUES = ("none", "gelu", "residual")
+SQRT_2_OVER_PI = float32(math.sqrt(2.0 / math.pi))
+GELU_COEF = float32(0.044715)
 LAYOUTS = ("NN", "NT", "TN")
 
 
 def tile_shape(tile) -> tuple[int, int, int]:
     """(BM, BN, threads) of a tile tuple."""
-    wm, wn, mi, ni, _ = tile[:5]
+    wm, wn, mi, ni = tile[:4]
     return wm * mi * 16, wn * ni * 8, 32 * wm * wn
 
 
 def default_tile(M: int, N: int, layout: str) -> tuple:
-    if SIMULATOR:
-        return SIM_TILE
-    BM, BN, _ = tile_shape(GPU_TILE)
-    return GPU_TILE if ceil_div(M, BM) * ceil_div(N, BN) >= LARGE_TILE_MIN_BLOCKS else GPU_TILE_SMALL
+    return SIM_TILE if SIMULATOR else GPU_TILE
 
 
 @functools.cache
-def matmul_3xtf32_kernel(layout: str, WARPS_M: int, WARPS_N: int, MI: int, NI: int, BK: int, mode: str = "separate"):
-    """Build the kernel for one layout, tile and accumulation mode (all compile-time constants)."""
+def matmul_3xtf32_kernel(
+    layout: str, WARPS_M: int, WARPS_N: int, MI: int, NI: int, BK: int, STAGES: int = 2, mode: str = "separate",
+    epilogue: str = "none",
+):  # fmt: skip
+    """Build the kernel for one layout, tile, accumulation mode and epilogue (all compile-time constants).
+
+    epilogue: "none"; "gelu" also writes out2 = gelu(out); "residual" also writes out2 = extra + out."""
     if layout not in LAYOUTS:
         raise ValueError(f"matmul layout must be one of {LAYOUTS}, got {layout!r}")
     if mode not in ACCUMULATE_MODES:
         raise ValueError(f"accumulate_mode must be one of {ACCUMULATE_MODES}, got {mode!r}")
+    if epilogue not in EPILOGUES:
+        raise ValueError(f"matmul epilogue must be one of {EPILOGUES}, got {epilogue!r}")
+    if STAGES not in (1, 2):
+        raise ValueError(f"STAGES={STAGES}: one shared stage (two barriers per K slice) or two (one barrier)")
     if BK % 8:
         raise ValueError(f"BK={BK} must be a multiple of 8 (the mma's k)")
-    BM, BN, THREADS = tile_shape((WARPS_M, WARPS_N, MI, NI, BK))
+    BM, BN, THREADS = tile_shape((WARPS_M, WARPS_N, MI, NI))
     if BM * BK % THREADS or BN * BK % THREADS:
         raise ValueError(f"a {BM}x{BK} / {BN}x{BK} slice must split evenly over {THREADS} threads")
     A_LOADS = BM * BK // THREADS
@@ -84,12 +99,15 @@ def matmul_3xtf32_kernel(layout: str, WARPS_M: int, WARPS_N: int, MI: int, NI: i
     A_T = layout[0] == "T"  # A stored (K, M)
     B_T = layout[1] == "T"  # B stored (N, K)
     # Shared tiles: [BK, BMN + 8] for an operand contiguous along M/N, [BMN, BK + 4] for one contiguous along K.
-    A_SHAPE = (BK, BM + 8) if A_T else (BM, BK + 4)
-    B_SHAPE = (BK, BN + 8) if not B_T else (BN, BK + 4)
+    # STAGES = 2: two of each, the block computes on one while the next slice is stored into the other.
+    A_SHAPE = (STAGES, BK, BM + 8) if A_T else (STAGES, BM, BK + 4)
+    B_SHAPE = (STAGES, BK, BN + 8) if not B_T else (STAGES, BN, BK + 4)
     CHAINED = mode == "chained"
+    GELU = epilogue == "gelu"
+    RESIDUAL = epilogue == "residual"
 
     @kernel
-    def matmul_3xtf32(out, a, b, bias, M, N, K, k_start, k_stop, accumulate, has_bias):
+    def matmul_3xtf32(out, a, b, bias, out2, extra, M, N, K, k_start, k_stop, accumulate, has_bias):
         a_hi = cuda.shared.array(A_SHAPE, float32)
         a_lo = cuda.shared.array(A_SHAPE, float32)
         b_hi = cuda.shared.array(B_SHAPE, float32)
@@ -102,118 +120,104 @@ def matmul_3xtf32_kernel(layout: str, WARPS_M: int, WARPS_N: int, MI: int, NI: i
         fb_hi = cuda.local.array((NI, 2), float32)
         fb_lo = cuda.local.array((NI, 2), float32)
 
-        tid = cuda.threadIdx.x
-        lane = tid % 32
-        warp = tid // 32
-        g = lane // 4  # the fragment's row group (mma.py)
-        t = lane % 4  # the thread in the group
+        # bit operations: the compiler then knows every index below is >= 0 and drops Numba's
+        # negative-index wraparound code from each shared-memory access
+        tid = cuda.threadIdx.x & 1023
+        lane = tid & 31
+        warp = tid >> 5
+        g = lane >> 2  # the fragment's row group (mma.py)
+        t = lane & 3  # the thread in the group
         wm0 = (warp // WARPS_N) * (MI * 16)  # this warp's rows / columns inside the block tile
         wn0 = (warp % WARPS_N) * (NI * 8)
         m0 = cuda.blockIdx.y * BM
         n0 = cuda.blockIdx.x * BN
+        interior = m0 + BM <= M and n0 + BN <= N  # no bounds checks but on a last, partial K slice
         for i in range(MI):
             for j in range(NI):
                 acc[i, j, 0] = acc[i, j, 1] = acc[i, j, 2] = acc[i, j, 3] = float32(0.0)
 
-        # ---- global loads of one K slice into registers (zero outside the matrices)
-        k0 = k_start
-        for load in range(A_LOADS):
-            e = tid + load * THREADS
-            if A_T:
-                m, k = e % BM, e // BM
-            else:
-                k, m = e % BK, e // BK
-            gm, gk = m0 + m, k0 + k
-            value = float32(0.0)
-            if gm < M and gk < k_stop:
-                value = a[gk * M + gm] if A_T else a[gm * K + gk]
-            a_next[load] = value
-        for load in range(B_LOADS):
-            e = tid + load * THREADS
-            if B_T:
-                k, n = e % BK, e // BK
-            else:
-                n, k = e % BN, e // BN
-            gn, gk = n0 + n, k0 + k
-            value = float32(0.0)
-            if gn < N and gk < k_stop:
-                value = b[gn * K + gk] if B_T else b[gk * N + gn]
-            b_next[load] = value
+        def fetch(k0):  # global -> registers: the K slice at k0 (zero outside the matrices); Numba inlines it
+            checked = not interior or k0 + BK > k_stop
+            for load in range(A_LOADS):
+                e = tid + load * THREADS
+                if A_T:
+                    m, k = e % BM, e // BM
+                else:
+                    k, m = e % BK, e // BK
+                gm, gk = m0 + m, k0 + k
+                value = float32(0.0)
+                if not checked or (gm < M and gk < k_stop):
+                    value = a[gk * M + gm] if A_T else a[gm * K + gk]
+                a_next[load] = value
+            for load in range(B_LOADS):
+                e = tid + load * THREADS
+                if B_T:
+                    k, n = e % BK, e // BK
+                else:
+                    n, k = e % BN, e // BN
+                gn, gk = n0 + n, k0 + k
+                value = float32(0.0)
+                if not checked or (gn < N and gk < k_stop):
+                    value = b[gn * K + gk] if B_T else b[gk * N + gn]
+                b_next[load] = value
 
-        while k0 < k_stop:
-            # ---- registers -> shared, split into TF32 hi and lo
+        def stage(s):  # registers -> shared stage s, split into TF32 hi and lo; Numba inlines it
             for load in range(A_LOADS):
                 e = tid + load * THREADS
                 x = a_next[load]
                 hi = tf32_round(x)
                 lo = tf32_round(x - hi)
                 if A_T:
-                    a_hi[e // BM, e % BM] = hi
-                    a_lo[e // BM, e % BM] = lo
+                    a_hi[s, e // BM, e % BM] = hi
+                    a_lo[s, e // BM, e % BM] = lo
                 else:
-                    a_hi[e // BK, e % BK] = hi
-                    a_lo[e // BK, e % BK] = lo
+                    a_hi[s, e // BK, e % BK] = hi
+                    a_lo[s, e // BK, e % BK] = lo
             for load in range(B_LOADS):
                 e = tid + load * THREADS
                 x = b_next[load]
                 hi = tf32_round(x)
                 lo = tf32_round(x - hi)
                 if B_T:
-                    b_hi[e // BK, e % BK] = hi
-                    b_lo[e // BK, e % BK] = lo
+                    b_hi[s, e // BK, e % BK] = hi
+                    b_lo[s, e // BK, e % BK] = lo
                 else:
-                    b_hi[e // BN, e % BN] = hi
-                    b_lo[e // BN, e % BN] = lo
-            cuda.syncthreads()
+                    b_hi[s, e // BN, e % BN] = hi
+                    b_lo[s, e // BN, e % BN] = lo
 
-            # ---- prefetch the next slice while the tensor cores work on this one
-            k1 = k0 + BK
-            if k1 < k_stop:
-                for load in range(A_LOADS):
-                    e = tid + load * THREADS
-                    if A_T:
-                        m, k = e % BM, e // BM
-                    else:
-                        k, m = e % BK, e // BK
-                    gm, gk = m0 + m, k1 + k
-                    value = float32(0.0)
-                    if gm < M and gk < k_stop:
-                        value = a[gk * M + gm] if A_T else a[gm * K + gk]
-                    a_next[load] = value
-                for load in range(B_LOADS):
-                    e = tid + load * THREADS
-                    if B_T:
-                        k, n = e % BK, e // BK
-                    else:
-                        n, k = e % BN, e // BN
-                    gn, gk = n0 + n, k1 + k
-                    value = float32(0.0)
-                    if gn < N and gk < k_stop:
-                        value = b[gn * K + gk] if B_T else b[gk * N + gn]
-                    b_next[load] = value
+        n_steps = (k_stop - k_start + BK - 1) // BK
+        if n_steps > 0:
+            fetch(k_start)
+            stage(0)
+        cuda.syncthreads()
+        for step in range(n_steps):
+            s = step & 1 if STAGES == 2 else 0
+            more = step + 1 < n_steps
+            if more:  # the next slice's global loads are in flight while the tensor cores work on this one
+                fetch(k_start + (step + 1) * BK)
 
             # ---- the slice on the tensor cores: 8-wide k steps
             for kk in range(0, BK, 8):
                 for i in range(MI):
                     r = wm0 + i * 16 + g
                     if A_T:
-                        fa_hi[i, 0], fa_lo[i, 0] = a_hi[kk + t, r], a_lo[kk + t, r]
-                        fa_hi[i, 1], fa_lo[i, 1] = a_hi[kk + t, r + 8], a_lo[kk + t, r + 8]
-                        fa_hi[i, 2], fa_lo[i, 2] = a_hi[kk + t + 4, r], a_lo[kk + t + 4, r]
-                        fa_hi[i, 3], fa_lo[i, 3] = a_hi[kk + t + 4, r + 8], a_lo[kk + t + 4, r + 8]
+                        fa_hi[i, 0], fa_lo[i, 0] = a_hi[s, kk + t, r], a_lo[s, kk + t, r]
+                        fa_hi[i, 1], fa_lo[i, 1] = a_hi[s, kk + t, r + 8], a_lo[s, kk + t, r + 8]
+                        fa_hi[i, 2], fa_lo[i, 2] = a_hi[s, kk + t + 4, r], a_lo[s, kk + t + 4, r]
+                        fa_hi[i, 3], fa_lo[i, 3] = a_hi[s, kk + t + 4, r + 8], a_lo[s, kk + t + 4, r + 8]
                     else:
-                        fa_hi[i, 0], fa_lo[i, 0] = a_hi[r, kk + t], a_lo[r, kk + t]
-                        fa_hi[i, 1], fa_lo[i, 1] = a_hi[r + 8, kk + t], a_lo[r + 8, kk + t]
-                        fa_hi[i, 2], fa_lo[i, 2] = a_hi[r, kk + t + 4], a_lo[r, kk + t + 4]
-                        fa_hi[i, 3], fa_lo[i, 3] = a_hi[r + 8, kk + t + 4], a_lo[r + 8, kk + t + 4]
+                        fa_hi[i, 0], fa_lo[i, 0] = a_hi[s, r, kk + t], a_lo[s, r, kk + t]
+                        fa_hi[i, 1], fa_lo[i, 1] = a_hi[s, r + 8, kk + t], a_lo[s, r + 8, kk + t]
+                        fa_hi[i, 2], fa_lo[i, 2] = a_hi[s, r, kk + t + 4], a_lo[s, r, kk + t + 4]
+                        fa_hi[i, 3], fa_lo[i, 3] = a_hi[s, r + 8, kk + t + 4], a_lo[s, r + 8, kk + t + 4]
                 for j in range(NI):
                     c = wn0 + j * 8 + g
                     if B_T:
-                        fb_hi[j, 0], fb_lo[j, 0] = b_hi[c, kk + t], b_lo[c, kk + t]
-                        fb_hi[j, 1], fb_lo[j, 1] = b_hi[c, kk + t + 4], b_lo[c, kk + t + 4]
+                        fb_hi[j, 0], fb_lo[j, 0] = b_hi[s, c, kk + t], b_lo[s, c, kk + t]
+                        fb_hi[j, 1], fb_lo[j, 1] = b_hi[s, c, kk + t + 4], b_lo[s, c, kk + t + 4]
                     else:
-                        fb_hi[j, 0], fb_lo[j, 0] = b_hi[kk + t, c], b_lo[kk + t, c]
-                        fb_hi[j, 1], fb_lo[j, 1] = b_hi[kk + t + 4, c], b_lo[kk + t + 4, c]
+                        fb_hi[j, 0], fb_lo[j, 0] = b_hi[s, kk + t, c], b_lo[s, kk + t, c]
+                        fb_hi[j, 1], fb_lo[j, 1] = b_hi[s, kk + t + 4, c], b_lo[s, kk + t + 4, c]
                 for i in range(MI):
                     for j in range(NI):
                         if CHAINED:
@@ -237,8 +241,12 @@ def matmul_3xtf32_kernel(layout: str, WARPS_M: int, WARPS_N: int, MI: int, NI: i
                             acc[i, j, 1] += d1
                             acc[i, j, 2] += d2
                             acc[i, j, 3] += d3
-            cuda.syncthreads()  # everyone is done with the tiles before they are overwritten
-            k0 = k1
+            if STAGES == 2 and more:  # into the other stage: nobody reads it now (the last barrier closed it)
+                stage(1 - s)
+            cuda.syncthreads()
+            if STAGES == 1 and more:  # the only stage: overwritten once every warp is done with it
+                stage(0)
+                cuda.syncthreads()
 
         # ---- epilogue: fragment element r of (i, j) is out[row g (+8 for r >= 2), column 2t (+1 for odd r)]
         def store(value, gm, gn):  # an inner function: Numba inlines it
@@ -248,6 +256,11 @@ def matmul_3xtf32_kernel(layout: str, WARPS_M: int, WARPS_N: int, MI: int, NI: i
                 if accumulate:
                     value += out[gm * N + gn]
                 out[gm * N + gn] = value
+                if GELU:  # GPT-2's GELU, tanh form (kernels/gelu.py)
+                    u = SQRT_2_OVER_PI * (value + GELU_COEF * value * value * value)
+                    out2[gm * N + gn] = float32(0.5) * value * (float32(1.0) + math.tanh(u))
+                if RESIDUAL:
+                    out2[gm * N + gn] = extra[gm * N + gn] + value
 
         # (the four are written out: a loop over r would index `acc` at run time and push it to local memory)
         for i in range(MI):
@@ -263,46 +276,63 @@ def matmul_3xtf32_kernel(layout: str, WARPS_M: int, WARPS_N: int, MI: int, NI: i
 
 
 # ----------------------------------------------------------------------------- launchers
-_NO_BIAS = {}
+_NO_ARRAY = {}
 
 
-def _dummy_bias():
-    """A 1-element device array to pass where the kernel takes a bias but none is used."""
-    if "array" not in _NO_BIAS:
-        _NO_BIAS["array"] = cuda.to_device(np.zeros(1, dtype=np.float32))
-    return _NO_BIAS["array"]
+def _dummy():
+    """A 1-element device array to pass where the kernel takes an array it does not use."""
+    if "array" not in _NO_ARRAY:
+        _NO_ARRAY["array"] = cuda.to_device(np.zeros(1, dtype=np.float32))
+    return _NO_ARRAY["array"]
 
 
 def matmul(
     out, a, b, M, N, K, layout="NN", bias=None, accumulate=False, naive=False, tile=None, k_chunk=None,
-    accumulate_mode="separate",
+    epilogue="none", out2=None, extra=None, accumulate_mode="separate",
 ):  # fmt: skip
     """out(M, N) (+)= A @ B (+ bias) on the tensor cores (3xTF32); the arguments are kernels/matmul.py's.
 
-    tile: (WARPS_M, WARPS_N, MI, NI, BK) (default: `default_tile`). k_chunk: split-K, one launch per
-    chunk of K, each chunk's partial sum added to `out` in float32 (as in kernels/matmul.py).
+    tile: (WARPS_M, WARPS_N, MI, NI, BK, STAGES) (default: `default_tile`). k_chunk: split-K, one launch per
+    chunk of K, each chunk's partial sum added to `out` in float32 (as kernels/matmul.py's tiled kernel).
+    epilogue: "gelu" also writes out2 = gelu(out); "residual" writes out2 = extra + out (fused into the store).
     naive=True is refused: the naive twin of this kernel is kernels/matmul.py's float32 one."""
     if naive:
         raise ValueError("matmul_3xtf32 has no naive version; the naive twin is kernels/matmul.py's float32 kernel")
     if layout not in LAYOUTS:
         raise ValueError(f"matmul layout must be one of {LAYOUTS}, got {layout!r}")
+    if epilogue != "none" and (out2 is None or (epilogue == "residual" and extra is None)):
+        raise ValueError(f"matmul epilogue {epilogue!r} needs out2" + (" and extra" if epilogue == "residual" else ""))
     has_bias = bias is not None
-    bias = bias if has_bias else _dummy_bias()
+    bias = bias if has_bias else _dummy()
+    out2 = out2 if out2 is not None else _dummy()
+    extra = extra if extra is not None else _dummy()
     tile = tuple(tile or default_tile(M, N, layout))
     BM, BN, threads = tile_shape(tile)
     BK = tile[4]
-    fn = matmul_3xtf32_kernel(layout, *tile[:5], accumulate_mode)
     grid = (ceil_div(N, BN), ceil_div(M, BM))
     step = K if not k_chunk else max(1, int(k_chunk))
     step = ceil_div(step, BK) * BK  # chunks start on a slice boundary
-    for i, k0 in enumerate(range(0, max(K, 1), step)):
-        # the first chunk writes (or accumulates, if asked) and adds the bias; the others accumulate
-        fn[grid, threads](out, a, b, bias, M, N, K, k0, min(K, k0 + step), accumulate or i > 0, has_bias and i == 0)
+    starts = range(0, max(K, 1), step)
+    for i, k0 in enumerate(starts):
+        # the first chunk writes (or accumulates, if asked) and adds the bias; the others accumulate;
+        # the last one applies the epilogue
+        last = i == len(starts) - 1
+        fn = matmul_3xtf32_kernel(layout, *tile, mode=accumulate_mode, epilogue=epilogue if last else "none")
+        fn[grid, threads](
+            out, a, b, bias, out2, extra, M, N, K, k0, min(K, k0 + step), accumulate or i > 0, has_bias and i == 0
+        )
 
 
-def matmul_forward(out, inp, weight, bias, BT, C, OC, naive=False):
-    """out(BT, OC) = inp(BT, C) @ weight(C, OC) + bias(OC); bias may be None."""
-    matmul(out, inp, weight, BT, OC, C, "NN", bias=bias, naive=naive)
+def matmul_forward(out, inp, weight, bias, BT, C, OC, naive=False, gelu_out=None, residual=None, residual_out=None):
+    """out(BT, OC) = inp(BT, C) @ weight(C, OC) + bias(OC); bias may be None. gelu_out(BT, OC): also
+    write gelu(out); residual with residual_out (BT, OC): also write residual_out = residual + out."""
+    if gelu_out is not None:
+        matmul(out, inp, weight, BT, OC, C, "NN", bias=bias, naive=naive, epilogue="gelu", out2=gelu_out)
+    elif residual_out is not None:
+        matmul(out, inp, weight, BT, OC, C, "NN", bias=bias, naive=naive, epilogue="residual", out2=residual_out,
+               extra=residual)  # fmt: skip
+    else:
+        matmul(out, inp, weight, BT, OC, C, "NN", bias=bias, naive=naive)
 
 
 def matmul_backward(dinp, dweight, dbias, dout, inp, weight, BT, C, OC, naive=False, accumulate_dinp=False):

@@ -125,6 +125,18 @@ def test_matmul_3xtf32_accumulates_and_splits_k(layout):
 
 
 @needs_cuda
+@pytest.mark.parametrize("layout", ["NN", "TN"])
+def test_matmul_3xtf32_one_shared_stage(layout):
+    """STAGES=1 (one copy of the tiles, two barriers per K slice) computes the same product."""
+    M, N, K = 18, 20, 30
+    r = rng(36)
+    a, b, a_s, b_s = _operands(layout, M, N, K, r)
+    out = dev(np.full((M, N), np.nan))
+    m3.matmul(out, dev(a_s), dev(b_s), M, N, K, layout, tile=m3.SIM_TILE[:5] + (1,))
+    assert max_rel(host(out, (M, N)), a @ b) <= KERNEL_REL
+
+
+@needs_cuda
 def test_matmul_3xtf32_forward_backward_match_float64():
     BT, C, OC = 11, 13, 18
     r = rng(33)
@@ -157,7 +169,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 @pytest.mark.skipif(shutil.which("ptxas") is None, reason="ptxas (CUDA toolkit) not on PATH")
 def test_kernels_compile_for_sm90_without_spills():
-    """Every layout x tile of the kernel compiled for sm_90 (Numba's real CUDA target, in a subprocess,
+    """Every layout of the kernel (default tile) compiled for sm_90 (Numba's real CUDA target, in a subprocess,
     so this runs in CI next to the simulator) and read through ptxas: the whole kernel's PTX holds the
     tensor-core instruction (inline assembly), no float64 arithmetic, no stack frame, no spills, and
     its shared memory fits the 48 KiB a block gets without opting in."""
@@ -168,10 +180,59 @@ def test_kernels_compile_for_sm90_without_spills():
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads(done.stdout)
-    assert len(rows) == len(m3.LAYOUTS) * 2
+    assert len(rows) == len(m3.LAYOUTS)
     for row in rows:
         where = f"{row['layout']} {row['tile']}: {row['report']}"
         assert row["ptxas_rc"] == 0, where
         assert row["mma"] >= 3 and row["f64"] == 0, where
         assert row["stack"] == 0 and row["spill_stores"] == 0 and row["spill_loads"] == 0, where
         assert row["smem"] <= SM90_SHARED_STATIC_LIMIT, where
+
+
+# ----------------------------------------------------------------------------- epilogues and the model
+@needs_cuda
+@pytest.mark.parametrize("which", ["gelu", "residual"])
+def test_matmul_3xtf32_forward_epilogues(which):
+    """matmul_forward's fused epilogues (the model's fc + GELU and projection + residual)."""
+    BT, C, OC = 10, 12, 20
+    r = rng(34)
+    x, w, bias, res = (r.standard_normal(s) for s in ((BT, C), (C, OC), (OC,), (BT, OC)))
+    pre = x @ w + bias
+    out, out2 = dev(np.full((BT, OC), np.nan)), dev(np.full((BT, OC), np.nan))
+    if which == "gelu":
+        m3.matmul_forward(out, dev(x), dev(w), dev(bias), BT, C, OC, gelu_out=out2)
+        want = 0.5 * pre * (1 + np.tanh(np.sqrt(2 / np.pi) * (pre + 0.044715 * pre**3)))
+    else:
+        m3.matmul_forward(out, dev(x), dev(w), dev(bias), BT, C, OC, residual=dev(res), residual_out=out2)
+        want = res + pre
+    assert max_rel(host(out, (BT, OC)), pre) <= KERNEL_REL
+    assert max_rel(host(out2, (BT, OC)), want) <= KERNEL_REL
+
+
+@needs_cuda
+def test_model_with_3xtf32_matmuls_within_the_float32_ceilings():
+    """The whole model with matmul="3xtf32" against the float64 reference, the float32 ceilings unchanged."""
+    import reference
+    from numba_impl.model import NumbaGPT2
+    from tests.numba_impl.helpers import GRAD_L2_REL, GRAD_MAX_REL, LOGITS_MAX_REL, LOSS_REL, l2_rel
+    from weights import GPT2Config, synthetic
+
+    config = GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=64, n_ctx=8)
+    params = synthetic(config, seed=3)
+    r = rng(35)
+    idx, targets = r.integers(0, 64, (1, 6)), r.integers(0, 64, (1, 6))
+    targets[0, 2] = -1
+    ref_logits, ref_loss, ref_grads = reference.forward_backward(
+        {k: v.astype(np.float64) for k, v in params.items()}, config, idx, targets
+    )
+    m = NumbaGPT2(params, config, max_batch=1, max_seq=6, matmul="3xtf32")
+    logits, loss, grads = m.forward_backward(idx, targets)
+    assert max_rel(logits, ref_logits) <= LOGITS_MAX_REL
+    assert abs(loss - ref_loss) <= LOSS_REL * abs(ref_loss)
+    for name, g in ref_grads.items():
+        assert l2_rel(grads[name], g) <= GRAD_L2_REL, name
+        assert max_rel(grads[name], g) <= GRAD_MAX_REL, name
+    with pytest.raises(ValueError, match="kernels='fast'"):
+        NumbaGPT2(params, config, matmul="3xtf32", kernels="naive")
+    with pytest.raises(ValueError, match="matmul must be one of"):
+        NumbaGPT2(params, config, matmul="tf32")
