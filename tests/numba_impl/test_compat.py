@@ -95,3 +95,39 @@ def test_simulator_shared_array_is_one_array_per_block_under_thread_switches(mon
         _shared_sum_kernel[1, 8](out)
         sums.append(float(out.copy_to_host()[0]))
     assert sums == [28.0] * 50
+
+
+@kernel
+def _early_exit_kernel(out, n_active):
+    """Threads >= n_active leave before the barrier; the others swap values across it."""
+    buf = cuda.shared.array(8, float32)
+    tid = cuda.threadIdx.x
+    if tid >= n_active:
+        return
+    buf[tid] = float32(tid + 1)
+    cuda.syncthreads()
+    out[tid] = buf[n_active - 1 - tid]
+    cuda.syncthreads()
+    buf[tid] = float32(0.0)
+
+
+def test_barrier_opens_for_the_threads_still_running():
+    out = cuda.to_device(np.zeros(8, dtype=np.float32))
+    _early_exit_kernel[1, 8](out, 5)
+    assert out.copy_to_host().tolist() == [5, 4, 3, 2, 1, 0, 0, 0]
+
+
+@kernel
+def _failing_kernel(out, bad_thread):
+    tid = cuda.threadIdx.x
+    if tid == bad_thread:
+        out[tid + 1000] = float32(1.0)  # out of bounds: an IndexError in the simulator
+    cuda.syncthreads()  # the other threads wait here; the failure must release them
+    out[tid] = float32(1.0)
+
+
+@pytest.mark.skipif(not SIMULATOR, reason="an out-of-bounds write is undefined behaviour on a GPU, an error only here")
+def test_a_failing_thread_fails_the_launch_instead_of_hanging_it():
+    out = cuda.to_device(np.zeros(8, dtype=np.float32))
+    with pytest.raises(IndexError, match="tid=\\[3, 0, 0\\]"):
+        _failing_kernel[1, 8](out, 3)
