@@ -203,6 +203,8 @@ def gpu_run(args) -> dict:
         row["tflops_torch_fp32"] = row["gflop"] / row["us_torch_fp32"] * 1e-3
         row["ratio_3xtf32_over_torch_fp32"] = row["us_3xtf32"] / row["us_torch_fp32"]
         result["shapes"].append(row)
+        with open(args.out, "w") as f:  # after every shape: a run cut short keeps what it measured
+            json.dump(result, f, indent=1)
         print(
             f"{name:18s} {layout} {M:6d}x{N:6d}x{K:6d}  err max 3x {row['3xtf32_separate']['max_rel']:.1e} "
             f"f32 {row['numba_fp32']['max_rel']:.1e} cuBLAS {row['torch_fp32']['max_rel']:.1e} "
