@@ -324,14 +324,17 @@ def section_sweep(res):
     dout = cuda.to_device(rng.standard_normal(Bq * Tq * C).astype(np.float32))
     y, dqkv = cuda.device_array(Bq * Tq * C, np.float32), cuda.device_array(Bq * Tq * 3 * C, np.float32)
     lse, delta = cuda.device_array(Bq * NH * Tq, np.float32), cuda.device_array(Bq * NH * Tq, np.float32)
+    from numba_impl.kernels.attention import FlashTiles
+
     flash = {}
-    for bq in (16, 32, 64, 128):
-        fwd = median_time(lambda bq=bq: attention_forward_flash(y, lse, qkv, Bq, Tq, C, NH, tile=bq), cuda.synchronize)
+    flash_shapes = (FlashTiles(4, 8, 4, 4), FlashTiles(4, 8, 2, 4), FlashTiles(2, 8, 4, 4), FlashTiles(4, 8, 4, 4, vec=True))
+    for ft in flash_shapes:
+        fwd = median_time(lambda ft=ft: attention_forward_flash(y, lse, qkv, Bq, Tq, C, NH, tiles=ft), cuda.synchronize)
         bwd = median_time(
-            lambda bq=bq: attention_backward_flash(dqkv, delta, dout, y, lse, qkv, Bq, Tq, C, NH, tile=bq),
+            lambda ft=ft: attention_backward_flash(dqkv, delta, dout, y, lse, qkv, Bq, Tq, C, NH, tiles=ft),
             cuda.synchronize,
         )
-        flash[f"BQ={bq}"] = {"fwd_ms": 1e3 * fwd, "bwd_ms": 1e3 * bwd}
+        flash[f"{tuple(ft)} rows={ft.rows} cols={ft.cols}"] = {"fwd_ms": 1e3 * fwd, "bwd_ms": 1e3 * bwd}
     res["flash_ms_by_tile_T1024"] = flash
 
 
