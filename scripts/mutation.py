@@ -493,6 +493,7 @@ def run_tests(root: Path, source: Path, tests: tuple[str, ...], stop_first: bool
             kind, test, message = hits[0]
             details = [ln[1:].strip() for ln in output.splitlines() if ln.startswith("E ") and ln[1:].strip()]
             message = " / ".join(details[:3]) or (message or "").strip()
+            message = re.sub(r"(\\n)?\s+", " ", message)  # reprs of arrays carry escaped newlines
             if kind == "ERROR":
                 message = f"(error in setup) {message}"
             return Outcome("failed", test, message[:240], seconds, output)
