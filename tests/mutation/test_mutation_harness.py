@@ -53,7 +53,8 @@ def _toy_repo(root):
     return root
 
 
-def test_a_caught_mutant_passes_and_a_survivor_fails_the_run(tmp_path):
+def test_a_caught_mutant_passes_and_a_survivor_fails_the_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")  # the toy's pytest runs need no plugin: 1 s each, not 4
     repo = _toy_repo(tmp_path / "toy")
     caught = mutation.Mutant("wrong-answer", "mod.py", "return 1", "return 2", ("test_mod.py::test_f",), "f is 2")
     survivor = mutation.Mutant("comment", "mod.py", "# the answer", "# an answer", ("test_mod.py::test_f",), "none")
