@@ -56,9 +56,12 @@ def _arr(n=1, dtype=np.float32):
     return np.zeros(n, dtype=dtype)
 
 
-def _launch_matmuls():
-    from numba_impl.kernels import matmul as mm
+def _launch_matmuls(module="matmul"):
+    """Every product of a 124M step through one matmul module's launchers (the float32 one, or the
+    tensor-core one, which has the same launchers)."""
+    import importlib
 
+    mm = importlib.import_module(f"numba_impl.kernels.{module}")
     f = _arr
     for OC, IC in ((3 * C, C), (C, C), (4 * C, C), (C, 4 * C)):  # c_attn, attn c_proj, c_fc, mlp c_proj
         mm.matmul_forward(f(), f(), f(), f(), BT, IC, OC)
@@ -92,6 +95,7 @@ def _launch_memory_bound():
     encoder.encoder_forward(f(), _arr(1, np.int32), f(), f(), B, T, C)
     i32 = _arr(1, np.int32)
     encoder.encoder_backward_sorted(f(), f(), f(), i32, i32, i32, BT, B, T, C)
+    encoder.encoder_backward_chained(f(), f(), f(), i32, i32, i32, B, T, C)
     adamw.adamw_update(f(), f(), f(), f(), 124_000_000, 123_000_000, 1, 1e-3, 0.9, 0.95, 1e-8, 0.1)
 
 
@@ -99,6 +103,7 @@ def _launch_memory_bound():
 # reported as a failed row, not skipped.
 LAUNCHES = {
     "matmul": _launch_matmuls,
+    "matmul-3xtf32": lambda: _launch_matmuls("matmul_3xtf32"),
     "attention": _launch_attention,
     "memory-bound": _launch_memory_bound,
 }
@@ -280,17 +285,17 @@ def check_all(launches: list[Launch], ptxas: str, workers: int | None = None) ->
 
 
 def format_table(rows: list[dict], failures: list[tuple[str, str]]) -> str:
-    head = f"{'group':<13}{'kernel':<31}{'thr':>5}{'regs':>6}{'stack':>7}{'spill':>7}{'smem':>7}  verdict  config"
+    head = f"{'group':<15}{'kernel':<31}{'thr':>5}{'regs':>6}{'stack':>7}{'spill':>7}{'smem':>7}  verdict  config"
     lines = [head, "-" * len(head)]
     for r in rows:
         spill = r.get("spill_stores", 0) + r.get("spill_loads", 0)
         verdict = "ok" if r["ok"] else "FAIL: " + "; ".join(r["problems"])
         lines.append(
-            f"{r['group']:<13}{r['kernel'][:30]:<31}{r['threads']:>5}{r.get('registers') or '-':>6}"
+            f"{r['group']:<15}{r['kernel'][:30]:<31}{r['threads']:>5}{r.get('registers') or '-':>6}"
             f"{r.get('stack', '-'):>7}{spill:>7}{r.get('shared', '-'):>7}  {verdict}  {r['config']}"
         )
     for group, error in failures:
-        lines.append(f"{group:<13}{'(launcher failed)':<31}  FAIL: {error}")
+        lines.append(f"{group:<15}{'(launcher failed)':<31}  FAIL: {error}")
     return "\n".join(lines)
 
 
