@@ -505,10 +505,6 @@ def _dummy():
     return _SCRATCH["dummy"]
 
 
-def _dummy_bias():
-    return _dummy()
-
-
 def splitk_workspace(n: int):
     """A device buffer of >= n floats for split-K partial sums, allocated once and grown when needed
     (allocate it before capturing a CUDA graph: the first call with the largest shape does)."""
