@@ -45,13 +45,15 @@ from numba_impl.kernels.matmul import bias_backward
 from numba_impl.mma import mma_tf32_m16n8k8, tf32_round
 
 # (WARPS_M, WARPS_N, MI, NI, BK, STAGES): BM = WARPS_M * MI * 16, BN = WARPS_N * NI * 8; STAGES shared
-# copies of the tiles (2: one barrier per K slice; 1: two). The default was measured against the
-# others on an H200 (docs/results/numba-3xtf32-h200.json, made by scripts/numba_3xtf32_check.py --sweep).
-GPU_TILE = (2, 4, 2, 2, 16, 2)  # 64 x 64, 8 warps of 32 x 16, 256 threads, ~130 registers, 38 KiB of shared tiles
+# copies of the tiles (2: one barrier per K slice; 1: two). The default is the fastest of the sweep on
+# an H200 (docs/results/numba-3xtf32-h200.json, scripts/numba_3xtf32_check.py --sweep) at one shape
+# of each layout: 791 / 11,277 / 860 us for fc forward (NN), the logits (NT) and the fc weight
+# gradient (TN), against 1,054 / 12,220 / 895 us for (2, 4, 2, 2, 16, 2), the default of that run.
+GPU_TILE = (2, 2, 2, 4, 16, 2)  # 64 x 64, 4 warps of 32 x 32, 128 threads, ~100-140 registers, 38 KiB of shared tiles
 SWEEP_TILES = (  # each fits the 48 KiB of static shared memory and compiles without spills (ptxas, sm_90)
+    (2, 4, 2, 2, 16, 2),  # 64 x 64, 8 warps of 32 x 16
     (2, 4, 2, 2, 16, 1),  # the same, one stage (~80 registers: three blocks per SM)
     (2, 4, 2, 2, 32, 1),  # BK = 32
-    (2, 2, 2, 4, 16, 2),  # 64 x 64, 4 warps of 32 x 32
     (4, 2, 2, 4, 16, 1),  # 128 x 64, 8 warps of 32 x 32
     (2, 4, 2, 4, 16, 1),  # 64 x 128, 8 warps of 32 x 32
 )

@@ -125,6 +125,19 @@ def test_matmul_3xtf32_accumulates_and_splits_k(layout):
 
 
 @needs_cuda
+@pytest.mark.parametrize("layout", m3.LAYOUTS)
+def test_matmul_3xtf32_with_the_gpu_tile(layout):
+    """The GPU's default tile (several warps per block, two stages), here in the simulator too: one
+    ragged block, two K slices. (The simulator's own default is a one-warp tile, for speed.)"""
+    M, N, K = 50, 40, 20
+    r = rng(37)
+    a, b, a_s, b_s = _operands(layout, M, N, K, r)
+    out = dev(np.full((M, N), np.nan))
+    m3.matmul(out, dev(a_s), dev(b_s), M, N, K, layout, tile=m3.GPU_TILE)
+    assert max_rel(host(out, (M, N)), a @ b) <= KERNEL_REL
+
+
+@needs_cuda
 @pytest.mark.parametrize("layout", ["NN", "TN"])
 def test_matmul_3xtf32_one_shared_stage(layout):
     """STAGES=1 (one copy of the tiles, two barriers per K slice) computes the same product."""
