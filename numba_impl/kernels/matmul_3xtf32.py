@@ -20,17 +20,22 @@ numba_impl/mma.py for the lane layout). K advances in slices of BK:
 - the block stages A[m0:m0+BM, k0:k0+BK] and B[k0:k0+BK, n0:n0+BN] into shared memory, already
   split into hi and lo tiles (each element is split once, not once per warp that reads it);
   the next slice's global loads are issued into registers before the current slice is computed
-  (register-prefetch double buffering: their latency hides behind the mma work);
+  (register-prefetch double buffering: their latency hides behind the mma work); with STAGES = 2
+  the tiles exist twice, so the next slice goes into the other copy and one barrier per slice
+  suffices; blocks wholly inside the matrices load without bounds checks (but on a partial last slice);
 - an operand stored contiguous along K (A in NN/NT, B in NT) is kept as tile[mn, BK + 4], one
   stored contiguous along M or N (A in TN, B in NN/TN) as tile[BK, BMN + 8]: both pads make the
   fragment reads of a warp hit 32 different banks and keep the staging stores coalesced;
 - per 8-wide k step each warp reads its A fragments (4 hi + 4 lo per MI) and B fragments
   (2 hi + 2 lo per NI) from shared memory and issues 3 mma per (MI, NI) pair.
-Products inside the tensor core are exact; its float32 accumulation is not IEEE round-to-nearest
-for every addition. `accumulate_mode="separate"` (the default) runs the three mma of one k step
-into a zero accumulator and adds that partial sum to the running total with an ordinary float32
-add; "chained" passes the running total through the tensor core as C.
-Long K: `k_chunk` sums K in chunks, one launch each, as kernels/matmul.py does.
+Accumulation: `accumulate_mode="separate"` (the default) runs the three mma of one k step into a
+zero accumulator and adds that partial sum to the running total with an ordinary float32 add;
+"chained" passes the running total through the tensor core as C. Measured on an H200
+(docs/results/numba-3xtf32-h200.json), chained leaves 7e-6 to 3e-5 relative error at K = 3,072 to
+50,257 (above the project's 1e-5 gradient ceiling), separate 4e-7 to 1e-6, as cuBLAS float32 does:
+the tensor core's own addition into C rounds less accurately than float32's round-to-nearest (we
+found no promise of IEEE rounding for it), so the long running sum must stay out of it.
+Long K: `k_chunk` sums K in chunks, one launch each, as kernels/matmul.py's tiled kernel does.
 """
 
 from __future__ import annotations
@@ -47,8 +52,9 @@ from numba_impl.mma import mma_tf32_m16n8k8, tf32_round
 # (WARPS_M, WARPS_N, MI, NI, BK, STAGES): BM = WARPS_M * MI * 16, BN = WARPS_N * NI * 8; STAGES shared
 # copies of the tiles (2: one barrier per K slice; 1: two). The default is the fastest of the sweep on
 # an H200 (docs/results/numba-3xtf32-h200.json, scripts/numba_3xtf32_check.py --sweep) at one shape
-# of each layout: 791 / 11,277 / 860 us for fc forward (NN), the logits (NT) and the fc weight
-# gradient (TN), against 1,054 / 12,220 / 895 us for (2, 4, 2, 2, 16, 2), the default of that run.
+# of each layout, tied on the logits: 791 / 11,277 / 860 us for fc forward (NN), the logits (NT; one
+# stage of 32 x 16 warps: 11,265) and the fc weight gradient (TN), against 1,054 / 12,220 / 895 us for
+# (2, 4, 2, 2, 16, 2), the default of that run.
 GPU_TILE = (2, 2, 2, 4, 16, 2)  # 64 x 64, 4 warps of 32 x 32, 128 threads, ~100-140 registers, 38 KiB of shared tiles
 SWEEP_TILES = (  # each fits the 48 KiB of static shared memory and compiles without spills (ptxas, sm_90)
     (2, 4, 2, 2, 16, 2),  # 64 x 64, 8 warps of 32 x 16
