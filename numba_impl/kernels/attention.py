@@ -206,7 +206,7 @@ class FlashTiles(NamedTuple):
     lanes: int
     rt: int
     ct: int
-    vec: bool = False  # forward only: the 16-byte shared-load variant (flash_forward_vec_kernel)
+    vec: bool = False  # the 16-byte shared-load kernels (flash_forward_vec_kernel, flash_backward_*_vec_kernel)
 
     @property
     def threads(self) -> int:
@@ -238,6 +238,10 @@ def flash_shared_bytes(HS: int, tiles: FlashTiles, kernel_name: str) -> int:
     R, K = tiles.rows, tiles.cols
     if kernel_name == "forward" and tiles.vec:  # qT (HS, R+4), kT (HS, K+4), v (K, HS+4), pT (K, R+4)
         words = HS * (R + 4) + HS * (K + 4) + K * (HS + 4) + K * (R + 4)
+    elif tiles.vec:  # rows of HSW + 4 (see _vec_widths): dq: q, dout (R), k, v (K); ds (R, K+4)
+        HSV = _vec_widths(HS, tiles)[1] + 4  # dkv: k, v (R), q, dout (K); p, ds (R, K+4); lse, delta (K)
+        words = (2 * R + 2 * K) * HSV + (1 if kernel_name == "dq" else 2) * R * (K + 4)
+        words += 2 * K if kernel_name == "dkv" else 0
     elif kernel_name == "forward":  # q (R, HS+1), k (K, HS+1), v (K, HS), p (R, K+1)
         words = R * (HS + 1) + K * (HS + 1) + K * HS + R * (K + 1)
     elif kernel_name == "dq":  # q, dout (R, HS+1); k, v (K, HS+1); ds (R, K+1)
@@ -738,6 +742,291 @@ def flash_backward_dkv_kernel(HS: int, tiles: FlashTiles):
     return flash_backward_dkv
 
 
+# The backward with 16-byte shared loads. Both backward kernels read every staged tile two ways:
+# along the head dimension for the score products (s = q k^T, dp = dout v^T) and along the key (or
+# query) index for the second products (dq += ds k, dv += p^T dout, dk += ds^T q). Row-major tiles
+# serve both if each thread reads runs of 4 consecutive floats from 16-byte aligned rows:
+#   score products: per step of 4 in d, RT runs q[row, d:d+4] (shared by the 8 lanes of a group:
+#     one broadcast) and CT runs k[g + LANES*c, d:d+4]: (RT + CT) loads for 4*RT*CT FMAs;
+#   second products: per 4 keys j, RT runs ds[row, j:j+4] and the lane's output columns of those
+#     4 keys, in runs of 4 (lane g owns columns 4g + 4*LANES*c + w, w < 4: the 8 lanes of a
+#     quarter-warp read 32 consecutive words, one wavefront per load).
+# Rows are padded to HSW + 4 floats (HSW a multiple of 4*LANES): the rows g + LANES*c that the 8
+# lanes of a group read at one d start 4 words apart in the banks, so their 16-byte loads do not
+# collide. Columns from HS to HSW are staged as zeros. Needs cols % 4 == 0 (runs of 4 keys).
+def _vec_widths(HS: int, tiles: FlashTiles) -> tuple[int, int, int]:
+    """(HS4, HSW, DT4): HS rounded up to 4 (the score loop's extent), the staged row width (whole runs
+    of 4 columns for every lane) and the number of 4-column runs each lane owns."""
+    HS4 = ceil_div(HS, 4) * 4
+    DT4 = ceil_div(HS4, 4 * tiles.lanes)
+    return HS4, 4 * tiles.lanes * DT4, DT4
+
+
+@functools.cache
+def flash_backward_dq_vec_kernel(HS: int, tiles: FlashTiles):
+    """`flash_backward_dq_kernel` (same arguments, grid and results) with 16-byte shared loads."""
+    LANES, RT, CT = tiles.lanes, tiles.rt, tiles.ct
+    R, K, NTHREADS = tiles.rows, tiles.cols, tiles.threads
+    HS4, HSW, DT4 = _vec_widths(HS, tiles)
+    HSV, KV = HSW + VEC_PAD, K + VEC_PAD
+    LANE_SHIFT = LANES.bit_length() - 1
+
+    @kernel(lineinfo=True)
+    def flash_backward_dq_vec(dqkv, delta, qkv, dout, out, lse, B, T, C, NH, scale):
+        q_s = cuda.shared.array((R, HSV), float32, alignment=SHARED_ALIGN)  # scale * q
+        g_s = cuda.shared.array((R, HSV), float32, alignment=SHARED_ALIGN)  # dout
+        k_s = cuda.shared.array((K, HSV), float32, alignment=SHARED_ALIGN)
+        v_s = cuda.shared.array((K, HSV), float32, alignment=SHARED_ALIGN)
+        ds_s = cuda.shared.array((R, KV), float32, alignment=SHARED_ALIGN)
+        s = cuda.local.array((RT, CT), float32)
+        dp = cuda.local.array((RT, CT), float32)
+        dq = cuda.local.array((RT, DT4, 4), float32)
+        lse_row = cuda.local.array(RT, float32)
+        delta_row = cuda.local.array(RT, float32)
+        a_reg = cuda.local.array((RT, 4), float32)
+        b_reg = cuda.local.array((RT, 4), float32)
+        c_reg = cuda.local.array((CT, 4), float32)
+        e_reg = cuda.local.array((CT, 4), float32)
+        kd_reg = cuda.local.array((4, DT4, 4), float32)
+        tid = cuda.threadIdx.x
+        g = tid & (LANES - 1)
+        r0 = ((tid & 1023) >> LANE_SHIFT) * RT
+        bh = cuda.blockIdx.x
+        b = bh // NH
+        h = bh % NH
+        q0 = (cuda.gridDim.y - 1 - cuda.blockIdx.y) * R
+        x = b * T * 3 * C + h * HS
+        for e in range(tid, R * HSW, NTHREADS):
+            j = e // HSW
+            d = e % HSW
+            t = q0 + j
+            if t < T and d < HS:
+                q_s[j, d] = qkv[x + t * 3 * C + d] * scale
+                g_s[j, d] = dout[(b * T + t) * C + h * HS + d]
+            else:
+                q_s[j, d] = float32(0.0)
+                g_s[j, d] = float32(0.0)
+        cuda.syncthreads()
+        for i in range(RT):  # delta[t] = dout[t] . out[t]: the lanes of the group split the HS terms
+            t = q0 + r0 + i
+            acc = float32(0.0)
+            if t < T:
+                row = (b * T + t) * C + h * HS
+                for c in range(DT4):
+                    for w in range(4):
+                        dd = 4 * g + 4 * LANES * c + w
+                        if dd < HS:
+                            acc += g_s[r0 + i, dd] * out[row + dd]
+            lane_mask = 1
+            while lane_mask < LANES:
+                acc += shfl_xor(acc, lane_mask)
+                lane_mask *= 2
+            delta_row[i] = acc
+            lse_row[i] = lse[bh * T + t] if t < T else float32(0.0)
+            if t < T and g == 0:
+                delta[bh * T + t] = acc
+            for c in range(DT4):
+                for w in range(4):
+                    dq[i, c, w] = float32(0.0)
+        for k0 in range(0, min(T, q0 + R), K):
+            cuda.syncthreads()
+            for e in range(tid, K * HSW, NTHREADS):
+                j = e // HSW
+                d = e % HSW
+                key = k0 + j
+                if key < T and d < HS:
+                    k_s[j, d] = qkv[x + key * 3 * C + C + d]
+                    v_s[j, d] = qkv[x + key * 3 * C + 2 * C + d]
+                else:
+                    k_s[j, d] = float32(0.0)
+                    v_s[j, d] = float32(0.0)
+            cuda.syncthreads()
+            for i in range(RT):
+                for c in range(CT):
+                    s[i, c] = float32(0.0)
+                    dp[i, c] = float32(0.0)
+            for d in range(0, HS4, 4):  # s = (scale q) k^T, dp = dout v^T, 4 terms per step
+                du = uint32(d)  # unsigned: no negative-index fix-up between the 4 loads of a run
+                for i in range(RT):
+                    for w in range(4):
+                        a_reg[i, w] = q_s[r0 + i, du + w]
+                        b_reg[i, w] = g_s[r0 + i, du + w]
+                for c in range(CT):
+                    for w in range(4):
+                        c_reg[c, w] = k_s[g + LANES * c, du + w]
+                        e_reg[c, w] = v_s[g + LANES * c, du + w]
+                for w in range(4):
+                    for i in range(RT):
+                        for c in range(CT):
+                            s[i, c] += a_reg[i, w] * c_reg[c, w]
+                            dp[i, c] += b_reg[i, w] * e_reg[c, w]
+            for i in range(RT):
+                t = q0 + r0 + i
+                for c in range(CT):
+                    key = k0 + g + LANES * c
+                    ds = float32(0.0)
+                    if key <= t and t < T:  # (key <= t < T also keeps key < T)
+                        ds = math.exp(s[i, c] - lse_row[i]) * (dp[i, c] - delta_row[i])
+                    ds_s[r0 + i, g + LANES * c] = ds
+            cuda.syncthreads()
+            for j in range(0, K, 4):  # dq += ds k, 4 keys per step
+                ju = uint32(j)
+                for i in range(RT):
+                    for u in range(4):
+                        a_reg[i, u] = ds_s[r0 + i, ju + u]
+                for u in range(4):
+                    for c in range(DT4):
+                        for w in range(4):
+                            kd_reg[u, c, w] = k_s[ju + u, 4 * g + 4 * LANES * c + w]
+                for u in range(4):
+                    for i in range(RT):
+                        for c in range(DT4):
+                            for w in range(4):
+                                dq[i, c, w] += a_reg[i, u] * kd_reg[u, c, w]
+        for i in range(RT):
+            t = q0 + r0 + i
+            if t < T:
+                row = (b * T + t) * 3 * C + h * HS
+                for c in range(DT4):
+                    for w in range(4):
+                        dd = 4 * g + 4 * LANES * c + w
+                        if dd < HS:
+                            dqkv[row + dd] = dq[i, c, w] * scale
+
+    return flash_backward_dq_vec
+
+
+@functools.cache
+def flash_backward_dkv_vec_kernel(HS: int, tiles: FlashTiles):
+    """`flash_backward_dkv_kernel` (same arguments, grid and results) with 16-byte shared loads."""
+    LANES, RT, CT = tiles.lanes, tiles.rt, tiles.ct
+    R, K, NTHREADS = tiles.rows, tiles.cols, tiles.threads
+    HS4, HSW, DT4 = _vec_widths(HS, tiles)
+    HSV, KV = HSW + VEC_PAD, K + VEC_PAD
+    LANE_SHIFT = LANES.bit_length() - 1
+
+    @kernel(lineinfo=True)
+    def flash_backward_dkv_vec(dqkv, delta, qkv, dout, lse, B, T, C, NH, scale):
+        k_s = cuda.shared.array((R, HSV), float32, alignment=SHARED_ALIGN)
+        v_s = cuda.shared.array((R, HSV), float32, alignment=SHARED_ALIGN)
+        q_s = cuda.shared.array((K, HSV), float32, alignment=SHARED_ALIGN)  # scale * q
+        g_s = cuda.shared.array((K, HSV), float32, alignment=SHARED_ALIGN)  # dout
+        p_s = cuda.shared.array((R, KV), float32, alignment=SHARED_ALIGN)  # p^T: keys x queries
+        ds_s = cuda.shared.array((R, KV), float32, alignment=SHARED_ALIGN)
+        lse_s = cuda.shared.array(K, float32)
+        delta_s = cuda.shared.array(K, float32)
+        st = cuda.local.array((RT, CT), float32)  # s^T = k (scale q)^T
+        dpt = cuda.local.array((RT, CT), float32)  # dp^T = v dout^T
+        dk = cuda.local.array((RT, DT4, 4), float32)
+        dv = cuda.local.array((RT, DT4, 4), float32)
+        a_reg = cuda.local.array((RT, 4), float32)
+        b_reg = cuda.local.array((RT, 4), float32)
+        c_reg = cuda.local.array((CT, 4), float32)
+        e_reg = cuda.local.array((CT, 4), float32)
+        qd_reg = cuda.local.array((DT4, 4), float32)
+        gd_reg = cuda.local.array((DT4, 4), float32)
+        tid = cuda.threadIdx.x
+        g = tid & (LANES - 1)
+        r0 = ((tid & 1023) >> LANE_SHIFT) * RT
+        bh = cuda.blockIdx.x
+        b = bh // NH
+        h = bh % NH
+        k0 = cuda.blockIdx.y * R
+        x = b * T * 3 * C + h * HS
+        for e in range(tid, R * HSW, NTHREADS):
+            j = e // HSW
+            d = e % HSW
+            key = k0 + j
+            if key < T and d < HS:
+                k_s[j, d] = qkv[x + key * 3 * C + C + d]
+                v_s[j, d] = qkv[x + key * 3 * C + 2 * C + d]
+            else:
+                k_s[j, d] = float32(0.0)
+                v_s[j, d] = float32(0.0)
+        for i in range(RT):
+            for c in range(DT4):
+                for w in range(4):
+                    dk[i, c, w] = float32(0.0)
+                    dv[i, c, w] = float32(0.0)
+        for t0 in range(k0, T, K):
+            cuda.syncthreads()
+            for e in range(tid, K * HSW, NTHREADS):
+                j = e // HSW
+                d = e % HSW
+                t = t0 + j
+                if t < T and d < HS:
+                    q_s[j, d] = qkv[x + t * 3 * C + d] * scale
+                    g_s[j, d] = dout[(b * T + t) * C + h * HS + d]
+                else:
+                    q_s[j, d] = float32(0.0)
+                    g_s[j, d] = float32(0.0)
+            for j in range(tid, K, NTHREADS):
+                t = t0 + j
+                lse_s[j] = lse[bh * T + t] if t < T else float32(0.0)
+                delta_s[j] = delta[bh * T + t] if t < T else float32(0.0)
+            cuda.syncthreads()
+            for i in range(RT):
+                for c in range(CT):
+                    st[i, c] = float32(0.0)
+                    dpt[i, c] = float32(0.0)
+            for d in range(0, HS4, 4):
+                du = uint32(d)
+                for i in range(RT):
+                    for w in range(4):
+                        a_reg[i, w] = k_s[r0 + i, du + w]
+                        b_reg[i, w] = v_s[r0 + i, du + w]
+                for c in range(CT):
+                    for w in range(4):
+                        c_reg[c, w] = q_s[g + LANES * c, du + w]
+                        e_reg[c, w] = g_s[g + LANES * c, du + w]
+                for w in range(4):
+                    for i in range(RT):
+                        for c in range(CT):
+                            st[i, c] += a_reg[i, w] * c_reg[c, w]
+                            dpt[i, c] += b_reg[i, w] * e_reg[c, w]
+            for i in range(RT):
+                key = k0 + r0 + i
+                for c in range(CT):
+                    j = g + LANES * c
+                    t = t0 + j
+                    p = float32(0.0)
+                    ds = float32(0.0)
+                    if key <= t and t < T:
+                        p = math.exp(st[i, c] - lse_s[j])
+                        ds = p * (dpt[i, c] - delta_s[j])
+                    p_s[r0 + i, j] = p
+                    ds_s[r0 + i, j] = ds
+            cuda.syncthreads()
+            for j in range(0, K, 4):  # dv += p^T dout;  dk += ds^T (scale q), 4 queries per step
+                ju = uint32(j)
+                for i in range(RT):
+                    for u in range(4):
+                        a_reg[i, u] = p_s[r0 + i, ju + u]
+                        b_reg[i, u] = ds_s[r0 + i, ju + u]
+                for u in range(4):
+                    for c in range(DT4):
+                        for w in range(4):
+                            gd_reg[c, w] = g_s[ju + u, 4 * g + 4 * LANES * c + w]
+                            qd_reg[c, w] = q_s[ju + u, 4 * g + 4 * LANES * c + w]
+                    for i in range(RT):
+                        for c in range(DT4):
+                            for w in range(4):
+                                dv[i, c, w] += a_reg[i, u] * gd_reg[c, w]
+                                dk[i, c, w] += b_reg[i, u] * qd_reg[c, w]
+        for i in range(RT):
+            key = k0 + r0 + i
+            if key < T:
+                row = (b * T + key) * 3 * C + h * HS
+                for c in range(DT4):
+                    for w in range(4):
+                        dd = 4 * g + 4 * LANES * c + w
+                        if dd < HS:
+                            dqkv[row + C + dd] = dk[i, c, w]
+                            dqkv[row + 2 * C + dd] = dv[i, c, w]
+
+    return flash_backward_dkv_vec
+
+
 class FlashKernels(NamedTuple):
     forward: object
     backward_dq: object
@@ -772,7 +1061,12 @@ def flash_kernels(HS: int, forward_tiles: FlashTiles | None = None, backward_til
     ft, bt = forward_tiles or default_fwd, backward_tiles or default_bwd
     if ft.vec and not flash_vec_supported(HS, ft):
         raise ValueError(f"the 16-byte-load forward needs whole 4-float runs; {ft} does not give them at HS={HS}")
+    if bt.vec and bt.cols % 4:
+        raise ValueError(f"the 16-byte-load backward walks runs of 4 keys; {bt} has {bt.cols} per tile")
     forward = flash_forward_vec_kernel(HS, ft) if ft.vec else flash_forward_kernel(HS, ft)
+    if bt.vec:
+        dq, dkv = flash_backward_dq_vec_kernel(HS, bt), flash_backward_dkv_vec_kernel(HS, bt)
+        return FlashKernels(forward, dq, dkv, ft, bt)
     return FlashKernels(forward, flash_backward_dq_kernel(HS, bt), flash_backward_dkv_kernel(HS, bt), ft, bt)
 
 

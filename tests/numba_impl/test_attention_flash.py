@@ -24,12 +24,13 @@ def _nan(n):
     return dev(np.full(n, np.nan))
 
 
-def _run_flash(qkv, dout, B, T, C, NH, tiles=None):
+def _run_flash(qkv, dout, B, T, C, NH, tiles=None, bwd_tiles=None):
     d_qkv, d_dout = dev(qkv), dev(dout)
     out, lse = _nan(B * T * C), _nan(B * NH * T)
     attention.attention_forward_flash(out, lse, d_qkv, B, T, C, NH, tiles=tiles)
     dqkv, delta = _nan(B * T * 3 * C), _nan(B * NH * T)
-    attention.attention_backward_flash(dqkv, delta, d_dout, out, lse, d_qkv, B, T, C, NH, tiles=tiles)
+    bwd_tiles = bwd_tiles or tiles
+    attention.attention_backward_flash(dqkv, delta, d_dout, out, lse, d_qkv, B, T, C, NH, tiles=bwd_tiles)
     return out, lse, dqkv, delta
 
 
@@ -99,18 +100,27 @@ def test_flash_with_the_gpu_block_layout_of_rows_and_lanes():
     [
         (FlashTiles(warps=1, lanes=4, rt=1, ct=1, vec=True), 2, 11, 16, 2),
         (FlashTiles(warps=1, lanes=8, rt=4, ct=4, vec=True), 1, 37, 64, 2),  # the GPU's runs of 4, HS = 32
+        (FlashTiles(warps=1, lanes=4, rt=1, ct=1, vec=True), 1, 10, 18, 3),  # HS = 6: zero-padded runs
+        (FlashTiles(warps=1, lanes=8, rt=2, ct=4, vec=True), 1, 35, 40, 2),  # HS = 20: a lane's 2nd run past HS
+        (FlashTiles(warps=1, lanes=4, rt=1, ct=1, vec=True), 1, 1, 16, 2),  # a single position
     ],
-    ids=["sim-tiles", "gpu-layout"],
+    ids=["sim-tiles", "gpu-layout", "hs6", "hs20", "t1"],
 )
-def test_flash_forward_with_16_byte_loads_matches_naive_twin(tiles, B, T, C, NH):
-    """The forward variant with transposed, aligned shared tiles (flash_forward_vec_kernel); the
-    backward it feeds is the default one, so lse must be right too."""
+def test_flash_with_16_byte_loads_matches_naive_twin(tiles, B, T, C, NH):
+    """The variants with 16-byte aligned shared tiles: the forward (flash_forward_vec_kernel, q and k
+    transposed) and both backward kernels (flash_backward_*_vec_kernel, runs of 4 along rows); every
+    output must be written (NaN-poisoned first)."""
     r = rng(50 + T)
     qkv, dout = r.standard_normal((B, T, 3 * C)), r.standard_normal((B, T, C))
-    out, _, dqkv, _ = _run_flash(qkv, dout, B, T, C, NH, tiles=tiles)
+    fwd_tiles = tiles if attention.flash_vec_supported(C // NH, tiles) else None  # the forward needs HS % lanes == 0
+    out, _, dqkv, delta = _run_flash(qkv, dout, B, T, C, NH, tiles=fwd_tiles, bwd_tiles=tiles)
     naive_out, naive_dqkv = _run_naive(qkv, dout, B, T, C, NH)
-    assert max_rel(host(out, (B, T, C)), naive_out) <= KERNEL_REL
-    assert max_rel(host(dqkv, (B, T, 3 * C)), naive_dqkv) <= KERNEL_REL
+    flash_out, flash_dqkv = host(out, (B, T, C)), host(dqkv, (B, T, 3 * C))
+    assert np.isfinite(flash_out).all() and np.isfinite(flash_dqkv).all()
+    assert max_rel(flash_out, naive_out) <= KERNEL_REL
+    assert max_rel(flash_dqkv, naive_dqkv) <= KERNEL_REL
+    ref_delta = (dout.reshape(B, T, NH, -1) * naive_out.reshape(B, T, NH, -1)).sum(-1).transpose(0, 2, 1)
+    assert max_rel(host(delta, (B, NH, T)), ref_delta) <= KERNEL_REL
 
 
 def test_flash_forward_with_16_byte_loads_refuses_ragged_runs(monkeypatch):
@@ -120,6 +130,8 @@ def test_flash_forward_with_16_byte_loads_refuses_ragged_runs(monkeypatch):
     assert not attention.flash_vec_supported(64, FlashTiles(4, 8, 2, 4, vec=True))  # runs of 2 rows
     with pytest.raises(ValueError, match="16-byte"):
         attention.flash_kernels(48, forward_tiles=FlashTiles(4, 8, 4, 4, vec=True))
+    with pytest.raises(ValueError, match="runs of 4 keys"):  # the backward walks keys 4 at a time
+        attention.flash_kernels(64, backward_tiles=FlashTiles(4, 2, 2, 1, vec=True))
 
 
 def test_flash_rejects_a_head_count_that_does_not_divide_the_width():
