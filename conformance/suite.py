@@ -24,9 +24,9 @@ REFERENCE = "numpy-f64"
 # adamw_update_l2 compares what AdamW added to the weights (final - start, per tensor) with what it added
 # in the reference. The weights themselves (adamw_param_l2) hide an optimizer bug under their own size:
 # decay on every tensor moves a LayerNorm weight (~1) by lr * wd per step, 1e-3 of it after 10 steps,
-# right at the parameter ceiling, but 10-20% of its update. Same ceiling, no new number: the float32
-# floor of the update metric is 1.6e-5 on the CI cases and 2.7e-4 at the full 124M shape
-# (numpy-f32 on a CPU), under the parameters' 1e-3 (docs/conformance.md).
+# about the parameter ceiling, but 10-20% of its update. It is judged against the parameters' ceiling
+# (no number of its own): correct float32 backends measure <= 1.6e-5 on the CI cases and up to 6.4e-4 at
+# the full 124M shape on a CPU (docs/results/conformance-cpu-adamw-update.json, docs/conformance.md).
 SAME_CEILING = {"adamw_update_l2": "adamw_param_l2"}
 
 

@@ -549,6 +549,7 @@ def write_report(
         "to one file, applied to a temporary copy of the repository; only the tests named for it run",
         "(`pytest -x`), after a baseline run in which every one of those tests passed on the unmodified copy.",
         "",
+        f"- command: `python scripts/mutation.py{''.join(' ' + a for a in sys.argv[1:])}`",
         f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- commit: `{commit}`{' (working tree had uncommitted changes)' if dirty else ''}",
         f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}; {versions()}",
