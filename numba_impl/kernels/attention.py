@@ -207,6 +207,7 @@ class FlashTiles(NamedTuple):
     rt: int
     ct: int
     vec: bool = False  # the 16-byte shared-load kernels (flash_forward_vec_kernel, flash_backward_*_vec_kernel)
+    fused: bool = False  # backward only, with vec: dq, dk, dv in one kernel, dq summed by atomic adds
 
     @property
     def threads(self) -> int:
@@ -241,7 +242,8 @@ def flash_shared_bytes(HS: int, tiles: FlashTiles, kernel_name: str) -> int:
     elif tiles.vec:  # rows of HSW + 4 (see _vec_widths): dq: q, dout (R), k, v (K); ds (R, K+4)
         HSV = _vec_widths(HS, tiles)[1] + 4  # dkv: k, v (R), q, dout (K); p, ds (R, K+4); lse, delta (K)
         words = (2 * R + 2 * K) * HSV + (1 if kernel_name == "dq" else 2) * R * (K + 4)
-        words += 2 * K if kernel_name == "dkv" else 0
+        if kernel_name == "dkv":  # and ds^T (K, R+4) when fused
+            words += 2 * K + (K * (R + 4) if tiles.fused else 4)
     elif kernel_name == "forward":  # q (R, HS+1), k (K, HS+1), v (K, HS), p (R, K+1)
         words = R * (HS + 1) + K * (HS + 1) + K * HS + R * (K + 1)
     elif kernel_name == "dq":  # q, dout (R, HS+1); k, v (K, HS+1); ds (R, K+1)
@@ -898,12 +900,20 @@ def flash_backward_dq_vec_kernel(HS: int, tiles: FlashTiles):
 
 @functools.cache
 def flash_backward_dkv_vec_kernel(HS: int, tiles: FlashTiles):
-    """`flash_backward_dkv_kernel` (same arguments, grid and results) with 16-byte shared loads."""
+    """`flash_backward_dkv_kernel` (same arguments, grid and results) with 16-byte shared loads.
+
+    tiles.fused: the one-kernel backward (5 tile products instead of 7). Each (key block, query tile)
+    step also computes that tile's share of dq, scale * ds^T k (ds^T staged in shared memory), and
+    adds it into dqkv's q columns with atomic adds: dq must be zero first and delta known
+    (`flash_backward_prep_kernel`). The order of the adds varies from run to run, so dq is not
+    bitwise repeatable. Needs rows == cols (the query rows of a tile reuse the key rows' layout)."""
     LANES, RT, CT = tiles.lanes, tiles.rt, tiles.ct
     R, K, NTHREADS = tiles.rows, tiles.cols, tiles.threads
     HS4, HSW, DT4 = _vec_widths(HS, tiles)
     HSV, KV = HSW + VEC_PAD, K + VEC_PAD
     LANE_SHIFT = LANES.bit_length() - 1
+    FUSED = tiles.fused
+    DQ_ROWS, DQ_COLS = (K, R + VEC_PAD) if FUSED else (1, VEC_PAD)  # ds^T (queries x keys) when fused
 
     @kernel(lineinfo=True)
     def flash_backward_dkv_vec(dqkv, delta, qkv, dout, lse, B, T, C, NH, scale):
@@ -913,8 +923,10 @@ def flash_backward_dkv_vec_kernel(HS: int, tiles: FlashTiles):
         g_s = cuda.shared.array((K, HSV), float32, alignment=SHARED_ALIGN)  # dout
         p_s = cuda.shared.array((R, KV), float32, alignment=SHARED_ALIGN)  # p^T: keys x queries
         ds_s = cuda.shared.array((R, KV), float32, alignment=SHARED_ALIGN)
+        dsT_s = cuda.shared.array((DQ_ROWS, DQ_COLS), float32, alignment=SHARED_ALIGN)
         lse_s = cuda.shared.array(K, float32)
         delta_s = cuda.shared.array(K, float32)
+        dq = cuda.local.array((RT, DT4, 4), float32)  # fused: this step's share of dq (query rows r0 + i)
         st = cuda.local.array((RT, CT), float32)  # s^T = k (scale q)^T
         dpt = cuda.local.array((RT, CT), float32)  # dp^T = v dout^T
         dk = cuda.local.array((RT, DT4, 4), float32)
@@ -996,6 +1008,8 @@ def flash_backward_dkv_vec_kernel(HS: int, tiles: FlashTiles):
                         ds = p * (dpt[i, c] - delta_s[j])
                     p_s[r0 + i, j] = p
                     ds_s[r0 + i, j] = ds
+                    if FUSED:
+                        dsT_s[j, r0 + i] = ds
             cuda.syncthreads()
             for j in range(0, K, 4):  # dv += p^T dout;  dk += ds^T (scale q), 4 queries per step
                 ju = uint32(j)
@@ -1013,6 +1027,33 @@ def flash_backward_dkv_vec_kernel(HS: int, tiles: FlashTiles):
                             for w in range(4):
                                 dv[i, c, w] += a_reg[i, u] * gd_reg[c, w]
                                 dk[i, c, w] += b_reg[i, u] * qd_reg[c, w]
+            if FUSED:  # dq[t0 + r0 + i] += scale * sum_s ds[s, t] k[s] over this block's keys s
+                for i in range(RT):
+                    for c in range(DT4):
+                        for w in range(4):
+                            dq[i, c, w] = float32(0.0)
+                for j in range(0, R, 4):
+                    ju = uint32(j)
+                    for i in range(RT):
+                        for u in range(4):
+                            a_reg[i, u] = dsT_s[r0 + i, ju + u]
+                    for u in range(4):
+                        for c in range(DT4):
+                            for w in range(4):
+                                qd_reg[c, w] = k_s[ju + u, 4 * g + 4 * LANES * c + w]
+                        for i in range(RT):
+                            for c in range(DT4):
+                                for w in range(4):
+                                    dq[i, c, w] += a_reg[i, u] * qd_reg[c, w]
+                for i in range(RT):
+                    t = t0 + r0 + i
+                    if t < T:
+                        row = (b * T + t) * 3 * C + h * HS
+                        for c in range(DT4):
+                            for w in range(4):
+                                dd = 4 * g + 4 * LANES * c + w
+                                if dd < HS:
+                                    cuda.atomic.add(dqkv, row + dd, dq[i, c, w] * scale)
         for i in range(RT):
             key = k0 + r0 + i
             if key < T:
@@ -1025,6 +1066,24 @@ def flash_backward_dkv_vec_kernel(HS: int, tiles: FlashTiles):
                             dqkv[row + 2 * C + dd] = dv[i, c, w]
 
     return flash_backward_dkv_vec
+
+
+@kernel
+def flash_backward_prep_kernel(dqkv, delta, dout, out, B, T, C, NH):
+    """Before the fused backward: delta[b,h,t] = dout[b,t,h] . out[b,t,h], and dq (the q columns of
+    dqkv) zeroed for the atomic adds. One thread per (b, t, h), h fastest (neighbours read neighbours)."""
+    i = cuda.grid(1)
+    if i < B * T * NH:
+        h = i % NH
+        bt = i // NH
+        HS = C // NH
+        o = bt * C + h * HS
+        q = bt * 3 * C + h * HS
+        acc = float32(0.0)
+        for d in range(HS):
+            acc += dout[o + d] * out[o + d]
+            dqkv[q + d] = float32(0.0)
+        delta[((bt // T) * NH + h) * T + bt % T] = acc
 
 
 class FlashKernels(NamedTuple):
@@ -1063,7 +1122,11 @@ def flash_kernels(HS: int, forward_tiles: FlashTiles | None = None, backward_til
         raise ValueError(f"the 16-byte-load forward needs whole 4-float runs; {ft} does not give them at HS={HS}")
     if bt.vec and bt.cols % 4:
         raise ValueError(f"the 16-byte-load backward walks runs of 4 keys; {bt} has {bt.cols} per tile")
+    if bt.fused and not (bt.vec and bt.rows == bt.cols):
+        raise ValueError(f"the fused backward needs vec=True and square tiles (rows == cols); {bt} is not")
     forward = flash_forward_vec_kernel(HS, ft) if ft.vec else flash_forward_kernel(HS, ft)
+    if bt.fused:
+        return FlashKernels(forward, flash_backward_prep_kernel, flash_backward_dkv_vec_kernel(HS, bt), ft, bt)
     if bt.vec:
         dq, dkv = flash_backward_dq_vec_kernel(HS, bt), flash_backward_dkv_vec_kernel(HS, bt)
         return FlashKernels(forward, dq, dkv, ft, bt)
@@ -1106,5 +1169,9 @@ def attention_backward_flash(dqkv, delta, dout, out, lse, qkv, B, T, C, NH, tile
     bt = ks.backward_tiles
     grid = (B * NH, ceil_div(T, bt.rows))
     scale = np.float32(1.0 / math.sqrt(C // NH))
-    ks.backward_dq[grid, bt.threads](dqkv, delta, qkv, dout, out, lse, B, T, C, NH, scale)
+    if bt.fused:
+        threads = block_size(256, 32)
+        ks.backward_dq[ceil_div(B * T * NH, threads), threads](dqkv, delta, dout, out, B, T, C, NH)
+    else:
+        ks.backward_dq[grid, bt.threads](dqkv, delta, qkv, dout, out, lse, B, T, C, NH, scale)
     ks.backward_dkv[grid, bt.threads](dqkv, delta, qkv, dout, lse, B, T, C, NH, scale)

@@ -103,13 +103,18 @@ def test_flash_with_the_gpu_block_layout_of_rows_and_lanes():
         (FlashTiles(warps=1, lanes=4, rt=1, ct=1, vec=True), 1, 10, 18, 3),  # HS = 6: zero-padded runs
         (FlashTiles(warps=1, lanes=8, rt=2, ct=4, vec=True), 1, 35, 40, 2),  # HS = 20: a lane's 2nd run past HS
         (FlashTiles(warps=1, lanes=4, rt=1, ct=1, vec=True), 1, 1, 16, 2),  # a single position
+        # the fused backward (dq by atomic adds): square tiles of 16 and 8, ragged T, HS = 32 and 6
+        (FlashTiles(warps=1, lanes=8, rt=4, ct=2, vec=True, fused=True), 2, 37, 64, 2),
+        (FlashTiles(warps=1, lanes=4, rt=1, ct=2, vec=True, fused=True), 1, 19, 18, 3),
+        (FlashTiles(warps=1, lanes=4, rt=1, ct=2, vec=True, fused=True), 1, 1, 16, 2),
     ],
-    ids=["sim-tiles", "gpu-layout", "hs6", "hs20", "t1"],
+    ids=["sim-tiles", "gpu-layout", "hs6", "hs20", "t1", "fused", "fused-hs6", "fused-t1"],
 )
 def test_flash_with_16_byte_loads_matches_naive_twin(tiles, B, T, C, NH):
     """The variants with 16-byte aligned shared tiles: the forward (flash_forward_vec_kernel, q and k
-    transposed) and both backward kernels (flash_backward_*_vec_kernel, runs of 4 along rows); every
-    output must be written (NaN-poisoned first)."""
+    transposed), both backward kernels (flash_backward_*_vec_kernel, runs of 4 along rows) and the
+    fused backward (one kernel, dq by atomic adds after flash_backward_prep_kernel); every output
+    must be written (NaN-poisoned first: the prep kernel must zero every dq before the adds)."""
     r = rng(50 + T)
     qkv, dout = r.standard_normal((B, T, 3 * C)), r.standard_normal((B, T, C))
     fwd_tiles = tiles if attention.flash_vec_supported(C // NH, tiles) else None  # the forward needs HS % lanes == 0
@@ -132,6 +137,8 @@ def test_flash_forward_with_16_byte_loads_refuses_ragged_runs(monkeypatch):
         attention.flash_kernels(48, forward_tiles=FlashTiles(4, 8, 4, 4, vec=True))
     with pytest.raises(ValueError, match="runs of 4 keys"):  # the backward walks keys 4 at a time
         attention.flash_kernels(64, backward_tiles=FlashTiles(4, 2, 2, 1, vec=True))
+    with pytest.raises(ValueError, match="square tiles"):  # fused: the query rows reuse the key rows' layout
+        attention.flash_kernels(64, backward_tiles=FlashTiles(4, 8, 4, 4, vec=True, fused=True))
 
 
 def test_flash_rejects_a_head_count_that_does_not_divide_the_width():
