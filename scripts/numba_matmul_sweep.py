@@ -4,16 +4,20 @@ float32 (torch.matmul, TF32 off), a tile-shape sweep, and the head backward's fl
     NUMBA_ENABLE_CUDASIM=0 python3 scripts/numba_matmul_sweep.py OUT.json [--budget-s 200]
 
 Sections, each written to OUT.json as soon as it is done (a run cut short keeps what it measured):
-  correctness  the fast kernel (each layout, several tiles, bias/accumulate, split-K, K chunks in
-               registers, GELU and residual epilogues, fused bias gradient) against the naive kernel
-               on ragged shapes (none a multiple of a tile), outputs poisoned with NaN first;
+  correctness  the fast kernel (each layout, several tiles, 16-byte vector loads and the scalar
+               fallback, each unroll of the k loop, bias/accumulate, split-K, K chunks in registers,
+               GELU and residual epilogues, fused bias gradient) against the naive kernel on ragged
+               shapes (none a multiple of a tile), outputs poisoned with NaN first;
                max|d| / max|ref| must be <= 1e-5 (float32 sums of <= ~1,100 terms in another order)
   head         dlnf = dlogits @ wte (K = 50,257) against float64 (torch on the GPU): fast with
                k_chunk=1024 (what the model runs), fast without chunks, cuBLAS float32
   timing       every matmul of GPT-2 124M at B*T = 4096 (forward NN, backward NT and TN, the head):
-               fast (default tile and split) vs torch.matmul float32 vs the previous tiled kernel
-  sweep        tile shapes x split-K per shape (the defaults come from here)
-  model        NumbaGPT2 forward+backward at 124M, B=4, T=1024 (if time is left)
+               fast (default: `fast_config`, vector loads, FAST_UNROLL) vs torch.matmul float32 vs
+               the same kernel with scalar loads and no unrolling at the previous tuned configuration
+  sweep        tile shapes x split-K x unroll per shape (the defaults come from here)
+  model        NumbaGPT2 forward+backward at 124M, B=4, T=1024 (only with --model)
+--previous FILE copies an earlier run's timing rows into OUT.json (key "previous_run"), with that
+run's provenance, so that one file holds both.
 Timing: CUDA events around batches of back-to-back launches (so Python's launch cost overlaps the
 GPU's work), after warm-up; the median over batches. Exit 1 if a correctness check fails.
 """
@@ -57,7 +61,20 @@ SHAPES = [
     ("head dwte", V, C, BT, "TN"),
 ]
 HEAD_K_CHUNK = 1024
-TILES = [(128, 128, 8, 8, 8), (128, 128, 16, 8, 8), (128, 64, 8, 8, 8), (128, 64, 16, 8, 8), (64, 64, 8, 8, 8)]
+TILES = [(128, 128, 16, 8, 8), (128, 128, 8, 8, 8), (128, 64, 16, 8, 8), (128, 64, 8, 8, 8)]
+UNROLLS = (1, 2)  # swept on the 128x128x16 tile besides the default FAST_UNROLL
+# The tuned (tile, splits) of the previous kernel (scalar global loads, k loop not unrolled), from the
+# sweep of commit b2de8fd: the reference configuration timed beside today's default.
+PREVIOUS_TUNED = {
+    "fwd qkv": ((128, 64, 16, 8, 8), 1), "fwd attn_proj": ((128, 64, 16, 8, 8), 1),
+    "fwd fc": ((128, 128, 8, 8, 8), 1), "fwd mlp_proj": ((128, 128, 8, 8, 8), 4),
+    "bwd dx qkv": ((128, 128, 16, 8, 8), 2), "bwd dx attn_proj": ((128, 64, 16, 8, 8), 1),
+    "bwd dx fc": ((128, 128, 16, 8, 8), 2), "bwd dx mlp_proj": ((128, 128, 16, 8, 8), 1),
+    "bwd dw qkv": ((128, 128, 16, 8, 8), 2), "bwd dw attn_proj": ((128, 64, 8, 8, 8), 4),
+    "bwd dw fc": ((128, 128, 16, 8, 8), 4), "bwd dw mlp_proj": ((128, 128, 16, 8, 8), 4),
+    "head logits": ((128, 128, 16, 8, 8), 1), "head dlnf": ((128, 128, 16, 8, 8), 4),
+    "head dwte": ((128, 128, 16, 8, 8), 1),
+}  # fmt: skip
 CHECK_REL = 1e-5
 
 START = time.time()
@@ -138,8 +155,12 @@ def section_correctness(res):
     rows = []
     cases = []
     for layout in mm.LAYOUTS:
-        for tile in TILES:
-            cases.append(dict(layout=layout, tile=tile, M=1000, N=700, K=301))
+        for tile in TILES:  # rows of multiples of 4 floats: vector loads in interior tiles
+            cases.append(dict(layout=layout, tile=tile, M=1000, N=700, K=300))
+        for unroll in UNROLLS:
+            cases.append(dict(layout=layout, tile=TILES[0], M=1000, N=700, K=300, unroll=unroll))
+        cases.append(dict(layout=layout, tile=TILES[0], M=1000, N=700, K=301))  # scalar fallback (NN, NT)
+        cases.append(dict(layout=layout, tile=TILES[0], M=1000, N=700, K=300, vec=False, unroll=1))
         cases.append(dict(layout=layout, tile=None, M=257, N=130, K=1029, splits=3))
         cases.append(dict(layout=layout, tile=None, M=300, N=200, K=5000, k_chunk=1024))
         cases.append(dict(layout=layout, tile=None, M=300, N=200, K=5000, k_chunk=1024, splits=2))
@@ -150,19 +171,20 @@ def section_correctness(res):
         base = torch.randn(M, N, device="cuda")
         ref = base.clone()
         mm.matmul(nb(ref), nb(a), nb(b), M, N, K, layout, bias=nb(bias), accumulate=True, kernel="naive")
+        kw = dict(tile=c.get("tile"), splits=c.get("splits"), k_chunk=c.get("k_chunk"), vec=c.get("vec"),
+                  unroll=c.get("unroll"))  # fmt: skip
         out = base.clone()
-        mm.matmul(nb(out), nb(a), nb(b), M, N, K, layout, bias=nb(bias), accumulate=True, kernel="fast",
-                  tile=c.get("tile"), splits=c.get("splits"), k_chunk=c.get("k_chunk"))  # fmt: skip
+        mm.matmul(nb(out), nb(a), nb(b), M, N, K, layout, bias=nb(bias), accumulate=True, kernel="fast", **kw)
         plain = torch.full((M, N), float("nan"), device="cuda")
-        mm.matmul(nb(plain), nb(a), nb(b), M, N, K, layout, kernel="fast", tile=c.get("tile"), splits=c.get("splits"),
-                  k_chunk=c.get("k_chunk"))  # fmt: skip
+        mm.matmul(nb(plain), nb(a), nb(b), M, N, K, layout, kernel="fast", **kw)
         torch.cuda.synchronize()
         e = max(max_rel(out, ref), max_rel(plain + base + bias, ref))
         finite = bool(torch.isfinite(plain).all())
-        rows.append({**{k: v for k, v in c.items()}, "max_rel_vs_naive": e, "all_written": finite,
-                     "ok": e <= CHECK_REL and finite})  # fmt: skip
+        vec_loads = c.get("vec") is not False and mm.vec_ok(layout, nb(a), nb(b), M, N, K)
+        rows.append({**{k: v for k, v in c.items()}, "vector_loads": vec_loads, "max_rel_vs_naive": e,
+                     "all_written": finite, "ok": e <= CHECK_REL and finite})  # fmt: skip
     # epilogues (forward) and the fused bias gradient (weight gradient), default tiles and forced splits
-    M, N, K = 1000, 700, 301
+    M, N, K = 1000, 700, 300
     a, b, op_a, op_b = operands(M, N, K, "NN", seed=1)
     bias, extra = torch.randn(N, device="cuda"), torch.randn(M, N, device="cuda")
     pre = torch.empty(M, N, device="cuda")
@@ -204,8 +226,7 @@ def section_head(res):
     ref = dlogits.double() @ wte.double()
     d_dlogits, d_wte = nb(dlogits), nb(wte)
     rows = {}
-    for name, kw in (("fast k_chunk=1024 (model)", dict(k_chunk=HEAD_K_CHUNK)), ("fast no chunks", {}),
-                     ("tiled per-chunk launches", dict(kernel="tiled", k_chunk=HEAD_K_CHUNK))):  # fmt: skip
+    for name, kw in (("fast k_chunk=1024 (model)", dict(k_chunk=HEAD_K_CHUNK)), ("fast no chunks", {})):
         out = torch.empty(BT, C, device="cuda")
         d_out = nb(out)
         run = lambda kw=kw, d_out=d_out: mm.matmul(d_out, d_dlogits, d_wte, BT, C, V, "NN", **kw)
@@ -225,35 +246,38 @@ def section_timing(res):
         ta, tb, op_a, op_b = operands(M, N, K, layout)
         a, b, out, dbias = nb(ta), nb(tb), nb(torch.empty(M, N, device="cuda")), nb(torch.zeros(N, device="cuda"))
         kc = HEAD_K_CHUNK if name == "head dlnf" else None
-        tile = mm.fast_tile(M, N, layout)
-        splits = mm.split_k(M, N, K, tile)
+        tile, splits = mm.fast_config(M, N, K, layout)
         fast = lambda: mm.matmul(out, a, b, M, N, K, layout, k_chunk=kc)  # noqa: B023
         t_fast = time_numba(fast)
         row = {"name": name, "M": M, "N": N, "K": K, "layout": layout, "tile": tile, "splits": splits,
-               "k_chunk": kc, "fast_ms": t_fast}  # fmt: skip
+               "unroll": mm.FAST_UNROLL, "vector_loads": mm.vec_ok(layout, a, b, M, N, K), "k_chunk": kc,
+               "fast_ms": t_fast}  # fmt: skip
         if layout == "TN" and name != "head dwte":  # the model's weight gradient also sums the bias gradient
             row["fast_with_dbias_ms"] = time_numba(
                 lambda: mm.matmul(out, a, b, M, N, K, layout, accumulate=True, dbias=dbias)  # noqa: B023
             )
-        t_tiled = time_numba(lambda: mm.matmul(out, a, b, M, N, K, layout, kernel="tiled", k_chunk=kc),  # noqa: B023
-                             5, 5, 1)  # fmt: skip
+        ptile, psplits = PREVIOUS_TUNED[name]
+        scalar = lambda: mm.matmul(out, a, b, M, N, K, layout, k_chunk=kc, tile=ptile, splits=psplits,  # noqa: B023
+                                   vec=False, unroll=1)  # fmt: skip
+        t_scalar = time_numba(scalar, 5, 5, 1)
         t_torch = time_torch(lambda: torch.matmul(op_a, op_b))  # noqa: B023
-        row |= {"tiled_ms": t_tiled, "torch_ms": t_torch, "fast_tflops": tflops(M, N, K, t_fast),
-                "torch_tflops": tflops(M, N, K, t_torch), "fast_vs_torch": t_torch / t_fast,
-                "tiled_vs_torch": t_torch / t_tiled}  # fmt: skip
+        row |= {"scalar_not_unrolled_ms": t_scalar, "scalar_config": [ptile, psplits], "torch_ms": t_torch,
+                "fast_tflops": tflops(M, N, K, t_fast), "torch_tflops": tflops(M, N, K, t_torch),
+                "fast_vs_torch": t_torch / t_fast, "scalar_vs_torch": t_torch / t_scalar}  # fmt: skip
         rows.append(row)
         print(f"{name:<18} {layout} fast {t_fast:7.3f} ms  torch {t_torch:7.3f} ms  "
-              f"({row['fast_vs_torch']:.0%} of cuBLAS)  tiled {t_tiled:7.3f} ms", flush=True)  # fmt: skip
+              f"({row['fast_vs_torch']:.0%} of cuBLAS)  scalar {t_scalar:7.3f} ms", flush=True)  # fmt: skip
     res["timing"] = rows
 
 
-def section_sweep(res, deadline):
-    rows = []
+def section_sweep(res, deadline, save_partial):
+    rows = res["sweep"] = []
     data = {}
     for name, M, N, K, layout in SHAPES:
         ta, tb, _, _ = operands(M, N, K, layout)
         data[name] = (nb(ta), nb(tb), nb(torch.empty(M, N, device="cuda")), (ta, tb))
-    for tile in TILES:  # tile-major: a run cut short still has whole tiles over every shape
+    variants = [(tile, mm.FAST_UNROLL) for tile in TILES] + [(TILES[0], u) for u in UNROLLS]
+    for tile, unroll in variants:  # tile-major: a run cut short still has whole tiles over every shape
         for name, M, N, K, layout in SHAPES:
             a, b, out, _ = data[name]
             kc = HEAD_K_CHUNK if name == "head dlnf" else None
@@ -264,17 +288,20 @@ def section_sweep(res, deadline):
                 split_options = [1]
             for splits in split_options:
                 if elapsed() > deadline:
-                    rows.append({"name": name, "tile": tile, "splits": splits, "skipped": "time budget"})
+                    rows.append({"name": name, "tile": tile, "unroll": unroll, "splits": splits,
+                                 "skipped": "time budget"})  # fmt: skip
                     continue
-                run = lambda: mm.matmul(out, a, b, M, N, K, layout, tile=tile, splits=splits, k_chunk=kc)  # noqa: B023
+                run = lambda: mm.matmul(out, a, b, M, N, K, layout, tile=tile, splits=splits, k_chunk=kc,  # noqa: B023
+                                        unroll=unroll)  # fmt: skip
                 t = time_numba(run, 3, 3 if head else 5, 1)
-                rows.append({"name": name, "M": M, "N": N, "K": K, "layout": layout, "tile": tile, "splits": splits,
-                             "ms": t, "tflops": tflops(M, N, K, t)})  # fmt: skip
+                rows.append({"name": name, "M": M, "N": N, "K": K, "layout": layout, "tile": tile, "unroll": unroll,
+                             "splits": splits, "ms": t, "tflops": tflops(M, N, K, t)})  # fmt: skip
+            save_partial()  # a run cut short keeps the sweep so far
     for name, *_ in SHAPES:
         best = min((r for r in rows if r["name"] == name and "ms" in r), key=lambda r: r["ms"], default=None)
         if best:
-            print(f"sweep {name:<18} best {best['tile']} splits {best['splits']}: {best['ms']:.3f} ms", flush=True)
-    res["sweep"] = rows
+            print(f"sweep {name:<18} best {best['tile']} unroll {best['unroll']} splits {best['splits']}: "
+                  f"{best['ms']:.3f} ms", flush=True)  # fmt: skip
 
 
 def section_model(res):
@@ -299,6 +326,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", help="JSON file to write")
     parser.add_argument("--budget-s", type=float, default=200.0, help="stop starting new measurements after this")
+    parser.add_argument("--previous", help="an earlier run's JSON whose timing rows to keep in OUT.json")
+    parser.add_argument("--model", action="store_true", help="also time NumbaGPT2 forward+backward")
     args = parser.parse_args()
     if SIMULATOR or not torch.cuda.is_available():
         print("error: needs a CUDA GPU and NUMBA_ENABLE_CUDASIM=0", file=sys.stderr)
@@ -310,10 +339,16 @@ def main() -> int:
            "torch_float32_matmul_precision": torch.get_float32_matmul_precision(),
            "tf32_allowed": torch.backends.cuda.matmul.allow_tf32, "timing_method": __doc__.split("Timing: ")[1].strip(),
            "sections_done": []}  # fmt: skip
+    if args.previous:
+        prev = json.loads(Path(args.previous).read_text())
+        res["previous_run"] = {"file": args.previous, "note": "an earlier run of this script, on earlier code",
+                               **{k: prev[k] for k in ("provenance", "head_backward_accuracy", "timing", "model")
+                                  if k in prev}}  # fmt: skip
     out = Path(args.out)
 
-    def save(section):
-        res["sections_done"].append(section)
+    def save(section=None):
+        if section:
+            res["sections_done"].append(section)
         res["elapsed_s"] = elapsed()
         out.write_text(json.dumps(res, indent=1, default=str))
 
@@ -332,9 +367,13 @@ def main() -> int:
         for r in bad:
             print("  FAILED", r, flush=True)
         ok = ok and not bad
-    section_sweep(res, args.budget_s - 45)
+    try:
+        section_sweep(res, args.budget_s - (45 if args.model else 10), save)
+    except Exception as e:
+        res["sweep_error"] = f"{type(e).__name__}: {e}"
+        print(f"section sweep failed: {e}", flush=True)
     save("sweep")
-    if elapsed() < args.budget_s - 40:
+    if args.model and elapsed() < args.budget_s - 40:
         try:
             section_model(res)
         except Exception as e:

@@ -17,8 +17,9 @@ only in the order of the K sum):
 - tiled: the previous optimised kernel, kept to compare against: a block computes a 128x128 or
   64x64 tile with one shared stage and an 8x8 (or 4x4) tile of scalar accumulators per thread;
 - fast (the default, below): 8x8 register fragments read with 16-byte shared loads, padded shared
-  tiles, register-prefetch double buffering, an unchecked path for interior tiles, fused
-  epilogues, and split-K in one launch (+ a reduction) with the sum chunked in registers.
+  tiles, register-prefetch double buffering, an unchecked path for interior tiles with 16-byte
+  global loads (`load4`), a k loop unrolled by hand, fused epilogues, and split-K in one launch
+  (+ a reduction) with the sum chunked in registers.
 """
 
 from __future__ import annotations
@@ -182,6 +183,10 @@ def tiled_matmul_kernel(layout: str, BM: int, BN: int, BK: int, TM: int, TN: int
 # twice: with TM = TN = 8, four 16-byte loads (ld.shared.v4.f32) for 64 FMAs. Rows are padded by
 # PAD floats: the operands that are contiguous along k in global memory (A in NN/NT, B in NT) are
 # written transposed, and without the pad the threads of a warp would write one bank.
+# Interior tiles of 16-byte aligned operands read global memory with `load4` (ld.global.v4.f32: a
+# quarter of the load instructions and of their 64-bit address arithmetic); the k loop over a slice
+# is written out FAST_UNROLL times per iteration (NVVM does not unroll the whole loop by itself), so
+# the compiler sees the next k's shared loads while this k's FMAs run.
 # Double buffering: two shared stages; while the block computes on one, each thread holds the next
 # slice in registers (loaded from global memory before the FMAs, stored to the other stage after
 # them), so one barrier per K step suffices. Tiles that lie wholly inside (M, N) take loads without
@@ -209,6 +214,7 @@ FAST_TILE_NARROW = (128, 64, 16, 8, 8)  # 128 threads, for outputs with few 128x
 FAST_SIM_TILE = (8, 8, 4, 4, 4)
 SMS = 132  # H100 SXM and H200 multiprocessors; only used to judge waves of tiles
 MIN_SPLIT_K = 512  # a split-K slice sums at least this many terms
+FAST_UNROLL = 4  # k per iteration of the k loop over a shared slice (see `fast_matmul_kernel`)
 
 # (tile, split-K) per product of a GPT-2 124M step at B*T = 4096: the fastest of the sweep in
 # docs/results/numba-matmul-sweep-h200.json (5 tiles x 1/2/4 slices, H200; the time in each comment).
@@ -266,10 +272,60 @@ def gelu_tanh(x):
     return float32(0.5) * x * (float32(1.0) + math.tanh(u))
 
 
+# ----------------------------------------------------------------------------- 16-byte global loads
+# Numba reads a float32 array one float at a time: it cannot know that a device array's pointer is
+# 16-byte aligned, so the compiler never merges four loads into one. `load4` is that promise made
+# explicit: one 16-byte load (LLVM `load <4 x float>, align 16`, which NVVM emits as
+# ld.global.v4.f32) of arr[i : i + 4]. The caller guarantees the alignment: the launcher takes the
+# vector path only when both operands' pointers are 16-byte aligned and their rows are a multiple of
+# 4 floats long (`_vec_ok`), and the kernel calls it only at indices that are multiples of 4.
+# In the simulator (no LLVM) it is plain Python that checks the index instead.
+if SIMULATOR:
+
+    def load4(arr, i):
+        """arr[i], arr[i + 1], arr[i + 2], arr[i + 3]; i must be a multiple of 4 (as on the GPU)."""
+        if i % VEC:
+            raise IndexError(f"load4 at index {i}: not a multiple of {VEC}, the GPU's 16-byte load would be misaligned")
+        return arr[i], arr[i + 1], arr[i + 2], arr[i + 3]
+
+else:
+    from llvmlite import ir
+    from numba import types
+    from numba.cuda.extending import intrinsic
+
+    @intrinsic
+    def load4(typingctx, arr, i):
+        """(arr[i], arr[i + 1], arr[i + 2], arr[i + 3]) by one 16-byte load; &arr[i] must be 16-byte aligned."""
+        if not (isinstance(arr, types.Array) and arr.dtype == types.float32 and isinstance(i, types.Integer)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            data = context.make_array(sig.args[0])(context, builder, args[0]).data
+            index = context.cast(builder, args[1], sig.args[1], types.intp)
+            vptr = builder.bitcast(builder.gep(data, [index]), ir.VectorType(ir.FloatType(), VEC).as_pointer())
+            v = builder.load(vptr, align=16)
+            values = [builder.extract_element(v, ir.Constant(ir.IntType(32), j)) for j in range(VEC)]
+            return context.make_tuple(builder, sig.return_type, values)
+
+        return types.UniTuple(types.float32, VEC)(arr, i), codegen
+
+
+def _log2(n: int) -> int:
+    """log2 of a power of two, else -1."""
+    return n.bit_length() - 1 if n > 0 and n & (n - 1) == 0 else -1
+
+
 @functools.cache
 def fast_matmul_kernel(layout: str, BM: int, BN: int, BK: int, TM: int, TN: int, epilogue: str = "none",
-                       kc: int = 0, fuse_dbias: bool = False):  # fmt: skip
+                       kc: int = 0, fuse_dbias: bool = False, vec: bool = False, unroll: int = 1,
+                       regs: int = 0):  # fmt: skip
     """Build the fast kernel for one layout, tile shape, epilogue, K-chunk and bias-gradient choice.
+
+    vec: interior tiles load global memory 16 bytes at a time (`load4`; only for operands that are
+    16-byte aligned with rows a multiple of 4 floats: the launcher decides). unroll (1, 2 or 4): the
+    k loop over a shared slice does this many k per iteration, written out, so that the compiler
+    can issue the next k's shared loads during this k's FMAs. regs: a register cap (ptxas
+    -maxrregcount; 0 = none): 128 lets two blocks of 256 threads share a multiprocessor.
 
     Kernel arguments: (out, a, b, bias, out2, extra, dbias, M, N, K, k_start, k_stop, k_split,
     accumulate, has_bias). Block z of the grid sums K over [k_start + z*k_split, ... + k_split) and
@@ -281,88 +337,116 @@ def fast_matmul_kernel(layout: str, BM: int, BN: int, BK: int, TM: int, TN: int,
     if fuse_dbias and layout != "TN":
         raise ValueError("the fused bias gradient needs the TN layout (B = dout stored (K, N))")
     TX, TY = BN // TN, BM // TM  # threads along N, along M
-    TX_SHIFT = TX.bit_length() - 1
+    TX_SHIFT = _log2(TX)
     THREADS = TX * TY
     HM, HN = TM // 2, TN // 2
+    # runs of VEC floats: how many lie side by side along each operand's contiguous axis (a power of two)
+    A_RUN_COLS = (BM if layout[0] == "T" else BK) // VEC
+    B_RUN_COLS = (BK if layout[1] == "T" else BN) // VEC
+    A_SHIFT, B_SHIFT = _log2(A_RUN_COLS), _log2(B_RUN_COLS)
     ok = TM % 2 == 0 and TN % 2 == 0 and BM % TM == 0 and BN % TN == 0 and BK % VEC == 0 and BM % VEC == 0
     ok = ok and BN % VEC == 0 and (BM * BK) % (VEC * THREADS) == 0 and (BN * BK) % (VEC * THREADS) == 0
-    ok = ok and THREADS % (BN // VEC) == 0 and (kc == 0 or kc % BK == 0) and TX == 1 << TX_SHIFT
+    ok = ok and THREADS % (BN // VEC) == 0 and (kc == 0 or kc % BK == 0) and TX_SHIFT >= 0
+    ok = ok and A_SHIFT >= 0 and B_SHIFT >= 0 and unroll in (1, 2, 4) and BK % unroll == 0
     if not ok:
-        raise ValueError(f"fast matmul tile {(BM, BN, BK, TM, TN)} (kc={kc}) does not split evenly over its threads")
+        raise ValueError(f"fast matmul tile {(BM, BN, BK, TM, TN)} (kc={kc}, unroll={unroll}) does not split "
+                         "evenly over its threads")  # fmt: skip
     A_RUNS = BM * BK // (VEC * THREADS)  # runs of VEC floats each thread stages per K step
     B_RUNS = BN * BK // (VEC * THREADS)
     A_T, B_T = layout[0] == "T", layout[1] == "T"
     EPI = _EPI_CODE[epilogue]
     KC_STEPS = kc // BK
+    VEC_LOADS = bool(vec)
+    UNROLL = unroll
     DB_ROWS = THREADS // (BN // VEC)  # threads that stage the same columns of B
     HALF_M, HALF_N = BM // 2, BN // 2
     A_ROW, B_ROW = BM + FAST_PAD, BN + FAST_PAD  # shared row lengths (floats)
     A_STAGE, B_STAGE = A_RUNS * VEC, B_RUNS * VEC  # floats each thread holds for the next K step
     RED_ROWS, RED_COLS = (DB_ROWS, BN) if fuse_dbias else (1, 1)  # shared scratch of the bias-gradient sums
 
+    # Staging: thread tid moves runs e = tid + run*THREADS; run e covers VEC consecutive floats along the
+    # operand's contiguous axis, at (e & (RUN_COLS - 1)) * VEC on that axis and e >> SHIFT on the other.
+    # (Bit operations on a non-negative tid: the compiler sees non-negative, 16-byte aligned offsets.)
+    @device
+    def load_run(stage, s, src, lead, row0, col0, row_end, col_end, checked):
+        """VEC floats of a row-major (rows, lead) operand at (row0, col0 .. col0 + VEC) into stage[s:s+VEC];
+        checked: zero outside row < row_end, col < col_end."""
+        i = row0 * lead + col0
+        if not checked:
+            if VEC_LOADS:
+                v0, v1, v2, v3 = load4(src, i)
+                stage[s] = v0
+                stage[s + 1] = v1
+                stage[s + 2] = v2
+                stage[s + 3] = v3
+            else:
+                for j in range(VEC):
+                    stage[s + j] = src[i + j]
+        else:
+            for j in range(VEC):
+                stage[s + j] = src[i + j] if row0 < row_end and col0 + j < col_end else float32(0.0)
+
     @device
     def load_a(stage, a, M, K, m0, k0, k_end, tid, checked):
-        """A[m0:m0+BM, k0:k0+BK] into registers, VEC consecutive floats (along A's contiguous axis) per run."""
+        """A[m0:m0+BM, k0:k0+BK] into registers, runs along A's contiguous axis."""
         for run in range(A_RUNS):
             e = tid + run * THREADS
-            for j in range(VEC):
-                if A_T:  # stored (K, M): runs along m
-                    gm = m0 + (e % (BM // VEC)) * VEC + j
-                    gk = k0 + e // (BM // VEC)
-                    if not checked:
-                        stage[run * VEC + j] = a[gk * M + gm]
-                    else:
-                        stage[run * VEC + j] = a[gk * M + gm] if gm < M and gk < k_end else float32(0.0)
-                else:  # stored (M, K): runs along k
-                    gk = k0 + (e % (BK // VEC)) * VEC + j
-                    gm = m0 + e // (BK // VEC)
-                    if not checked:
-                        stage[run * VEC + j] = a[gm * K + gk]
-                    else:
-                        stage[run * VEC + j] = a[gm * K + gk] if gm < M and gk < k_end else float32(0.0)
+            along, across = (e & (A_RUN_COLS - 1)) * VEC, e >> A_SHIFT
+            if A_T:  # stored (K, M): runs along m
+                load_run(stage, run * VEC, a, M, k0 + across, m0 + along, k_end, M, checked)
+            else:  # stored (M, K): runs along k
+                load_run(stage, run * VEC, a, K, m0 + across, k0 + along, M, k_end, checked)
 
     @device
     def load_b(stage, b, N, K, n0, k0, k_end, tid, checked):
-        """B[k0:k0+BK, n0:n0+BN] into registers, VEC consecutive floats (along B's contiguous axis) per run."""
+        """B[k0:k0+BK, n0:n0+BN] into registers, runs along B's contiguous axis."""
         for run in range(B_RUNS):
             e = tid + run * THREADS
-            for j in range(VEC):
-                if B_T:  # stored (N, K): runs along k
-                    gk = k0 + (e % (BK // VEC)) * VEC + j
-                    gn = n0 + e // (BK // VEC)
-                    if not checked:
-                        stage[run * VEC + j] = b[gn * K + gk]
-                    else:
-                        stage[run * VEC + j] = b[gn * K + gk] if gn < N and gk < k_end else float32(0.0)
-                else:  # stored (K, N): runs along n
-                    gn = n0 + (e % (BN // VEC)) * VEC + j
-                    gk = k0 + e // (BN // VEC)
-                    if not checked:
-                        stage[run * VEC + j] = b[gk * N + gn]
-                    else:
-                        stage[run * VEC + j] = b[gk * N + gn] if gn < N and gk < k_end else float32(0.0)
+            along, across = (e & (B_RUN_COLS - 1)) * VEC, e >> B_SHIFT
+            if B_T:  # stored (N, K): runs along k
+                load_run(stage, run * VEC, b, K, n0 + across, k0 + along, N, k_end, checked)
+            else:  # stored (K, N): runs along n
+                load_run(stage, run * VEC, b, N, k0 + across, n0 + along, k_end, N, checked)
 
     @device
     def store_a(a_s, buf, stage, tid):
         for run in range(A_RUNS):
             e = tid + run * THREADS
+            along, across = (e & (A_RUN_COLS - 1)) * VEC, e >> A_SHIFT
             for j in range(VEC):
                 if A_T:
-                    a_s[buf, e // (BM // VEC), (e % (BM // VEC)) * VEC + j] = stage[run * VEC + j]
-                else:
-                    a_s[buf, (e % (BK // VEC)) * VEC + j, e // (BK // VEC)] = stage[run * VEC + j]
+                    a_s[buf, across, along + j] = stage[run * VEC + j]
+                else:  # transposed into a_s[k, m]: the padding spreads a warp's stores over the banks
+                    a_s[buf, along + j, across] = stage[run * VEC + j]
 
     @device
     def store_b(b_s, buf, stage, tid):
         for run in range(B_RUNS):
             e = tid + run * THREADS
+            along, across = (e & (B_RUN_COLS - 1)) * VEC, e >> B_SHIFT
             for j in range(VEC):
                 if B_T:
-                    b_s[buf, (e % (BK // VEC)) * VEC + j, e // (BK // VEC)] = stage[run * VEC + j]
+                    b_s[buf, along + j, across] = stage[run * VEC + j]
                 else:
-                    b_s[buf, e // (BN // VEC), (e % (BN // VEC)) * VEC + j] = stage[run * VEC + j]
+                    b_s[buf, across, along + j] = stage[run * VEC + j]
 
-    @kernel
+    @device
+    def fma_k(acc, a_frag, b_frag, a_s, b_s, buf, k, a_col, b_col):
+        """acc(TM, TN) += outer product of this thread's fragments of row k of the two shared slices."""
+        k = k & (BK - 1)  # visibly in [0, BK): no negative-index fix-up, so the loads stay 16 bytes wide
+        for r in range(HM):
+            a_frag[r] = a_s[buf, k, a_col + r]
+            a_frag[HM + r] = a_s[buf, k, HALF_M + a_col + r]
+        for c in range(HN):
+            b_frag[c] = b_s[buf, k, b_col + c]
+            b_frag[HN + c] = b_s[buf, k, HALF_N + b_col + c]
+        for r in range(TM):
+            for c in range(TN):
+                acc[r, c] += a_frag[r] * b_frag[c]
+
+    options = {"max_registers": regs} if regs else {}
+
+    @kernel(**options)
     def matmul_fast_kernel(out, a, b, bias, out2, extra, dbias, M, N, K, k_start, k_stop, k_split, accumulate,
                            has_bias):  # fmt: skip
         a_s = cuda.shared.array((2, BK, A_ROW), float32, alignment=SHARED_ALIGN)
@@ -374,9 +458,10 @@ def fast_matmul_kernel(layout: str, BM: int, BN: int, BK: int, TM: int, TN: int,
         a_stage = cuda.local.array(A_STAGE, float32)
         b_stage = cuda.local.array(B_STAGE, float32)
         db_sum = cuda.local.array(VEC, float32)  # fuse_dbias only
-        tid = cuda.threadIdx.x
-        tx = tid & (TX - 1)  # bit operations (TX is a power of two): the compiler sees tx, ty >= 0, so the
-        ty = (tid & 1023) >> TX_SHIFT  # four fragment loads share one aligned address (ld.shared.v4.f32)
+        tid = cuda.threadIdx.x & 1023  # bit operations: the compiler sees tid, tx, ty >= 0, so the four
+        tx = tid & (TX - 1)  # fragment loads share one aligned address (ld.shared.v4.f32)
+        ty = tid >> TX_SHIFT
+        a_col, b_col = ty * HM, tx * HN  # this thread's first fragment row of A, column of B
         m0 = cuda.blockIdx.y * BM
         n0 = cuda.blockIdx.x * BN
         z = cuda.blockIdx.z
@@ -414,16 +499,13 @@ def fast_matmul_kernel(layout: str, BM: int, BN: int, BK: int, TM: int, TN: int,
                 checked = edge or (k_tail and step + 2 == n_steps)
                 load_a(a_stage, a, M, K, m0, k_next, k_end, tid, checked)
                 load_b(b_stage, b, N, K, n0, k_next, k_end, tid, checked)
-            for k in range(BK):
-                for r in range(HM):
-                    a_frag[r] = a_s[buf, k, ty * HM + r]
-                    a_frag[HM + r] = a_s[buf, k, HALF_M + ty * HM + r]
-                for c in range(HN):
-                    b_frag[c] = b_s[buf, k, tx * HN + c]
-                    b_frag[HN + c] = b_s[buf, k, HALF_N + tx * HN + c]
-                for r in range(TM):
-                    for c in range(TN):
-                        acc[r, c] += a_frag[r] * b_frag[c]
+            for k in range(0, BK, UNROLL):
+                fma_k(acc, a_frag, b_frag, a_s, b_s, buf, k, a_col, b_col)
+                if UNROLL >= 2:
+                    fma_k(acc, a_frag, b_frag, a_s, b_s, buf, k + 1, a_col, b_col)
+                if UNROLL == 4:
+                    fma_k(acc, a_frag, b_frag, a_s, b_s, buf, k + 2, a_col, b_col)
+                    fma_k(acc, a_frag, b_frag, a_s, b_s, buf, k + 3, a_col, b_col)
             if KC_STEPS > 0 and (step + 1) % KC_STEPS == 0:  # close a chunk of kc terms
                 for r in range(TM):
                     for c in range(TN):
@@ -520,7 +602,8 @@ KERNELS = ("fast", "tiled", "naive")
 
 
 def matmul(out, a, b, M, N, K, layout="NN", bias=None, accumulate=False, naive=False, tile=None, k_chunk=None,
-           kernel=None, splits=None, epilogue="none", out2=None, extra=None, dbias=None):  # fmt: skip
+           kernel=None, splits=None, epilogue="none", out2=None, extra=None, dbias=None, vec=None,
+           unroll=None):  # fmt: skip
     """The standalone launcher: out(M, N) (+)= A @ B (+ bias), A and B stored as `layout` says.
 
     out, a, b, bias: flat float32 device arrays. accumulate=True adds into `out`.
@@ -530,6 +613,8 @@ def matmul(out, a, b, M, N, K, layout="NN", bias=None, accumulate=False, naive=F
     epilogue (fast kernel): "gelu" also writes out2 = gelu(out); "residual" writes out2 = extra + out.
     dbias (fast kernel, layout TN): dbias(N) += column sums of B, fused into the product's loads.
     splits (fast kernel): K in this many slices, one launch plus a reduction (default `fast_config`).
+    vec (fast kernel): 16-byte global loads; None (default) = whenever `vec_ok` allows them, False = never.
+    unroll (fast kernel): k per iteration of the inner loop (1, 2 or 4; default FAST_UNROLL).
     k_chunk: keep each float32 running sum to at most this many terms of K. Each output is otherwise
     one float32 register summed over all of K, whose rounding error grows like sqrt(K) * eps: at
     K = 50,257 (the head's backward, dlnf = dlogits @ wte) that is ~1e-5 relative, above the project's
@@ -551,7 +636,7 @@ def matmul(out, a, b, M, N, K, layout="NN", bias=None, accumulate=False, naive=F
     bias = bias if has_bias else _dummy()
     if kernel == "fast":
         _matmul_fast(out, a, b, M, N, K, layout, bias, has_bias, accumulate, tile, k_chunk, splits, epilogue,
-                     out2, extra, dbias)  # fmt: skip
+                     out2, extra, dbias, vec, unroll)  # fmt: skip
         return
     _matmul_per_chunk(out, a, b, M, N, K, layout, bias, has_bias, accumulate, kernel == "naive", tile, k_chunk)
     if epilogue != "none":  # the naive and tiled kernels have no fused epilogue: an elementwise pass
@@ -560,8 +645,25 @@ def matmul(out, a, b, M, N, K, layout="NN", bias=None, accumulate=False, naive=F
         bias_backward(dbias, b, K, N, naive=kernel == "naive")
 
 
+def _aligned16(arr) -> bool:
+    """Is the array's first element at a 16-byte aligned address? (device arrays, or host arrays in the
+    simulator and in ptx_report, which type kernels with numpy stand-ins)"""
+    iface = getattr(arr, "__cuda_array_interface__", None) or getattr(arr, "__array_interface__", None)
+    return iface is not None and iface["data"][0] % 16 == 0
+
+
+def vec_ok(layout: str, a, b, M: int, N: int, K: int) -> bool:
+    """Can the fast kernel read A and B 16 bytes at a time? Both pointers 16-byte aligned and every
+    row (the stored operand's contiguous axis) a multiple of 4 floats, so that every run of 4 floats
+    the kernel loads starts on a 16-byte boundary. (GPT-2's buffers are: C = 768, and every tensor of
+    the model's flat parameter and gradient buffers has a multiple of 4 elements.)"""
+    lead_a = M if layout[0] == "T" else K
+    lead_b = K if layout[1] == "T" else N
+    return lead_a % VEC == 0 and lead_b % VEC == 0 and _aligned16(a) and _aligned16(b)
+
+
 def _matmul_fast(out, a, b, M, N, K, layout, bias, has_bias, accumulate, tile, k_chunk, splits, epilogue, out2,
-                 extra, dbias):  # fmt: skip
+                 extra, dbias, vec=None, unroll=None):  # fmt: skip
     if tile is None:
         tile, tuned_splits = fast_config(M, N, K, layout)
         splits = tuned_splits if splits is None else splits
@@ -570,7 +672,10 @@ def _matmul_fast(out, a, b, M, N, K, layout, bias, has_bias, accumulate, tile, k
     splits = max(1, int(splits if splits is not None else split_k(M, N, K, (BM, BN))))
     k_split = ceil_div(ceil_div(max(K, 1), splits), BK) * BK  # slices start on a BK boundary
     splits = ceil_div(max(K, 1), k_split)
-    fn = fast_matmul_kernel(layout, BM, BN, BK, TM, TN, epilogue if splits == 1 else "none", kc, dbias is not None)
+    vec = vec_ok(layout, a, b, M, N, K) if vec is None else bool(vec) and vec_ok(layout, a, b, M, N, K)
+    unroll = FAST_UNROLL if unroll is None else int(unroll)
+    fn = fast_matmul_kernel(layout, BM, BN, BK, TM, TN, epilogue if splits == 1 else "none", kc, dbias is not None,
+                            vec, min(unroll, BK))  # fmt: skip
     threads = (BM // TM) * (BN // TN)
     grid = (ceil_div(N, BN), ceil_div(M, BM), splits)
     out2_ = out2 if out2 is not None else _dummy()

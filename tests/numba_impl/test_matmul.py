@@ -132,6 +132,38 @@ def test_matmul_forward_fused_epilogues_match_separate_ops():
         assert max_rel(host(x1, (BT, OC)), res + pre) <= KERNEL_REL
 
 
+@pytest.mark.parametrize("layout", matmul.LAYOUTS)
+def test_vector_loads_and_unrolled_k_loop_match_naive(layout):
+    """The 16-byte global loads (`load4`) on a shape whose rows are multiples of 4 floats but whose
+    tiles are partly outside (M, N): interior blocks take the vector loads, edge blocks the checked
+    scalar ones. Each unroll of the k loop gives the naive kernel's product. In the simulator `load4`
+    raises on an index that is not a multiple of 4 (a misaligned 16-byte load on the GPU)."""
+    M, N, K = 20, 12, 28  # tiles of 8: 2 x 1 interior blocks, the rest on an edge; 7 K steps of 4
+    A, Bm, a, b = _operands(layout, M, N, K, seed=11)
+    assert matmul.vec_ok(layout, a, b, M, N, K)
+    ref = dev(np.full((M, N), np.nan))
+    matmul.matmul(ref, a, b, M, N, K, layout, kernel="naive")
+    ref = host(ref, (M, N))
+    for unroll in (1, 2, 4):
+        out = dev(np.full((M, N), np.nan))
+        matmul.matmul(out, a, b, M, N, K, layout, unroll=unroll)
+        assert max_rel(host(out, (M, N)), ref) <= KERNEL_REL, unroll
+    assert max_rel(ref, A @ Bm) <= KERNEL_REL
+
+
+def test_vector_loads_fall_back_when_misaligned():
+    """An operand that starts one float into its buffer (not 16-byte aligned), or rows that are not a
+    multiple of 4 floats, take the scalar loads, with the same result."""
+    M, N, K = 20, 12, 28
+    A, Bm, _, b = _operands("NN", M, N, K, seed=12)
+    shifted = dev(np.concatenate([[0.0], A.ravel()]))[1:]  # A's values, one float past an aligned start
+    assert not matmul.vec_ok("NN", shifted, b, M, N, K)
+    assert not matmul.vec_ok("NN", dev(A[:, :27]), b, M, N, 27)  # rows of 27 floats
+    out = dev(np.full((M, N), np.nan))
+    matmul.matmul(out, shifted, b, M, N, K, "NN")
+    assert max_rel(host(out, (M, N)), A @ Bm) <= KERNEL_REL
+
+
 def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="kernel"):
         matmul.matmul(None, None, None, 1, 1, 1, "NN", kernel="cublas")
@@ -143,6 +175,8 @@ def test_bad_arguments_raise():
         matmul.matmul(None, None, None, 1, 1, 1, "NN", dbias=object())
     with pytest.raises(ValueError, match="split evenly"):
         matmul.fast_matmul_kernel("NN", 8, 8, 4, 3, 4)
+    with pytest.raises(ValueError, match="split evenly"):
+        matmul.fast_matmul_kernel("NN", 8, 8, 4, 4, 4, unroll=3)
 
 
 def test_gpu_tile_and_split_choices(monkeypatch):
