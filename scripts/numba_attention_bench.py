@@ -7,11 +7,14 @@ Sections (the JSON is rewritten after each, so a run cut short keeps what it mea
   copy         the bandwidth ceiling: a 1 GiB device-to-device copy through torch (bytes read + written)
   correctness  flash vs naive attention vs the float64 NumPy reference (reference/attention.py) at
                B=4 T=1024 C=768 NH=12 and at ragged shapes (odd head counts, T not a tile multiple,
-               HS = 80 which needs smaller tiles); outputs poisoned with NaN first; the flash
-               backward run twice must be bitwise equal (no atomics); torch SDPA float32's error on
-               the same case for scale
+               HS = 80 which needs smaller tiles); outputs poisoned with NaN first; whether the flash
+               backward run twice is bitwise equal (the fused variant's atomic adds make it not);
+               torch SDPA float32's error on the same case for scale
   attention    time of forward and backward at B=4 T=1024 C=768 NH=12: flash (default tiles and
                variants), naive, torch SDPA float32 (math and efficient backends, TF32 off)
+  attention_variants  every flash variant (FWD_VARIANTS, BWD_VARIANTS: block shapes, 16-byte shared
+               loads, the fused backward) timed at the same shape; their correctness (against the
+               naive twin and the reference, at every shape above) is in the correctness rows
   memory       LayerNorm fwd/bwd, GELU fwd/bwd, residual add, cross-entropy fwd+bwd at GPT-2 124M's
                B=4 T=1024 shapes: fast vs naive twin vs torch, with the bytes each op must move
                (every input read once, every output written once) over its time, as a fraction
@@ -19,7 +22,6 @@ Sections (the JSON is rewritten after each, so a run cut short keeps what it mea
                Each timing brackets one Python call, so Numba's host-side launch cost is in it.
   graphed      the fast memory-bound kernels and the flash kernels inside CUDA graph replays
                (LAUNCHES_PER_GRAPH launches per replay): the kernels' own time
-  attention_variants  other flash block shapes
 Timing: CUDA events around each call, median of REPEATS after WARMUP calls.
 """
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -47,22 +50,35 @@ SMOKE = "--smoke" in sys.argv
 WARMUP, REPEATS = (1, 2) if SMOKE else (3, 20)
 ROTATE_BYTES = 1 << 20 if SMOKE else 256 << 20  # input sets per timing cover >= this many bytes (> 4x L2)
 START = time.time()
-BUDGET_S = 190  # stop starting new timings past this (the run's limit is 240 s)
+BUDGET_S = 200  # stop starting new timings past this (the run's limit is 240 s)
 
 # shapes: (B, T, C, NH)
 MAIN = (1, 9, 16, 2) if SMOKE else (4, 1024, 768, 12)
 RAGGED = [(1, 11, 12, 3)] if SMOKE else [(3, 777, 704, 11), (2, 517, 480, 6), (1, 1, 768, 12)]
+# Flash variants: each is checked (against the naive twin and the float64 reference, at every
+# correctness shape, fitted to its head size by attention.fit_flash_tiles) and timed at MAIN.
 FWD_VARIANTS = (
-    [FlashTiles(1, 8, 2, 2), FlashTiles(1, 4, 1, 1, vec=True)]
+    [FlashTiles(1, 4, 1, 1), FlashTiles(1, 4, 1, 1, vec=True)]
     if SMOKE
     else [
-        FlashTiles(warps=4, lanes=8, rt=4, ct=4, vec=True),  # the default shape with 16-byte shared loads
-        FlashTiles(warps=2, lanes=8, rt=4, ct=4, vec=True),
-        FlashTiles(warps=4, lanes=8, rt=2, ct=4),
-        FlashTiles(warps=2, lanes=8, rt=4, ct=4),
+        FlashTiles(warps=4, lanes=8, rt=4, ct=4),  # 64 x 32, scalar shared loads
+        FlashTiles(warps=4, lanes=8, rt=4, ct=4, vec=True),  # the same with 16-byte shared loads
+        FlashTiles(warps=2, lanes=8, rt=4, ct=4, vec=True),  # 32 x 32
     ]
 )
-BWD_VARIANTS = [FlashTiles(1, 8, 2, 2)] if SMOKE else [FlashTiles(warps=4, lanes=8, rt=2, ct=4)]
+BWD_VARIANTS = (
+    [FlashTiles(1, 4, 1, 1), FlashTiles(1, 4, 1, 1, vec=True), FlashTiles(1, 4, 1, 2, vec=True, fused=True)]
+    if SMOKE
+    else [
+        FlashTiles(warps=4, lanes=8, rt=2, ct=4),  # two passes, scalar shared loads
+        FlashTiles(warps=4, lanes=8, rt=2, ct=4, vec=True),  # two passes, 16-byte shared loads
+        FlashTiles(warps=2, lanes=8, rt=4, ct=4, vec=True),
+        FlashTiles(warps=8, lanes=8, rt=1, ct=4, vec=True),
+        FlashTiles(warps=4, lanes=8, rt=2, ct=4, vec=True, fused=True),  # one kernel, dq by atomics
+        FlashTiles(warps=2, lanes=8, rt=4, ct=4, vec=True, fused=True),
+        FlashTiles(warps=8, lanes=8, rt=1, ct=4, vec=True, fused=True),
+    ]
+)
 
 
 def sources_sha256() -> dict:
@@ -165,6 +181,41 @@ def torch_sdpa(qkv, B, T, C, NH, dtype, device):
     return y.transpose(1, 2).reshape(B, T, C), x
 
 
+def variant_correctness(qkv_d, dout_d, B, T, C, NH, ref_out, ref_dqkv, n_out, n_dqkv, out, lse):
+    """Every forward and backward variant on one shape (NaN-poisoned outputs): error against the float64
+    reference and the naive twin (None where the naive kernels were not run); backward variants start
+    from the default forward's out and lse and are run twice (bitwise repeatable or not)."""
+    HS = C // NH
+    rows = []
+    for tiles in FWD_VARIANTS:
+        fitted = attention.fit_flash_tiles(HS, tiles, ("forward",))
+        o, ls = nan_dev(B * T * C), nan_dev(B * NH * T)
+        attention.attention_forward_flash(o, ls, qkv_d, B, T, C, NH, tiles=fitted)
+        o = o.copy_to_host()
+        rows.append({
+            "pass": "forward", "tiles": tiles._asdict(), "fitted": fitted._asdict(),
+            "out_vs_ref64": max_rel(o.reshape(ref_out.shape), ref_out),
+            "out_vs_naive": None if n_out is None else max_rel(o, n_out.astype(np.float64)),
+            "all_written": bool(np.isfinite(o).all()),
+        })  # fmt: skip
+    for tiles in BWD_VARIANTS:
+        fitted = attention.fit_flash_tiles(HS, tiles, ("dq", "dkv"))
+        results = []
+        for _ in range(2):
+            dq, delta = nan_dev(B * T * 3 * C), nan_dev(B * NH * T)
+            attention.attention_backward_flash(dq, delta, dout_d, out, lse, qkv_d, B, T, C, NH, tiles=fitted)
+            results.append(dq.copy_to_host())
+        d = results[0]
+        rows.append({
+            "pass": "backward", "tiles": tiles._asdict(), "fitted": fitted._asdict(),
+            "dqkv_vs_ref64": max_rel(d.reshape(ref_dqkv.shape), ref_dqkv),
+            "dqkv_vs_naive": None if n_dqkv is None else max_rel(d, n_dqkv.astype(np.float64)),
+            "all_written": bool(np.isfinite(d).all()),
+            "bitwise_repeatable": bool(np.array_equal(results[0], results[1])),
+        })  # fmt: skip
+    return rows
+
+
 def correctness(report):
     res = []
     for B, T, C, NH in [MAIN, *RAGGED]:
@@ -174,7 +225,7 @@ def correctness(report):
         ref_dqkv = ref_attention.attention_backward(dout, qkv, ref_att, NH)
         del ref_att
         qkv_d, dout_d = dev(qkv), dev(dout)
-        out, _, dqkv, _ = run_flash(qkv_d, dout_d, B, T, C, NH)
+        out, lse, dqkv, _ = run_flash(qkv_d, dout_d, B, T, C, NH)
         _, _, dqkv2, _ = run_flash(qkv_d, dout_d, B, T, C, NH)
         f_out, f_dqkv = out.copy_to_host(), dqkv.copy_to_host()
         row = {
@@ -192,6 +243,9 @@ def correctness(report):
             row["naive_dqkv_vs_ref64"] = max_rel(n_dqkv.reshape(ref_dqkv.shape), ref_dqkv)
             row["flash_vs_naive_out"] = max_rel(f_out, n_out.astype(np.float64))
             row["flash_vs_naive_dqkv"] = max_rel(f_dqkv, n_dqkv.astype(np.float64))
+        else:
+            n_out = n_dqkv = None
+        row["variants"] = variant_correctness(qkv_d, dout_d, B, T, C, NH, ref_out, ref_dqkv, n_out, n_dqkv, out, lse)
         if torch is not None:
             device = "cuda" if TORCH_GPU else "cpu"
             y, x = torch_sdpa(qkv, B, T, C, NH, torch.float32, device)
@@ -240,16 +294,30 @@ def attention_timing(report):
     ks = attention.flash_kernels(C // NH)
     grid = (B * NH, math.ceil(T / bt.rows))
     scale = np.float32(1 / math.sqrt(C // NH))
-    add(
-        "numba flash backward: dq pass (with delta) alone",
-        None,
-        timed(lambda _: ks.backward_dq[grid, bt.threads](dqkv, delta, qkv_d, dout_d, out, lse, B, T, C, NH, scale)),
-    )
-    add(
-        "numba flash backward: dk/dv pass alone",
-        None,
-        timed(lambda _: ks.backward_dkv[grid, bt.threads](dqkv, delta, qkv_d, dout_d, lse, B, T, C, NH, scale)),
-    )
+    if bt.fused:
+        threads = 32 if SMOKE else 256
+        prep_grid = math.ceil(B * T * NH / threads)
+        add(
+            "numba flash backward: prep kernel (delta, dq zeroed) alone",
+            None,
+            timed(lambda _: ks.backward_dq[prep_grid, threads](dqkv, delta, dout_d, out, B, T, C, NH)),
+        )
+        add(
+            "numba flash backward: fused dq/dk/dv kernel alone",
+            None,
+            timed(lambda _: ks.backward_dkv[grid, bt.threads](dqkv, delta, qkv_d, dout_d, lse, B, T, C, NH, scale)),
+        )
+    else:
+        add(
+            "numba flash backward: dq pass (with delta) alone",
+            None,
+            timed(lambda _: ks.backward_dq[grid, bt.threads](dqkv, delta, qkv_d, dout_d, out, lse, B, T, C, NH, scale)),
+        )
+        add(
+            "numba flash backward: dk/dv pass alone",
+            None,
+            timed(lambda _: ks.backward_dkv[grid, bt.threads](dqkv, delta, qkv_d, dout_d, lse, B, T, C, NH, scale)),
+        )
     if not over_budget():
         sq = [cuda.device_array(B * NH * T * T, np.float32) for _ in range(4)]
         nf = timed(lambda _: attention.attention_forward_naive(out, sq[0], sq[1], qkv_d, B, T, C, NH), repeats=5)
@@ -284,28 +352,15 @@ def attention_timing(report):
 
 
 def attention_variants(report):
-    """Other block shapes of the flash kernels (the defaults' choice); appended to the attention rows."""
+    """Every flash variant timed at MAIN (their correctness is in the correctness section); appended to
+    the attention rows. Backward variants run on the default forward's out and lse."""
     add, flash_fwd, flash_bwd = ATTENTION_HELPERS[0]
-    B, T, C, NH = MAIN
-    r = np.random.default_rng(6)
-    qkv = r.standard_normal((B, T, 3 * C))
-    ref_out = None
     for tiles in FWD_VARIANTS:
-        if over_budget():
-            break
-        name = f"numba flash forward variant {tuple(tiles)} ({tiles.rows}x{tiles.cols})"
-        if tiles.vec:  # a new kernel: its output against the default forward's before its time
-            qkv_d = dev(qkv)
-            out, lse = nan_dev(B * T * C), nan_dev(B * NH * T)
-            if ref_out is None:
-                attention.attention_forward_flash(out, lse, qkv_d, B, T, C, NH)
-                ref_out = out.copy_to_host().astype(np.float64)
-            attention.attention_forward_flash(out, lse, qkv_d, B, T, C, NH, tiles=tiles)
-            name += f", max|d| vs default forward / max|default|: {max_rel(out.copy_to_host(), ref_out):.2g}"
-        add(name, flash_fwd(tiles), None)
+        if not over_budget():
+            add(f"numba flash forward variant {tiles} ({tiles.rows}x{tiles.cols})", flash_fwd(tiles), None)
     for tiles in BWD_VARIANTS:
         if not over_budget():
-            add(f"numba flash backward variant {tuple(tiles)} ({tiles.rows}x{tiles.cols})", None, flash_bwd(tiles))
+            add(f"numba flash backward variant {tiles} ({tiles.rows}x{tiles.cols})", None, flash_bwd(tiles))
 
 
 ATTENTION_HELPERS = []
@@ -553,13 +608,15 @@ def copy_bandwidth(report):
 def main():
     out_path = Path([a for a in sys.argv[1:] if not a.startswith("--")][0])
     report = {"provenance": provenance(), "sources_sha256": sources_sha256(), "simulator": SIMULATOR, "smoke": SMOKE}
+    # the commit the caller names (a GPU machine's copy may carry a stale .git that provenance() reads)
+    report["commit_given"] = os.environ.get("GPT2_GIT_COMMIT")
     if TORCH_GPU:
         p = torch.cuda.get_device_properties(0)
         report["gpu"] = {"name": p.name, "sm_count": p.multi_processor_count, "torch": torch.__version__}
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         report["torch_tf32"] = False
-    sections = (copy_bandwidth, correctness, attention_timing, memory_bound, memory_bound_graphed, attention_variants)
+    sections = (copy_bandwidth, correctness, attention_timing, attention_variants, memory_bound, memory_bound_graphed)
     for section in sections:
         if over_budget():
             report.setdefault("skipped", []).append(section.__name__)

@@ -228,9 +228,11 @@ class FlashTiles(NamedTuple):
 # against 0.85 / 0.91 ms for the 32x32 shapes; backward 2.46 ms with 4 warps x 2 rows against
 # 2.66 ms with 2 warps x 4 rows. Simulator: one warp of 32 Python threads, 4 lanes per row, one
 # row per thread: tiles of 8 rows x 4 columns, so a ragged T of ~10 crosses tile edges.
-FLASH_FORWARD_TILES = FlashTiles(warps=4, lanes=8, rt=4, ct=4)
-FLASH_BACKWARD_TILES = FlashTiles(warps=4, lanes=8, rt=2, ct=4)
+FLASH_FORWARD_TILES = FlashTiles(warps=4, lanes=8, rt=4, ct=4, vec=True)
+FLASH_BACKWARD_TILES = FlashTiles(warps=4, lanes=8, rt=2, ct=4, vec=True)
 FLASH_TILES_SIM = FlashTiles(warps=1, lanes=4, rt=1, ct=1)
+FLASH_FORWARD_TILES_SIM = FLASH_TILES_SIM._replace(vec=FLASH_FORWARD_TILES.vec)  # the GPU's kernels, small
+FLASH_BACKWARD_TILES_SIM = FLASH_TILES_SIM._replace(vec=FLASH_BACKWARD_TILES.vec)
 FLASH_STATIC_SHARED = 48 * 1024  # bytes of static shared memory a block may use
 
 
@@ -1094,24 +1096,38 @@ class FlashKernels(NamedTuple):
     backward_tiles: FlashTiles
 
 
-def flash_tiles(HS: int) -> tuple[FlashTiles, FlashTiles]:
-    """(forward, backward) block shapes for head size HS: the defaults, with rows per thread halved,
-    then columns per lane, then warps, until every kernel's shared tiles fit in FLASH_STATIC_SHARED."""
-    if SIMULATOR:
-        return FLASH_TILES_SIM, FLASH_TILES_SIM
-    chosen = []
-    for tiles, names in ((FLASH_FORWARD_TILES, ("forward",)), (FLASH_BACKWARD_TILES, ("dq", "dkv"))):
-        while max(flash_shared_bytes(HS, tiles, n) for n in names) > FLASH_STATIC_SHARED:
-            if tiles.rt > 1:
-                tiles = tiles._replace(rt=tiles.rt // 2)
-            elif tiles.ct > 1:
-                tiles = tiles._replace(ct=tiles.ct // 2)
-            elif tiles.warps > 1:
-                tiles = tiles._replace(warps=tiles.warps // 2)
+def fit_flash_tiles(HS: int, tiles: FlashTiles, names: tuple[str, ...]) -> FlashTiles:
+    """`tiles` made to work for head size HS in the kernels `names` ("forward", "dq", "dkv"): the
+    16-byte forward is dropped where HS does not give whole runs of 4; then, until every kernel's
+    shared tiles fit in FLASH_STATIC_SHARED, rows per thread are halved, then columns per lane, then
+    warps (a fused backward halves rows and columns together, to stay square, else stops being fused)."""
+    while True:
+        if "forward" in names and tiles.vec and not flash_vec_supported(HS, tiles):
+            tiles = tiles._replace(vec=False)
+        if max(flash_shared_bytes(HS, tiles, n) for n in names) <= FLASH_STATIC_SHARED:
+            return tiles
+        if tiles.fused:
+            if tiles.rt > 1 and tiles.ct > 1:
+                tiles = tiles._replace(rt=tiles.rt // 2, ct=tiles.ct // 2)
             else:
-                raise ValueError(f"head size {HS} is too large for the flash kernels' shared tiles")
-        chosen.append(tiles)
-    return chosen[0], chosen[1]
+                tiles = tiles._replace(fused=False)
+        elif tiles.rt > 1:
+            tiles = tiles._replace(rt=tiles.rt // 2)
+        elif tiles.ct > 1:
+            tiles = tiles._replace(ct=tiles.ct // 2)
+        elif tiles.warps > 1:
+            tiles = tiles._replace(warps=tiles.warps // 2)
+        else:
+            raise ValueError(f"head size {HS} is too large for the flash kernels' shared tiles")
+
+
+def flash_tiles(HS: int) -> tuple[FlashTiles, FlashTiles]:
+    """(forward, backward) block shapes for head size HS: the defaults, fitted by `fit_flash_tiles`."""
+    if SIMULATOR:
+        fwd, bwd = FLASH_FORWARD_TILES_SIM, FLASH_BACKWARD_TILES_SIM
+    else:
+        fwd, bwd = FLASH_FORWARD_TILES, FLASH_BACKWARD_TILES
+    return fit_flash_tiles(HS, fwd, ("forward",)), fit_flash_tiles(HS, bwd, ("dq", "dkv"))
 
 
 def flash_kernels(HS: int, forward_tiles: FlashTiles | None = None, backward_tiles: FlashTiles | None = None):
