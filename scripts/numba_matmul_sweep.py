@@ -226,7 +226,9 @@ def section_head(res):
     ref = dlogits.double() @ wte.double()
     d_dlogits, d_wte = nb(dlogits), nb(wte)
     rows = {}
-    for name, kw in (("fast k_chunk=1024 (model)", dict(k_chunk=HEAD_K_CHUNK)), ("fast no chunks", {})):
+    slices = mm.ceil_div(V, HEAD_K_CHUNK)
+    for name, kw in (("fast k_chunk=1024 (model)", dict(k_chunk=HEAD_K_CHUNK)), ("fast no chunks", {}),
+                     (f"fast k_chunk=1024 as {slices} slices", dict(k_chunk=HEAD_K_CHUNK, splits=slices))):  # fmt: skip
         out = torch.empty(BT, C, device="cuda")
         d_out = nb(out)
         run = lambda kw=kw, d_out=d_out: mm.matmul(d_out, d_dlogits, d_wte, BT, C, V, "NN", **kw)
@@ -276,29 +278,38 @@ def section_sweep(res, deadline, save_partial):
     for name, M, N, K, layout in SHAPES:
         ta, tb, _, _ = operands(M, N, K, layout)
         data[name] = (nb(ta), nb(tb), nb(torch.empty(M, N, device="cuda")), (ta, tb))
-    variants = [(tile, mm.FAST_UNROLL) for tile in TILES] + [(TILES[0], u) for u in UNROLLS]
-    for tile, unroll in variants:  # tile-major: a run cut short still has whole tiles over every shape
+    # (tile, unroll, vector loads): every tile at the defaults, then one tile with each other unroll and
+    # with scalar loads (what each of the two changes is worth on its own)
+    variants = [(tile, mm.FAST_UNROLL, None) for tile in TILES] + [(TILES[0], u, None) for u in UNROLLS]
+    variants.append((TILES[0], mm.FAST_UNROLL, False))
+    for tile, unroll, vec in variants:  # variant-major: a run cut short still has whole variants over every shape
         for name, M, N, K, layout in SHAPES:
             a, b, out, _ = data[name]
             kc = HEAD_K_CHUNK if name == "head dlnf" else None
             head = name.startswith("head")
             blocks = mm.ceil_div(M, tile[0]) * mm.ceil_div(N, tile[1])
             split_options = [1] if blocks >= 2 * mm.SMS or K < 2048 else [1, 2, 4]
+            if blocks < mm.SMS and K >= 8 * mm.MIN_SPLIT_K:
+                split_options.append(8)
             if head and name != "head dlnf":
                 split_options = [1]
+            if kc:  # also slices of <= k_chunk terms: no chunks in registers, a workspace of splits*M*N floats
+                split_options = split_options + [mm.ceil_div(K, kc)]
             for splits in split_options:
                 if elapsed() > deadline:
-                    rows.append({"name": name, "tile": tile, "unroll": unroll, "splits": splits,
-                                 "skipped": "time budget"})  # fmt: skip
+                    rows.append({"name": name, "tile": tile, "unroll": unroll, "vector_loads": vec is not False,
+                                 "splits": splits, "skipped": "time budget"})  # fmt: skip
                     continue
                 run = lambda: mm.matmul(out, a, b, M, N, K, layout, tile=tile, splits=splits, k_chunk=kc,  # noqa: B023
-                                        unroll=unroll)  # fmt: skip
+                                        unroll=unroll, vec=vec)  # fmt: skip
                 t = time_numba(run, 3, 3 if head else 5, 1)
                 rows.append({"name": name, "M": M, "N": N, "K": K, "layout": layout, "tile": tile, "unroll": unroll,
-                             "splits": splits, "ms": t, "tflops": tflops(M, N, K, t)})  # fmt: skip
+                             "vector_loads": vec is not False, "splits": splits, "ms": t,
+                             "tflops": tflops(M, N, K, t)})  # fmt: skip
             save_partial()  # a run cut short keeps the sweep so far
     for name, *_ in SHAPES:
-        best = min((r for r in rows if r["name"] == name and "ms" in r), key=lambda r: r["ms"], default=None)
+        best = min((r for r in rows if r["name"] == name and "ms" in r and r["vector_loads"]), key=lambda r: r["ms"],
+                   default=None)  # fmt: skip
         if best:
             print(f"sweep {name:<18} best {best['tile']} unroll {best['unroll']} splits {best['splits']}: "
                   f"{best['ms']:.3f} ms", flush=True)  # fmt: skip

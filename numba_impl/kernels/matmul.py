@@ -613,6 +613,8 @@ def matmul(out, a, b, M, N, K, layout="NN", bias=None, accumulate=False, naive=F
     epilogue (fast kernel): "gelu" also writes out2 = gelu(out); "residual" writes out2 = extra + out.
     dbias (fast kernel, layout TN): dbias(N) += column sums of B, fused into the product's loads.
     splits (fast kernel): K in this many slices, one launch plus a reduction (default `fast_config`).
+    With k_chunk, slices of <= k_chunk terms need no chunks in registers (a kernel with half the
+    accumulators), at the price of a workspace of splits * M * N floats.
     vec (fast kernel): 16-byte global loads; None (default) = whenever `vec_ok` allows them, False = never.
     unroll (fast kernel): k per iteration of the inner loop (1, 2 or 4; default FAST_UNROLL).
     k_chunk: keep each float32 running sum to at most this many terms of K. Each output is otherwise
@@ -672,6 +674,8 @@ def _matmul_fast(out, a, b, M, N, K, layout, bias, has_bias, accumulate, tile, k
     splits = max(1, int(splits if splits is not None else split_k(M, N, K, (BM, BN))))
     k_split = ceil_div(ceil_div(max(K, 1), splits), BK) * BK  # slices start on a BK boundary
     splits = ceil_div(max(K, 1), k_split)
+    if kc and k_split <= int(k_chunk):  # each slice's running sum is short enough: no chunks in registers
+        kc = 0
     vec = vec_ok(layout, a, b, M, N, K) if vec is None else bool(vec) and vec_ok(layout, a, b, M, N, K)
     unroll = FAST_UNROLL if unroll is None else int(unroll)
     fn = fast_matmul_kernel(layout, BM, BN, BK, TM, TN, epilogue if splits == 1 else "none", kc, dbias is not None,

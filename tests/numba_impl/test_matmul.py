@@ -50,7 +50,8 @@ def test_fast_matches_naive_twin_and_numpy(layout, shape):
 @pytest.mark.parametrize("layout", matmul.LAYOUTS)
 def test_split_k_and_register_chunks_match_naive(layout):
     """K in 3 slices (one launch + the reduction) and running sums closed every 8 terms give the
-    naive kernel's product; slices and chunks that do not divide K included."""
+    naive kernel's product; slices and chunks that do not divide K included, and slices short
+    enough (<= k_chunk terms) to need no chunks in registers."""
     M, N, K = 11, 9, 37
     A, Bm, a, b = _operands(layout, M, N, K, seed=7)
     bias = rng(3).standard_normal(N)
@@ -58,7 +59,7 @@ def test_split_k_and_register_chunks_match_naive(layout):
     ref = dev(base)
     matmul.matmul(ref, a, b, M, N, K, layout, bias=dev(bias), accumulate=True, kernel="naive")
     ref = host(ref, (M, N))
-    for splits, k_chunk in ((3, None), (1, 8), (2, 8), (40, None)):
+    for splits, k_chunk in ((3, None), (1, 8), (2, 8), (5, 8), (40, None)):  # (5, 8): slices of <= 8 terms
         out = dev(base)
         matmul.matmul(out, a, b, M, N, K, layout, bias=dev(bias), accumulate=True, splits=splits, k_chunk=k_chunk)
         assert max_rel(host(out, (M, N)), ref) <= KERNEL_REL, (splits, k_chunk)
