@@ -12,17 +12,19 @@ len(seeds) x cases x devices independent float32 rounding patterns. The JSON hol
 (case, seed, backend, check), the worst per (precision, check), and the provenance record.
 
 The rule (RULE below; docs/conformance.md says the same): a ceiling is the worst value measured for
-that check and precision, over every seed, shape and device in SOURCES, times F = 2, rounded up to
+that check and precision, over every seed, shape and device in SOURCES, times F = 10, rounded up to
 the next value of the 1-2-5 series. A relative ceiling the rule puts above 1 is no check (it would
 pass a backend that shares no digit with the reference), so that check is reported, not judged.
 
-Why F = 2. The worst of N seeds is itself a sample: an unseen seed, shape or device can exceed it.
-The margin needed is measured by leave-one-out (`leave_one_out` below): for every (case, backend,
-check), how far one seed's value exceeds the worst of the other seeds. The largest such ratio in
-the committed measurements is printed by --derive and stored in its output; F = 2 must exceed it
-(tests/conformance/test_ceilings.py checks that). The 1-2-5 rounding then adds between 1x and
-2.5x more. A larger F would blunt the checks: the split-K story in docs/conformance.md is a real
-float32 accumulation bug that showed as 1.4e-5 against a gradient ceiling of 1e-5.
+Why F = 5. The worst of N seeds is itself a sample: an unseen seed, shape or device can exceed it,
+and float32 errors of small, cancelling reductions (a LayerNorm gradient summed over 4 tokens of a
+trained model) are heavy-tailed. The margin needed is measured by leave-one-out (`leave_one_out`
+below): within one run, how far the worst of one seed exceeds the worst of all its other seeds.
+F must exceed the largest such ratio in the committed measurements (tests/conformance/
+test_ceilings.py checks it); --derive prints it. Measured: 1.5 over the 8 seeds of the CPU
+backends' run (ceiling-spread-cpu.json), 2.9 over the 3 seeds of the Numba simulator's run
+(ceiling-spread-cpu-numba-sim.json: grad_max of tiny-trained, seed 2 against seeds 0 and 1).
+F = 5 is the smallest 1-2-5 value above 2.9; the 1-2-5 rounding then adds between 1x and 2.5x more.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from conformance.cases import CASES
 from conformance.suite import REFERENCE, _reference_run, run_case
 from weights.provenance import PROJECT_ROOT, provenance
 
-F = 2
+F = 5
 RULE = (
     "ceiling = the worst value measured for the check and precision over every seed, shape and device "
     f"in the spread files, x F = {F}, rounded up to the next 1-2-5 value; a relative ceiling above 1 "
@@ -54,7 +56,9 @@ RESULTS = PROJECT_ROOT / "docs" / "results"
 # matmul and are superseded by the numba-only re-run after it.
 SOURCES: list[tuple[str, dict[str, str]]] = [
     ("ceiling-spread-cpu.json", {}),
+    ("ceiling-spread-cpu-numba-sim.json", {}),
     ("ceiling-spread-gpu.json", {}),
+    ("ceiling-spread-gpu-124m.json", {}),
     ("conformance-h100-small.json", {"numba-cuda-f32": "measured before the split-K fix"}),
     ("conformance-h100-124m.json", {"numba-cuda-f32": "measured before the split-K fix"}),
     ("conformance-h100-numba-splitk-small.json", {}),
@@ -176,6 +180,22 @@ def differences(derived: dict) -> list[str]:
     return out
 
 
+def markdown_worst(paths: list[Path]) -> str:
+    """Worst value per backend and check over every case and seed of the given spread files (a docs table)."""
+    rows = [r for p in paths for r in json.loads(Path(p).read_text())["results"]]
+    rows = [r for r in rows if r.get("value") is not None and r["check"] in CHECKS]
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    checks = [c for c in CHECKS if any(r["check"] == c for r in rows)]
+    lines = ["| backend | " + " | ".join(checks) + " |", "|---" * (len(checks) + 1) + "|"]
+    for b in backends:
+        cells = []
+        for c in checks:
+            vals = [r["value"] for r in rows if r["backend"] == b and r["check"] == c]
+            cells.append("–" if not vals else (f"{int(max(vals))}" if c in COUNTS else f"{max(vals):.1e}"))
+        lines.append(f"| {b} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- the measurement
 def measure(cases, backends, seeds, progress=print, case_done=lambda rows: None) -> list[dict]:
     """run_case for every case x seed x backend; case_done(rows so far) after each case (to save them)."""
@@ -208,7 +228,11 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default="", help="comma-separated case names")
     ap.add_argument("--derive", action="store_true", help="print the ceilings the rule gives from docs/results/")
     ap.add_argument("--check", action="store_true", help="exit 1 if conformance/tolerances.py differs from the rule")
+    ap.add_argument("--markdown", nargs="+", metavar="JSON", help="print the worst values of spread files as a table")
     args = ap.parse_args(argv)
+    if args.markdown:
+        print(markdown_worst(args.markdown))
+        return 0
 
     if args.derive or args.check:
         derived = derive()
