@@ -159,7 +159,7 @@ def section_correctness(res):
             cases.append(dict(layout=layout, tile=tile, M=1000, N=700, K=300))
         for unroll in UNROLLS:
             cases.append(dict(layout=layout, tile=TILES[0], M=1000, N=700, K=300, unroll=unroll))
-        cases.append(dict(layout=layout, tile=TILES[0], M=1000, N=700, K=301))  # scalar fallback (NN, NT)
+        cases.append(dict(layout=layout, tile=TILES[0], M=1000, N=700, K=301))  # rows of 301: scalar A (NN, NT)
         cases.append(dict(layout=layout, tile=TILES[0], M=1000, N=700, K=300, vec=False, unroll=1))
         cases.append(dict(layout=layout, tile=None, M=257, N=130, K=1029, splits=3))
         cases.append(dict(layout=layout, tile=None, M=300, N=200, K=5000, k_chunk=1024))
@@ -180,7 +180,7 @@ def section_correctness(res):
         torch.cuda.synchronize()
         e = max(max_rel(out, ref), max_rel(plain + base + bias, ref))
         finite = bool(torch.isfinite(plain).all())
-        vec_loads = c.get("vec") is not False and mm.vec_ok(layout, nb(a), nb(b), M, N, K)
+        vec_loads = mm.vec_ok(layout, nb(a), nb(b), M, N, K) if c.get("vec") is not False else (False, False)
         rows.append({**{k: v for k, v in c.items()}, "vector_loads": vec_loads, "max_rel_vs_naive": e,
                      "all_written": finite, "ok": e <= CHECK_REL and finite})  # fmt: skip
     # epilogues (forward) and the fused bias gradient (weight gradient), default tiles and forced splits
@@ -252,7 +252,7 @@ def section_timing(res):
         fast = lambda: mm.matmul(out, a, b, M, N, K, layout, k_chunk=kc)  # noqa: B023
         t_fast = time_numba(fast)
         row = {"name": name, "M": M, "N": N, "K": K, "layout": layout, "tile": tile, "splits": splits,
-               "unroll": mm.FAST_UNROLL, "vector_loads": mm.vec_ok(layout, a, b, M, N, K), "k_chunk": kc,
+               "unroll": mm.FAST_UNROLL, "vector_loads_a_b": mm.vec_ok(layout, a, b, M, N, K), "k_chunk": kc,
                "fast_ms": t_fast}  # fmt: skip
         if layout == "TN" and name != "head dwte":  # the model's weight gradient also sums the bias gradient
             row["fast_with_dbias_ms"] = time_numba(
@@ -297,19 +297,20 @@ def section_sweep(res, deadline, save_partial):
                 split_options = split_options + [mm.ceil_div(K, kc)]
             for splits in split_options:
                 if elapsed() > deadline:
-                    rows.append({"name": name, "tile": tile, "unroll": unroll, "vector_loads": vec is not False,
-                                 "splits": splits, "skipped": "time budget"})  # fmt: skip
+                    rows.append({"name": name, "tile": tile, "unroll": unroll,
+                                 "vector_loads_where_aligned": vec is not False, "splits": splits,
+                                 "skipped": "time budget"})  # fmt: skip
                     continue
                 run = lambda: mm.matmul(out, a, b, M, N, K, layout, tile=tile, splits=splits, k_chunk=kc,  # noqa: B023
                                         unroll=unroll, vec=vec)  # fmt: skip
                 t = time_numba(run, 3, 3 if head else 5, 1)
                 rows.append({"name": name, "M": M, "N": N, "K": K, "layout": layout, "tile": tile, "unroll": unroll,
-                             "vector_loads": vec is not False, "splits": splits, "ms": t,
+                             "vector_loads_where_aligned": vec is not False, "splits": splits, "ms": t,
                              "tflops": tflops(M, N, K, t)})  # fmt: skip
             save_partial()  # a run cut short keeps the sweep so far
     for name, *_ in SHAPES:
-        best = min((r for r in rows if r["name"] == name and "ms" in r and r["vector_loads"]), key=lambda r: r["ms"],
-                   default=None)  # fmt: skip
+        timed = [r for r in rows if r["name"] == name and "ms" in r and r["vector_loads_where_aligned"]]
+        best = min(timed, key=lambda r: r["ms"], default=None)
         if best:
             print(f"sweep {name:<18} best {best['tile']} unroll {best['unroll']} splits {best['splits']}: "
                   f"{best['ms']:.3f} ms", flush=True)  # fmt: skip

@@ -317,12 +317,12 @@ def _log2(n: int) -> int:
 
 @functools.cache
 def fast_matmul_kernel(layout: str, BM: int, BN: int, BK: int, TM: int, TN: int, epilogue: str = "none",
-                       kc: int = 0, fuse_dbias: bool = False, vec: bool = False, unroll: int = 1,
-                       regs: int = 0):  # fmt: skip
+                       kc: int = 0, fuse_dbias: bool = False, vec_a: bool = False, vec_b: bool = False,
+                       unroll: int = 1, regs: int = 0):  # fmt: skip
     """Build the fast kernel for one layout, tile shape, epilogue, K-chunk and bias-gradient choice.
 
-    vec: interior tiles load global memory 16 bytes at a time (`load4`; only for operands that are
-    16-byte aligned with rows a multiple of 4 floats: the launcher decides). unroll (1, 2 or 4): the
+    vec_a, vec_b: interior tiles load A (B) 16 bytes at a time (`load4`; only for an operand that is
+    16-byte aligned with rows a multiple of 4 floats: the launcher decides, per operand). unroll (1, 2 or 4): the
     k loop over a shared slice does this many k per iteration, written out, so that the compiler
     can issue the next k's shared loads during this k's FMAs. regs: a register cap (ptxas
     -maxrregcount; 0 = none): 128 lets two blocks of 256 threads share a multiprocessor.
@@ -356,7 +356,7 @@ def fast_matmul_kernel(layout: str, BM: int, BN: int, BK: int, TM: int, TN: int,
     A_T, B_T = layout[0] == "T", layout[1] == "T"
     EPI = _EPI_CODE[epilogue]
     KC_STEPS = kc // BK
-    VEC_LOADS = bool(vec)
+    VEC_A, VEC_B = bool(vec_a), bool(vec_b)
     UNROLL = unroll
     DB_ROWS = THREADS // (BN // VEC)  # threads that stage the same columns of B
     HALF_M, HALF_N = BM // 2, BN // 2
@@ -368,12 +368,12 @@ def fast_matmul_kernel(layout: str, BM: int, BN: int, BK: int, TM: int, TN: int,
     # operand's contiguous axis, at (e & (RUN_COLS - 1)) * VEC on that axis and e >> SHIFT on the other.
     # (Bit operations on a non-negative tid: the compiler sees non-negative, 16-byte aligned offsets.)
     @device
-    def load_run(stage, s, src, lead, row0, col0, row_end, col_end, checked):
+    def load_run(stage, s, src, lead, row0, col0, row_end, col_end, checked, vec):
         """VEC floats of a row-major (rows, lead) operand at (row0, col0 .. col0 + VEC) into stage[s:s+VEC];
-        checked: zero outside row < row_end, col < col_end."""
+        checked: zero outside row < row_end, col < col_end; vec: one 16-byte load (unchecked only)."""
         i = row0 * lead + col0
         if not checked:
-            if VEC_LOADS:
+            if vec:
                 v0, v1, v2, v3 = load4(src, i)
                 stage[s] = v0
                 stage[s + 1] = v1
@@ -393,9 +393,9 @@ def fast_matmul_kernel(layout: str, BM: int, BN: int, BK: int, TM: int, TN: int,
             e = tid + run * THREADS
             along, across = (e & (A_RUN_COLS - 1)) * VEC, e >> A_SHIFT
             if A_T:  # stored (K, M): runs along m
-                load_run(stage, run * VEC, a, M, k0 + across, m0 + along, k_end, M, checked)
+                load_run(stage, run * VEC, a, M, k0 + across, m0 + along, k_end, M, checked, VEC_A)
             else:  # stored (M, K): runs along k
-                load_run(stage, run * VEC, a, K, m0 + across, k0 + along, M, k_end, checked)
+                load_run(stage, run * VEC, a, K, m0 + across, k0 + along, M, k_end, checked, VEC_A)
 
     @device
     def load_b(stage, b, N, K, n0, k0, k_end, tid, checked):
@@ -404,9 +404,9 @@ def fast_matmul_kernel(layout: str, BM: int, BN: int, BK: int, TM: int, TN: int,
             e = tid + run * THREADS
             along, across = (e & (B_RUN_COLS - 1)) * VEC, e >> B_SHIFT
             if B_T:  # stored (N, K): runs along k
-                load_run(stage, run * VEC, b, K, n0 + across, k0 + along, N, k_end, checked)
+                load_run(stage, run * VEC, b, K, n0 + across, k0 + along, N, k_end, checked, VEC_B)
             else:  # stored (K, N): runs along n
-                load_run(stage, run * VEC, b, N, k0 + across, n0 + along, k_end, N, checked)
+                load_run(stage, run * VEC, b, N, k0 + across, n0 + along, k_end, N, checked, VEC_B)
 
     @device
     def store_a(a_s, buf, stage, tid):
@@ -615,7 +615,7 @@ def matmul(out, a, b, M, N, K, layout="NN", bias=None, accumulate=False, naive=F
     splits (fast kernel): K in this many slices, one launch plus a reduction (default `fast_config`).
     With k_chunk, slices of <= k_chunk terms need no chunks in registers (a kernel with half the
     accumulators), at the price of a workspace of splits * M * N floats.
-    vec (fast kernel): 16-byte global loads; None (default) = whenever `vec_ok` allows them, False = never.
+    vec (fast kernel): 16-byte global loads; None (default) = for each operand `vec_ok` allows, False = never.
     unroll (fast kernel): k per iteration of the inner loop (1, 2 or 4; default FAST_UNROLL).
     k_chunk: keep each float32 running sum to at most this many terms of K. Each output is otherwise
     one float32 register summed over all of K, whose rounding error grows like sqrt(K) * eps: at
@@ -654,14 +654,15 @@ def _aligned16(arr) -> bool:
     return iface is not None and iface["data"][0] % 16 == 0
 
 
-def vec_ok(layout: str, a, b, M: int, N: int, K: int) -> bool:
-    """Can the fast kernel read A and B 16 bytes at a time? Both pointers 16-byte aligned and every
-    row (the stored operand's contiguous axis) a multiple of 4 floats, so that every run of 4 floats
-    the kernel loads starts on a 16-byte boundary. (GPT-2's buffers are: C = 768, and every tensor of
-    the model's flat parameter and gradient buffers has a multiple of 4 elements.)"""
+def vec_ok(layout: str, a, b, M: int, N: int, K: int) -> tuple[bool, bool]:
+    """Can the fast kernel read A, and B, 16 bytes at a time? The operand's pointer 16-byte aligned and
+    its rows (the stored contiguous axis) a multiple of 4 floats, so that every run of 4 floats the
+    kernel loads starts on a 16-byte boundary. GPT-2's activations and weights are (C = 768, and every
+    tensor of the model's flat parameter and gradient buffers has a multiple of 4 elements); the
+    logits' rows (V = 50,257 floats) are not: dlogits takes scalar loads."""
     lead_a = M if layout[0] == "T" else K
     lead_b = K if layout[1] == "T" else N
-    return lead_a % VEC == 0 and lead_b % VEC == 0 and _aligned16(a) and _aligned16(b)
+    return lead_a % VEC == 0 and _aligned16(a), lead_b % VEC == 0 and _aligned16(b)
 
 
 def _matmul_fast(out, a, b, M, N, K, layout, bias, has_bias, accumulate, tile, k_chunk, splits, epilogue, out2,
@@ -676,10 +677,10 @@ def _matmul_fast(out, a, b, M, N, K, layout, bias, has_bias, accumulate, tile, k
     splits = ceil_div(max(K, 1), k_split)
     if kc and k_split <= int(k_chunk):  # each slice's running sum is short enough: no chunks in registers
         kc = 0
-    vec = vec_ok(layout, a, b, M, N, K) if vec is None else bool(vec) and vec_ok(layout, a, b, M, N, K)
+    vec_a, vec_b = vec_ok(layout, a, b, M, N, K) if vec is not False else (False, False)
     unroll = FAST_UNROLL if unroll is None else int(unroll)
     fn = fast_matmul_kernel(layout, BM, BN, BK, TM, TN, epilogue if splits == 1 else "none", kc, dbias is not None,
-                            vec, min(unroll, BK))  # fmt: skip
+                            vec_a, vec_b, min(unroll, BK))  # fmt: skip
     threads = (BM // TM) * (BN // TN)
     grid = (ceil_div(N, BN), ceil_div(M, BM), splits)
     out2_ = out2 if out2 is not None else _dummy()

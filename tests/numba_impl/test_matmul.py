@@ -141,7 +141,7 @@ def test_vector_loads_and_unrolled_k_loop_match_naive(layout):
     raises on an index that is not a multiple of 4 (a misaligned 16-byte load on the GPU)."""
     M, N, K = 20, 12, 28  # tiles of 8: 2 x 1 interior blocks, the rest on an edge; 7 K steps of 4
     A, Bm, a, b = _operands(layout, M, N, K, seed=11)
-    assert matmul.vec_ok(layout, a, b, M, N, K)
+    assert matmul.vec_ok(layout, a, b, M, N, K) == (True, True)
     ref = dev(np.full((M, N), np.nan))
     matmul.matmul(ref, a, b, M, N, K, layout, kernel="naive")
     ref = host(ref, (M, N))
@@ -154,12 +154,14 @@ def test_vector_loads_and_unrolled_k_loop_match_naive(layout):
 
 def test_vector_loads_fall_back_when_misaligned():
     """An operand that starts one float into its buffer (not 16-byte aligned), or rows that are not a
-    multiple of 4 floats, take the scalar loads, with the same result."""
+    multiple of 4 floats, takes the scalar loads (the other operand keeps the vector loads), with the
+    same result."""
     M, N, K = 20, 12, 28
     A, Bm, _, b = _operands("NN", M, N, K, seed=12)
     shifted = dev(np.concatenate([[0.0], A.ravel()]))[1:]  # A's values, one float past an aligned start
-    assert not matmul.vec_ok("NN", shifted, b, M, N, K)
-    assert not matmul.vec_ok("NN", dev(A[:, :27]), b, M, N, 27)  # rows of 27 floats
+    assert matmul.vec_ok("NN", shifted, b, M, N, K) == (False, True)
+    assert matmul.vec_ok("NN", dev(A[:, :27]), b, M, N, 27) == (False, True)  # rows of 27 floats
+    assert matmul.vec_ok("NT", dev(A), dev(Bm.T[:, :27]), M, N, 27) == (False, False)
     out = dev(np.full((M, N), np.nan))
     matmul.matmul(out, shifted, b, M, N, K, "NN")
     assert max_rel(host(out, (M, N)), A @ Bm) <= KERNEL_REL
