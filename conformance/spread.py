@@ -63,6 +63,7 @@ SOURCES: list[tuple[str, dict[str, str]]] = [
     ("conformance-h100-124m.json", {"numba-cuda-f32": "measured before the split-K fix"}),
     ("conformance-h100-numba-splitk-small.json", {}),
     ("conformance-h100-numba-splitk-124m.json", {}),
+    ("conformance-cpu-adamw-update.json", {}),  # CPU backends, AdamW cases incl. 124m-adamw, seed 0
 ]
 
 CHECKS = list(tolerances.FP32)

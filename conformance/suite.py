@@ -21,14 +21,6 @@ from conformance.tolerances import CEILINGS
 
 REFERENCE = "numpy-f64"
 
-# adamw_update_l2 compares what AdamW added to the weights (final - start, per tensor) with what it added
-# in the reference. The weights themselves (adamw_param_l2) hide an optimizer bug under their own size:
-# decay on every tensor moves a LayerNorm weight (~1) by lr * wd per step, 1e-3 of it after 10 steps,
-# about the parameter ceiling, but 10-20% of its update. It is judged against the parameters' ceiling
-# (no number of its own): correct float32 backends measure <= 1.6e-5 on the CI cases and up to 6.4e-4 at
-# the full 124M shape on a CPU (docs/results/conformance-cpu-adamw-update.json, docs/conformance.md).
-SAME_CEILING = {"adamw_update_l2": "adamw_param_l2"}
-
 
 @dataclass
 class Result:
@@ -107,7 +99,7 @@ def run_case(case: Case, backend: Backend, seed: int = 0) -> list[Result]:
     out: list[Result] = []
 
     def add(check, value, detail="", seconds=0.0, **extra):
-        c = ceil[SAME_CEILING.get(check, check)]
+        c = ceil[check]
         out.append(Result(case.name, backend.name, check, float(value), c, _judge(value, c), detail, seconds, extra))
 
     for what in case.checks:

@@ -8,6 +8,8 @@ weights and tokens. Notation: d = backend - reference.
     grad.<name>  ||d||_2 / ||ref||_2   and   max|d| / max|ref|   for every parameter tensor
     adamw.loss   max over steps of |d| / |ref|
     adamw.param  ||d||_2 / ||ref||_2 of every parameter tensor after the last step (worst tensor)
+    adamw.update ||d||_2 / ||ref||_2 of every tensor's update, final - start (a weight that dwarfs its
+                 update would hide an optimizer bug under the param check)
     generate     number of greedy tokens that differ (must be 0)
     kv_cache     number of greedy tokens that differ between generation with a KV cache and full
                  recomputation on the same backend (must be 0)
@@ -49,8 +51,9 @@ FP32 = {
     "loss": 1e-6,  # 1.5e-7  hf-transformers-f32, tiny-B2-T4-adamw, seed 2 (ceiling-spread-cpu.json)
     "grad_l2": 5e-5,  # 6.1e-6  numpy-f32, small-trained, seed 3 (ceiling-spread-cpu.json)
     "grad_max": 5e-5,  # 6.5e-6  numpy-f32, small-trained, seed 3 (ceiling-spread-cpu.json)
-    "adamw_loss": 2e-4,  # 2.5e-5  torch-cuda-f32, 124m-adamw, seed 0 (conformance-h100-124m.json)
+    "adamw_loss": 2e-4,  # 3.5e-5  hf-transformers-f32, 124m-adamw, seed 0 (conformance-cpu-adamw-update.json)
     "adamw_param_l2": 1e-3,  # 1.8e-4  numba-cuda-f32, 124m-adamw (conformance-h100-numba-splitk-124m.json)
+    "adamw_update_l2": 5e-3,  # 6.4e-4  hf-transformers-f32, 124m-adamw (conformance-cpu-adamw-update.json)
     "generate_mismatches": 0,  # 0 everywhere
     "kv_cache": 0,  # 0 everywhere
 }
@@ -62,6 +65,7 @@ BF16 = {  # torch-cuda-bf16 (autocast) on the H100, seed 0: what bf16 costs, not
     "grad_max": 5e-1,  # 6.4e-2  124m-B1-T1024 (conformance-h100-124m.json)
     "adamw_loss": None,  # 0.88 x 5 > 1: reported (124m-adamw, conformance-h100-124m.json)
     "adamw_param_l2": None,  # 1.09 x 5 > 1: reported (same run)
+    "adamw_update_l2": None,  # not measured yet in bf16 (the parameters differ by O(1)): reported
     "generate_mismatches": 0,  # 0 (conformance-h100-small.json)
     "kv_cache": 0,  # 0 (conformance-h100-small.json)
 }
