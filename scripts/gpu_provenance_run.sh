@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements behind the ceilings and the training-throughput numbers, each file written by
 # the script that measured it and stamped with weights/provenance.py's record. Made for one H200 (or
-# H100) with 16 CPU cores for the float64 reference; about 8 minutes in all.
+# H100) with 16 CPU cores for the float64 reference; at most 9.5 minutes (each step has its timeout).
 #
 #   OUT=/some/folder GPT2_GIT_COMMIT=<commit> GPT2_GIT_DIRTY=<0|1> bash scripts/gpu_provenance_run.sh
 #
@@ -12,8 +12,9 @@
 # trains on uniformly random token ids (same speed; the JSON's settings.data says which).
 #
 # Writes under $OUT (7 files):
-#   ceiling-spread-gpu.json       conformance.spread, CI-sized cases, 3 seeds: numba-cuda-f32, torch-cuda-f32,
-#                                 torch-cuda-bf16 vs the float64 reference       -> docs/results/
+#   ceiling-spread-gpu.json       conformance.spread, CI-sized cases, 3 seeds: every GPU backend (numba-cuda-f32,
+#                                 numba-cuda-3xtf32, torch-cuda-f32, torch-cuda-bf16) vs the float64 reference
+#                                                                                  -> docs/results/
 #   ceiling-spread-gpu-124m.json  the same at the full 124M shape, 2 seeds           -> docs/results/
 #   training-throughput-gpu.json  scripts/train_throughput.py, 1 GPU, 20 steps       -> docs/results/
 #   spread.log, spread-124m.log, throughput.log, nvidia-smi.txt                      (not committed)
@@ -25,17 +26,20 @@ OUT="${OUT:?set OUT to the folder the results go to}"
 mkdir -p "$OUT"
 export NUMBA_ENABLE_CUDASIM=0 PYTHONUNBUFFERED=1 PYTHONHASHSEED=0
 PY="${PYTHON:-python3}"
-GPU_BACKENDS="${GPU_BACKENDS:-numba-cuda-f32,torch-cuda-f32,torch-cuda-bf16}"
+# Every GPU backend of the registry (numba-cuda-f32, numba-cuda-3xtf32, torch-cuda-f32, torch-cuda-bf16, ...).
+GPU_BACKENDS="${GPU_BACKENDS:-$("$PY" -c 'from conformance.backends import registry
+print(",".join(b.name for b in registry() if b.device == "cuda"))')}"
+echo "GPU backends: $GPU_BACKENDS"
 status=0
 
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || echo "nvidia-smi failed" >> "$OUT/nvidia-smi.txt"
 "$PY" -m weights.provenance | tee -a "$OUT/nvidia-smi.txt" | grep -E '"commit"|"dirty"|"gpus"' -A1 | head -8
 
 # 1. Ceiling spread on the GPU: the CI-sized cases (several seeds), then the full 124M shape.
-timeout "${SPREAD_SMALL_S:-150}" "$PY" -m conformance.spread --backends "$GPU_BACKENDS" --seeds 3 \
+timeout "${SPREAD_SMALL_S:-180}" "$PY" -m conformance.spread --backends "$GPU_BACKENDS" --seeds 3 \
     --out "$OUT/ceiling-spread-gpu.json" > "$OUT/spread.log" 2>&1 || status=1
 tail -12 "$OUT/spread.log"
-timeout "${SPREAD_FULL_S:-240}" "$PY" -m conformance.spread --backends "$GPU_BACKENDS" --only-full --seeds 2 \
+timeout "${SPREAD_FULL_S:-230}" "$PY" -m conformance.spread --backends "$GPU_BACKENDS" --only-full --seeds 2 \
     --out "$OUT/ceiling-spread-gpu-124m.json" > "$OUT/spread-124m.log" 2>&1 || status=1
 tail -12 "$OUT/spread-124m.log"
 
@@ -68,7 +72,7 @@ fi
 if [[ "${SKIP_THROUGHPUT:-0}" == 1 ]]; then  # (testing this script on a machine without a GPU)
     echo "SKIP_THROUGHPUT=1: shards in $SHARDS ($(ls "$SHARDS" | wc -l) files), no training run"
 else
-    timeout "${THROUGHPUT_S:-200}" "$PY" scripts/train_throughput.py --data "$SHARDS" --gpus 1 --steps 20 --skip 8 \
+    timeout "${THROUGHPUT_S:-130}" "$PY" scripts/train_throughput.py --data "$SHARDS" --gpus 1 --steps 20 --skip 8 \
         --out "$DATA/runs" --json "$OUT/training-throughput-gpu.json" >> "$OUT/throughput.log" 2>&1 || status=1
     tail -5 "$OUT/throughput.log"
 fi
