@@ -188,12 +188,13 @@ def gpu_run(args) -> dict:
         row["us_3xtf32"] = timed(run3(m3.GPU_TILE), reps)
         if args.sweep and name in SWEEP_ON:
             row["sweep_us"] = {str(list(t)): timed(run3(t), reps) for t in m3.SWEEP_TILES}
-        f32 = lambda: mf32.matmul(nout, na, nb, M, N, K, layout, k_chunk=k_chunk)  # noqa: E731
-        out.fill_(float("nan"))
-        f32()
-        torch.cuda.synchronize()
-        row["numba_fp32"] = errors(out.view(M, N), ref)
-        row["us_numba_fp32"] = timed(f32, reps)
+        if not args.no_numba_f32:
+            f32 = lambda: mf32.matmul(nout, na, nb, M, N, K, layout, k_chunk=k_chunk)  # noqa: E731
+            out.fill_(float("nan"))
+            f32()
+            torch.cuda.synchronize()
+            row["numba_fp32"] = errors(out.view(M, N), ref)
+            row["us_numba_fp32"] = timed(f32, reps)
         for label, allow in (("torch_fp32", False), ("torch_tf32", True)):
             torch.backends.cuda.matmul.allow_tf32 = allow
             row[label] = errors(A @ Bm, ref)
@@ -202,13 +203,14 @@ def gpu_run(args) -> dict:
         row["tflops_3xtf32"] = row["gflop"] / row["us_3xtf32"] * 1e3  # GFLOP per microsecond = PFLOP/s
         row["tflops_torch_fp32"] = row["gflop"] / row["us_torch_fp32"] * 1e3
         row["ratio_3xtf32_over_torch_fp32"] = row["us_3xtf32"] / row["us_torch_fp32"]
+        row["tile_3xtf32"] = list(m3.GPU_TILE)
         result["shapes"].append(row)
         with open(args.out, "w") as f:  # after every shape: a run cut short keeps what it measured
             json.dump(result, f, indent=1)
         print(
             f"{name:18s} {layout} {M:6d}x{N:6d}x{K:6d}  err max 3x {row['3xtf32_separate']['max_rel']:.1e} "
-            f"f32 {row['numba_fp32']['max_rel']:.1e} cuBLAS {row['torch_fp32']['max_rel']:.1e} "
-            f"tf32 {row['torch_tf32']['max_rel']:.1e} | us 3x {row['us_3xtf32']:.0f} f32 {row['us_numba_fp32']:.0f} "
+            f"f32 {row.get('numba_fp32', {}).get('max_rel', float('nan')):.1e} cuBLAS {row['torch_fp32']['max_rel']:.1e} "
+            f"tf32 {row['torch_tf32']['max_rel']:.1e} | us 3x {row['us_3xtf32']:.0f} f32 {row.get('us_numba_fp32', float('nan')):.0f} "
             f"cuBLAS {row['us_torch_fp32']:.0f} tf32 {row['us_torch_tf32']:.0f}",
             flush=True,
         )
@@ -231,6 +233,7 @@ def main() -> int:
     p.add_argument("--ptxas", action="store_true", help="print ptxas' report of every kernel variant (no GPU)")
     p.add_argument("--quick", action="store_true", help="three shapes only")
     p.add_argument("--sweep", action="store_true", help="also time other tiles (GPU) / report them (--ptxas)")
+    p.add_argument("--no-numba-f32", action="store_true", help="skip the float32 SIMT kernel's rows (GPU)")
     args = p.parse_args()
     if args.ptxas:
         print(json.dumps(ptxas_reports(args.sweep), indent=1))

@@ -47,7 +47,7 @@ import numpy as np
 
 from numba_impl._compat import SIMULATOR, ceil_div, cuda, float32, kernel
 from numba_impl.kernels.matmul import bias_backward
-from numba_impl.mma import mma_tf32_m16n8k8, tf32_round
+from numba_impl.mma import load_f32x2, load_f32x4, mma_tf32_m16n8k8, tf32_round
 
 # (WARPS_M, WARPS_N, MI, NI, BK, STAGES): BM = WARPS_M * MI * 16, BN = WARPS_N * NI * 8; STAGES shared
 # copies of the tiles (2: one barrier per K slice; 1: two). The default is the fastest of the sweep on
@@ -56,15 +56,16 @@ from numba_impl.mma import mma_tf32_m16n8k8, tf32_round
 # stage of 32 x 16 warps: 11,265) and the fc weight gradient (TN), against 1,054 / 12,220 / 895 us for
 # (2, 4, 2, 2, 16, 2), the default of that run.
 GPU_TILE = (2, 2, 2, 4, 16, 2)  # 64 x 64, 4 warps of 32 x 32, 128 threads, ~100-140 registers, 38 KiB of shared tiles
-SWEEP_TILES = (  # each fits the 48 KiB of static shared memory and compiles without spills (ptxas, sm_90)
-    (2, 4, 2, 2, 16, 2),  # 64 x 64, 8 warps of 32 x 16
-    (2, 4, 2, 2, 16, 1),  # the same, one stage (~80 registers: three blocks per SM)
-    (2, 4, 2, 2, 32, 1),  # BK = 32
-    (4, 2, 2, 4, 16, 1),  # 128 x 64, 8 warps of 32 x 32
-    (2, 4, 2, 4, 16, 1),  # 64 x 128, 8 warps of 32 x 32
+SWEEP_TILES = (  # each fits the 48 KiB of static shared memory and compiles without spills or stack (ptxas, sm_90)
+    (2, 2, 2, 4, 8, 2),  # 64 x 64, 4 warps of 32 x 32, BK = 8
+    (2, 2, 2, 4, 32, 1),  # the same, BK = 32, one stage
+    (4, 2, 2, 4, 8, 2),  # 128 x 64, 8 warps of 32 x 32
+    (2, 4, 2, 4, 8, 2),  # 64 x 128, 8 warps of 32 x 32
+    (4, 2, 2, 4, 16, 1),  # 128 x 64, 8 warps of 32 x 32, BK = 16, one stage
 )
-SIM_TILE = (1, 1, 1, 2, 8, 2)  # 16 x 16, one warp: the simulator runs one OS thread per CUDA thread
+SIM_TILE = (1, 1, 2, 4, 8, 2)  # 32 x 32, one warp: the simulator runs one OS thread per CUDA thread
 ACCUMULATE_MODES = ("separate", "chained")
+SHARED_ALIGN = None if SIMULATOR else 16  # the simulator refuses the keyword; 16: the fragment reads are 16-byte loads
 EPILOGUES = ("none", "gelu", "residual")
 SQRT_2_OVER_PI = float32(math.sqrt(2.0 / math.pi))
 GELU_COEF = float32(0.044715)
@@ -79,6 +80,33 @@ def tile_shape(tile) -> tuple[int, int, int]:
 
 def default_tile(M: int, N: int, layout: str) -> tuple:
     return SIM_TILE if SIMULATOR else GPU_TILE
+
+
+def _perm32(col):
+    """Position of column `col` of an M- or N-contiguous tile row: within each aligned group of 32
+    columns, column v * 8 + g (g = 0..7, v = 0..3) goes to g * 4 + v, so that the four columns a lane
+    of fragment row group g needs (v = the (MI, half) or NI index) sit in one 16-byte word."""
+    return (col & ~31) | ((col & 7) << 2) | ((col >> 3) & 3)
+
+
+def _perm8(k):
+    """Position of k (0..7) in an 8-wide K group of a K-contiguous tile row: k = t + 4 h goes to 2 t + h,
+    so a lane's (k = t, k = t + 4) pair (a0/a2, a1/a3, b0/b1) is one 8-byte word."""
+    return ((k & 3) << 1) | ((k >> 2) & 1)
+
+
+def shared_layout(BMN: int, BK: int, k_contiguous: bool) -> tuple[int, int]:
+    """(floats per stage, row pitch) of one operand's hi (or lo) shared tile.
+
+    K-contiguous operand (A in NN/NT, B in NT): BK/8 sub-tiles of [BMN][8] (k permuted by `_perm8`),
+    each padded by 256/BK floats so that a warp's staging stores (32 // BK rows of BK) hit 32 banks;
+    the row pitch returned is the sub-tile's size. M/N-contiguous operand (A in TN, B in NN/TN):
+    [BK][BMN + 8] with columns permuted by `_perm32`; the pad of 8 makes the 16-byte fragment reads
+    of a quarter-warp (rows t = 0..3, two row groups) hit 32 different banks."""
+    if k_contiguous:
+        sub = BMN * 8 + (0 if BK == 8 else 256 // BK)
+        return (BK // 8) * sub, sub
+    return BK * (BMN + 8), BMN + 8
 
 
 @functools.cache
@@ -97,29 +125,39 @@ def matmul_3xtf32_kernel(
         raise ValueError(f"matmul epilogue must be one of {EPILOGUES}, got {epilogue!r}")
     if STAGES not in (1, 2):
         raise ValueError(f"STAGES={STAGES}: one shared stage (two barriers per K slice) or two (one barrier)")
-    if BK % 8:
-        raise ValueError(f"BK={BK} must be a multiple of 8 (the mma's k)")
+    if BK not in (8, 16, 32):
+        raise ValueError(f"BK={BK} must be a multiple of 8 (the mma's k): 8, 16 or 32")
+    if MI % 2 or NI % 4:
+        raise ValueError(f"warp tile MI={MI}, NI={NI}: MI even and NI a multiple of 4 (16-byte fragment reads)")
     BM, BN, THREADS = tile_shape((WARPS_M, WARPS_N, MI, NI))
     if BM * BK % THREADS or BN * BK % THREADS:
         raise ValueError(f"a {BM}x{BK} / {BN}x{BK} slice must split evenly over {THREADS} threads")
+    for bmn in (BM, BN):
+        if THREADS % bmn and bmn % THREADS:
+            raise ValueError(f"tile side {bmn} and {THREADS} threads: one must divide the other")
     A_LOADS = BM * BK // THREADS
     B_LOADS = BN * BK // THREADS
-    A_T = layout[0] == "T"  # A stored (K, M)
-    B_T = layout[1] == "T"  # B stored (N, K)
-    # Shared tiles: [BK, BMN + 8] for an operand contiguous along M/N, [BMN, BK + 4] for one contiguous along K.
-    # STAGES = 2: two of each, the block computes on one while the next slice is stored into the other.
-    A_SHAPE = (STAGES, BK, BM + 8) if A_T else (STAGES, BM, BK + 4)
-    B_SHAPE = (STAGES, BK, BN + 8) if not B_T else (STAGES, BN, BK + 4)
+    A_T = layout[0] == "T"  # A stored (K, M): M-contiguous
+    B_T = layout[1] == "T"  # B stored (N, K): K-contiguous
+    A_KC, B_KC = not A_T, B_T
+    A_STAGE, A_PITCH = shared_layout(BM, BK, A_KC)
+    B_STAGE, B_PITCH = shared_layout(BN, BK, B_KC)
+    A_SHARED, B_SHARED = STAGES * A_STAGE, STAGES * B_STAGE
+    RP = THREADS // BK  # K-contiguous staging: rows per pass
+    A_PASS = THREADS // BM if THREADS % BM == 0 else 0  # M/N-contiguous staging: K rows per pass (or 0 ...)
+    A_PER = BM // THREADS if BM % THREADS == 0 else 0  # ... passes per K row)
+    B_PASS = THREADS // BN if THREADS % BN == 0 else 0
+    B_PER = BN // THREADS if BN % THREADS == 0 else 0
     CHAINED = mode == "chained"
     GELU = epilogue == "gelu"
     RESIDUAL = epilogue == "residual"
 
     @kernel
     def matmul_3xtf32(out, a, b, bias, out2, extra, M, N, K, k_start, k_stop, accumulate, has_bias):
-        a_hi = cuda.shared.array(A_SHAPE, float32)
-        a_lo = cuda.shared.array(A_SHAPE, float32)
-        b_hi = cuda.shared.array(B_SHAPE, float32)
-        b_lo = cuda.shared.array(B_SHAPE, float32)
+        a_hi = cuda.shared.array(A_SHARED, float32, alignment=SHARED_ALIGN)
+        a_lo = cuda.shared.array(A_SHARED, float32, alignment=SHARED_ALIGN)
+        b_hi = cuda.shared.array(B_SHARED, float32, alignment=SHARED_ALIGN)
+        b_lo = cuda.shared.array(B_SHARED, float32, alignment=SHARED_ALIGN)
         a_next = cuda.local.array(A_LOADS, float32)  # the next K slice, in flight while this one is computed
         b_next = cuda.local.array(B_LOADS, float32)
         acc = cuda.local.array((MI, NI, 4), float32)
@@ -140,6 +178,26 @@ def matmul_3xtf32_kernel(
         m0 = cuda.blockIdx.y * BM
         n0 = cuda.blockIdx.x * BN
         interior = m0 + BM <= M and n0 + BN <= N  # no bounds checks but on a last, partial K slice
+
+        # Per-thread staging geometry, fixed for the whole K loop: for load l the element is
+        #   K-contiguous: row (tid // BK + l * RP), k (tid % BK);  stored at ks + l * RP * 8
+        #   M/N-contiguous: column c, k row r (see A_PASS / A_PER);  stored at r * PITCH + _perm32(c)
+        # (the position helpers _perm8 / _perm32, written out: Numba would need a GPU to compile a call)
+        kc = tid % BK
+        k_row = tid // BK
+        k_perm = ((kc & 3) << 1) | ((kc >> 2) & 1)  # _perm8(kc % 8)
+        ks_pos = (kc >> 3) * A_PITCH + k_row * 8 + k_perm  # A's store position when K-contiguous
+        kb_pos = (kc >> 3) * B_PITCH + k_row * 8 + k_perm
+        a_col = tid % BM if A_PASS else tid  # A's column (M) when M-contiguous, first pass
+        a_kr = tid // BM if A_PASS else 0
+        b_col = tid % BN if B_PASS else tid
+        b_kr = tid // BN if B_PASS else 0
+        a_pos = a_kr * A_PITCH + ((a_col & ~31) | ((a_col & 7) << 2) | ((a_col >> 3) & 3))  # _perm32(a_col)
+        b_pos = b_kr * B_PITCH + ((b_col & ~31) | ((b_col & 7) << 2) | ((b_col >> 3) & 3))
+        # fragment read positions (stage 0, k step 0): see shared_layout and mma.py's lane layout
+        fa_pos = (wm0 + g) * 8 + 2 * t if A_KC else t * A_PITCH + wm0 + 4 * g
+        fb_pos = (wn0 + g) * 8 + 2 * t if B_KC else t * B_PITCH + wn0 + 4 * g
+
         for i in range(MI):
             for j in range(NI):
                 acc[i, j, 0] = acc[i, j, 1] = acc[i, j, 2] = acc[i, j, 3] = float32(0.0)
@@ -147,23 +205,23 @@ def matmul_3xtf32_kernel(
         def fetch(k0):  # global -> registers: the K slice at k0 (zero outside the matrices); Numba inlines it
             checked = not interior or k0 + BK > k_stop
             for load in range(A_LOADS):
-                e = tid + load * THREADS
-                if A_T:
-                    m, k = e % BM, e // BM
+                if A_KC:
+                    gm, gk = m0 + k_row + load * RP, k0 + kc
+                elif A_PASS:
+                    gm, gk = m0 + a_col, k0 + a_kr + load * A_PASS
                 else:
-                    k, m = e % BK, e // BK
-                gm, gk = m0 + m, k0 + k
+                    gm, gk = m0 + a_col + (load % A_PER) * THREADS, k0 + load // A_PER
                 value = float32(0.0)
                 if not checked or (gm < M and gk < k_stop):
                     value = a[gk * M + gm] if A_T else a[gm * K + gk]
                 a_next[load] = value
             for load in range(B_LOADS):
-                e = tid + load * THREADS
-                if B_T:
-                    k, n = e % BK, e // BK
+                if B_KC:
+                    gn, gk = n0 + k_row + load * RP, k0 + kc
+                elif B_PASS:
+                    gn, gk = n0 + b_col, k0 + b_kr + load * B_PASS
                 else:
-                    n, k = e % BN, e // BN
-                gn, gk = n0 + n, k0 + k
+                    gn, gk = n0 + b_col + (load % B_PER) * THREADS, k0 + load // B_PER
                 value = float32(0.0)
                 if not checked or (gn < N and gk < k_stop):
                     value = b[gn * K + gk] if B_T else b[gk * N + gn]
@@ -171,27 +229,27 @@ def matmul_3xtf32_kernel(
 
         def stage(s):  # registers -> shared stage s, split into TF32 hi and lo; Numba inlines it
             for load in range(A_LOADS):
-                e = tid + load * THREADS
+                if A_KC:
+                    p = s * A_STAGE + ks_pos + load * (RP * 8)
+                elif A_PASS:
+                    p = s * A_STAGE + a_pos + load * (A_PASS * A_PITCH)
+                else:
+                    p = s * A_STAGE + a_pos + (load // A_PER) * A_PITCH + (load % A_PER) * THREADS
                 x = a_next[load]
                 hi = tf32_round(x)
-                lo = tf32_round(x - hi)
-                if A_T:
-                    a_hi[s, e // BM, e % BM] = hi
-                    a_lo[s, e // BM, e % BM] = lo
-                else:
-                    a_hi[s, e // BK, e % BK] = hi
-                    a_lo[s, e // BK, e % BK] = lo
+                a_hi[p] = hi
+                a_lo[p] = tf32_round(x - hi)
             for load in range(B_LOADS):
-                e = tid + load * THREADS
+                if B_KC:
+                    p = s * B_STAGE + kb_pos + load * (RP * 8)
+                elif B_PASS:
+                    p = s * B_STAGE + b_pos + load * (B_PASS * B_PITCH)
+                else:
+                    p = s * B_STAGE + b_pos + (load // B_PER) * B_PITCH + (load % B_PER) * THREADS
                 x = b_next[load]
                 hi = tf32_round(x)
-                lo = tf32_round(x - hi)
-                if B_T:
-                    b_hi[s, e // BK, e % BK] = hi
-                    b_lo[s, e // BK, e % BK] = lo
-                else:
-                    b_hi[s, e // BN, e % BN] = hi
-                    b_lo[s, e // BN, e % BN] = lo
+                b_hi[p] = hi
+                b_lo[p] = tf32_round(x - hi)
 
         n_steps = (k_stop - k_start + BK - 1) // BK
         if n_steps > 0:
@@ -203,29 +261,41 @@ def matmul_3xtf32_kernel(
             more = step + 1 < n_steps
             if more:  # the next slice's global loads are in flight while the tensor cores work on this one
                 fetch(k_start + (step + 1) * BK)
+            pa = s * A_STAGE + fa_pos
+            pb = s * B_STAGE + fb_pos
 
             # ---- the slice on the tensor cores: 8-wide k steps
             for kk in range(0, BK, 8):
-                for i in range(MI):
-                    r = wm0 + i * 16 + g
-                    if A_T:
-                        fa_hi[i, 0], fa_lo[i, 0] = a_hi[s, kk + t, r], a_lo[s, kk + t, r]
-                        fa_hi[i, 1], fa_lo[i, 1] = a_hi[s, kk + t, r + 8], a_lo[s, kk + t, r + 8]
-                        fa_hi[i, 2], fa_lo[i, 2] = a_hi[s, kk + t + 4, r], a_lo[s, kk + t + 4, r]
-                        fa_hi[i, 3], fa_lo[i, 3] = a_hi[s, kk + t + 4, r + 8], a_lo[s, kk + t + 4, r + 8]
-                    else:
-                        fa_hi[i, 0], fa_lo[i, 0] = a_hi[s, r, kk + t], a_lo[s, r, kk + t]
-                        fa_hi[i, 1], fa_lo[i, 1] = a_hi[s, r + 8, kk + t], a_lo[s, r + 8, kk + t]
-                        fa_hi[i, 2], fa_lo[i, 2] = a_hi[s, r, kk + t + 4], a_lo[s, r, kk + t + 4]
-                        fa_hi[i, 3], fa_lo[i, 3] = a_hi[s, r + 8, kk + t + 4], a_lo[s, r + 8, kk + t + 4]
-                for j in range(NI):
-                    c = wn0 + j * 8 + g
-                    if B_T:
-                        fb_hi[j, 0], fb_lo[j, 0] = b_hi[s, c, kk + t], b_lo[s, c, kk + t]
-                        fb_hi[j, 1], fb_lo[j, 1] = b_hi[s, c, kk + t + 4], b_lo[s, c, kk + t + 4]
-                    else:
-                        fb_hi[j, 0], fb_lo[j, 0] = b_hi[s, kk + t, c], b_lo[s, kk + t, c]
-                        fb_hi[j, 1], fb_lo[j, 1] = b_hi[s, kk + t + 4, c], b_lo[s, kk + t + 4, c]
+                if A_KC:  # one 8-byte read per (row, k pair): (a0, a2) at row g, (a1, a3) at row g + 8
+                    for i in range(MI):
+                        p = pa + (kk // 8) * A_PITCH + i * 128
+                        fa_hi[i, 0], fa_hi[i, 2] = load_f32x2(a_hi, p)
+                        fa_lo[i, 0], fa_lo[i, 2] = load_f32x2(a_lo, p)
+                        fa_hi[i, 1], fa_hi[i, 3] = load_f32x2(a_hi, p + 64)
+                        fa_lo[i, 1], fa_lo[i, 3] = load_f32x2(a_lo, p + 64)
+                else:  # one 16-byte read per k row (t, t + 4) and pair of MI: rows g, g + 8 of both
+                    for i2 in range(MI // 2):
+                        p = pa + kk * A_PITCH + i2 * 32
+                        i = 2 * i2
+                        fa_hi[i, 0], fa_hi[i, 1], fa_hi[i + 1, 0], fa_hi[i + 1, 1] = load_f32x4(a_hi, p)
+                        fa_lo[i, 0], fa_lo[i, 1], fa_lo[i + 1, 0], fa_lo[i + 1, 1] = load_f32x4(a_lo, p)
+                        q = p + 4 * A_PITCH
+                        fa_hi[i, 2], fa_hi[i, 3], fa_hi[i + 1, 2], fa_hi[i + 1, 3] = load_f32x4(a_hi, q)
+                        fa_lo[i, 2], fa_lo[i, 3], fa_lo[i + 1, 2], fa_lo[i + 1, 3] = load_f32x4(a_lo, q)
+                if B_KC:  # (b0, b1) of column g: one 8-byte read
+                    for j in range(NI):
+                        p = pb + (kk // 8) * B_PITCH + j * 64
+                        fb_hi[j, 0], fb_hi[j, 1] = load_f32x2(b_hi, p)
+                        fb_lo[j, 0], fb_lo[j, 1] = load_f32x2(b_lo, p)
+                else:  # b0 of four NI at k row t: one 16-byte read; b1 at row t + 4
+                    for j4 in range(NI // 4):
+                        p = pb + kk * B_PITCH + j4 * 32
+                        j = 4 * j4
+                        fb_hi[j, 0], fb_hi[j + 1, 0], fb_hi[j + 2, 0], fb_hi[j + 3, 0] = load_f32x4(b_hi, p)
+                        fb_lo[j, 0], fb_lo[j + 1, 0], fb_lo[j + 2, 0], fb_lo[j + 3, 0] = load_f32x4(b_lo, p)
+                        q = p + 4 * B_PITCH
+                        fb_hi[j, 1], fb_hi[j + 1, 1], fb_hi[j + 2, 1], fb_hi[j + 3, 1] = load_f32x4(b_hi, q)
+                        fb_lo[j, 1], fb_lo[j + 1, 1], fb_lo[j + 2, 1], fb_lo[j + 3, 1] = load_f32x4(b_lo, q)
                 for i in range(MI):
                     for j in range(NI):
                         if CHAINED:
