@@ -511,7 +511,7 @@ def git_info(source: Path, ref: str | None = None) -> tuple[str, bool]:
             return commit, False
         dirty = bool(
             subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
+                ["git", "status", "--porcelain"],  # untracked files count: the copy holds them too
                 cwd=source,
                 capture_output=True,
                 text=True,
@@ -519,6 +519,8 @@ def git_info(source: Path, ref: str | None = None) -> tuple[str, bool]:
             ).stdout.strip()
         )
     except (OSError, subprocess.CalledProcessError):
+        if ref is not None:
+            raise MutantError(f"--ref {ref}: not a commit of {source}") from None
         return "unknown", True
     return commit, dirty
 
@@ -576,6 +578,8 @@ def write_report(
 
 def run(mutants: list[Mutant], source: Path, out: Path | None, ref: str | None = None, keep: bool = False) -> int:
     t0 = time.perf_counter()
+    if ref is not None:  # pin the commit now: a branch may move while the mutants run
+        ref = git_info(source, ref)[0]
     work = Path(tempfile.mkdtemp(prefix="gpt2-mutation-"))
     root = work / "repo"
     try:
