@@ -32,10 +32,11 @@ so that a lane gets two or four of its fragment values with one instruction. The
 that i is a multiple of 2 / 4 and that the array is 16-byte aligned (``cuda.shared.array(...,
 alignment=16)``): the load asserts that alignment to the compiler, and a misaligned address faults.
 
-In the CUDA simulator (CI) all helpers are Python (the loads are plain reads); `tf32_round` rounds the bits with NumPy, and
-`mma_tf32_m16n8k8` has each of the warp's 32 simulated threads publish its fragment in a per-block
-buffer, wait at a barrier, rebuild A, B and C, compute its own four outputs, and wait again (two
-barriers per call, every thread of the block must call it; blocks are whole warps).
+In the CUDA simulator (CI) all helpers are Python (the loads are plain reads that check the index
+rule); `tf32_round` rounds the bits with NumPy, and `mma_tf32_m16n8k8` has each of the warp's 32
+simulated threads publish its fragment in a per-block buffer, wait at a barrier, rebuild A, B and
+C, compute its own four outputs, and wait again (two barriers per call, every thread of the block
+must call it; blocks are whole warps).
 """
 
 from __future__ import annotations

@@ -207,10 +207,12 @@ def gpu_run(args) -> dict:
         result["shapes"].append(row)
         with open(args.out, "w") as f:  # after every shape: a run cut short keeps what it measured
             json.dump(result, f, indent=1)
+        nan = dict(max_rel=float("nan"))
         print(
             f"{name:18s} {layout} {M:6d}x{N:6d}x{K:6d}  err max 3x {row['3xtf32_separate']['max_rel']:.1e} "
-            f"f32 {row.get('numba_fp32', {}).get('max_rel', float('nan')):.1e} cuBLAS {row['torch_fp32']['max_rel']:.1e} "
-            f"tf32 {row['torch_tf32']['max_rel']:.1e} | us 3x {row['us_3xtf32']:.0f} f32 {row.get('us_numba_fp32', float('nan')):.0f} "
+            f"f32 {row.get('numba_fp32', nan)['max_rel']:.1e} cuBLAS {row['torch_fp32']['max_rel']:.1e} "
+            f"tf32 {row['torch_tf32']['max_rel']:.1e} | us 3x {row['us_3xtf32']:.0f} "
+            f"f32 {row.get('us_numba_fp32', nan['max_rel']):.0f} "
             f"cuBLAS {row['us_torch_fp32']:.0f} tf32 {row['us_torch_tf32']:.0f}",
             flush=True,
         )
