@@ -5,8 +5,9 @@
 #
 #   OUT=/some/folder GPT2_GIT_COMMIT=<commit> GPT2_GIT_DIRTY=<0|1> bash scripts/gpu_provenance_run.sh
 #
-# GPT2_GIT_COMMIT / GPT2_GIT_DIRTY: the commit the working tree was copied from, for machines that get
-# the tree without .git (inside a git checkout they are not needed: git answers).
+# GPT2_GIT_COMMIT / GPT2_GIT_DIRTY: the commit the working tree was copied from (`git rev-parse HEAD` and
+# whether `git status --porcelain --untracked-files=no` printed anything, on the machine it was copied
+# from). They take precedence over a .git the copy may carry, which can be older than its files.
 # Tiny Shakespeare and the GPT-2 tokenizer are found through GPT2_SHARED_DIR (or ../shared); without
 # them the cases that read them are skipped (with the reason, in the JSON) and the throughput run
 # trains on uniformly random token ids (same speed; the JSON's settings.data says which).
@@ -33,7 +34,8 @@ echo "GPU backends: $GPU_BACKENDS"
 status=0
 
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || echo "nvidia-smi failed" >> "$OUT/nvidia-smi.txt"
-"$PY" -m weights.provenance | tee -a "$OUT/nvidia-smi.txt" | grep -E '"commit"|"dirty"|"gpus"' -A1 | head -8
+[[ -n "${GPT2_GIT_COMMIT:-}" ]] || echo "warning: GPT2_GIT_COMMIT is not set; the results record what git says here"
+"$PY" -m weights.provenance | tee -a "$OUT/nvidia-smi.txt" | grep -E '"commit"|"dirty"|"source"|"gpus"' -A1 | head -10
 
 # 1. Ceiling spread on the GPU: the CI-sized cases (several seeds), then the full 124M shape.
 timeout "${SPREAD_SMALL_S:-180}" "$PY" -m conformance.spread --backends "$GPU_BACKENDS" --seeds 3 \

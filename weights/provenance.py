@@ -17,9 +17,10 @@ by which command:
                 "cuda_driver": "580.159.04", "cuda_runtime": "13.0", "numba_cuda_simulator": false},
      "host": {"hostname": "...", "os": "Linux-6.8...", "machine": "x86_64"}}
 
-Where the code runs from a copy without `.git` (a GPU machine given only the working tree), the
-commit comes from the environment: GPT2_GIT_COMMIT (and GPT2_GIT_DIRTY=0/1), with
-"source": "environment"; without either, commit is None and "source" says why. The record never
+Where the code runs from a copy of the working tree (a GPU machine), its `.git`, if any, may be
+older than the files beside it; whoever copied the tree then says which commit it is:
+GPT2_GIT_COMMIT (and GPT2_GIT_DIRTY=0/1) take precedence over git, with "source": "environment".
+Without either, commit is None and "source" says why. The record never
 fails: a missing library or tool is written as None, so a results file can always be written.
 """
 
@@ -66,19 +67,19 @@ def git_state(repo: Path | str = PROJECT_ROOT) -> dict:
     """
     repo = Path(repo)
     commit = _run(["git", "rev-parse", "HEAD"], cwd=repo)
-    if commit:
-        status = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo)
-        changed = sorted(line[3:] for line in (status or "").splitlines() if line.strip())
-        return {"commit": commit, "dirty": bool(changed), "changed_files": changed, "source": "git"}
     env_commit = os.environ.get("GPT2_GIT_COMMIT", "").strip()
-    if env_commit:
+    if env_commit:  # said by whoever copied the tree here; a copied .git may be older than the tree
         dirty = os.environ.get("GPT2_GIT_DIRTY", "").strip()
         return {
             "commit": env_commit,
             "dirty": None if dirty == "" else dirty not in ("0", "false", "no"),
             "changed_files": None,
-            "source": "environment (GPT2_GIT_COMMIT): no git checkout here",
+            "source": f"environment (GPT2_GIT_COMMIT); git here says {commit or 'nothing'}",
         }
+    if commit:
+        status = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo)
+        changed = sorted(line[3:] for line in (status or "").splitlines() if line.strip())
+        return {"commit": commit, "dirty": bool(changed), "changed_files": changed, "source": "git"}
     return {
         "commit": None,
         "dirty": None,

@@ -17,6 +17,12 @@ def _git(repo, *args):
     return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
 
 
+@pytest.fixture(autouse=True)
+def _no_commit_from_the_shell(monkeypatch):
+    monkeypatch.delenv("GPT2_GIT_COMMIT", raising=False)
+    monkeypatch.delenv("GPT2_GIT_DIRTY", raising=False)
+
+
 @pytest.fixture
 def repo(tmp_path):
     _git(tmp_path, "init", "-q")
@@ -57,6 +63,15 @@ def test_without_git_the_commit_comes_from_the_environment(tmp_path, monkeypatch
     monkeypatch.setenv("GPT2_GIT_DIRTY", "1")
     state = git_state(tmp_path)
     assert state["commit"] == "0123abcd" and state["dirty"] is True and state["source"].startswith("environment")
+
+
+def test_the_environment_overrides_a_copied_git_directory(repo, monkeypatch):
+    """A tree copied to another machine may carry an older .git: the copier's word wins."""
+    monkeypatch.setenv("GPT2_GIT_COMMIT", "feedface")
+    monkeypatch.setenv("GPT2_GIT_DIRTY", "0")
+    state = git_state(repo)
+    assert state["commit"] == "feedface" and state["dirty"] is False
+    assert _git(repo, "rev-parse", "HEAD") in state["source"]
 
 
 def test_without_git_or_environment_the_commit_is_unknown_and_says_why(tmp_path, monkeypatch):
