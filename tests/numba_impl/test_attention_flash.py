@@ -158,3 +158,18 @@ def test_gpu_flash_tiles_fit_static_shared_memory(monkeypatch):
         assert attention.flash_shared_bytes(hs, fwd, "forward") <= attention.FLASH_STATIC_SHARED
         for name in ("dq", "dkv"):
             assert attention.flash_shared_bytes(hs, bwd, name) <= attention.FLASH_STATIC_SHARED
+    # the defaults load shared memory 16 bytes at a time; the backward stays the deterministic two passes
+    assert attention.flash_tiles(64)[0].vec and attention.flash_tiles(64)[1].vec
+    assert not attention.flash_tiles(64)[1].fused
+    assert not attention.flash_tiles(80)[0].vec  # HS = 80: 10 columns per lane, no runs of 4
+
+
+def test_fitting_a_fused_backward_keeps_its_tiles_square(monkeypatch):
+    monkeypatch.setattr(attention, "SIMULATOR", False)
+    fused = FlashTiles(warps=4, lanes=8, rt=2, ct=4, vec=True, fused=True)
+    assert attention.fit_flash_tiles(64, fused, ("dq", "dkv")) == fused  # 48,896 bytes: fits as it is
+    for hs in (80, 128):
+        fitted = attention.fit_flash_tiles(hs, fused, ("dq", "dkv"))
+        assert fitted.rows == fitted.cols or not fitted.fused
+        assert max(attention.flash_shared_bytes(hs, fitted, n) for n in ("dq", "dkv")) <= attention.FLASH_STATIC_SHARED
+        attention.flash_kernels(hs, backward_tiles=fitted)  # accepted by the launcher's checks
