@@ -166,6 +166,27 @@ def derive(results_dir: Path = RESULTS) -> dict:
     }
 
 
+def derivation_markdown(derived: dict) -> str:
+    """The derivation as docs/conformance.md shows it: per check, worst value (where) and ceiling per precision."""
+
+    def cell(d):
+        if d["worst"] is None:
+            return "not measured", "reported"
+        ceiling = "> 1: reported" if d["ceiling"] is None else f"{d['ceiling']:g}"
+        return f"{d['worst']:.2g} ({d['where']})", ceiling
+
+    lines = [
+        f"| check | float32: worst measured (where) | × {F} → ceiling "
+        f"| bf16: worst measured (where) | × {F} → ceiling |",
+        "|---|---|---|---|---|",
+    ]
+    for check in CHECKS:
+        f32 = cell(derived["ceilings"].get("fp32", {}).get(check, {"worst": None}))
+        b16 = cell(derived["ceilings"].get("bf16", {}).get(check, {"worst": None}))
+        lines.append(f"| {check} | {f32[0]} | {f32[1]} | {b16[0]} | {b16[1]} |")
+    return "\n".join(lines)
+
+
 def differences(derived: dict) -> list[str]:
     """Where conformance/tolerances.py says something else than the rule."""
     out = []
@@ -239,6 +260,7 @@ def main(argv=None) -> int:
         derived = derive()
         if args.derive:
             print(json.dumps(derived, indent=1))
+            print(derivation_markdown(derived))
         diffs = differences(derived)
         for d in diffs:
             print(f"differs: {d}")
