@@ -2,8 +2,8 @@
 
 Tolerances. Two runs that sum the same gradients in a different order (accumulation, DDP)
 differ by float32 rounding: losses and gradient norms by a few ulp (checked at 1e-6 and 1e-5
-relative). Parameters are compared in the l2 sense over the whole model at PARAMS_L2 = 1e-5, set
-by the ceiling rule of conformance/tolerances.py (worst measured x 10, rounded up to 1-2-5) from
+relative). Parameters are compared in the l2 sense over the whole model at PARAMS_L2 = 5e-6, set
+by the ceiling rule of conformance/tolerances.py (worst measured x 5, rounded up to 1-2-5) from
 the values these two tests measured on a 2-core CPU: 7.2e-7 (accumulation) and 5.1e-7 (DDP).
 Why l2 and not element-wise: AdamW divides by sqrt(v), so a
 coordinate whose true gradient is zero (GPT-2's key bias: softmax ignores a constant added to
@@ -32,7 +32,7 @@ from torch_impl.checkpoint import latest_checkpoint, load_checkpoint
 from torch_impl.train import NonFiniteError, TrainConfig, flops_per_token, parse_args, train
 
 REPO = weights.paths.PROJECT_ROOT
-PARAMS_L2 = 1e-5  # the module docstring says where this number comes from
+PARAMS_L2 = 5e-6  # the module docstring says where this number comes from
 
 
 def _load_params(folder) -> dict:
