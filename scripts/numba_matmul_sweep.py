@@ -10,10 +10,11 @@ Sections, each written to OUT.json as soon as it is done (a run cut short keeps 
                shapes (none a multiple of a tile), outputs poisoned with NaN first;
                max|d| / max|ref| must be <= 1e-5 (float32 sums of <= ~1,100 terms in another order)
   head         dlnf = dlogits @ wte (K = 50,257) against float64 (torch on the GPU): fast with
-               k_chunk=1024 (what the model runs), fast without chunks, cuBLAS float32
+               k_chunk=1024 (what the model runs), as slices of 1,024 terms, without chunks; cuBLAS float32
   timing       every matmul of GPT-2 124M at B*T = 4096 (forward NN, backward NT and TN, the head):
-               fast (default: `fast_config`, vector loads, FAST_UNROLL) vs torch.matmul float32 vs
-               the same kernel with scalar loads and no unrolling at the previous tuned configuration
+               fast (`fast_config`'s tile, splits and unroll, vector loads where aligned) vs torch.matmul
+               float32 vs the same kernel with scalar loads and no unrolling at the previous tuned
+               configuration
   sweep        tile shapes x split-K x unroll per shape (the defaults come from here)
   model        NumbaGPT2 forward+backward at 124M, B=4, T=1024 (only with --model)
 --previous FILE copies an earlier run's timing rows into OUT.json (key "previous_run"), with that
@@ -62,7 +63,8 @@ SHAPES = [
 ]
 HEAD_K_CHUNK = 1024
 TILES = [(128, 128, 16, 8, 8), (128, 128, 8, 8, 8), (128, 64, 16, 8, 8), (128, 64, 8, 8, 8)]
-UNROLLS = (1, 2)  # swept on the 128x128x16 tile besides the default FAST_UNROLL
+SWEEP_UNROLL = 4  # every tile is swept at this unroll of the k loop ...
+UNROLLS = (1, 2)  # ... and the 128x128x16 tile also at these
 # The tuned (tile, splits) of the previous kernel (scalar global loads, k loop not unrolled), from the
 # sweep of commit b2de8fd: the reference configuration timed beside today's default.
 PREVIOUS_TUNED = {
@@ -248,11 +250,11 @@ def section_timing(res):
         ta, tb, op_a, op_b = operands(M, N, K, layout)
         a, b, out, dbias = nb(ta), nb(tb), nb(torch.empty(M, N, device="cuda")), nb(torch.zeros(N, device="cuda"))
         kc = HEAD_K_CHUNK if name == "head dlnf" else None
-        tile, splits = mm.fast_config(M, N, K, layout)
+        tile, splits, unroll = mm.fast_config(M, N, K, layout)
         fast = lambda: mm.matmul(out, a, b, M, N, K, layout, k_chunk=kc)  # noqa: B023
         t_fast = time_numba(fast)
         row = {"name": name, "M": M, "N": N, "K": K, "layout": layout, "tile": tile, "splits": splits,
-               "unroll": mm.FAST_UNROLL, "vector_loads_a_b": mm.vec_ok(layout, a, b, M, N, K), "k_chunk": kc,
+               "unroll": unroll, "vector_loads_a_b": mm.vec_ok(layout, a, b, M, N, K), "k_chunk": kc,
                "fast_ms": t_fast}  # fmt: skip
         if layout == "TN" and name != "head dwte":  # the model's weight gradient also sums the bias gradient
             row["fast_with_dbias_ms"] = time_numba(
@@ -280,8 +282,8 @@ def section_sweep(res, deadline, save_partial):
         data[name] = (nb(ta), nb(tb), nb(torch.empty(M, N, device="cuda")), (ta, tb))
     # (tile, unroll, vector loads): every tile at the defaults, then one tile with each other unroll and
     # with scalar loads (what each of the two changes is worth on its own)
-    variants = [(tile, mm.FAST_UNROLL, None) for tile in TILES] + [(TILES[0], u, None) for u in UNROLLS]
-    variants.append((TILES[0], mm.FAST_UNROLL, False))
+    variants = [(tile, SWEEP_UNROLL, None) for tile in TILES] + [(TILES[0], u, None) for u in UNROLLS]
+    variants.append((TILES[0], SWEEP_UNROLL, False))
     for tile, unroll, vec in variants:  # variant-major: a run cut short still has whole variants over every shape
         for name, M, N, K, layout in SHAPES:
             a, b, out, _ = data[name]

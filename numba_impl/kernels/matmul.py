@@ -214,27 +214,30 @@ FAST_TILE_NARROW = (128, 64, 16, 8, 8)  # 128 threads, for outputs with few 128x
 FAST_SIM_TILE = (8, 8, 4, 4, 4)
 SMS = 132  # H100 SXM and H200 multiprocessors; only used to judge waves of tiles
 MIN_SPLIT_K = 512  # a split-K slice sums at least this many terms
-FAST_UNROLL = 4  # k per iteration of the k loop over a shared slice (see `fast_matmul_kernel`)
+FAST_UNROLL = 2  # k per iteration of the k loop (`fast_matmul_kernel`): 2 beat 4 and 1 at 128x128x16 on every
+# GPT-2 product in the H200 sweep (docs/results/numba-matmul-sweep-h200.json)
 
-# (tile, split-K) per product of a GPT-2 124M step at B*T = 4096: the fastest of the sweep in
-# docs/results/numba-matmul-sweep-h200.json (5 tiles x 1/2/4 slices, H200; the time in each comment).
-# Other shapes take the rule in `fast_tile` / `split_k`.
+# (tile, split-K, unroll) per product of a GPT-2 124M step at B*T = 4096: the fastest of the sweep in
+# docs/results/numba-matmul-sweep-h200.json (4 tiles x 1/2/4/8 slices at unroll 4, the 128x128x16 tile
+# also at unroll 1 and 2; H200; the time in each comment). Other shapes take the rules in `fast_tile`
+# / `split_k` and FAST_UNROLL. The head's backward runs as 50 slices of <= 1,024 terms (its k_chunk):
+# the 125-register kernel and a 629 MB workspace instead of the 203-register chunked kernel.
 TUNED = {
-    (4096, 2304, 768, "NN"): ((128, 64, 16, 8, 8), 1),  # fwd qkv: 0.589 ms
-    (4096, 768, 768, "NN"): ((128, 64, 16, 8, 8), 1),  # fwd attn_proj: 0.216 ms
-    (4096, 3072, 768, "NN"): ((128, 128, 8, 8, 8), 1),  # fwd fc: 0.760 ms
-    (4096, 768, 3072, "NN"): ((128, 128, 8, 8, 8), 4),  # fwd mlp_proj: 0.750 ms
-    (4096, 768, 2304, "NT"): ((128, 128, 16, 8, 8), 2),  # bwd dx qkv: 0.547 ms
-    (4096, 768, 768, "NT"): ((128, 64, 16, 8, 8), 1),  # bwd dx attn_proj: 0.217 ms
-    (4096, 768, 3072, "NT"): ((128, 128, 16, 8, 8), 2),  # bwd dx fc: 0.709 ms
-    (4096, 3072, 768, "NT"): ((128, 128, 16, 8, 8), 1),  # bwd dx mlp_proj: 0.688 ms
-    (768, 2304, 4096, "TN"): ((128, 128, 16, 8, 8), 2),  # bwd dw qkv: 0.606 ms
-    (768, 768, 4096, "TN"): ((128, 64, 8, 8, 8), 4),  # bwd dw attn_proj: 0.271 ms
-    (768, 3072, 4096, "TN"): ((128, 128, 16, 8, 8), 4),  # bwd dw fc: 0.780 ms
-    (3072, 768, 4096, "TN"): ((128, 128, 16, 8, 8), 4),  # bwd dw mlp_proj: 0.780 ms
-    (4096, 50257, 768, "NT"): ((128, 128, 16, 8, 8), 1),  # head logits: 10.547 ms
-    (4096, 768, 50257, "NN"): ((128, 128, 16, 8, 8), 4),  # head dlnf (k_chunk=1024): 12.706 ms
-    (50257, 768, 4096, "TN"): ((128, 128, 16, 8, 8), 1),  # head dwte: 10.172 ms
+    (4096, 2304, 768, "NN"): ((128, 64, 16, 8, 8), 1, 4),  # fwd qkv: 0.430 ms
+    (4096, 768, 768, "NN"): ((128, 64, 16, 8, 8), 1, 4),  # fwd attn_proj: 0.160 ms
+    (4096, 3072, 768, "NN"): ((128, 128, 16, 8, 8), 1, 2),  # fwd fc: 0.543 ms
+    (4096, 768, 3072, "NN"): ((128, 64, 16, 8, 8), 1, 4),  # fwd mlp_proj: 0.545 ms
+    (4096, 768, 2304, "NT"): ((128, 64, 16, 8, 8), 1, 4),  # bwd dx qkv: 0.427 ms
+    (4096, 768, 768, "NT"): ((128, 64, 16, 8, 8), 1, 4),  # bwd dx attn_proj: 0.163 ms
+    (4096, 768, 3072, "NT"): ((128, 64, 16, 8, 8), 1, 4),  # bwd dx fc: 0.558 ms
+    (4096, 3072, 768, "NT"): ((128, 128, 16, 8, 8), 1, 2),  # bwd dx mlp_proj: 0.553 ms
+    (768, 2304, 4096, "TN"): ((128, 128, 16, 8, 8), 8, 2),  # bwd dw qkv: 0.452 ms
+    (768, 768, 4096, "TN"): ((128, 64, 16, 8, 8), 8, 4),  # bwd dw attn_proj: 0.190 ms
+    (768, 3072, 4096, "TN"): ((128, 128, 16, 8, 8), 4, 2),  # bwd dw fc: 0.602 ms
+    (3072, 768, 4096, "TN"): ((128, 128, 16, 8, 8), 4, 2),  # bwd dw mlp_proj: 0.603 ms
+    (4096, 50257, 768, "NT"): ((128, 128, 16, 8, 8), 1, 2),  # head logits: 8.322 ms
+    (4096, 768, 50257, "NN"): ((128, 128, 16, 8, 8), 50, 2),  # head dlnf (k_chunk=1024): 8.593 ms
+    (50257, 768, 4096, "TN"): ((128, 128, 16, 8, 8), 1, 2),  # head dwte: 8.326 ms
 }
 
 
@@ -257,12 +260,12 @@ def split_k(M: int, N: int, K: int, tile: tuple) -> int:
     return max(1, min(ceil_div(2 * SMS, blocks), K // MIN_SPLIT_K))
 
 
-def fast_config(M: int, N: int, K: int, layout: str) -> tuple[tuple, int]:
-    """(tile, splits) of the fast kernel for one product: the measured best (`TUNED`), else the rules."""
+def fast_config(M: int, N: int, K: int, layout: str) -> tuple[tuple, int, int]:
+    """(tile, splits, unroll) of the fast kernel for one product: the measured best (`TUNED`), else the rules."""
     if not SIMULATOR and (M, N, K, layout) in TUNED:
         return TUNED[(M, N, K, layout)]
     tile = fast_tile(M, N, layout)
-    return tile, split_k(M, N, K, tile)
+    return tile, split_k(M, N, K, tile), FAST_UNROLL
 
 
 @device
@@ -616,7 +619,7 @@ def matmul(out, a, b, M, N, K, layout="NN", bias=None, accumulate=False, naive=F
     With k_chunk, slices of <= k_chunk terms need no chunks in registers (a kernel with half the
     accumulators), at the price of a workspace of splits * M * N floats.
     vec (fast kernel): 16-byte global loads; None (default) = for each operand `vec_ok` allows, False = never.
-    unroll (fast kernel): k per iteration of the inner loop (1, 2 or 4; default FAST_UNROLL).
+    unroll (fast kernel): k per iteration of the inner loop (1, 2 or 4; default `fast_config`).
     k_chunk: keep each float32 running sum to at most this many terms of K. Each output is otherwise
     one float32 register summed over all of K, whose rounding error grows like sqrt(K) * eps: at
     K = 50,257 (the head's backward, dlnf = dlogits @ wte) that is ~1e-5 relative, above the project's
@@ -668,8 +671,9 @@ def vec_ok(layout: str, a, b, M: int, N: int, K: int) -> tuple[bool, bool]:
 def _matmul_fast(out, a, b, M, N, K, layout, bias, has_bias, accumulate, tile, k_chunk, splits, epilogue, out2,
                  extra, dbias, vec=None, unroll=None):  # fmt: skip
     if tile is None:
-        tile, tuned_splits = fast_config(M, N, K, layout)
+        tile, tuned_splits, tuned_unroll = fast_config(M, N, K, layout)
         splits = tuned_splits if splits is None else splits
+        unroll = tuned_unroll if unroll is None else unroll
     BM, BN, BK, TM, TN = tile
     kc = ceil_div(int(k_chunk), BK) * BK if k_chunk else 0
     splits = max(1, int(splits if splits is not None else split_k(M, N, K, (BM, BN))))

@@ -187,17 +187,20 @@ def test_gpu_tile_and_split_choices(monkeypatch):
     each a valid fast-kernel configuration; other shapes take the rules: 128x128 tiles with >= 2
     waves of them, else 128x64; split-K only when even those make < 2 waves, slices >= MIN_SPLIT_K."""
     monkeypatch.setattr(matmul, "SIMULATOR", False)
-    for (M, N, K, layout), (tile, splits) in matmul.TUNED.items():
-        assert matmul.fast_config(M, N, K, layout) == (tile, splits)
-        assert splits >= 1 and len(tile) == 5
-    assert matmul.fast_config(4096, 768, 50257, "NN") == ((128, 128, 16, 8, 8), 4)  # the head's backward
-    assert matmul.fast_config(2048, 3072, 768, "NN") == (matmul.FAST_TILE, 1)  # 16 x 24 = 384 tiles
-    assert matmul.fast_config(2048, 768, 768, "NN") == (matmul.FAST_TILE_NARROW, 1)  # 192 of 128x64
+    for (M, N, K, layout), (tile, splits, unroll) in matmul.TUNED.items():
+        assert matmul.fast_config(M, N, K, layout) == (tile, splits, unroll)
+        assert splits >= 1 and len(tile) == 5 and unroll in (1, 2, 4)
+    # the head's backward: slices of <= 1,024 terms (its k_chunk), so no chunks in registers
+    tile, splits, _ = matmul.fast_config(4096, 768, 50257, "NN")
+    assert matmul.ceil_div(matmul.ceil_div(50257, splits), tile[2]) * tile[2] <= 1024
+    unroll = matmul.FAST_UNROLL
+    assert matmul.fast_config(2048, 3072, 768, "NN") == (matmul.FAST_TILE, 1, unroll)  # 16 x 24 = 384 tiles
+    assert matmul.fast_config(2048, 768, 768, "NN") == (matmul.FAST_TILE_NARROW, 1, unroll)  # 192 of 128x64
     assert matmul.split_k(768, 768, 4096, matmul.FAST_TILE_NARROW) == 4  # 72 blocks -> 288
     assert matmul.split_k(768, 768, 700, matmul.FAST_TILE_NARROW) == 1  # K too short to slice
 
 
 def test_tuned_tiles_build():
     """Every tile of the tuned table is one the kernel factory accepts (threads split the tiles evenly)."""
-    for (_, _, _, layout), (tile, _) in matmul.TUNED.items():
-        assert callable(matmul.fast_matmul_kernel(layout, *tile).py_func)
+    for (_, _, _, layout), (tile, _, unroll) in matmul.TUNED.items():
+        assert callable(matmul.fast_matmul_kernel(layout, *tile, unroll=unroll).py_func)
