@@ -187,7 +187,13 @@ def gpu_run(args) -> dict:
             row[f"3xtf32_{mode}"] = errors(out.view(M, N), ref)
         row["us_3xtf32"] = timed(run3(m3.GPU_TILE), reps)
         if args.sweep and name in SWEEP_ON:
-            row["sweep_us"] = {str(list(t)): timed(run3(t), reps) for t in m3.SWEEP_TILES}
+            row["sweep_us"], row["sweep_err"] = {}, {}
+            for tile in m3.SWEEP_TILES:  # each tile's product checked (poisoned output), then timed
+                out.fill_(float("nan"))
+                run3(tile)()
+                torch.cuda.synchronize()
+                row["sweep_err"][str(list(tile))] = errors(out.view(M, N), ref)
+                row["sweep_us"][str(list(tile))] = timed(run3(tile), reps)
         if not args.no_numba_f32:
             f32 = lambda: mf32.matmul(nout, na, nb, M, N, K, layout, k_chunk=k_chunk)  # noqa: E731
             out.fill_(float("nan"))
@@ -248,6 +254,7 @@ def main() -> int:
         json.dump(result, f, indent=1)
     ok = result["mma"]["max_rel"] <= 1e-6 and result["mma"]["all_written"]
     ok = ok and all(r["3xtf32_separate"]["l2_rel"] <= 1e-5 for r in result["shapes"])
+    ok = ok and all(e["l2_rel"] <= 1e-5 for r in result["shapes"] for e in r.get("sweep_err", {}).values())
     print("verdict:", "ok" if ok else "FAILED (mma max_rel > 1e-6 or a 3xTF32 product off by more than 1e-5 L2)")
     return 0 if ok else 1
 

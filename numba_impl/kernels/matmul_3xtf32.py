@@ -61,9 +61,11 @@ SWEEP_TILES = (  # each fits the 48 KiB of static shared memory and compiles wit
     (2, 2, 2, 4, 32, 1),  # the same, BK = 32, one stage
     (4, 2, 2, 4, 8, 2),  # 128 x 64, 8 warps of 32 x 32
     (2, 4, 2, 4, 8, 2),  # 64 x 128, 8 warps of 32 x 32
-    (4, 2, 2, 4, 16, 1),  # 128 x 64, 8 warps of 32 x 32, BK = 16, one stage
+    (2, 2, 4, 4, 8, 2),  # 128 x 64, 4 warps of 64 x 32 (each fragment read feeds twice the mma)
+    (2, 2, 4, 4, 16, 1),  # the same, BK = 16, one stage
+    (2, 2, 2, 8, 16, 1),  # 64 x 128, 4 warps of 32 x 64
 )
-SIM_TILE = (1, 1, 2, 4, 8, 2)  # 32 x 32, one warp: the simulator runs one OS thread per CUDA thread
+SIM_TILE = (1, 1, 4, 4, 8, 2)  # 64 x 32, one warp: the simulator runs one OS thread per CUDA thread
 ACCUMULATE_MODES = ("separate", "chained")
 SHARED_ALIGN = None if SIMULATOR else 16  # the simulator refuses the keyword; 16: the fragment reads are 16-byte loads
 EPILOGUES = ("none", "gelu", "residual")
@@ -127,8 +129,8 @@ def matmul_3xtf32_kernel(
         raise ValueError(f"STAGES={STAGES}: one shared stage (two barriers per K slice) or two (one barrier)")
     if BK not in (8, 16, 32):
         raise ValueError(f"BK={BK} must be a multiple of 8 (the mma's k): 8, 16 or 32")
-    if MI % 2 or NI % 4:
-        raise ValueError(f"warp tile MI={MI}, NI={NI}: MI even and NI a multiple of 4 (16-byte fragment reads)")
+    if MI not in (2, 4) or NI % 4:
+        raise ValueError(f"warp tile MI={MI}, NI={NI}: MI 2 or 4, NI a multiple of 4 (16-byte fragment reads)")
     BM, BN, THREADS = tile_shape((WARPS_M, WARPS_N, MI, NI))
     if BM * BK % THREADS or BN * BK % THREADS:
         raise ValueError(f"a {BM}x{BK} / {BN}x{BK} slice must split evenly over {THREADS} threads")
@@ -340,8 +342,9 @@ def matmul_3xtf32_kernel(
                 if RESIDUAL:
                     out2[gm * N + gn] = extra[gm * N + gn] + value
 
-        # (the four are written out: a loop over r would index `acc` at run time and push it to local memory)
-        for i in range(MI):
+        # (the four are written out: a loop over r would index `acc` at run time and push it to local memory;
+        # for the same reason the rows i are called one by one: NVVM leaves a loop of MI = 4 such rows rolled)
+        def store_row(i):
             for j in range(NI):
                 gm = m0 + wm0 + i * 16 + g
                 gn = n0 + wn0 + j * 8 + 2 * t
@@ -349,6 +352,12 @@ def matmul_3xtf32_kernel(
                 store(acc[i, j, 1], gm, gn + 1)
                 store(acc[i, j, 2], gm + 8, gn)
                 store(acc[i, j, 3], gm + 8, gn + 1)
+
+        store_row(0)
+        store_row(1)
+        if MI > 2:
+            store_row(2)
+            store_row(3)
 
     return matmul_3xtf32
 
