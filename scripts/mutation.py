@@ -64,6 +64,7 @@ T_CKPT = "tests/weights/test_checkpoint.py"
 T_SYN = "tests/weights/test_config_synthetic.py"
 T_NK = "tests/numba_impl/test_kernels.py"
 T_NM = "tests/numba_impl/test_model.py"
+T_NF = "tests/numba_impl/test_attention_flash.py"
 T_TREF = "tests/torch_impl/test_vs_reference.py"
 T_TIO = "tests/torch_impl/test_weights_in_out.py"
 T_TRAIN = "tests/training/test_trainer.py"
@@ -240,6 +241,46 @@ MUTANTS: list[Mutant] = [
         "            dw += d * (inp[row * C + c] - mean[row])",
         (f"{T_NK}::test_layernorm_forward_backward_match_reference",),
         "LayerNorm's weight gradient uses x - mean instead of the normalised x (backward only)",
+    ),
+    Mutant(
+        "numba-naive-attention-backward-dk-scale",
+        "numba_impl/kernels/attention.py",
+        "        dqkv[y + C + c] = dk * scale",
+        "        dqkv[y + C + c] = dk",
+        (f"{T_NK}::test_naive_attention_matches_reference",),
+        "the naive attention backward forgets the 1/sqrt(HS) scale in dk (backward only)",
+    ),
+    Mutant(
+        "numba-flash-backward-dq-scale",
+        "numba_impl/kernels/attention.py",
+        "                        dqkv[row + dd] = dq[i, c] * scale",
+        "                        dqkv[row + dd] = dq[i, c]",
+        (f"{T_NF}::test_flash_with_the_gpu_block_layout_of_rows_and_lanes",),
+        "the flash attention backward (dq pass) forgets the 1/sqrt(HS) scale (backward only)",
+    ),
+    Mutant(
+        "numba-flash-vec-backward-dq-scale",
+        "numba_impl/kernels/attention.py",
+        "dqkv[row + dd] = dq[i, c, w] * scale",
+        "dqkv[row + dd] = dq[i, c, w]",
+        (f"{T_NK}::test_flash_attention_matches_reference_and_naive_twin",),
+        "the default (16-byte-load) flash backward forgets the 1/sqrt(HS) scale in dq (backward only)",
+    ),
+    Mutant(
+        "numba-flash-forward-unscaled-q",
+        "numba_impl/kernels/attention.py",
+        "            q_s[e // HS, e % HS] = qkv[x + t * 3 * C + e % HS] * scale if t < T else float32(0.0)",
+        "            q_s[e // HS, e % HS] = qkv[x + t * 3 * C + e % HS] if t < T else float32(0.0)",
+        (f"{T_NF}::test_flash_with_the_gpu_block_layout_of_rows_and_lanes",),
+        "the flash attention forward stages q without the 1/sqrt(HS) scale",
+    ),
+    Mutant(
+        "numba-matmul-backward-dweight-overwrites",
+        "numba_impl/kernels/matmul.py",
+        '        matmul(dweight, inp, dout, C, OC, BT, "TN", accumulate=True, dbias=dbias)',
+        '        matmul(dweight, inp, dout, C, OC, BT, "TN", accumulate=False, dbias=dbias)',
+        (f"{T_NK}::test_matmul_backward_matches_reference",),
+        "the fast matmul backward overwrites the weight gradient instead of accumulating (backward only)",
     ),
     Mutant(
         "numba-adamw-decay-every-element",
