@@ -290,7 +290,8 @@ def _restore_pad_rows(model: torch.nn.Module, rows: dict[str, torch.Tensor], voc
 
 # ----------------------------------------------------------------------------- logging
 class RunLog:
-    """Rank 0's record: out_dir/log.jsonl (one JSON object per line), console lines, a tqdm bar."""
+    """Rank 0's record: out_dir/log.jsonl (one JSON object per line), out_dir/provenance.json (commit,
+    versions, device, date of the run that wrote it), console lines, a tqdm bar."""
 
     def __init__(self, out_dir: Path, start_step: int, max_steps: int, enabled: bool, progress: bool):
         self.enabled = enabled
@@ -303,6 +304,11 @@ class RunLog:
             kept = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] < start_step]
             self.path.write_text("".join(ln + "\n" for ln in kept))
         self.file = open(self.path, "a")
+        # Which code, libraries and GPUs made these numbers (weights/provenance.py), rewritten at every (re)start.
+        from weights.provenance import provenance
+
+        record = {"start_step": start_step, **provenance()}
+        (out_dir / "provenance.json").write_text(json.dumps(record, indent=1) + "\n")
         if progress:
             try:
                 from tqdm import tqdm

@@ -151,3 +151,25 @@ def test_the_numba_gpu_report_records_the_commit(tmp_path, monkeypatch):
     gpu_report.main()
     rec = json.loads((tmp_path / "numba-gpu-report.json").read_text())["provenance"]
     assert rec["git"]["commit"] == _head()
+
+
+def test_a_training_run_records_the_commit_beside_its_log(tmp_path):
+    pytest.importorskip("torch")
+    from torch_impl.data import write_shard
+    from torch_impl.train import TrainConfig, train
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    data.mkdir()
+    write_shard(data / "rand_train_000000.bin", rng.integers(0, 64, 4096))
+    write_shard(data / "rand_val_000000.bin", rng.integers(0, 64, 1024))
+    cfg = TrainConfig(
+        data=str(data), out_dir=str(tmp_path / "run"), model="tiny", padded_vocab=128, batch_size=2, seq_len=8,
+        max_steps=2, warmup_steps=1, eval_every=0, progress=False, plot=False, log_every=0, device="cpu",
+        save=False,
+    )  # fmt: skip
+    train(cfg)
+    rec = json.loads((tmp_path / "run" / "provenance.json").read_text())
+    assert rec["git"]["commit"] == _head() and rec["start_step"] == 0
+    steps = [json.loads(ln) for ln in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in steps if "loss" in r] == [0, 1]  # the log itself is untouched
