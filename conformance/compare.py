@@ -12,7 +12,7 @@ weights (copies, uploads to the GPU, JIT compilation on first use) plus one forw
 what a user waits for, not a benchmark (benchmarks/ measures speed).
 
 Verdict. Every backend's logits are judged against the conformance suite's `logits` ceiling for
-its precision (conformance/tolerances.py: max|d| / max|ref| <= 1e-4 for float32, 1e-2 for bf16),
+its precision (max|d| / max|ref|, the `logits` row of conformance/tolerances.py),
 the same metric and the same number the suite applies. A backend passes when it agrees with the
 reference *within tolerance*; floating point does not promise bit-equal results across backends.
 Exit status: 0 when every backend that ran is within tolerance, 1 when one breaches its ceiling or
