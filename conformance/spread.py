@@ -12,7 +12,7 @@ len(seeds) x cases x devices independent float32 rounding patterns. The JSON hol
 (case, seed, backend, check), the worst per (precision, check), and the provenance record.
 
 The rule (RULE below; docs/conformance.md says the same): a ceiling is the worst value measured for
-that check and precision, over every seed, shape and device in SOURCES, times F = 10, rounded up to
+that check and precision, over every seed, shape and device in SOURCES, times F = 5, rounded up to
 the next value of the 1-2-5 series. A relative ceiling the rule puts above 1 is no check (it would
 pass a backend that shares no digit with the reference), so that check is reported, not judged.
 
