@@ -2,6 +2,7 @@
 
     python -m reference.precision                    # B=2, T=32, synthetic 124M weights, seed 0
     python -m reference.precision --timing           # also time forward+backward at B=1, T=64
+    python -m reference.precision --json FILE        # also write the numbers, with their provenance
 
 The same synthetic weights (float32 values, so the float64 copy holds exactly the same
 numbers) and the same batch go through the reference in float32 and in float64; the
@@ -118,9 +119,19 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--attention", choices=("naive", "tiled"), default="naive")
     ap.add_argument("--timing", action="store_true", help="also time forward+backward at B=1, T=64")
+    ap.add_argument("--json", metavar="FILE", help="write the precision numbers and the provenance record")
     args = ap.parse_args(argv)
     config = GPT2Config.gpt2_124m()
-    print(format_report(compare_precisions(config, args.batch, args.seq, args.seed, args.attention)))
+    report = compare_precisions(config, args.batch, args.seq, args.seed, args.attention)
+    print(format_report(report))
+    if args.json:
+        import json
+        from pathlib import Path
+
+        from weights.provenance import provenance
+
+        doc = {"measured_by": "python -m reference.precision", "provenance": provenance(), "seed": args.seed, **report}
+        Path(args.json).write_text(json.dumps(doc, indent=1, default=float) + "\n")
     if args.timing:
         gflop = step_flops(config, 1, 64) / 1e9
         print(f"forward+backward 124M, B=1, T=64: {gflop:.1f} GFLOP of matmuls")
