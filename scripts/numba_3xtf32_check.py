@@ -2,6 +2,7 @@
 
     NUMBA_ENABLE_CUDASIM=0 python3 scripts/numba_3xtf32_check.py OUT.json [--commit HASH] [--quick]
     NUMBA_ENABLE_CUDASIM=0 python3 scripts/numba_3xtf32_check.py --ptxas        # no GPU needed
+    NUMBA_ENABLE_CUDASIM=0 python3 scripts/numba_3xtf32_check.py --sass OUT.json  # no GPU; cuobjdump + nvdisasm
 
 GPU mode writes one JSON file (git commit, date, device, versions) with:
 - "mma": one m16n8k8 through numba_impl/mma.py against NumPy (TF32-rounded inputs, float64 sum);
@@ -11,6 +12,9 @@ GPU mode writes one JSON file (git commit, date, device, versions) with:
   torch float32 with TF32 off (cuBLAS fp32) and torch with TF32 on; and the median time of
   numba 3xTF32 (default tile; with --sweep, other tiles on three shapes), numba float32, torch fp32
   and torch TF32 (CUDA events).
+--sass mode writes, per layout of the default tile, the instruction mix of the kernel's main loop
+(SASS from cuobjdump: the longest backward branch around the HMMAs, both global-load paths
+included) as JSON, with the git commit and the tools' versions.
 --ptxas mode prints, as JSON, ptxas' report (registers, stack, spills, shared memory) of every
 layout of the kernel (default tile; with --sweep, the sweep's tiles too) compiled for sm_90.
 """
@@ -89,6 +93,66 @@ def ptxas_reports(sweep: bool = False) -> list[dict]:
                 )  # fmt: skip
             )
     return rows
+
+
+def _cubin(layout: str, tile, tmp: str) -> str:
+    """Compile one layout of the kernel for sm_90 (Numba's PTX, then ptxas) into tmp; the cubin's path."""
+    from numba import types
+
+    from numba_impl._compat import cuda
+    from numba_impl.kernels import matmul_3xtf32 as m3
+
+    f32 = types.float32[::1]
+    sig = (f32,) * 6 + (types.int64,) * 5 + (types.boolean, types.boolean)
+    ptx, _ = cuda.compile_ptx(m3.matmul_3xtf32_kernel(layout, *tile).py_func, sig, cc=(9, 0))
+    src, cubin = os.path.join(tmp, f"{layout}.ptx"), os.path.join(tmp, f"{layout}.cubin")
+    with open(src, "w") as f:
+        f.write(ptx)
+    subprocess.run(["ptxas", "-arch=sm_90", src, "-o", cubin], check=True, capture_output=True)
+    return cubin
+
+
+def sass_main_loop_mix(args) -> dict:
+    """Opcode counts of the main loop of each layout's kernel (default tile), from cuobjdump's SASS."""
+    from numba_impl.kernels import matmul_3xtf32 as m3
+
+    line = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
+    what = (
+        "opcode counts between the target of the longest backward branch that encloses HMMAs and that "
+        "branch (the K loop: both global-load paths, the staging, the mma steps)"
+    )
+    result = dict(commit=args.commit, date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                  tile=list(m3.GPU_TILE), cuobjdump=_tool_version("cuobjdump"), ptxas=_tool_version("ptxas"),
+                  what=what, layouts={})  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        for layout in m3.LAYOUTS:
+            sass = subprocess.run(["cuobjdump", "-sass", _cubin(layout, m3.GPU_TILE, tmp)], capture_output=True,
+                                  text=True, check=True).stdout  # fmt: skip
+            code = [(int(m.group(1), 16), m.group(3), m.group(4)) for m in line.finditer(sass)]
+            hmma = [addr for addr, op, _ in code if op.startswith("HMMA")]
+            loops = []
+            for addr, op, rest in code:
+                target = re.search(r"0x([0-9a-f]+)", rest)
+                if op.startswith("BRA") and target and int(target.group(1), 16) < addr:
+                    lo = int(target.group(1), 16)
+                    if any(lo <= h <= addr for h in hmma):
+                        loops.append((addr - lo, lo, addr))
+            _, lo, hi = max(loops)
+            mix: dict[str, int] = {}
+            for addr, op, _ in code:
+                if lo <= addr <= hi:
+                    name = op.split(".")[0] if not op.startswith("IMAD.MOV") else "IMAD.MOV"
+                    mix[name] = mix.get(name, 0) + 1
+            total = sum(mix.values())
+            result["layouts"][layout] = dict(instructions=total, hmma=mix.get("HMMA", 0),
+                                             per_hmma=total / max(1, mix.get("HMMA", 0)),
+                                             mix=dict(sorted(mix.items(), key=lambda kv: -kv[1])))  # fmt: skip
+    return result
+
+
+def _tool_version(tool: str) -> str | None:
+    done = subprocess.run([tool, "--version"], capture_output=True, text=True)
+    return done.stdout.strip().splitlines()[-1] if done.returncode == 0 else None
 
 
 def check_mma() -> dict:
@@ -239,6 +303,7 @@ def main() -> int:
     p.add_argument("out", nargs="?", help="JSON file to write (GPU mode)")
     p.add_argument("--commit", default=None, help="git commit of the measured code")
     p.add_argument("--ptxas", action="store_true", help="print ptxas' report of every kernel variant (no GPU)")
+    p.add_argument("--sass", action="store_true", help="write the main loop's SASS instruction mix (no GPU)")
     p.add_argument("--quick", action="store_true", help="three shapes only")
     p.add_argument("--sweep", action="store_true", help="also time other tiles (GPU) / report them (--ptxas)")
     p.add_argument("--no-numba-f32", action="store_true", help="skip the float32 SIMT kernel's rows (GPU)")
@@ -249,6 +314,14 @@ def main() -> int:
     if not args.out:
         print("error: give the JSON file to write (or --ptxas)", file=sys.stderr)
         return 2
+    if args.sass:
+        result = sass_main_loop_mix(args)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+        for layout, row in result["layouts"].items():
+            print(layout, row["instructions"], "instructions,", row["hmma"], "HMMA:", f"{row['per_hmma']:.1f} per HMMA",
+                  {k: v for k, v in list(row["mix"].items())[:8]})  # fmt: skip
+        return 0
     result = gpu_run(args)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)

@@ -23,15 +23,21 @@ numba_impl/mma.py for the lane layout). K advances in slices of BK:
   (register-prefetch double buffering: their latency hides behind the mma work); with STAGES = 2
   the tiles exist twice, so the next slice goes into the other copy and one barrier per slice
   suffices; blocks wholly inside the matrices load without bounds checks (but on a partial last slice);
-- an operand stored contiguous along K (A in NN/NT, B in NT) is kept as tile[mn, BK + 4], one
-  stored contiguous along M or N (A in TN, B in NN/TN) as tile[BK, BMN + 8]: both pads make the
-  fragment reads of a warp hit 32 different banks and keep the staging stores coalesced;
-- per 8-wide k step each warp reads its A fragments (4 hi + 4 lo per MI) and B fragments
+- the tiles are flat, 16-byte aligned and laid out so that a lane reads its fragment values with
+  8- or 16-byte loads (mma.load_f32x2 / load_f32x4; `shared_layout`): an operand stored contiguous
+  along K (A in NN/NT, B in NT) as BK/8 sub-tiles [BMN][8] with k = t + 4h stored at 2t + h (a
+  lane's (k = t, k = t + 4) pair is one 8-byte word), one stored contiguous along M or N (A in TN,
+  B in NN/TN) as [BK][BMN + 8] with, in each group of 32 columns, column 8v + g stored at 4g + v
+  (the four columns a lane of row group g needs are one 16-byte word); the pads keep both the
+  fragment reads and the staging stores on 32 different banks;
+- each thread's staging positions are fixed for the whole K loop (computed once), only the stage
+  offset and k0 change per slice;
+- per 8-wide k step each warp reads its A fragments (4 hi + 4 lo values per MI) and B fragments
   (2 hi + 2 lo per NI) from shared memory and issues 3 mma per (MI, NI) pair.
 Accumulation: `accumulate_mode="separate"` (the default) runs the three mma of one k step into a
 zero accumulator and adds that partial sum to the running total with an ordinary float32 add;
 "chained" passes the running total through the tensor core as C. Measured on an H200
-(docs/results/numba-3xtf32-h200.json), chained leaves 7e-6 to 3e-5 relative error at K = 3,072 to
+(docs/results/numba-3xtf32-h200-run2.json), chained leaves 7e-6 to 3e-5 relative error at K = 3,072 to
 50,257 (above the project's 1e-5 gradient ceiling), separate 4e-7 to 1e-6, as cuBLAS float32 does:
 the tensor core's own addition into C rounds less accurately than float32's round-to-nearest (we
 found no promise of IEEE rounding for it), so the long running sum must stay out of it.
@@ -50,12 +56,12 @@ from numba_impl.kernels.matmul import bias_backward
 from numba_impl.mma import load_f32x2, load_f32x4, mma_tf32_m16n8k8, tf32_round
 
 # (WARPS_M, WARPS_N, MI, NI, BK, STAGES): BM = WARPS_M * MI * 16, BN = WARPS_N * NI * 8; STAGES shared
-# copies of the tiles (2: one barrier per K slice; 1: two). The default is the fastest of the sweep on
-# an H200 (docs/results/numba-3xtf32-h200.json, scripts/numba_3xtf32_check.py --sweep) at one shape
-# of each layout, tied on the logits: 791 / 11,277 / 860 us for fc forward (NN), the logits (NT; one
-# stage of 32 x 16 warps: 11,265) and the fc weight gradient (TN), against 1,054 / 12,220 / 895 us for
-# (2, 4, 2, 2, 16, 2), the default of that run.
-GPU_TILE = (2, 2, 2, 4, 16, 2)  # 64 x 64, 4 warps of 32 x 32, 128 threads, ~100-140 registers, 38 KiB of shared tiles
+# copies of the tiles (2: one barrier per K slice; 1: two). The default was the fastest tile of the
+# previous kernel's sweep (docs/results/numba-3xtf32-h200-run2.json). On this kernel
+# (docs/results/numba-3xtf32-h200.json) it ran fc forward in 937 us and the logits in 11,010 us; the
+# best of the sweep, 880 us with (2, 2, 4, 4, 16, 1) and 10,772 us with (2, 2, 4, 4, 8, 2), are 6% and
+# 2% faster in one run each, and the TN shape of the sweep was not reached: kept until measured again.
+GPU_TILE = (2, 2, 2, 4, 16, 2)  # 64 x 64, 4 warps of 32 x 32, 128 threads, 132-135 registers, 33-36 KiB shared
 SWEEP_TILES = (  # each fits the 48 KiB of static shared memory and compiles without spills or stack (ptxas, sm_90)
     (2, 2, 2, 4, 8, 2),  # 64 x 64, 4 warps of 32 x 32, BK = 8
     (2, 2, 2, 4, 32, 1),  # the same, BK = 32, one stage

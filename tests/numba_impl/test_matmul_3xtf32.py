@@ -175,6 +175,49 @@ def test_matmul_3xtf32_refuses_naive_and_bad_arguments():
         m3.matmul_3xtf32_kernel("NN", 1, 1, 1, 1, 12)
 
 
+# ----------------------------------------------------------------------------- the shared layout, no GPU needed
+def _banks_of_vector_reads(addresses, width):
+    """Bank-conflict degree of one warp-wide read of `width` floats per lane at these float offsets:
+    the hardware serves 8-byte reads per half-warp and 16-byte reads per quarter-warp."""
+    lanes_per_phase = {1: 32, 2: 16, 4: 8}[width]
+    worst = 1
+    for p in range(0, len(addresses), lanes_per_phase):
+        banks = [(a + w) % 32 for a in addresses[p : p + lanes_per_phase] for w in range(width)]
+        worst = max(worst, max(banks.count(b) for b in set(banks)))
+    return worst
+
+
+@pytest.mark.parametrize("BMN", [32, 64, 128])
+@pytest.mark.parametrize("BK", [8, 16, 32])
+def test_shared_layout_is_a_permutation_and_fragment_reads_are_conflict_free(BMN, BK):
+    """The tile layouts of matmul_3xtf32.shared_layout: every (row, k) element gets its own slot, a
+    lane's fragment pair / quad is one aligned 8- / 16-byte word, and a warp's fragment reads and
+    staging stores hit each bank at most once per hardware phase."""
+    assert sorted(m3._perm8(k) for k in range(8)) == list(range(8))
+    assert sorted(m3._perm32(c) for c in range(BMN)) == list(range(BMN))
+    lanes = [(lane >> 2, lane & 3) for lane in range(32)]  # (g, t)
+    # K-contiguous: element (row, k) at (k // 8) * pitch + row * 8 + _perm8(k % 8)
+    size, pitch = m3.shared_layout(BMN, BK, k_contiguous=True)
+    slots = {(k // 8) * pitch + r * 8 + m3._perm8(k % 8) for r in range(BMN) for k in range(BK)}
+    assert len(slots) == BMN * BK and max(slots) < size
+    for row0 in range(0, BMN, 8):
+        reads = [row0 * 8 + g * 8 + 2 * t for g, t in lanes]  # (k = t, k = t + 4) of row row0 + g
+        assert all(a % 2 == 0 for a in reads) and _banks_of_vector_reads(reads, 2) == 1
+    assert [m3._perm8(k) for k in (0, 4, 3, 7)] == [0, 1, 6, 7]  # (t, t + 4) side by side
+    stores = [(k // 8) * pitch + (e // BK) * 8 + m3._perm8(k % 8) for e in range(32) for k in [e % BK]]
+    assert _banks_of_vector_reads(stores, 1) == 1
+    # M/N-contiguous: element (k, c) at k * pitch + _perm32(c)
+    size, pitch = m3.shared_layout(BMN, BK, k_contiguous=False)
+    slots = {k * pitch + m3._perm32(c) for k in range(BK) for c in range(BMN)}
+    assert len(slots) == BMN * BK and max(slots) < size
+    for c0 in range(0, BMN, 32):
+        reads = [t * pitch + c0 + 4 * g for g, t in lanes]  # columns c0 + 8v + g, v = 0..3, at k row t
+        assert all(a % 4 == 0 for a in reads) and _banks_of_vector_reads(reads, 4) == 1
+        assert [m3._perm32(c0 + 8 * v + 3) for v in range(4)] == [c0 + 12 + v for v in range(4)]
+    stores = [m3._perm32(c) for c in range(32)]
+    assert _banks_of_vector_reads(stores, 1) == 1
+
+
 # ----------------------------------------------------------------------------- ptxas, no GPU needed
 SM90_SHARED_STATIC_LIMIT = 48 * 1024
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
