@@ -1,7 +1,7 @@
 """The 3xTF32 tensor-core matmul on a GPU: is it right, how accurate, how fast.
 
     NUMBA_ENABLE_CUDASIM=0 python3 scripts/numba_3xtf32_check.py OUT.json [--commit HASH] [--quick]
-    NUMBA_ENABLE_CUDASIM=0 python3 scripts/numba_3xtf32_check.py --ptxas        # no GPU needed
+    NUMBA_ENABLE_CUDASIM=0 python3 scripts/numba_3xtf32_check.py --ptxas [OUT.json]  # no GPU needed
     NUMBA_ENABLE_CUDASIM=0 python3 scripts/numba_3xtf32_check.py --sass OUT.json  # no GPU; cuobjdump + nvdisasm
 
 GPU mode writes one JSON file (git commit, date, device, versions) with:
@@ -309,7 +309,12 @@ def main() -> int:
     p.add_argument("--no-numba-f32", action="store_true", help="skip the float32 SIMT kernel's rows (GPU)")
     args = p.parse_args()
     if args.ptxas:
-        print(json.dumps(ptxas_reports(args.sweep), indent=1))
+        rows = ptxas_reports(args.sweep)
+        if args.out:  # with the commit and date, as a results file
+            stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+            with open(args.out, "w") as f:
+                json.dump(dict(commit=args.commit, date=stamp, ptxas=_tool_version("ptxas"), kernels=rows), f, indent=1)
+        print(json.dumps(rows, indent=1))
         return 0
     if not args.out:
         print("error: give the JSON file to write (or --ptxas)", file=sys.stderr)
