@@ -37,7 +37,10 @@ def _install(session: nox.Session, extras: str = "all") -> None:
 
 
 def _env() -> dict[str, str]:
-    env = {"PYTHONHASHSEED": "0"}
+    # OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads (NumPy's OpenBLAS, torch) sleep instead of spinning.
+    # With the default spin-wait, a 2-core machine that runs anything else beside the tests made the
+    # NumPy reference's small-case forward+backward many times slower.
+    env = {"PYTHONHASHSEED": "0", "OMP_WAIT_POLICY": "PASSIVE"}
     if not _has_nvidia_gpu():
         env["NUMBA_ENABLE_CUDASIM"] = "1"
     return env
