@@ -125,8 +125,9 @@ def sass_main_loop_mix(args) -> dict:
                   tile=list(m3.GPU_TILE), cuobjdump=_tool_version("cuobjdump"), ptxas=_tool_version("ptxas"),
                   what=what, layouts={})  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        for layout in m3.LAYOUTS:
-            sass = subprocess.run(["cuobjdump", "-sass", _cubin(layout, m3.GPU_TILE, tmp)], capture_output=True,
+        for layout, smem in [(lay, smem) for smem in m3.SMEM_LAYOUTS for lay in m3.LAYOUTS]:
+            tile = m3.GPU_TILE[:6] + (smem,)
+            sass = subprocess.run(["cuobjdump", "-sass", _cubin(layout, tile, tmp)], capture_output=True,
                                   text=True, check=True).stdout  # fmt: skip
             code = [(int(m.group(1), 16), m.group(3), m.group(4)) for m in line.finditer(sass)]
             hmma = [addr for addr, op, _ in code if op.startswith("HMMA")]
@@ -144,7 +145,7 @@ def sass_main_loop_mix(args) -> dict:
                     name = op.split(".")[0] if not op.startswith("IMAD.MOV") else "IMAD.MOV"
                     mix[name] = mix.get(name, 0) + 1
             total = sum(mix.values())
-            result["layouts"][layout] = dict(instructions=total, hmma=mix.get("HMMA", 0),
+            result["layouts"][f"{layout} SMEM={smem}"] = dict(instructions=total, hmma=mix.get("HMMA", 0),
                                              per_hmma=total / max(1, mix.get("HMMA", 0)),
                                              mix=dict(sorted(mix.items(), key=lambda kv: -kv[1])))  # fmt: skip
     return result

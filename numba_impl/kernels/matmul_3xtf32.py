@@ -63,6 +63,8 @@ from numba_impl.mma import load_f32x2, load_f32x4, mma_tf32_m16n8k8, tf32_round
 # 2% faster in one run each, and the TN shape of the sweep was not reached: kept until measured again.
 GPU_TILE = (2, 2, 2, 4, 16, 2)  # 64 x 64, 4 warps of 32 x 32, 128 threads, 132-135 registers, 33-36 KiB shared
 SWEEP_TILES = (  # each fits the 48 KiB of static shared memory and compiles without spills or stack (ptxas, sm_90)
+    (2, 2, 2, 4, 16, 2, "fragment"),  # the default tile with fragment-native shared tiles (SMEM="fragment")
+    (2, 2, 4, 4, 16, 1, "fragment"),  # 128 x 64, 4 warps of 64 x 32, fragment-native
     (2, 2, 2, 4, 8, 2),  # 64 x 64, 4 warps of 32 x 32, BK = 8
     (2, 2, 2, 4, 32, 1),  # the same, BK = 32, one stage
     (4, 2, 2, 4, 8, 2),  # 128 x 64, 8 warps of 32 x 32
@@ -73,6 +75,7 @@ SWEEP_TILES = (  # each fits the 48 KiB of static shared memory and compiles wit
 )
 SIM_TILE = (1, 1, 4, 4, 8, 2)  # 64 x 32, one warp: the simulator runs one OS thread per CUDA thread
 ACCUMULATE_MODES = ("separate", "chained")
+SMEM_LAYOUTS = ("vector", "fragment")
 SHARED_ALIGN = None if SIMULATOR else 16  # the simulator refuses the keyword; 16: the fragment reads are 16-byte loads
 EPILOGUES = ("none", "gelu", "residual")
 SQRT_2_OVER_PI = float32(math.sqrt(2.0 / math.pi))
@@ -117,13 +120,60 @@ def shared_layout(BMN: int, BK: int, k_contiguous: bool) -> tuple[int, int]:
     return BK * (BMN + 8), BMN + 8
 
 
+def a_slot(m: int, k: int, BM: int) -> int:
+    """SMEM="fragment": where element (m, k) of a BM x BK slice of A sits in its shared tile.
+
+    For each 8-wide k step and 16-row group the tile holds the 32 lanes' (a0, a1, a2, a3) (mma.py:
+    A[g, t], A[g + 8, t], A[g, t + 4], A[g + 8, t + 4]) as 32 consecutive 16-byte words: a lane's whole
+    A fragment is one 16-byte read that lands in the four registers the mma takes, in their order."""
+    tile = (k >> 3) * (BM // 16) + (m >> 4)
+    lane = ((m & 7) << 2) | (k & 3)  # g = m % 8, t = k % 4
+    return (tile * 32 + lane) * 4 + ((m >> 3) & 1) + ((k >> 1) & 2)
+
+
+def b_slot(k: int, n: int, BN: int) -> int:
+    """SMEM="fragment": where element (k, n) of a BK x BN slice of B sits: for each 8-wide k step and pair
+    of 8-column groups (NI j, j + 1), a lane's (b0, b1) of j then of j + 1 (B[t, g], B[t + 4, g]) are
+    one 16-byte word: one read gives two B fragments, each an aligned register pair."""
+    tile = (k >> 3) * (BN // 16) + (n >> 4)
+    lane = ((n & 7) << 2) | (k & 3)
+    return (tile * 32 + lane) * 4 + ((n >> 2) & 2) + ((k >> 2) & 1)
+
+
+def staged_element(tid: int, load: int, BMN: int, BK: int, threads: int, k_contiguous: bool) -> tuple[int, int]:
+    """(row or column in M/N, k) of the element thread `tid` stages in its load-th global load."""
+    if k_contiguous:
+        return tid // BK + load * (threads // BK), tid % BK
+    if threads % BMN == 0:
+        return tid % BMN, tid // BMN + load * (threads // BMN)
+    per = BMN // threads
+    return tid + (load % per) * threads, load // per
+
+
+def staging_offsets(BMN: int, BK: int, threads: int, k_contiguous: bool, slot) -> tuple[int, ...]:
+    """SMEM="fragment": slot(load l) - slot(load 0), the same for every thread (checked here, else the
+    tile is refused), so that the kernel stores at one per-thread base plus compile-time offsets."""
+    rows = set()
+    for tid in range(threads):
+        elements = [staged_element(tid, ld, BMN, BK, threads, k_contiguous) for ld in range(BMN * BK // threads)]
+        slots = [slot(*e) for e in elements]
+        rows.add(tuple(x - slots[0] for x in slots))
+    if len(rows) != 1:
+        raise ValueError(f"SMEM='fragment': the staging positions of a {BMN} x {BK} slice over {threads} threads "
+                         "are not one base plus fixed offsets")  # fmt: skip
+    return rows.pop()
+
+
 @functools.cache
 def matmul_3xtf32_kernel(
-    layout: str, WARPS_M: int, WARPS_N: int, MI: int, NI: int, BK: int, STAGES: int = 2, mode: str = "separate",
-    epilogue: str = "none",
+    layout: str, WARPS_M: int, WARPS_N: int, MI: int, NI: int, BK: int, STAGES: int = 2, SMEM: str = "vector",
+    mode: str = "separate", epilogue: str = "none",
 ):  # fmt: skip
-    """Build the kernel for one layout, tile, accumulation mode and epilogue (all compile-time constants).
+    """Build the kernel for one layout, tile, shared layout, accumulation mode and epilogue (all
+    compile-time constants).
 
+    SMEM: "vector" (`shared_layout`: 8/16-byte reads, the values then moved into the mma's register
+    order) or "fragment" (`a_slot` / `b_slot`: each 16-byte read is a lane's fragment in register order).
     epilogue: "none"; "gelu" also writes out2 = gelu(out); "residual" also writes out2 = extra + out."""
     if layout not in LAYOUTS:
         raise ValueError(f"matmul layout must be one of {LAYOUTS}, got {layout!r}")
@@ -131,6 +181,8 @@ def matmul_3xtf32_kernel(
         raise ValueError(f"accumulate_mode must be one of {ACCUMULATE_MODES}, got {mode!r}")
     if epilogue not in EPILOGUES:
         raise ValueError(f"matmul epilogue must be one of {EPILOGUES}, got {epilogue!r}")
+    if SMEM not in SMEM_LAYOUTS:
+        raise ValueError(f"SMEM must be one of {SMEM_LAYOUTS}, got {SMEM!r}")
     if STAGES not in (1, 2):
         raise ValueError(f"STAGES={STAGES}: one shared stage (two barriers per K slice) or two (one barrier)")
     if BK not in (8, 16, 32):
@@ -148,8 +200,16 @@ def matmul_3xtf32_kernel(
     A_T = layout[0] == "T"  # A stored (K, M): M-contiguous
     B_T = layout[1] == "T"  # B stored (N, K): K-contiguous
     A_KC, B_KC = not A_T, B_T
-    A_STAGE, A_PITCH = shared_layout(BM, BK, A_KC)
-    B_STAGE, B_PITCH = shared_layout(BN, BK, B_KC)
+    FRAG = SMEM == "fragment"
+    if FRAG:  # fragment-native tiles, no padding; A_DELTA[l]: load l's store offset from the thread's base
+        A_STAGE, A_PITCH, B_STAGE, B_PITCH = BM * BK, 0, BN * BK, 0
+        A_DELTA = staging_offsets(BM, BK, THREADS, A_KC, lambda m, k: a_slot(m, k, BM))
+        B_DELTA = staging_offsets(BN, BK, THREADS, B_KC, lambda n, k: b_slot(k, n, BN))
+    else:
+        A_STAGE, A_PITCH = shared_layout(BM, BK, A_KC)
+        B_STAGE, B_PITCH = shared_layout(BN, BK, B_KC)
+        A_DELTA, B_DELTA = (0,) * A_LOADS, (0,) * B_LOADS
+    MT, NT2 = BM // 16, BN // 16  # SMEM="fragment": tiles per 8-wide k step (A's 16-row groups, B's column pairs)
     A_SHARED, B_SHARED = STAGES * A_STAGE, STAGES * B_STAGE
     RP = THREADS // BK  # K-contiguous staging: rows per pass
     A_PASS = THREADS // BM if THREADS % BM == 0 else 0  # M/N-contiguous staging: K rows per pass (or 0 ...)
@@ -205,6 +265,15 @@ def matmul_3xtf32_kernel(
         # fragment read positions (stage 0, k step 0): see shared_layout and mma.py's lane layout
         fa_pos = (wm0 + g) * 8 + 2 * t if A_KC else t * A_PITCH + wm0 + 4 * g
         fb_pos = (wn0 + g) * 8 + 2 * t if B_KC else t * B_PITCH + wn0 + 4 * g
+        # SMEM="fragment": load 0's slot (a_slot / b_slot written out), the first A / B tile of the warp
+        am, ak = (k_row, kc) if A_KC else (a_col, a_kr)
+        bn, bk = (k_row, kc) if B_KC else (b_col, b_kr)
+        a_base = (((ak >> 3) * MT + (am >> 4)) * 32 + (((am & 7) << 2) | (ak & 3))) * 4
+        a_base += ((am >> 3) & 1) + ((ak >> 1) & 2)
+        b_base = (((bk >> 3) * NT2 + (bn >> 4)) * 32 + (((bn & 7) << 2) | (bk & 3))) * 4
+        b_base += ((bn >> 2) & 2) + ((bk >> 2) & 1)
+        wa = (warp // WARPS_N) * MI
+        wb = (warp % WARPS_N) * (NI // 2)
 
         for i in range(MI):
             for j in range(NI):
@@ -237,7 +306,9 @@ def matmul_3xtf32_kernel(
 
         def stage(s):  # registers -> shared stage s, split into TF32 hi and lo; Numba inlines it
             for load in range(A_LOADS):
-                if A_KC:
+                if FRAG:
+                    p = s * A_STAGE + a_base + A_DELTA[load]
+                elif A_KC:
                     p = s * A_STAGE + ks_pos + load * (RP * 8)
                 elif A_PASS:
                     p = s * A_STAGE + a_pos + load * (A_PASS * A_PITCH)
@@ -248,7 +319,9 @@ def matmul_3xtf32_kernel(
                 a_hi[p] = hi
                 a_lo[p] = tf32_round(x - hi)
             for load in range(B_LOADS):
-                if B_KC:
+                if FRAG:
+                    p = s * B_STAGE + b_base + B_DELTA[load]
+                elif B_KC:
                     p = s * B_STAGE + kb_pos + load * (RP * 8)
                 elif B_PASS:
                     p = s * B_STAGE + b_pos + load * (B_PASS * B_PITCH)
@@ -274,7 +347,12 @@ def matmul_3xtf32_kernel(
 
             # ---- the slice on the tensor cores: 8-wide k steps
             for kk in range(0, BK, 8):
-                if A_KC:  # one 8-byte read per (row, k pair): (a0, a2) at row g, (a1, a3) at row g + 8
+                if FRAG:  # (a0, a1, a2, a3): one 16-byte read of hi and one of lo per MI
+                    for i in range(MI):
+                        p = s * A_STAGE + ((kk // 8) * MT + wa + i) * 128 + lane * 4
+                        fa_hi[i, 0], fa_hi[i, 1], fa_hi[i, 2], fa_hi[i, 3] = load_f32x4(a_hi, p)
+                        fa_lo[i, 0], fa_lo[i, 1], fa_lo[i, 2], fa_lo[i, 3] = load_f32x4(a_lo, p)
+                elif A_KC:  # one 8-byte read per (row, k pair): (a0, a2) at row g, (a1, a3) at row g + 8
                     for i in range(MI):
                         p = pa + (kk // 8) * A_PITCH + i * 128
                         fa_hi[i, 0], fa_hi[i, 2] = load_f32x2(a_hi, p)
@@ -290,7 +368,13 @@ def matmul_3xtf32_kernel(
                         q = p + 4 * A_PITCH
                         fa_hi[i, 2], fa_hi[i, 3], fa_hi[i + 1, 2], fa_hi[i + 1, 3] = load_f32x4(a_hi, q)
                         fa_lo[i, 2], fa_lo[i, 3], fa_lo[i + 1, 2], fa_lo[i + 1, 3] = load_f32x4(a_lo, q)
-                if B_KC:  # (b0, b1) of column g: one 8-byte read
+                if FRAG:  # (b0, b1) of j and of j + 1: one 16-byte read of hi and one of lo
+                    for j2 in range(NI // 2):
+                        p = s * B_STAGE + ((kk // 8) * NT2 + wb + j2) * 128 + lane * 4
+                        j = 2 * j2
+                        fb_hi[j, 0], fb_hi[j, 1], fb_hi[j + 1, 0], fb_hi[j + 1, 1] = load_f32x4(b_hi, p)
+                        fb_lo[j, 0], fb_lo[j, 1], fb_lo[j + 1, 0], fb_lo[j + 1, 1] = load_f32x4(b_lo, p)
+                elif B_KC:  # (b0, b1) of column g: one 8-byte read
                     for j in range(NI):
                         p = pb + (kk // 8) * B_PITCH + j * 64
                         fb_hi[j, 0], fb_hi[j, 1] = load_f32x2(b_hi, p)

@@ -138,6 +138,39 @@ def test_matmul_3xtf32_with_the_gpu_tile(layout):
 
 
 @needs_cuda
+@pytest.mark.parametrize("layout", m3.LAYOUTS)
+@pytest.mark.parametrize("tile", [m3.SIM_TILE + ("fragment",), (2, 2, 2, 4, 16, 2, "fragment")])
+def test_matmul_3xtf32_fragment_native_shared_tiles(layout, tile):
+    """SMEM="fragment" (a_slot / b_slot: each lane's fragment one 16-byte word) computes the same product:
+    one warp of 64 x 32 over several blocks, and the GPU's default tile over one ragged block."""
+    M, N, K = 70, 40, 20
+    r = rng(38)
+    a, b, a_s, b_s = _operands(layout, M, N, K, r)
+    out = dev(np.full((M, N), np.nan))
+    m3.matmul(out, dev(a_s), dev(b_s), M, N, K, layout, tile=tile)
+    assert max_rel(host(out, (M, N)), a @ b) <= KERNEL_REL
+
+
+def test_fragment_native_slots_are_a_permutation_in_register_order():
+    """a_slot / b_slot give every element of a slice its own slot, and lane (g, t)'s 16-byte word holds
+    (a0, a1, a2, a3) / (b0, b1 of j, b0, b1 of j + 1) in that order (mma.py's layout)."""
+    BM, BN, BK = 64, 64, 16
+    assert sorted(m3.a_slot(m, k, BM) for m in range(BM) for k in range(BK)) == list(range(BM * BK))
+    assert sorted(m3.b_slot(k, n, BN) for k in range(BK) for n in range(BN)) == list(range(BN * BK))
+    for lane in range(32):
+        g, t = lane >> 2, lane & 3
+        word = m3.a_slot(16 + g, 8 + t, BM)  # the A fragment of row group 1, k step 1
+        assert word % 4 == 0
+        assert [m3.a_slot(16 + r, 8 + k, BM) - word for r, k in ((g, t), (g + 8, t), (g, t + 4), (g + 8, t + 4))] == [
+            0, 1, 2, 3]  # fmt: skip
+        word = m3.b_slot(t, 16 + g, BN)  # B fragments of column groups 2 and 3, k step 0
+        assert [m3.b_slot(k, 16 + c, BN) - word for k, c in ((t, g), (t + 4, g), (t, g + 8), (t + 4, g + 8))] == [
+            0, 1, 2, 3]  # fmt: skip
+    with pytest.raises(ValueError, match="SMEM='fragment'"):
+        m3.staging_offsets(64, 16, 128, True, lambda m, k: (m * 7 + k * 3) % 11 * (m % 3))
+
+
+@needs_cuda
 @pytest.mark.parametrize("layout", ["NN", "TN"])
 def test_matmul_3xtf32_one_shared_stage(layout):
     """STAGES=1 (one copy of the tiles, two barriers per K slice) computes the same product."""
@@ -170,7 +203,9 @@ def test_matmul_3xtf32_refuses_naive_and_bad_arguments():
     with pytest.raises(ValueError, match="layout"):
         m3.matmul_3xtf32_kernel("TT", *m3.GPU_TILE)
     with pytest.raises(ValueError, match="accumulate_mode"):
-        m3.matmul_3xtf32_kernel("NN", *m3.GPU_TILE, "fused")
+        m3.matmul_3xtf32_kernel("NN", *m3.GPU_TILE, mode="fused")
+    with pytest.raises(ValueError, match="SMEM"):
+        m3.matmul_3xtf32_kernel("NN", *m3.GPU_TILE, SMEM="padded")
     with pytest.raises(ValueError, match="multiple of 8"):
         m3.matmul_3xtf32_kernel("NN", 1, 1, 1, 1, 12)
 
