@@ -30,6 +30,8 @@ numba_impl/mma.py for the lane layout). K advances in slices of BK:
   B in NN/TN) as [BK][BMN + 8] with, in each group of 32 columns, column 8v + g stored at 4g + v
   (the four columns a lane of row group g needs are one 16-byte word); the pads keep both the
   fragment reads and the staging stores on 32 different banks;
+  SMEM="fragment" (opt-in, `a_slot` / `b_slot`) instead stores each lane's whole fragment in the
+  mma's register order, one 16-byte word per A fragment and per two B fragments;
 - each thread's staging positions are fixed for the whole K loop (computed once), only the stage
   offset and k0 change per slice;
 - per 8-wide k step each warp reads its A fragments (4 hi + 4 lo values per MI) and B fragments
