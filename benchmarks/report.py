@@ -158,7 +158,12 @@ def machine_lines(data: dict, results: list[Result]) -> list[str]:
     load = m.get("load_average")
     if load:
         lines.append(f"- Load average (1, 5, 15 min) when the run started: {', '.join(f'{x:.2f}' for x in load)}")
-    commit = data.get("commit_info", {}) or {}
+    # weights.provenance's record (benchmarks/conftest.py) knows the commit a copied tree came from
+    # (GPT2_GIT_COMMIT); pytest-benchmark's own commit_info reads whatever .git the copy carries.
+    git = (m.get("provenance") or {}).get("git") or {}
+    commit = data.get("commit_info") or {}
+    if git.get("commit"):
+        commit = {"id": git["commit"], "dirty": git.get("dirty")}
     if commit.get("id"):
         dirty = " (with uncommitted changes)" if commit.get("dirty") else ""
         lines.append(f"- Commit {commit['id'][:10]}{dirty}")
