@@ -58,7 +58,14 @@ SOURCES: list[tuple[str, dict[str, str]]] = [
     ("ceiling-spread-cpu.json", {}),
     ("ceiling-spread-cpu-numba-sim.json", {}),
     ("ceiling-spread-gpu.json", {}),
-    ("ceiling-spread-gpu-124m.json", {}),
+    # ceiling-spread-gpu-124m.json (H200, 2 seeds) is measured and committed but not read by the rule:
+    # at seed 1 of 124m-adamw every float32 backend, torch included, ends 10 AdamW steps 7e-3..1.1e-2
+    # (adamw_param_l2) away from the float64 trajectory on h.0.attn.c_attn.weight, while its logits,
+    # loss and gradients sit where every other run's do. Read as spread, it would put the AdamW
+    # ceilings at 1e-1 / 5e-1, where the planted optimizer bugs of scripts/mutation.py pass. It is
+    # a conditioning question of the 124M AdamW comparison (docs/conformance.md, "Open: AdamW at
+    # 124M, seed 1"), not a spread between correct implementations; until the comparison handles
+    # it, the file is evidence, not an input.
     ("conformance-h100-small.json", {"numba-cuda-f32": "measured before the split-K fix"}),
     ("conformance-h100-124m.json", {"numba-cuda-f32": "measured before the split-K fix"}),
     ("conformance-h100-numba-splitk-small.json", {}),
