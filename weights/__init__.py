@@ -8,6 +8,9 @@ from weights.checkpoint import CheckpointError, atomic_write, load, read_metadat
 from weights.config import ConfigError, GPT2Config
 from weights.layout import (
     TENSOR_KINDS,
+    activation_names,
+    block_activations,
+    block_shapes,
     infer_config,
     num_params,
     param_names,
@@ -24,6 +27,9 @@ __all__ = [
     "GPT2Config",
     "SYNTHETIC_LABEL",
     "TENSOR_KINDS",
+    "activation_names",
+    "block_activations",
+    "block_shapes",
     "infer_config",
     "load",
     "num_params",

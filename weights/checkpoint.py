@@ -8,7 +8,9 @@ Accepted layouts on load:
   * the hub file (``openai-community/gpt2``): names without prefix, plus the causal-mask
     buffers ``h.{i}.attn.bias`` / ``h.{i}.attn.masked_bias``, which are skipped by exact name;
   * ``save_pretrained`` output: every name prefixed ``transformer.``, plus ``lm_head.weight``,
-    which must equal ``wte.weight`` (our head is tied).
+    which must equal ``wte.weight`` when the head is tied (GPT-2's is);
+  * a variant (config.json with model_type "gpt2-variant", weights/config.py): the tensors of its
+    layout (weights/layout.py), ``lm_head.weight`` among them when its head is untied.
 
 Everything else is an error that names the file and the tensor: an unknown or missing
 name, a wrong shape or dtype, a non-finite value, a truncated or corrupt file.
@@ -58,8 +60,10 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{path}: unsupported tensor data ({e}); expected float32 tensors") from None
 
 
-def _canonical_names(raw: Mapping[str, np.ndarray], path: Path) -> dict[str, np.ndarray]:
-    """Map a hub or save_pretrained state dict onto canonical names (no prefix, no buffers)."""
+def _canonical_names(raw: Mapping[str, np.ndarray], path: Path) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Map a hub or save_pretrained state dict onto canonical names (no prefix, no buffers).
+    Returns (tensors, lm_head.weight of a prefixed file or None): whether that one is a parameter or a
+    copy of wte depends on the config (`_place_head`)."""
     prefixed = any(k.startswith("transformer.") for k in raw)
     out: dict[str, np.ndarray] = {}
     lm_head = None
@@ -75,13 +79,21 @@ def _canonical_names(raw: Mapping[str, np.ndarray], path: Path) -> dict[str, np.
         if _MASK_BUFFER.fullmatch(name):
             continue
         out[name] = value
-    if lm_head is not None:
-        wte = out.get("wte.weight")
-        if wte is None or wte.shape != lm_head.shape or not np.array_equal(wte, lm_head):
-            raise CheckpointError(
-                f"{path}: lm_head.weight differs from wte.weight; GPT-2's output head is tied to the embedding"
-            )
-    return out
+    return out, lm_head
+
+
+def _place_head(tensors: dict[str, np.ndarray], lm_head: np.ndarray | None, config: GPT2Config, path: Path) -> None:
+    """A prefixed file's lm_head.weight: the untied head's parameter, or (tied) a copy that must equal wte."""
+    if lm_head is None:
+        return
+    if not config.tied_head:
+        tensors["lm_head.weight"] = lm_head
+        return
+    wte = tensors.get("wte.weight")
+    if wte is None or wte.shape != lm_head.shape or not np.array_equal(wte, lm_head):
+        raise CheckpointError(
+            f"{path}: lm_head.weight differs from wte.weight; GPT-2's output head is tied to the embedding"
+        )
 
 
 def _check_tensors(tensors: Mapping[str, np.ndarray], config: GPT2Config, path: Path) -> None:
@@ -129,7 +141,7 @@ def load(
     if np.dtype(dtype) not in (np.float32, np.float64):
         raise ValueError(f"load: dtype must be float32 or float64, got {dtype}")
     path = resolve(source)
-    tensors = _canonical_names(_read_safetensors(path), path)
+    tensors, lm_head = _canonical_names(_read_safetensors(path), path)
     if config is None:
         cfg_path = path.parent / CONFIG_FILE
         if cfg_path.is_file():
@@ -142,6 +154,7 @@ def load(
                 config = infer_config({k: v.shape for k, v in tensors.items()})
             except (ValueError, ConfigError) as e:
                 raise CheckpointError(f"{path}: {e}") from None
+    _place_head(tensors, lm_head, config, path)
     _check_tensors(tensors, config, path)
     params = {name: np.ascontiguousarray(tensors[name], dtype=dtype) for name in param_shapes(config)}
     return params, config

@@ -4,7 +4,7 @@ Parameters travel between backends as a plain ``dict[str, np.ndarray]`` keyed by
 the names below (Hugging Face's GPT-2 names without the ``transformer.`` prefix),
 in this order. Gradients use the same names and shapes.
 
-Shapes, with C = n_embd, V = vocab_size, maxT = n_ctx:
+Shapes of GPT-2, with C = n_embd, V = vocab_size, maxT = n_ctx:
 
     wte.weight                 (V, C)      token embedding; also the output head (tied)
     wpe.weight                 (maxT, C)   position embedding
@@ -21,6 +21,17 @@ Shapes, with C = n_embd, V = vocab_size, maxT = n_ctx:
     ln_f.weight / ln_f.bias    (C,)        final LayerNorm
 
 There is no ``lm_head.weight``: logits = x @ wte.weight.T.
+
+The variants (weights/config.py) keep these names and change what exists and how wide it is,
+with HS = C // n_head, NKV = kv_heads, H = hidden:
+
+    position "rope"     no wpe.weight
+    norm "rmsnorm"      no ln_1.bias / ln_2.bias / ln_f.bias (and none with bias=False either)
+    n_kv_head           attn.c_attn.weight (C, (NH + 2 NKV) HS): q's NH heads, then k's NKV, then v's NKV
+    hidden / mlp        mlp.c_fc.weight (C, H), mlp.c_proj.weight (H, C); swiglu: c_fc (C, 2H), the
+                        gate's H columns first, then the up projection's H
+    bias=False          no .bias of any linear layer (c_attn, attn.c_proj, c_fc, mlp.c_proj)
+    tied_head=False     lm_head.weight (V, C), last: logits = x @ lm_head.weight.T
 """
 
 from __future__ import annotations
@@ -56,18 +67,53 @@ TENSOR_KINDS: tuple[str, ...] = (
 RESIDUAL_PROJECTIONS = ("attn.c_proj.weight", "mlp.c_proj.weight")
 
 
+def block_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
+    """Ordered kind -> shape of the tensors one block of `config` has (GPT-2: the 12 of BLOCK_TENSORS)."""
+    C, H = config.n_embd, config.hidden
+    shapes = {
+        "ln_1.weight": (C,),
+        "ln_1.bias": (C,),
+        "attn.c_attn.weight": (C, config.qkv_width),
+        "attn.c_attn.bias": (config.qkv_width,),
+        "attn.c_proj.weight": (C, C),
+        "attn.c_proj.bias": (C,),
+        "ln_2.weight": (C,),
+        "ln_2.bias": (C,),
+        "mlp.c_fc.weight": (C, config.fc_width),
+        "mlp.c_fc.bias": (config.fc_width,),
+        "mlp.c_proj.weight": (H, C),
+        "mlp.c_proj.bias": (C,),
+    }
+    return {kind: shape for kind, shape in shapes.items() if _exists(kind, config)}
+
+
+def _exists(kind: str, config: GPT2Config) -> bool:
+    if kind in ("ln_1.bias", "ln_2.bias", "ln_f.bias"):
+        return config.norm_bias
+    if kind.endswith(".bias"):  # the linear layers' biases
+        return config.bias
+    if kind == "wpe.weight":
+        return config.position == "learned"
+    if kind == "lm_head.weight":
+        return not config.tied_head
+    return True
+
+
 def param_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
     """Ordered name -> shape for every parameter tensor of `config`."""
     C = config.n_embd
-    shapes: dict[str, tuple[int, ...]] = {
-        "wte.weight": (config.vocab_size, C),
-        "wpe.weight": (config.n_ctx, C),
-    }
+    shapes: dict[str, tuple[int, ...]] = {"wte.weight": (config.vocab_size, C)}
+    if _exists("wpe.weight", config):
+        shapes["wpe.weight"] = (config.n_ctx, C)
+    block = block_shapes(config)
     for i in range(config.n_layer):
-        for kind, shape in BLOCK_TENSORS:
-            shapes[f"h.{i}.{kind}"] = shape(C)
+        for kind, shape in block.items():
+            shapes[f"h.{i}.{kind}"] = shape
     shapes["ln_f.weight"] = (C,)
-    shapes["ln_f.bias"] = (C,)
+    if _exists("ln_f.bias", config):
+        shapes["ln_f.bias"] = (C,)
+    if _exists("lm_head.weight", config):
+        shapes["lm_head.weight"] = (config.vocab_size, C)
     return shapes
 
 
@@ -75,8 +121,24 @@ def param_names(config: GPT2Config) -> list[str]:
     return list(param_shapes(config))
 
 
+def block_activations(config: GPT2Config) -> tuple[str, ...]:
+    """The named activations of one block, in forward order (docs/contract.md): GPT-2's ten, plus "rope"
+    (qkv with q and k rotated) under rotary positions, and "swiglu" in place of "gelu"."""
+    names = ["ln_1", "qkv"] + (["rope"] if config.position == "rope" else []) + ["attn", "attn_proj", "resid_1"]
+    names += ["ln_2", "fc", "gelu" if config.mlp == "gelu" else "swiglu", "mlp_proj", "resid_2"]
+    return tuple(names)
+
+
+def activation_names(config: GPT2Config) -> list[str]:
+    """Every named activation of the contract in forward order: embed, each block's, ln_f, logits."""
+    names = ["embed"]
+    for i in range(config.n_layer):
+        names += [f"h.{i}.{a}" for a in block_activations(config)]
+    return names + ["ln_f", "logits"]
+
+
 def num_params(config: GPT2Config) -> int:
-    """Number of parameter values (the head is tied to wte, so it adds none)."""
+    """Number of parameter values (a tied head adds none)."""
     return sum(int(np.prod(s)) for s in param_shapes(config).values())
 
 
@@ -111,13 +173,16 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], n_head: int | None = Non
     """Infer a config from tensor shapes alone (no config.json).
 
     n_head cannot be seen in any shape; GPT-2 uses head size 64, so it is n_embd // 64
-    unless given (for n_embd < 64 a single head is assumed).
+    unless given (for n_embd < 64 a single head is assumed). Only a plain GPT-2 is inferred: a
+    checkpoint of a variant (weights/config.py) needs its config.json.
     """
     try:
         V, C = shapes["wte.weight"]
         n_ctx, C2 = shapes["wpe.weight"]
     except KeyError as e:
-        raise ValueError(f"cannot infer config: tensor {e.args[0]!r} is missing") from None
+        raise ValueError(
+            f"cannot infer config: tensor {e.args[0]!r} is missing (a variant checkpoint needs its config.json)"
+        ) from None
     except ValueError:
         raise ValueError("cannot infer config: wte.weight / wpe.weight are not 2-D") from None
     if C2 != C:
