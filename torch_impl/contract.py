@@ -9,9 +9,16 @@ Precision follows the model: float32 or float64 parameters compute in that dtype
 Every call runs inside `tf32_disabled()`, so float32 matmuls on Ampere/Hopper are true float32
 and not TF32 (~1e-3 relative error); the caller's TF32 settings are restored afterwards.
 
+Every config works the same way, GPT-2 and each variant (weights/config.py): the gradients come back
+under exactly the canonical names of `weights.layout.param_shapes(config)` (no `wpe.weight` with
+rotary positions, no biases with bias=False, `lm_head.weight` with an untied head), and the
+activations are those of `weights.layout.activation_names(config)` ("h.{i}.rope", "h.{i}.swiglu").
+
 Gradients come from `torch.autograd.grad`, so the model's `.grad` fields are left untouched.
-The `wte.weight` gradient is the sum of the head's and the embedding's terms, as autograd
-accumulates them on the one tied parameter; Conv1D weights come back (in, out).
+With the tied head the `wte.weight` gradient is the sum of the head's and the embedding's terms,
+as autograd accumulates them on the one tied parameter; with an untied head it is the
+embedding's scatter-add alone and `lm_head.weight` (V, C) gets the head's term. Conv1D weights
+come back (in, out) (c_attn's columns q, k, v; c_fc's gate, then up), pad rows dropped.
 """
 
 from __future__ import annotations

@@ -14,20 +14,36 @@ V = vocab_size, L = n_layer:
              y @ W_proj + b                                   (B, T, C)
     mlp(m):  gelu_tanh(m @ W_fc + b) @ W_proj + b             (B, T, 4C) -> (B, T, C)
 
+The variants (weights/config.py, docs/variants.md) change a few of these lines; GPT-2 is the default:
+
+    position "rope"    no wpe; q and k rotated after the qkv projection: each pair of channels
+                       (i, i + HS/2) of a head at absolute position t turns by t * theta_i,
+                       theta_i = rope_theta^(-2i/HS) (`rope_tables`, `apply_rope`)
+    norm "rmsnorm"     ln_1, ln_2, ln_f are x / sqrt(mean(x^2) + eps) * w (`RMSNorm`)
+    mlp "swiglu"       h = m @ W_fc (B, T, 2H): gate a = h[..., :H], up u = h[..., H:];
+                       mlp(m) = (silu(a) * u) @ W_proj, hidden width H = config.hidden
+    n_kv_head NKV      qkv (B, T, (NH + 2 NKV) HS): NH query heads, NKV key and NKV value heads;
+                       query head h reads key/value head h // (NH / NKV)
+    bias=False         no bias in any nn.Linear and none in LayerNorm
+    tied_head=False    logits = ln_f(x) @ lm_head.T with a (V, C) matrix of its own
+
 Weights. The shared checkpoint (`weights/`) stores the four projection matrices of a block as
 Conv1D does, (in, out), and computes x @ W + b. `nn.Linear` stores (out, in) and computes
 x @ W.T + b, so every one of them is transposed on the way in (`from_params`) and on the way
 out (`to_params`, and the gradients in `torch_impl.contract`). `attn.c_proj` is square, so a
-missed transpose would pass every shape check: the tests compare values.
+missed transpose would pass every shape check: the tests compare values. An untied head's
+`lm_head.weight` is (V, C) like wte (and like nn.Linear's weight): it is copied as it is.
 
 Parameter names. `model.named_parameters()` yields exactly the canonical names of
-`weights.layout` ("wte.weight", "h.3.attn.c_proj.weight", ...), so the mapping is one name
-to one name; only the layout of the (C, ·) projection matrices differs.
+`weights.layout.param_shapes(config)` ("wte.weight", "h.3.attn.c_proj.weight", ...,
+"lm_head.weight" when untied), in that order, so the mapping is one name to one name; only the
+layout of the (C, ·) projection matrices differs.
 
-Vocabulary padding. `padded_vocab_size` (e.g. 50304 = 393 * 128 instead of 50257) gives wte
-extra rows so the head matmul has a GPU-friendly shape. The pad rows start at zero, are never
-looked up (ids are checked to be < vocab_size), and their logits are cut off before anything
-sees them, so they are never scored or sampled and get exactly zero gradient.
+Vocabulary padding. `padded_vocab_size` (e.g. 50304 = 393 * 128 instead of 50257) gives the
+head's matrix (wte when tied, lm_head when untied) extra rows so the head matmul has a
+GPU-friendly shape. The pad rows start at zero, are never looked up (ids are checked to be
+< vocab_size), and their logits are cut off before anything sees them, so they are never scored
+or sampled and get exactly zero gradient.
 
 No dropout: GPT-2's 0.1 dropout is a training choice that conformance runs switch off anyway;
 leaving it out keeps every forward pass deterministic.
@@ -51,6 +67,10 @@ ATTENTION_KINDS = ("math", "sdpa")
 # The four nn.Linear layers of a block; their canonical (Conv1D) weights are stored (in, out).
 LINEAR_LAYERS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 CONV1D_WEIGHTS = tuple(f"{layer}.weight" for layer in LINEAR_LAYERS)
+
+# The (V, C) matrices indexed by token id: the embedding, and the untied head. One of them is the
+# head (wte when tied); that one carries the pad rows of padded_vocab_size.
+VOCAB_MATRICES = ("wte.weight", "lm_head.weight")
 
 INIT_STD = 0.02  # GPT-2's initializer_range
 
@@ -140,10 +160,15 @@ def causal_mask(Tq: int, Tk: int, device) -> torch.Tensor:
 
 
 def attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Explicit causal attention. q (B, NH, Tq, HS), k and v (B, NH, Tk, HS) -> (B, NH, Tq, HS).
+    """Explicit causal attention. q (B, NH, Tq, HS), k and v (B, NKV, Tk, HS) -> (B, NH, Tq, HS).
 
     att = softmax(q k^T / sqrt(HS) with future keys set to -inf); y = att v.
+    With NKV < NH (grouped-query attention) each key/value head is repeated for its group of
+    NH / NKV consecutive query heads, so query head h reads key/value head h // (NH / NKV).
     """
+    group = q.size(1) // k.size(1)
+    if group > 1:
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (B, NH, Tk, HS)
     Tq, Tk, HS = q.size(-2), k.size(-2), q.size(-1)
     att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(HS))  # (B, NH, Tq, Tk)
     att = att.masked_fill(~causal_mask(Tq, Tk, q.device), float("-inf"))
@@ -156,24 +181,62 @@ def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
 
     `is_causal=True` masks with the top-left triangle, right only when Tq == Tk. One new query
     against a cache sees every key (no mask); several new queries need the explicit mask.
+    Grouped-query attention (k, v with NKV < NH heads) goes to SDPA as it is, with `enable_gqa=True`:
+    SDPA then pairs query head h with key/value head h // (NH / NKV), as `attention_math`'s
+    repeat_interleave does, without materialising the repeated keys (the flash kernel supports it).
     """
     Tq, Tk, HS = q.size(-2), k.size(-2), q.size(-1)
     scale = 1.0 / math.sqrt(HS)
+    gqa = {"enable_gqa": True} if q.size(1) != k.size(1) else {}
     if Tq == Tk:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, **gqa)
     if Tq == 1:
-        return F.scaled_dot_product_attention(q, k, v, scale=scale)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(Tq, Tk, q.device), scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, scale=scale, **gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(Tq, Tk, q.device), scale=scale, **gqa)
 
 
 ATTENTION_FUNCTIONS = {"math": attention_math, "sdpa": attention_sdpa}
 
 
+# ----------------------------------------------------------------------------- rotary positions
+
+
+def rope_tables(
+    config: GPT2Config, start: int, T: int, device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (T, HS/2) of the angles t * theta_i at the absolute positions t = start .. start + T - 1.
+
+    theta_i = rope_theta^(-2i/HS), i = 0 .. HS/2 - 1. The angles are computed in float64 and only cos
+    and sin are rounded to `dtype`: t * theta_0 = t reaches n_ctx - 1 radians, and a float32 angle
+    that large is itself off by up to t * 2^-24 (6e-5 rad at t = 1023).
+    """
+    HS = config.head_size
+    i = torch.arange(HS // 2, dtype=torch.float64, device=device)
+    theta = config.rope_theta ** (-2.0 * i / HS)  # (HS/2,)
+    t = torch.arange(start, start + T, dtype=torch.float64, device=device)  # (T,)
+    angles = torch.outer(t, theta)  # (T, HS/2)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate every head of x (B, heads, T, HS) by position, "rotate half" convention (GPT-NeoX, HF Llama).
+
+    Channel i is paired with channel i + HS/2, and the pair turns by the angle t * theta_i:
+        out[i]        = x[i] cos - x[i + HS/2] sin
+        out[i + HS/2] = x[i + HS/2] cos + x[i] sin
+    """
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # bf16 under autocast
+    x1, x2 = x.chunk(2, dim=-1)  # channels [0, HS/2) and [HS/2, HS)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
 class KVCache:
     """Keys and values of every position processed so far, per layer: what cached generation reuses.
 
-    k[layer], v[layer]: (B, NH, max_len, HS), allocated on first use in the compute dtype
-    (bf16 under autocast). `length` positions are filled; the model advances it after each step.
+    k[layer], v[layer]: (B, NKV, max_len, HS) (NKV = NH for GPT-2), allocated on first use in the
+    compute dtype (bf16 under autocast). With rotary positions the keys are stored already rotated
+    (each at its own absolute position), so they are never rotated again. `length` positions are
+    filled; the model advances it after each step.
     """
 
     def __init__(self, n_layer: int, max_len: int):
@@ -183,7 +246,7 @@ class KVCache:
         self.v: list[torch.Tensor | None] = [None] * n_layer
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, NH, T, HS) of the new positions; return those of all positions (B, NH, length + T, HS)."""
+        """Store k, v (B, NKV, T, HS) of the new positions; return those of all positions (B, NKV, length + T, HS)."""
         B, NH, T, HS = k.shape
         end = self.length + T
         if end > self.max_len:
@@ -199,29 +262,68 @@ class KVCache:
 # ----------------------------------------------------------------------------- layers
 
 
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight over the channels, rms(x) = sqrt(mean(x^2) + eps): no mean, no bias."""
+
+    def __init__(self, C: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(C))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rstd = torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)  # (..., 1)
+        return x * rstd * self.weight
+
+
+def make_norm(config: GPT2Config) -> nn.Module:
+    """ln_1 / ln_2 / ln_f: GPT-2's LayerNorm (nn.LayerNorm divides by C: biased variance, as GPT-2
+    does; no bias with bias=False), or RMSNorm. eps is config.layer_norm_eps for both."""
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.n_embd, config.layer_norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.norm_bias)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(B, heads, T, HS) -> (B, T, heads * HS)."""
+    B, nh, T, HS = x.shape
+    return x.transpose(1, 2).reshape(B, T, nh * HS)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPT2Config, layer: int):
         super().__init__()
         C = config.n_embd
-        self.n_head = config.n_head
+        self.n_head, self.n_kv_head, self.head_size = config.n_head, config.kv_heads, config.head_size
         self.layer = layer
         self.attention = "sdpa"  # set by GPT2
-        self.c_attn = nn.Linear(C, 3 * C)  # weight (3C, C) = canonical (C, 3C) transposed
-        self.c_proj = nn.Linear(C, C)  # weight (C, C) = canonical (C, C) transposed
+        # weight ((NH + 2 NKV) HS, C) = canonical (C, (NH + 2 NKV) HS) transposed; GPT-2: (3C, C)
+        self.c_attn = nn.Linear(C, config.qkv_width, bias=config.bias)
+        self.c_proj = nn.Linear(C, C, bias=config.bias)  # weight (C, C) = canonical (C, C) transposed
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, acts: dict | None = None) -> torch.Tensor:
-        """x (B, T, C) -> (B, T, C). With a cache, x holds the T positions after the cached ones."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        acts: dict | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C). With a cache, x holds the T positions after the cached ones;
+        `rope` is (cos, sin) of rope_tables for those positions (None: learned positions)."""
         B, T, C = x.shape
-        NH, HS = self.n_head, C // self.n_head
+        NH, NKV, HS = self.n_head, self.n_kv_head, self.head_size
         p = f"h.{self.layer}."
-        qkv = self.c_attn(x)  # (B, T, 3C)
+        qkv = self.c_attn(x)  # (B, T, (NH + 2 NKV) HS); GPT-2: (B, T, 3C)
         _record(acts, p + "qkv", qkv)
-        q, k, v = qkv.split(C, dim=2)  # each (B, T, C)
+        q, k, v = qkv.split([NH * HS, NKV * HS, NKV * HS], dim=2)
         q = q.view(B, T, NH, HS).transpose(1, 2)  # (B, NH, T, HS)
-        k = k.view(B, T, NH, HS).transpose(1, 2)
-        v = v.view(B, T, NH, HS).transpose(1, 2)
+        k = k.view(B, T, NKV, HS).transpose(1, 2)  # (B, NKV, T, HS)
+        v = v.view(B, T, NKV, HS).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)  # v is not rotated
+            if acts is not None:
+                _record(acts, p + "rope", torch.cat([_merge_heads(q), _merge_heads(k), _merge_heads(v)], dim=2))
         if cache is not None:
-            k, v = cache.append(self.layer, k, v)  # (B, NH, Tk, HS), Tk = cached + T
+            k, v = cache.append(self.layer, k, v)  # (B, NKV, Tk, HS), Tk = cached + T; keys rotated
         y = ATTENTION_FUNCTIONS[self.attention](q, k, v)  # (B, NH, T, HS)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads merged
         _record(acts, p + "attn", y)
@@ -235,17 +337,25 @@ class MLP(nn.Module):
         super().__init__()
         C = config.n_embd
         self.layer = layer
-        self.c_fc = nn.Linear(C, 4 * C)  # weight (4C, C) = canonical (C, 4C) transposed
-        self.c_proj = nn.Linear(4 * C, C)  # weight (C, 4C) = canonical (4C, C) transposed
+        self.swiglu = config.mlp == "swiglu"
+        self.hidden = config.hidden  # H: 4C for GPT-2
+        # weight (H, C) = canonical (C, H) transposed; swiglu: (2H, C), the gate's H rows, then the up projection's
+        self.c_fc = nn.Linear(C, config.fc_width, bias=config.bias)
+        self.c_proj = nn.Linear(self.hidden, C, bias=config.bias)  # weight (C, H) = canonical (H, C) transposed
 
     def forward(self, x: torch.Tensor, acts: dict | None = None) -> torch.Tensor:
-        """x (B, T, C) -> (B, T, C) through a 4C-wide hidden layer."""
+        """x (B, T, C) -> (B, T, C) through a hidden layer of width H."""
         p = f"h.{self.layer}."
-        h = self.c_fc(x)  # (B, T, 4C)
+        h = self.c_fc(x)  # (B, T, H); swiglu: (B, T, 2H)
         _record(acts, p + "fc", h)
-        # GELU, tanh form: 0.5 h (1 + tanh(sqrt(2/pi) (h + 0.044715 h^3))). Not the erf form.
-        h = F.gelu(h, approximate="tanh")
-        _record(acts, p + "gelu", h)
+        if self.swiglu:
+            gate, up = h.split(self.hidden, dim=-1)  # h[..., :H] and h[..., H:]
+            h = F.silu(gate) * up  # silu(a) = a * sigmoid(a)
+            _record(acts, p + "swiglu", h)
+        else:
+            # GELU, tanh form: 0.5 h (1 + tanh(sqrt(2/pi) (h + 0.044715 h^3))). Not the erf form.
+            h = F.gelu(h, approximate="tanh")
+            _record(acts, p + "gelu", h)
         h = self.c_proj(h)  # (B, T, C)
         _record(acts, p + "mlp_proj", h)
         return h
@@ -254,20 +364,24 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, config: GPT2Config, layer: int):
         super().__init__()
-        C, eps = config.n_embd, config.layer_norm_eps
         self.layer = layer
-        # nn.LayerNorm divides by C (biased variance), as GPT-2 does.
-        self.ln_1 = nn.LayerNorm(C, eps=eps)
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config, layer)
-        self.ln_2 = nn.LayerNorm(C, eps=eps)
+        self.ln_2 = make_norm(config)
         self.mlp = MLP(config, layer)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, acts: dict | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        acts: dict | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C): pre-norm attention, then pre-norm MLP, each added to the residual."""
         p = f"h.{self.layer}."
         a = self.ln_1(x)
         _record(acts, p + "ln_1", a)
-        x = x + self.attn(a, cache, acts)
+        x = x + self.attn(a, cache, acts, rope)
         _record(acts, p + "resid_1", x)
         m = self.ln_2(x)
         _record(acts, p + "ln_2", m)
@@ -280,7 +394,8 @@ class Block(nn.Module):
 
 
 class GPT2(nn.Module):
-    """GPT-2 with a tied head. See the module docstring for the math and the weight layout."""
+    """GPT-2, or one of its variants (weights/config.py). See the module docstring for the math and the
+    weight layout."""
 
     def __init__(self, config: GPT2Config, attention: str = "sdpa", padded_vocab_size: int | None = None):
         super().__init__()
@@ -293,15 +408,25 @@ class GPT2(nn.Module):
             )
         self.config = config
         self.padded_vocab_size = Vp
-        self.wte = nn.Embedding(Vp, config.n_embd)  # token embedding and output head
-        self.wpe = nn.Embedding(config.n_ctx, config.n_embd)  # position embedding
+        C, tied = config.n_embd, config.tied_head
+        # Registration order = the canonical order of weights.layout: wte, wpe, h.*, ln_f, lm_head.
+        self.wte = nn.Embedding(Vp if tied else config.vocab_size, C)  # token embedding (and the tied head)
+        if config.position == "learned":
+            self.wpe = nn.Embedding(config.n_ctx, C)  # position embedding; rope has none
         self.h = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
-        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.ln_f = make_norm(config)
+        if not tied:
+            self.lm_head = nn.Linear(C, Vp, bias=False)  # weight (Vp, C): the canonical (V, C) plus pad rows
         self.set_attention(attention)
         if self.wte.weight.device.type != "meta":  # built on "meta": shapes only, call reset_parameters later
             self.reset_parameters()
 
     # ------------------------------------------------------------------ set-up
+    @property
+    def head_weight(self) -> torch.Tensor:
+        """The output head's (Vp, C) matrix: wte's when tied, lm_head's when untied; it holds the pad rows."""
+        return self.wte.weight if self.config.tied_head else self.lm_head.weight
+
     @property
     def attention(self) -> str:
         return self._attention
@@ -316,8 +441,9 @@ class GPT2(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """GPT-2 init: weights and embeddings N(0, 0.02); the two projections back into the residual
-        stream N(0, 0.02 / sqrt(2 L)); LayerNorm weight 1, bias 0; linear biases 0; pad rows 0."""
+        """GPT-2 init: weights and embeddings N(0, 0.02) (an untied lm_head too); the two projections back
+        into the residual stream N(0, 0.02 / sqrt(2 L)); norm weights 1 (LayerNorm and RMSNorm), biases 0;
+        pad rows 0."""
         proj_std = INIT_STD / math.sqrt(2 * self.config.n_layer)
         for name, p in self.named_parameters():
             kind = tensor_kind(name)
@@ -327,12 +453,13 @@ class GPT2(nn.Module):
                 nn.init.zeros_(p)
             elif kind in RESIDUAL_PROJECTIONS:
                 nn.init.normal_(p, mean=0.0, std=proj_std)
-            else:  # wte, wpe, attn.c_attn.weight, mlp.c_fc.weight
+            else:  # wte, wpe, attn.c_attn.weight, mlp.c_fc.weight, lm_head.weight
                 nn.init.normal_(p, mean=0.0, std=INIT_STD)
-        self.wte.weight[self.config.vocab_size :].zero_()
+        self.head_weight[self.config.vocab_size :].zero_()
 
     def num_params(self) -> int:
-        """Parameter values the model really has: the tied head counted once, pad rows not at all."""
+        """Parameter values the model really has (= weights.num_params(config)): a tied head counted once,
+        an untied one in full, pad rows not at all (only the head's matrix has them)."""
         pad = (self.padded_vocab_size - self.config.vocab_size) * self.config.n_embd
         return sum(p.numel() for p in self.parameters()) - pad
 
@@ -353,20 +480,26 @@ class GPT2(nn.Module):
         start = 0 if cache is None else cache.length
         check_idx(idx, self.config, start, device=self.wte.weight.device)
         T = idx.size(1)
-        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
-        x = self.wte(idx) + self.wpe(pos)  # (B, T, C)
+        rope = None
+        if self.config.position == "learned":
+            pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+            x = self.wte(idx) + self.wpe(pos)  # (B, T, C)
+        else:  # rotary: no table; q and k of the positions start .. start + T - 1 are rotated in attention
+            x = self.wte(idx)
+            rope = rope_tables(self.config, start, T, idx.device, self.wte.weight.dtype)  # (T, HS/2) each
         _record(acts, "embed", x)
         for block in self.h:
-            x = block(x, cache, acts)
+            x = block(x, cache, acts, rope)
         if cache is not None:
             cache.length += T
         if last_only:
             x = x[:, -1:, :]  # (B, 1, C): ln_f and the head act on each position separately
         x = self.ln_f(x)
         _record(acts, "ln_f", x)
-        # Tied head over all Vp rows (the padded shape is the fast one); pad columns are cut off here,
-        # so they are never scored, never sampled, and send no gradient back to the pad rows.
-        logits = F.linear(x, self.wte.weight)[..., : self.config.vocab_size]  # (B, T, V)
+        # The head (wte when tied, lm_head when not) over all Vp rows (the padded shape is the fast one);
+        # pad columns are cut off here, so they are never scored, never sampled, and send no gradient
+        # back to the pad rows.
+        logits = F.linear(x, self.head_weight)[..., : self.config.vocab_size]  # (B, T, V)
         _record(acts, "logits", logits)
         return logits
 
@@ -402,7 +535,8 @@ class GPT2(nn.Module):
         attention: str = "sdpa",
         padded_vocab_size: int | None = None,
     ) -> GPT2:
-        """A model holding exactly `params` (canonical dict of weights/), Conv1D weights transposed in."""
+        """A model holding exactly `params` (canonical dict of weights/, any layout of `config`), Conv1D
+        weights transposed in; the pad rows of the head's matrix zero."""
         validate_params(params, config, what="GPT2.from_params")
         if dtype not in PARAM_DTYPES:
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype} (use autocast for bf16)")
@@ -416,7 +550,7 @@ class GPT2(nn.Module):
                 if tensor_kind(name) in CONV1D_WEIGHTS:
                     value = value.T  # (in, out) -> nn.Linear's (out, in)
                 src = torch.from_numpy(np.ascontiguousarray(value))
-                if name == "wte.weight":
+                if name in VOCAB_MATRICES:  # (V, C) as stored; the head's matrix has Vp - V pad rows
                     p[:V].copy_(src)
                     p[V:].zero_()
                 else:
@@ -487,13 +621,13 @@ def sample_next_token(
 
 def to_canonical_layout(model: GPT2, tensors: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """Model-layout tensors (parameters or their gradients, by parameter name) -> the canonical
-    numpy dict: Conv1D weights transposed back to (in, out), wte's pad rows dropped, canonical order."""
+    numpy dict: Conv1D weights transposed back to (in, out), the head's pad rows dropped, canonical order."""
     out: dict[str, np.ndarray] = {}
     for name in param_shapes(model.config):
         value = tensors[name].detach().cpu().numpy()
         if tensor_kind(name) in CONV1D_WEIGHTS:
             value = value.T  # nn.Linear's (out, in) -> (in, out)
-        if name == "wte.weight":
+        if name in VOCAB_MATRICES:
             value = value[: model.config.vocab_size]
         out[name] = np.ascontiguousarray(value)
     return out
