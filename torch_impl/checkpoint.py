@@ -3,9 +3,13 @@
 Layout under a run's output folder:
 
     out/step_0000500/model.safetensors   the weights, hub layout (weights.save): every backend
-    out/step_0000500/config.json         and transformers' from_pretrained load this folder
+    out/step_0000500/config.json         and (for GPT-2) transformers' from_pretrained load this
+                                         folder; a variant's config.json (model_type gpt2-variant,
+                                         docs/variants.md) carries its options, and weights.load
+                                         reads it back exactly
     out/step_0000500/train_state.pt      optimizer moments, step, RNG, data-loader position,
-                                         pad rows of the embedding, the run's settings
+                                         pad rows of the head's matrix (wte, or an untied lm_head),
+                                         the run's settings
     out/latest                           the name of the newest complete checkpoint folder
 
 Each file is written to a temporary name, flushed to disk and renamed over the final name, so

@@ -2,7 +2,13 @@
 
     python -m torch_impl.data ../shared/data/tinyshakespeare.txt --out data-cache/shakespeare
     python -m torch_impl.train --data data-cache/shakespeare --init gpt2 --max-steps 200 ...
+    python -m torch_impl.train --data ... --init scratch --model llama-124m ...   # every variant on
     torchrun --standalone --nproc-per-node 8 -m torch_impl.train --data ... --compile
+
+The model is GPT-2 or any of its variants (weights/config.py, docs/variants.md): `--model` picks a
+preset for --init scratch (`MODEL_PRESETS`; the llama-* ones have rotary positions, RMSNorm, SwiGLU,
+grouped-query attention and no biases), `--n-kv-head`, `--mlp-hidden` and `--untied-head` change it;
+a checkpoint (--init or --resume) brings its own config.json, variant included.
 
 One optimizer step ("step") is:
 
@@ -30,6 +36,16 @@ N = number of parameters (tied head counted once, vocab unpadded). 6N: each para
 part in one multiply-add (2 FLOPs) per token forward, twice that backward. 6*L*C*T: the two
 attention matmuls (QK^T and AV), 2*T*C multiply-adds each per token and layer, counted for
 the causal half (flash attention skips the masked half), times 3 for forward + backward.
+
+The variants, counted the same way (`flops_per_token`):
+  * grouped-query attention: the narrower c_attn (C x (NH + 2 NKV) HS) is in N; the attention
+    matmuls stay 6*L*C*T, because every one of the NH query heads still takes the dot product of its
+    HS channels with every key (NH * HS = C), whichever key/value head it shares;
+  * SwiGLU: its three matrices (gate and up, C x H each, fused in c_fc; down, H x C) are in N; the
+    silu and the product, like GELU, RMSNorm and the rotations, are elementwise and not counted;
+  * an untied head: lm_head (V x C) is in N, and wte is left out of it, since looking up a row is no
+    matmul (a tied wte is counted once, as the head's matmul). GPT-2's wpe, also a lookup, stays in N
+    as llm.c counts it (0.6% of 124M), so the GPT-2 numbers stay llm.c's.
 """
 
 from __future__ import annotations
@@ -59,15 +75,37 @@ def _opt(default, help: str, choices: tuple[str, ...] | None = None):
     return field(default=default, metadata={"help": help, "choices": choices})
 
 
+def _llama_style(base: weights.GPT2Config, n_kv_head: int) -> weights.GPT2Config:
+    """`base`'s shape with the options of GPT2Config.llama_style_124m: rotary positions, RMSNorm, SwiGLU of
+    hidden width 3C, n_kv_head key/value heads, no biases; the head stays tied."""
+    options = dict(position="rope", norm="rmsnorm", mlp="swiglu", mlp_hidden=3 * base.n_embd, bias=False)
+    return dataclasses.replace(base, n_kv_head=n_kv_head, **options)
+
+
+# The configs --model names (for --init scratch). llama-124m is weights' preset (= _llama_style(124m, 4)).
+MODEL_PRESETS = {
+    "124m": weights.GPT2Config.gpt2_124m,
+    "small": weights.GPT2Config.small,
+    "tiny": weights.GPT2Config.tiny,
+    "llama-124m": weights.GPT2Config.llama_style_124m,
+    "llama-small": lambda: _llama_style(weights.GPT2Config.small(), n_kv_head=2),  # 4 query heads, 2 kv heads
+    "llama-tiny": lambda: _llama_style(weights.GPT2Config.tiny(), n_kv_head=1),  # 2 query heads, 1 kv head
+}
+
+
 @dataclass
 class TrainConfig:
     # data and model
     data: str = _opt("", "folder of token shards (*_train_*.bin, *_val_*.bin) from `python -m torch_impl.data`")
     init: str = _opt("scratch", "'scratch' (GPT-2 init), a hub id ('gpt2') or a local checkpoint file/folder")
-    model: str = _opt("124m", "config preset for --init scratch", ("124m", "small", "tiny"))
+    model: str = _opt("124m", "config preset for --init scratch (llama-*: every variant but the untied head)",
+                      tuple(MODEL_PRESETS))  # fmt: skip
     n_layer: int = _opt(0, "override the preset's n_layer (0: keep)")
     n_head: int = _opt(0, "override the preset's n_head (0: keep)")
     n_embd: int = _opt(0, "override the preset's n_embd (0: keep)")
+    n_kv_head: int = _opt(0, "override the preset's key/value heads, < n_head for grouped-query attention (0: keep)")
+    mlp_hidden: int = _opt(0, "override the preset's MLP hidden width (0: keep)")
+    untied_head: bool = _opt(False, "give the model an output head of its own (lm_head.weight) instead of wte")
     padded_vocab: int = _opt(50304, "embedding/head rows, padded for fast matmuls; pad ids never scored or sampled")
     attention: str = _opt("sdpa", "attention kernel (sdpa: flash on CUDA)", ("sdpa", "math"))
     # batch and optimizer
@@ -134,6 +172,8 @@ def _ranges(c: TrainConfig) -> list[tuple[str, bool, str]]:
         ("n_layer", c.n_layer >= 0, ">= 0 (0 keeps the preset)"),
         ("n_head", c.n_head >= 0, ">= 0 (0 keeps the preset)"),
         ("n_embd", c.n_embd >= 0, ">= 0 (0 keeps the preset)"),
+        ("n_kv_head", c.n_kv_head >= 0, ">= 0 (0 keeps the preset)"),
+        ("mlp_hidden", c.mlp_hidden >= 0, ">= 0 (0 keeps the preset)"),
         ("padded_vocab", c.padded_vocab >= 1, ">= 1"),
         ("batch_size", c.batch_size >= 1, ">= 1"),
         ("seq_len", c.seq_len >= 1, ">= 1"),
@@ -165,8 +205,11 @@ class NonFiniteError(RuntimeError):
 
 # ----------------------------------------------------------------------------- throughput
 def flops_per_token(config: weights.GPT2Config, T: int) -> int:
-    """Forward + backward FLOPs per token, llm.c's count (see the module docstring)."""
-    return 6 * weights.num_params(config) + 6 * config.n_layer * config.n_embd * T
+    """Forward + backward FLOPs per token, llm.c's count, for GPT-2 and every variant (see the module docstring)."""
+    n = weights.num_params(config)
+    if not config.tied_head:
+        n -= config.vocab_size * config.n_embd  # an untied wte is only looked up: no matmul
+    return 6 * n + 6 * config.n_layer * config.n_embd * T
 
 
 # Dense bf16 tensor-core peaks (no sparsity), from the vendors' data sheets, by device-name substring.
@@ -243,9 +286,21 @@ def _all_reduce_mean(t: torch.Tensor, d: Dist) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- model and optimizer
 def model_config(cfg: TrainConfig) -> weights.GPT2Config:
-    base = weights.GPT2Config.preset(cfg.model)
-    overrides = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd") if getattr(cfg, k)}
-    return dataclasses.replace(base, **overrides)
+    """The --init scratch model: the --model preset with the overrides that are set (0 / False: keep).
+
+    The overrides replace the preset's numbers and nothing else follows them: --n-embd on a SwiGLU
+    preset keeps its mlp_hidden unless --mlp-hidden is given, and --n-head must stay a multiple of the
+    preset's n_kv_head (or give --n-kv-head)."""
+    base = MODEL_PRESETS[cfg.model]()
+    names = ("n_layer", "n_head", "n_embd", "n_kv_head", "mlp_hidden")
+    overrides = {k: getattr(cfg, k) for k in names if getattr(cfg, k)}
+    if cfg.untied_head:
+        overrides["tied_head"] = False
+    try:
+        return dataclasses.replace(base, **overrides)
+    except weights.ConfigError as e:
+        flags = " ".join(f"{_flag(k)} {v}" for k, v in overrides.items() if k != "tied_head")
+        raise UsageError(f"--model {cfg.model} {flags}: {e}") from None
 
 
 def build_model(cfg: TrainConfig, device: torch.device, params: dict | None, config: weights.GPT2Config):
@@ -262,7 +317,8 @@ def build_model(cfg: TrainConfig, device: torch.device, params: dict | None, con
 
 
 def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, device: torch.device) -> torch.optim.AdamW:
-    """AdamW, weight decay on 2-D tensors only (matrices and embeddings), fused on CUDA."""
+    """AdamW, weight decay on 2-D tensors only (matrices, embeddings, an untied lm_head), none on biases
+    and norm weights (LayerNorm or RMSNorm); fused on CUDA."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
@@ -273,11 +329,14 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, device: torch.devi
 
 
 def _pad_rows(model: torch.nn.Module, vocab_size: int) -> dict[str, torch.Tensor]:
-    """Rows beyond vocab_size of every padded-vocab parameter (the params dict drops them)."""
+    """Rows beyond vocab_size of every padded-vocab parameter (the head's matrix: wte when tied,
+    lm_head when untied; the params dict drops them)."""
+    from torch_impl.model import VOCAB_MATRICES
+
     return {
         name: p.detach()[vocab_size:].cpu().clone()
         for name, p in model.named_parameters()
-        if p.dim() == 2 and p.shape[0] > vocab_size and name.endswith("wte.weight")
+        if p.dim() == 2 and p.shape[0] > vocab_size and name.endswith(VOCAB_MATRICES)
     }
 
 
@@ -475,7 +534,9 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
                 "device": str(device),
                 "flops_per_token": fpt,
             },
-            f"{where}; {weights.num_params(config):,} params; world {d.world}; B={B} T={T} grad_accum={grad_accum} "
+            f"{where}; {weights.num_params(config):,} params"
+            + "".join(f" {k}={v}" for k, v in config.variant_options().items())
+            + f"; world {d.world}; B={B} T={T} grad_accum={grad_accum} "
             f"({total:,} tokens/step); {device}, {'bf16' if use_bf16 else 'fp32'}{', compiled' if cfg.compile else ''}",
         )
 
