@@ -52,7 +52,7 @@ def chain_shards(tmp_path_factory):
     folder = tmp_path_factory.mktemp("data") / "chain"
     folder.mkdir()
     write_shard(folder / "chain_train_000000.bin", _chain(8192, seed=0))
-    write_shard(folder / "chain_val_000000.bin", _chain(1024, seed=1))
+    write_shard(folder / "chain_val_000000.bin", _chain(4096, seed=1))
     return folder
 
 
@@ -155,3 +155,36 @@ def test_weight_decay_on_matrices_only_for_a_variant():
     }
     assert "lm_head.weight" in {names[id(p)] for p in decay["params"]}
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+
+
+@pytest.mark.gpu
+def test_bf16_compiled_llama_training_on_gpu(chain_shards, tmp_path, run_config):
+    """The GPU path for a variant: bf16 autocast, torch.compile, flash SDPA with grouped-query attention,
+    fused AdamW, an untied padded head; the loss falls from ln(50257) and the checkpoint loads.
+
+    The same model, compiled, bf16 and fused AdamW, but in a hand-written loop on one repeated batch of
+    the chain, went 10.84 -> 0.63 in 40 steps on an H200; this test itself has not run on a GPU yet,
+    so its 3-nat drop is the bound of test_trainer.py's GPU test, not a measured ceiling."""
+    cfg = run_config(
+        chain_shards,
+        tmp_path / "run",
+        model="llama-small",
+        untied_head=True,
+        batch_size=16,
+        seq_len=128,
+        max_steps=40,
+        lr=3e-3,
+        warmup_steps=5,
+        eval_every=20,
+        eval_batches=1,
+        compile=True,
+        device="cuda",
+    )
+    out = train(cfg)
+    losses = [out["losses"][s] for s in range(40)]
+    print("llama-small on CUDA, losses:", [round(v, 3) for v in losses], "val:", out["val_losses"])
+    assert losses[0] == pytest.approx(np.log(50257), abs=0.05)
+    assert np.mean(losses[-5:]) <= losses[0] - 3.0
+    assert out["val_losses"][40] <= out["val_losses"][0] - 3.0
+    params, config = weights.load(out["checkpoint"])
+    assert config == model_config(cfg) and all(np.isfinite(v).all() for v in params.values())
