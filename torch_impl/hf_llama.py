@@ -65,7 +65,8 @@ def llama_config_kwargs(config: GPT2Config) -> dict:
         "hidden_act": "silu",
         "max_position_embeddings": config.n_ctx,
         "rms_norm_eps": config.layer_norm_eps,
-        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},  # transformers >= 5
+        "rope_theta": config.rope_theta,  # transformers 4 (5 reads it too)
         "attention_bias": config.bias,
         "mlp_bias": config.bias,
         "attention_dropout": 0.0,

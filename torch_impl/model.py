@@ -183,7 +183,8 @@ def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
     against a cache sees every key (no mask); several new queries need the explicit mask.
     Grouped-query attention (k, v with NKV < NH heads) goes to SDPA as it is, with `enable_gqa=True`:
     SDPA then pairs query head h with key/value head h // (NH / NKV), as `attention_math`'s
-    repeat_interleave does, without materialising the repeated keys (the flash kernel supports it).
+    repeat_interleave does (PyTorch defines enable_gqa as that repeat_interleave), and a fused kernel
+    that supports it skips materialising the repeated keys. Needs torch >= 2.5.
     """
     Tq, Tk, HS = q.size(-2), k.size(-2), q.size(-1)
     scale = 1.0 / math.sqrt(HS)
