@@ -248,13 +248,13 @@ class KVCache:
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, NKV, T, HS) of the new positions; return those of all positions (B, NKV, length + T, HS)."""
-        B, NH, T, HS = k.shape
+        B, NKV, T, HS = k.shape
         end = self.length + T
         if end > self.max_len:
             raise ValueError(f"KVCache: {end} positions do not fit in a cache of max_len={self.max_len}")
         if self.k[layer] is None:
-            self.k[layer] = k.new_zeros(B, NH, self.max_len, HS)
-            self.v[layer] = v.new_zeros(B, NH, self.max_len, HS)
+            self.k[layer] = k.new_zeros(B, NKV, self.max_len, HS)
+            self.v[layer] = v.new_zeros(B, NKV, self.max_len, HS)
         self.k[layer][:, :, self.length : end] = k
         self.v[layer][:, :, self.length : end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
