@@ -29,7 +29,9 @@ import math
 
 import numpy as np
 
+from numba_impl import scratch
 from numba_impl._compat import SIMULATOR, block_size, ceil_div, cuda, device, float32, kernel
+from numba_impl.vector import VEC, aligned16, load4
 
 LAYOUTS = ("NN", "NT", "TN")
 
@@ -202,7 +204,7 @@ FAST_PAD = 4  # floats of padding per shared row: keeps rows 16-byte aligned, sp
 # 16-byte aligned shared tiles: what lets the compiler merge 4 float loads into one ld.shared.v4.f32.
 # (The simulator refuses the keyword; its numpy arrays are aligned anyway.)
 SHARED_ALIGN = None if SIMULATOR else 16
-VEC = 4  # staging: each thread moves runs of 4 consecutive floats (16 bytes) from global to shared
+# staging: each thread moves runs of VEC = 4 consecutive floats (16 bytes) from global to shared
 
 EPILOGUES = ("none", "gelu", "residual")
 _EPI_CODE = {name: i for i, name in enumerate(EPILOGUES)}
@@ -276,41 +278,10 @@ def gelu_tanh(x):
 
 
 # ----------------------------------------------------------------------------- 16-byte global loads
-# Numba reads a float32 array one float at a time: it cannot know that a device array's pointer is
-# 16-byte aligned, so the compiler never merges four loads into one. `load4` is that promise made
-# explicit: one 16-byte load (LLVM `load <4 x float>, align 16`, which NVVM emits as
-# ld.global.v4.f32) of arr[i : i + 4]. The caller guarantees the alignment: the launcher takes the
-# vector path only when both operands' pointers are 16-byte aligned and their rows are a multiple of
-# 4 floats long (`_vec_ok`), and the kernel calls it only at indices that are multiples of 4.
-# In the simulator (no LLVM) it is plain Python that checks the index instead.
-if SIMULATOR:
-
-    def load4(arr, i):
-        """arr[i], arr[i + 1], arr[i + 2], arr[i + 3]; i must be a multiple of 4 (as on the GPU)."""
-        if i % VEC:
-            raise IndexError(f"load4 at index {i}: not a multiple of {VEC}, the GPU's 16-byte load would be misaligned")
-        return arr[i], arr[i + 1], arr[i + 2], arr[i + 3]
-
-else:
-    from llvmlite import ir
-    from numba import types
-    from numba.cuda.extending import intrinsic
-
-    @intrinsic
-    def load4(typingctx, arr, i):
-        """(arr[i], arr[i + 1], arr[i + 2], arr[i + 3]) by one 16-byte load; &arr[i] must be 16-byte aligned."""
-        if not (isinstance(arr, types.Array) and arr.dtype == types.float32 and isinstance(i, types.Integer)):
-            return None
-
-        def codegen(context, builder, sig, args):
-            data = context.make_array(sig.args[0])(context, builder, args[0]).data
-            index = context.cast(builder, args[1], sig.args[1], types.intp)
-            vptr = builder.bitcast(builder.gep(data, [index]), ir.VectorType(ir.FloatType(), VEC).as_pointer())
-            v = builder.load(vptr, align=16)
-            values = [builder.extract_element(v, ir.Constant(ir.IntType(32), j)) for j in range(VEC)]
-            return context.make_tuple(builder, sig.return_type, values)
-
-        return types.UniTuple(types.float32, VEC)(arr, i), codegen
+# `load4` (numba_impl/vector.py): one 16-byte load of arr[i : i + 4] (ld.global.v4.f32), the promise that
+# &arr[i] is 16-byte aligned made explicit. The launcher takes the vector path only when both operands'
+# pointers are 16-byte aligned and their rows are a multiple of 4 floats long (`vec_ok`), and the kernel
+# calls it only at indices that are multiples of 4.
 
 
 def _log2(n: int) -> int:
@@ -580,25 +551,10 @@ def splitk_reduce_kernel(out, partials, bias, out2, extra, M, N, splits, accumul
 
 
 # ----------------------------------------------------------------------------- launchers
-_SCRATCH = {}
-
-
-def _dummy():
-    """A 1-element device array to pass where a kernel takes an array it does not use."""
-    if "dummy" not in _SCRATCH:
-        _SCRATCH["dummy"] = cuda.to_device(np.zeros(1, dtype=np.float32))
-    return _SCRATCH["dummy"]
-
-
 def splitk_workspace(n: int):
     """A device buffer of >= n floats for split-K partial sums, allocated once and grown when needed
     (allocate it before capturing a CUDA graph: the first call with the largest shape does)."""
-    ws = _SCRATCH.get("workspace")
-    if ws is None or ws.size < n:
-        if ws is not None:  # a CUDA graph recorded earlier may still point at it: never free it
-            _SCRATCH.setdefault("retired", []).append(ws)
-        ws = _SCRATCH["workspace"] = cuda.device_array(n, dtype=np.float32)
-    return ws
+    return scratch.buffer("matmul split-K", n)
 
 
 KERNELS = ("fast", "tiled", "naive")
@@ -638,7 +594,7 @@ def matmul(out, a, b, M, N, K, layout="NN", bias=None, accumulate=False, naive=F
     if dbias is not None and layout != "TN":
         raise ValueError("matmul: the fused bias gradient (dbias) needs the TN layout")
     has_bias = bias is not None
-    bias = bias if has_bias else _dummy()
+    bias = bias if has_bias else scratch.dummy()
     if kernel == "fast":
         _matmul_fast(out, a, b, M, N, K, layout, bias, has_bias, accumulate, tile, k_chunk, splits, epilogue,
                      out2, extra, dbias, vec, unroll)  # fmt: skip
@@ -650,13 +606,6 @@ def matmul(out, a, b, M, N, K, layout="NN", bias=None, accumulate=False, naive=F
         bias_backward(dbias, b, K, N, naive=kernel == "naive")
 
 
-def _aligned16(arr) -> bool:
-    """Is the array's first element at a 16-byte aligned address? (device arrays, or host arrays in the
-    simulator and in ptx_report, which type kernels with numpy stand-ins)"""
-    iface = getattr(arr, "__cuda_array_interface__", None) or getattr(arr, "__array_interface__", None)
-    return iface is not None and iface["data"][0] % 16 == 0
-
-
 def vec_ok(layout: str, a, b, M: int, N: int, K: int) -> tuple[bool, bool]:
     """Can the fast kernel read A, and B, 16 bytes at a time? The operand's pointer 16-byte aligned and
     its rows (the stored contiguous axis) a multiple of 4 floats, so that every run of 4 floats the
@@ -665,7 +614,7 @@ def vec_ok(layout: str, a, b, M: int, N: int, K: int) -> tuple[bool, bool]:
     logits' rows (V = 50,257 floats) are not: dlogits takes scalar loads."""
     lead_a = M if layout[0] == "T" else K
     lead_b = K if layout[1] == "T" else N
-    return lead_a % VEC == 0 and _aligned16(a), lead_b % VEC == 0 and _aligned16(b)
+    return lead_a % VEC == 0 and aligned16(a), lead_b % VEC == 0 and aligned16(b)
 
 
 def _matmul_fast(out, a, b, M, N, K, layout, bias, has_bias, accumulate, tile, k_chunk, splits, epilogue, out2,
@@ -687,9 +636,9 @@ def _matmul_fast(out, a, b, M, N, K, layout, bias, has_bias, accumulate, tile, k
                             vec_a, vec_b, min(unroll, BK))  # fmt: skip
     threads = (BM // TM) * (BN // TN)
     grid = (ceil_div(N, BN), ceil_div(M, BM), splits)
-    out2_ = out2 if out2 is not None else _dummy()
-    extra_ = extra if extra is not None else _dummy()
-    dbias_ = dbias if dbias is not None else _dummy()
+    out2_ = out2 if out2 is not None else scratch.dummy()
+    extra_ = extra if extra is not None else scratch.dummy()
+    dbias_ = dbias if dbias is not None else scratch.dummy()
     if splits == 1:
         fn[grid, threads](out, a, b, bias, out2_, extra_, dbias_, M, N, K, 0, K, k_split, accumulate, has_bias)
         return
@@ -737,7 +686,7 @@ def epilogue_kernel(out, out2, extra, n, epilogue):
 
 def _elementwise_epilogue(out, out2, extra, M, N, epilogue):
     t = block_size(256, 32)
-    extra = extra if extra is not None else _dummy()
+    extra = extra if extra is not None else scratch.dummy()
     epilogue_kernel[ceil_div(M * N, t), t](out, out2, extra, M * N, _EPI_CODE[epilogue])
 
 
