@@ -197,34 +197,31 @@ def gpt2_forward(
     acts["embed"] = x
     for i in range(config.n_layer):
         h = f"h.{i}."
-        a: dict[str, np.ndarray] = {}  # this block's named activations
-        a["ln_1"], saved_1 = norm_forward(config, x, p[h + "ln_1.weight"], p.get(h + "ln_1.bias"))
-        a["qkv"] = linear_forward(a["ln_1"], p[h + "attn.c_attn.weight"], p.get(h + "attn.c_attn.bias"))
-        att_in = a["qkv"]  # (B, T, (NH + 2 NKV) HS)
-        if config.position == "rope":
-            att_in = a["rope"] = rope_forward(a["qkv"], NH, NKV, config.rope_theta)
+        ln_1, saved_1 = norm_forward(config, x, p[h + "ln_1.weight"], p.get(h + "ln_1.bias"))
+        qkv = linear_forward(ln_1, p[h + "attn.c_attn.weight"], p.get(h + "attn.c_attn.bias"))  # (B, T, (NH+2NKV) HS)
+        rope = rope_forward(qkv, NH, NKV, config.rope_theta) if config.position == "rope" else None
+        att_in = qkv if rope is None else rope  # what attention reads
         if attention == "naive":
-            a["attn"], acts[h + "att"] = attention_forward(att_in, NH, n_kv_head=NKV)  # att (B, NH, T, T)
+            attn, acts[h + "att"] = attention_forward(att_in, NH, n_kv_head=NKV)  # att (B, NH, T, T)
         else:
-            a["attn"], acts[h + "att.lse"] = attention_forward_tiled(att_in, NH, block_size, n_kv_head=NKV)
-        a["attn_proj"] = linear_forward(a["attn"], p[h + "attn.c_proj.weight"], p.get(h + "attn.c_proj.bias"))
-        a["resid_1"] = residual_forward(x, a["attn_proj"])
-        a["ln_2"], saved_2 = norm_forward(config, a["resid_1"], p[h + "ln_2.weight"], p.get(h + "ln_2.bias"))
-        a["fc"] = linear_forward(a["ln_2"], p[h + "mlp.c_fc.weight"], p.get(h + "mlp.c_fc.bias"))  # (B, T, H or 2H)
-        a[config.mlp] = mlp_act_forward(config, a["fc"])  # "gelu" or "swiglu", (B, T, H)
-        a["mlp_proj"] = linear_forward(a[config.mlp], p[h + "mlp.c_proj.weight"], p.get(h + "mlp.c_proj.bias"))
-        a["resid_2"] = residual_forward(a["resid_1"], a["mlp_proj"])
-        for name in block_activations(config):  # in the contract's order
-            acts[h + name] = a[name]
-        for stat, value in saved_1.items():
-            acts[h + "ln_1." + stat] = value
-        for stat, value in saved_2.items():
-            acts[h + "ln_2." + stat] = value
-        x = a["resid_2"]
+            attn, acts[h + "att.lse"] = attention_forward_tiled(att_in, NH, block_size, n_kv_head=NKV)  # (B, NH, T)
+        attn_proj = linear_forward(attn, p[h + "attn.c_proj.weight"], p.get(h + "attn.c_proj.bias"))
+        resid_1 = residual_forward(x, attn_proj)
+        ln_2, saved_2 = norm_forward(config, resid_1, p[h + "ln_2.weight"], p.get(h + "ln_2.bias"))
+        fc = linear_forward(ln_2, p[h + "mlp.c_fc.weight"], p.get(h + "mlp.c_fc.bias"))  # (B, T, H), swiglu (B, T, 2H)
+        act = mlp_act_forward(config, fc)  # gelu or swiglu, (B, T, H)
+        mlp_proj = linear_forward(act, p[h + "mlp.c_proj.weight"], p.get(h + "mlp.c_proj.bias"))
+        resid_2 = residual_forward(resid_1, mlp_proj)
+        named = {"ln_1": ln_1, "qkv": qkv, "rope": rope, "attn": attn, "attn_proj": attn_proj, "resid_1": resid_1,
+                 "ln_2": ln_2, "fc": fc, config.mlp: act, "mlp_proj": mlp_proj, "resid_2": resid_2}  # fmt: skip
+        for name in block_activations(config):  # the contract's names for this config, in order
+            acts[h + name] = named[name]
+        acts.update({h + "ln_1." + stat: value for stat, value in saved_1.items()})  # mean (LayerNorm), rstd
+        acts.update({h + "ln_2." + stat: value for stat, value in saved_2.items()})
+        x = resid_2
 
     ln_f, saved_f = norm_forward(config, x, p["ln_f.weight"], p.get("ln_f.bias"))
-    for stat, value in saved_f.items():
-        acts["ln_f." + stat] = value
+    acts.update({"ln_f." + stat: value for stat, value in saved_f.items()})
     head = p["wte.weight"] if config.tied_head else p["lm_head.weight"]  # (V, C)
     logits = lm_head_forward(ln_f, head)  # (B, T, V)
     acts["ln_f"] = ln_f
@@ -292,9 +289,10 @@ def gpt2_backward(
             datt_in = attention_backward_tiled(
                 dattn, att_in, acts[h + "attn"], acts[h + "att.lse"], NH, block_size, n_kv_head=NKV
             )
-        dqkv = datt_in
         if config.position == "rope":  # rope = RoPE(qkv): rotate the gradient back
             dqkv = rope_backward(datt_in, NH, NKV, config.rope_theta)
+        else:
+            dqkv = datt_in
         dln_1, grads[h + "attn.c_attn.weight"], grads[h + "attn.c_attn.bias"] = linear_backward(
             dqkv, acts[h + "ln_1"], p[h + "attn.c_attn.weight"], bias
         )
