@@ -307,8 +307,10 @@ def gpt2_backward(
     else:
         # untied: lm_head gets the head's term, wte only the embedding's scatter-add
         grads["lm_head.weight"], dwte_head = dhead, None
-    n_ctx = config.n_ctx if config.position == "learned" else None  # rope: no wpe, no dwpe
-    grads["wte.weight"], grads["wpe.weight"] = embedding_backward(
-        dx, acts["idx"], config.vocab_size, n_ctx, dwte=dwte_head
-    )
+    if config.position == "learned":
+        grads["wte.weight"], grads["wpe.weight"] = embedding_backward(
+            dx, acts["idx"], config.vocab_size, config.n_ctx, dwte=dwte_head
+        )
+    else:  # rope: no wpe, so no dwpe
+        grads["wte.weight"], _ = embedding_backward(dx, acts["idx"], config.vocab_size, None, dwte=dwte_head)
     return {name: grads[name] for name in params}  # in the params' order; the Nones are not params
