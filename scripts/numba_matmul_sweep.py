@@ -22,8 +22,12 @@ Sections, each written to OUT.json as soon as it is done (a run cut short keeps 
 --sections picks some of them (default: all but model).
 --previous FILE copies an earlier run's timing rows into OUT.json (key "previous_run"), with that
 run's provenance, so that one file holds both.
-Timing: CUDA events around batches of back-to-back launches (so Python's launch cost overlaps the
-GPU's work), after warm-up; the median over batches. Exit 1 if a correctness check fails.
+Timing: the timing section (and cuBLAS everywhere): CUDA events around batches of back-to-back
+launches, after warm-up; the median over batches. The sweep: device time, SWEEP_LAUNCHES launches of
+one configuration recorded in a CUDA graph and its replays timed with CUDA events (benchmarks/
+impl_numba.py's device_time): back-to-back launches from Python measure the host instead wherever
+Numba's launch cost (tens of microseconds per kernel, two kernels with split-K) approaches the
+kernel's time, which it does on the small products. Exit 1 if a correctness check fails.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.impl_numba import device_time  # noqa: E402
+from benchmarks.impl_torch import device_time as torch_device_time  # noqa: E402
 from numba_impl._compat import SIMULATOR, cuda  # noqa: E402
 from numba_impl.kernels import matmul as mm  # noqa: E402
 from weights.provenance import provenance  # noqa: E402
@@ -77,6 +83,10 @@ SWEEP_VARIANTS = [
 ]
 SWEEP_MIN_SLICE = 256  # a split-K slice sums at least this many terms
 MAX_SPLITS = 16
+# device time of a configuration: launches per graph, timed replays
+SWEEP_LAUNCHES, SWEEP_REPLAYS = 10, 3
+# the timing section's scalar-loads comparison (extra compiles) unless --no-scalar
+WITH_SCALAR = "--no-scalar" not in sys.argv
 # The tuned (tile, splits) of the previous kernel (scalar global loads, k loop not unrolled), from the
 # sweep of commit b2de8fd: the reference configuration timed beside today's default.
 PREVIOUS_TUNED = {
@@ -275,14 +285,19 @@ def section_timing(res):
         ptile, psplits = PREVIOUS_TUNED[name]
         scalar = lambda: mm.matmul(out, a, b, M, N, K, layout, k_chunk=kc, tile=ptile, splits=psplits,  # noqa: B023
                                    vec=False, unroll=1)  # fmt: skip
-        t_scalar = time_numba(scalar, 5, 5, 1)
+        t_scalar = time_numba(scalar, 5, 5, 1) if WITH_SCALAR else float("nan")
         t_torch = time_torch(lambda: torch.matmul(op_a, op_b))  # noqa: B023
+        row["fast_device_ms"] = 1e3 * device_time([fast], SWEEP_LAUNCHES, SWEEP_REPLAYS, 1)["device_time_s"]
+        row["torch_device_ms"] = 1e3 * torch_device_time([lambda: torch.matmul(op_a, op_b)], SWEEP_LAUNCHES,  # noqa: B023
+                                                         SWEEP_REPLAYS, 1)["device_time_s"]  # fmt: skip
         row |= {"scalar_not_unrolled_ms": t_scalar, "scalar_config": [ptile, psplits], "torch_ms": t_torch,
                 "fast_tflops": tflops(M, N, K, t_fast), "torch_tflops": tflops(M, N, K, t_torch),
                 "fast_vs_torch": t_torch / t_fast, "scalar_vs_torch": t_torch / t_scalar}  # fmt: skip
         rows.append(row)
         print(f"{name:<18} {layout} fast {t_fast:7.3f} ms  torch {t_torch:7.3f} ms  "
-              f"({row['fast_vs_torch']:.0%} of cuBLAS)  scalar {t_scalar:7.3f} ms", flush=True)  # fmt: skip
+              f"({row['fast_vs_torch']:.0%} of cuBLAS)  scalar {t_scalar:7.3f} ms; device: fast "
+              f"{row['fast_device_ms']:.3f} ms, torch {row['torch_device_ms']:.3f} ms "
+              f"({row['torch_device_ms'] / row['fast_device_ms']:.0%})", flush=True)  # fmt: skip
     res["timing"] = rows
 
 
@@ -317,7 +332,8 @@ def section_sweep(res, deadline, save_partial):
                     continue
                 run = lambda: mm.matmul(out, a, b, M, N, K, layout, tile=tile, splits=splits, k_chunk=kc,  # noqa: B023
                                         unroll=unroll, vec=vec)  # fmt: skip
-                t = time_numba(run, 3, 3 if head else 5, 1)
+                launches = 3 if head else SWEEP_LAUNCHES
+                t = 1e3 * device_time([run], launches, SWEEP_REPLAYS, 1)["device_time_s"]
                 rows.append({"name": name, "M": M, "N": N, "K": K, "layout": layout, "tile": tile, "unroll": unroll,
                              "vector_loads_where_aligned": vec is not False, "splits": splits, "ms": t,
                              "tflops": tflops(M, N, K, t)})  # fmt: skip
@@ -354,6 +370,7 @@ def main() -> int:
     parser.add_argument("--budget-s", type=float, default=200.0, help="stop starting new measurements after this")
     parser.add_argument("--previous", help="an earlier run's JSON whose timing rows to keep in OUT.json")
     parser.add_argument("--model", action="store_true", help="also time NumbaGPT2 forward+backward")
+    parser.add_argument("--no-scalar", action="store_true", help="timing: skip the scalar-loads comparison")
     parser.add_argument("--sections", default="correctness,head,timing,sweep",
                         help="comma-separated sections to run (correctness, head, timing, sweep)")  # fmt: skip
     args = parser.parse_args()

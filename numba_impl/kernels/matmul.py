@@ -243,6 +243,10 @@ TUNED = {
 }
 
 
+# Register caps (ptxas -maxrregcount) per product, where the sweep found one faster; none elsewhere.
+TUNED_REGS: dict[tuple[int, int, int, str], int] = {}
+
+
 def fast_tile(M: int, N: int, layout: str) -> tuple:
     """Tile of the fast kernel by rule: 128x128 when that makes >= 2 waves of blocks, else 128x64."""
     if SIMULATOR:
@@ -562,7 +566,7 @@ KERNELS = ("fast", "tiled", "naive")
 
 def matmul(out, a, b, M, N, K, layout="NN", bias=None, accumulate=False, naive=False, tile=None, k_chunk=None,
            kernel=None, splits=None, epilogue="none", out2=None, extra=None, dbias=None, vec=None,
-           unroll=None):  # fmt: skip
+           unroll=None, regs=None):  # fmt: skip
     """The standalone launcher: out(M, N) (+)= A @ B (+ bias), A and B stored as `layout` says.
 
     out, a, b, bias: flat float32 device arrays. accumulate=True adds into `out`.
@@ -576,6 +580,7 @@ def matmul(out, a, b, M, N, K, layout="NN", bias=None, accumulate=False, naive=F
     accumulators), at the price of a workspace of splits * M * N floats.
     vec (fast kernel): 16-byte global loads; None (default) = for each operand `vec_ok` allows, False = never.
     unroll (fast kernel): k per iteration of the inner loop (1, 2 or 4; default `fast_config`).
+    regs (fast kernel): a register cap for ptxas (more blocks per multiprocessor; default `TUNED_REGS`, else none).
     k_chunk: keep each float32 running sum to at most this many terms of K. Each output is otherwise
     one float32 register summed over all of K, whose rounding error grows like sqrt(K) * eps: at
     K = 50,257 (the head's backward, dlnf = dlogits @ wte) that is ~1e-5 relative, above the project's
@@ -597,7 +602,7 @@ def matmul(out, a, b, M, N, K, layout="NN", bias=None, accumulate=False, naive=F
     bias = bias if has_bias else scratch.dummy()
     if kernel == "fast":
         _matmul_fast(out, a, b, M, N, K, layout, bias, has_bias, accumulate, tile, k_chunk, splits, epilogue,
-                     out2, extra, dbias, vec, unroll)  # fmt: skip
+                     out2, extra, dbias, vec, unroll, regs)  # fmt: skip
         return
     _matmul_per_chunk(out, a, b, M, N, K, layout, bias, has_bias, accumulate, kernel == "naive", tile, k_chunk)
     if epilogue != "none":  # the naive and tiled kernels have no fused epilogue: an elementwise pass
@@ -618,11 +623,12 @@ def vec_ok(layout: str, a, b, M: int, N: int, K: int) -> tuple[bool, bool]:
 
 
 def _matmul_fast(out, a, b, M, N, K, layout, bias, has_bias, accumulate, tile, k_chunk, splits, epilogue, out2,
-                 extra, dbias, vec=None, unroll=None):  # fmt: skip
+                 extra, dbias, vec=None, unroll=None, regs=None):  # fmt: skip
     if tile is None:
         tile, tuned_splits, tuned_unroll = fast_config(M, N, K, layout)
         splits = tuned_splits if splits is None else splits
         unroll = tuned_unroll if unroll is None else unroll
+        regs = TUNED_REGS.get((M, N, K, layout), 0) if regs is None and not SIMULATOR else regs
     BM, BN, BK, TM, TN = tile
     kc = ceil_div(int(k_chunk), BK) * BK if k_chunk else 0
     splits = max(1, int(splits if splits is not None else split_k(M, N, K, (BM, BN))))
@@ -633,7 +639,7 @@ def _matmul_fast(out, a, b, M, N, K, layout, bias, has_bias, accumulate, tile, k
     vec_a, vec_b = vec_ok(layout, a, b, M, N, K) if vec is not False else (False, False)
     unroll = FAST_UNROLL if unroll is None else int(unroll)
     fn = fast_matmul_kernel(layout, BM, BN, BK, TM, TN, epilogue if splits == 1 else "none", kc, dbias is not None,
-                            vec_a, vec_b, min(unroll, BK))  # fmt: skip
+                            vec_a, vec_b, min(unroll, BK), int(regs or 0))  # fmt: skip
     threads = (BM // TM) * (BN // TN)
     grid = (ceil_div(N, BN), ceil_div(M, BM), splits)
     out2_ = out2 if out2 is not None else scratch.dummy()
