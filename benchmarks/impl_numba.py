@@ -148,7 +148,7 @@ class _Op:
         return {"matmul": (i.N, 4 * i.C), "layernorm": first, "gelu": first}.get(i.op, (i.B, i.T, i.C))
 
 
-def device_time(launches, n_launches: int, rounds: int, warmup: int) -> dict:
+def device_time(launches, n_launches: int, rounds: int, warmup: int, graph: bool = True) -> dict:
     """Device time per call: n_launches calls (cycling over `launches`) recorded in one CUDA graph
     (numba_impl/graph.py), the replays timed with CUDA events on the graph's stream."""
     from numba_impl._compat import launch_stream

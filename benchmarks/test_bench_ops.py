@@ -39,4 +39,7 @@ def test_op(benchmark, size, op, direction, backend):
         del fn  # its buffers: the device timing makes its own copies
         set_bytes = 2 * 4 * sum(a.size for a in inputs.arrays.values())  # float32 inputs and about as much output
         launches = backend.impl().op_launches(backend, inputs, direction, input_sets(set_bytes))
-        record_device_time(benchmark, backend, launches)
+        # torch's backward is autograd.grad: not captured in a graph (the capture invalidates the stream)
+        record_device_time(
+            benchmark, backend, launches, graph=not (backend.family == "torch" and direction == "backward")
+        )

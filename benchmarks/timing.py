@@ -105,15 +105,17 @@ def input_sets(set_bytes: int) -> int:
     return max(1, min(MAX_INPUT_SETS, -(-ROTATE_BYTES // set_bytes)))
 
 
-def record_device_time(benchmark, backend, launches: list[Callable[[], object]]) -> None:
+def record_device_time(benchmark, backend, launches: list[Callable[[], object]], graph: bool = True) -> None:
     """The device time per call of `launches[i]` (each one call of the work on input set i), into
     extra_info: device_time_s (median over replays), device_time_min_s, device_time_method,
-    device_input_sets. Recorded by the backend's own graph capture (impl_*.device_time); a capture
-    that fails leaves device_time_error instead, and the report counts the number as missing."""
+    device_input_sets. Recorded by the backend's own graph capture (impl_*.device_time); graph=False
+    (torch's autograd backward, which a capture does not take) times DEVICE_LAUNCHES back-to-back calls
+    between CUDA events instead, and says so in device_time_method. A capture that fails leaves
+    device_time_error instead, and the report counts the number as missing."""
     if benchmark.disabled or backend.device != "cuda":
         return
     try:
-        info = backend.impl().device_time(launches, DEVICE_LAUNCHES, *DEVICE_REPLAYS)
+        info = backend.impl().device_time(launches, DEVICE_LAUNCHES, *DEVICE_REPLAYS, graph=graph)
     except Exception as e:  # a capture failure is reported, never replaced by another number
         benchmark.extra_info["device_time_error"] = f"{type(e).__name__}: {e}"
         return

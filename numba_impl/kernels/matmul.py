@@ -219,27 +219,31 @@ MIN_SPLIT_K = 512  # a split-K slice sums at least this many terms
 FAST_UNROLL = 2  # k per iteration of the k loop (`fast_matmul_kernel`): 2 beat 4 and 1 at 128x128x16 on every
 # GPT-2 product in the H200 sweep (docs/results/numba-matmul-sweep-h200.json)
 
-# (tile, split-K, unroll) per product of a GPT-2 124M step at B*T = 4096: the fastest of the sweep in
-# docs/results/numba-matmul-sweep-h200.json (4 tiles x 1/2/4/8 slices at unroll 4, the 128x128x16 tile
-# also at unroll 1 and 2; H200; the time in each comment). Other shapes take the rules in `fast_tile`
-# / `split_k` and FAST_UNROLL. The head's backward runs as 50 slices of <= 1,024 terms (its k_chunk):
-# the 125-register kernel and a 629 MB workspace instead of the 203-register chunked kernel.
+# (tile, split-K, unroll) per product of a GPT-2 124M step at B*T = 4096: the fastest of the device-time sweep
+# in docs/results/numba-matmul-sweep-device-h200.json (H200, code of commit 94876be: the tiles 128x128x16 at
+# unroll 2, 128x64x16 at unroll 4 and 64x64x16 at unroll 2 and 4, each with every split count whose slices
+# keep >= 256 terms, up to 16; each configuration timed as 10 launches in a CUDA graph, so that Numba's
+# host-side launch cost is not in the number). The comment gives that time and cuBLAS float32's device time
+# in the same run. The split count that wins is the one that fills the 132 multiprocessors in one or a few
+# whole waves (e.g. dw attn_proj: 36 tiles x 7 slices = 252 blocks, one wave of 2 per SM). Other shapes take
+# the rules in `fast_tile` / `split_k` and FAST_UNROLL. The head's backward runs as 50 slices of <= 1,024
+# terms (its k_chunk): the 125-register kernel and a 629 MB workspace instead of the chunked kernel.
 TUNED = {
-    (4096, 2304, 768, "NN"): ((128, 64, 16, 8, 8), 1, 4),  # fwd qkv: 0.430 ms
-    (4096, 768, 768, "NN"): ((128, 64, 16, 8, 8), 1, 4),  # fwd attn_proj: 0.160 ms
-    (4096, 3072, 768, "NN"): ((128, 128, 16, 8, 8), 1, 2),  # fwd fc: 0.543 ms
-    (4096, 768, 3072, "NN"): ((128, 64, 16, 8, 8), 1, 4),  # fwd mlp_proj: 0.545 ms
-    (4096, 768, 2304, "NT"): ((128, 64, 16, 8, 8), 1, 4),  # bwd dx qkv: 0.427 ms
-    (4096, 768, 768, "NT"): ((128, 64, 16, 8, 8), 1, 4),  # bwd dx attn_proj: 0.163 ms
-    (4096, 768, 3072, "NT"): ((128, 64, 16, 8, 8), 1, 4),  # bwd dx fc: 0.558 ms
-    (4096, 3072, 768, "NT"): ((128, 128, 16, 8, 8), 1, 2),  # bwd dx mlp_proj: 0.553 ms
-    (768, 2304, 4096, "TN"): ((128, 128, 16, 8, 8), 8, 2),  # bwd dw qkv: 0.452 ms
-    (768, 768, 4096, "TN"): ((128, 64, 16, 8, 8), 8, 4),  # bwd dw attn_proj: 0.190 ms
-    (768, 3072, 4096, "TN"): ((128, 128, 16, 8, 8), 4, 2),  # bwd dw fc: 0.602 ms
-    (3072, 768, 4096, "TN"): ((128, 128, 16, 8, 8), 4, 2),  # bwd dw mlp_proj: 0.603 ms
-    (4096, 50257, 768, "NT"): ((128, 128, 16, 8, 8), 1, 2),  # head logits: 8.322 ms
-    (4096, 768, 50257, "NN"): ((128, 128, 16, 8, 8), 50, 2),  # head dlnf (k_chunk=1024): 8.593 ms
-    (50257, 768, 4096, "TN"): ((128, 128, 16, 8, 8), 1, 2),  # head dwte: 8.326 ms
+    (4096, 2304, 768, "NN"): ((128, 64, 16, 8, 8), 1, 4),  # fwd qkv: 0.411 ms, cuBLAS 0.347 ms (84%)
+    (4096, 768, 768, "NN"): ((128, 64, 16, 8, 8), 1, 4),  # fwd attn_proj: 0.143 ms, cuBLAS 0.119 ms (83%)
+    (4096, 3072, 768, "NN"): ((128, 128, 16, 8, 8), 1, 2),  # fwd fc: 0.523 ms, cuBLAS 0.408 ms (78%)
+    (4096, 768, 3072, "NN"): ((128, 64, 16, 8, 8), 1, 4),  # fwd mlp_proj: 0.529 ms, cuBLAS 0.408 ms (77%)
+    (4096, 768, 2304, "NT"): ((128, 64, 16, 8, 8), 1, 4),  # bwd dx qkv: 0.408 ms, cuBLAS 0.323 ms (79%)
+    (4096, 768, 768, "NT"): ((128, 64, 16, 8, 8), 1, 4),  # bwd dx attn_proj: 0.145 ms, cuBLAS 0.133 ms (92%)
+    (4096, 768, 3072, "NT"): ((128, 64, 16, 8, 8), 1, 4),  # bwd dx fc: 0.540 ms, cuBLAS 0.415 ms (77%)
+    (4096, 3072, 768, "NT"): ((128, 128, 16, 8, 8), 1, 2),  # bwd dx mlp_proj: 0.533 ms, cuBLAS 0.391 ms (73%)
+    (768, 2304, 4096, "TN"): ((128, 128, 16, 8, 8), 6, 2),  # bwd dw qkv: 0.409 ms, cuBLAS 0.317 ms (77%)
+    (768, 768, 4096, "TN"): ((128, 128, 16, 8, 8), 7, 2),  # bwd dw attn_proj: 0.151 ms, cuBLAS 0.108 ms (72%)
+    (768, 3072, 4096, "TN"): ((128, 64, 16, 8, 8), 5, 4),  # bwd dw fc: 0.544 ms, cuBLAS 0.408 ms (75%)
+    (3072, 768, 4096, "TN"): ((128, 64, 16, 8, 8), 5, 4),  # bwd dw mlp_proj: 0.544 ms, cuBLAS 0.409 ms (75%)
+    (4096, 50257, 768, "NT"): ((128, 128, 16, 8, 8), 1, 2),  # head logits: 8.288 ms, cuBLAS 6.210 ms (75%)
+    (4096, 768, 50257, "NN"): ((128, 128, 16, 8, 8), 50, 2),  # head dlnf (k_chunk=1024): 8.560 ms, cuBLAS 6.226 (73%)
+    (50257, 768, 4096, "TN"): ((128, 128, 16, 8, 8), 1, 2),  # head dwte: 8.233 ms, cuBLAS 5.959 ms (72%)
 }
 
 
