@@ -148,6 +148,42 @@ class _Op:
         return {"matmul": (i.N, 4 * i.C), "layernorm": first, "gelu": first}.get(i.op, (i.B, i.T, i.C))
 
 
+def device_time(launches, n_launches: int, rounds: int, warmup: int, graph: bool = True) -> dict:
+    """Device time per call: n_launches calls (cycling over `launches`) recorded in one CUDA graph
+    (numba_impl/graph.py), the replays timed with CUDA events on the graph's stream."""
+    from numba_impl._compat import launch_stream
+    from numba_impl.graph import CapturedGraph, graphs_unavailable
+
+    why = graphs_unavailable()
+    if why:
+        raise RuntimeError(why)
+    stream = cuda.stream()
+    with launch_stream(stream):
+        for launch in launches:  # compile, load and allocate scratch before the capture
+            launch()
+    stream.synchronize()
+
+    def record():
+        with launch_stream(stream):
+            for i in range(n_launches):
+                launches[i % len(launches)]()
+
+    graph = CapturedGraph(stream, record)
+    for _ in range(warmup):
+        graph.replay()
+    stream.synchronize()
+    times = []
+    for _ in range(rounds):
+        start, end = cuda.event(), cuda.event()
+        start.record(stream=stream)
+        graph.replay()
+        end.record(stream=stream)
+        end.synchronize()
+        times.append(cuda.event_elapsed_time(start, end) / 1e3 / n_launches)
+    return {"device_time_s": float(np.median(times)), "device_time_min_s": float(min(times)),
+            "device_time_method": f"CUDA graph of {n_launches} launches, median of {rounds} replays"}  # fmt: skip
+
+
 def make_op(backend, inputs, direction):
     """(callable, to_numpy) for `inputs.op` in `direction` ("forward" | "backward")."""
     op = _Op(inputs, variant=backend.variant)
@@ -159,6 +195,14 @@ def make_op(backend, inputs, direction):
         return op.forward, to_numpy
     op.forward()
     return op.backward, lambda r: _host(r, shape)
+
+
+def op_launches(backend, inputs, direction, n_sets: int):
+    """n_sets independent copies of the op (inputs, outputs, scratch), each as one callable."""
+    ops = [_Op(inputs, variant=backend.variant) for _ in range(n_sets)]
+    for op in ops:
+        op.forward()  # the backward's saved state (the forward's outputs)
+    return [op.forward if direction == "forward" else op.backward for op in ops]
 
 
 def attention_fwd_bwd(backend, inputs, variant):
@@ -202,13 +246,22 @@ def make_model(backend, params, config, idx, targets, task):
 def make_matmul(backend, M, N, K, layout, k_chunk, a_host, b_host):
     """(callable, to_numpy) of out(M, N) = A @ B for one matmul shape, A and B stored as `layout`
     says (benchmarks/cases.py MATMUL_SHAPES); k_chunk as the model uses it (the head's backward)."""
-    module = _matmul_module(backend.variant)
-    a, b = cuda.to_device(a_host.ravel()), cuda.to_device(b_host.ravel())
-    out = cuda.device_array(M * N, np.float32)
-    head_chunk = HEAD_K_CHUNK if k_chunk else None
-
-    def run():
-        module.matmul(out, a, b, M, N, K, layout, k_chunk=head_chunk)
-        return out
-
+    run = matmul_launches(backend, M, N, K, layout, k_chunk, a_host, b_host, 1)[0]
     return run, lambda r: r.copy_to_host().reshape(M, N)
+
+
+def matmul_launches(backend, M, N, K, layout, k_chunk, a_host, b_host, n_sets: int):
+    """n_sets independent copies of the product (A, B, out), each as one callable returning its out."""
+    module = _matmul_module(backend.variant)
+    head_chunk = HEAD_K_CHUNK if k_chunk else None
+    launches = []
+    for _ in range(n_sets):
+        a, b = cuda.to_device(a_host.ravel()), cuda.to_device(b_host.ravel())
+        out = cuda.device_array(M * N, np.float32)
+
+        def run(a=a, b=b, out=out):
+            module.matmul(out, a, b, M, N, K, layout, k_chunk=head_chunk)
+            return out
+
+        launches.append(run)
+    return launches

@@ -72,6 +72,59 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().to(torch.float64).cpu().numpy()
 
 
+def device_time(launches, n_launches: int, rounds: int, warmup: int, graph: bool = True) -> dict:
+    """Device time per call: n_launches calls (cycling over `launches`) recorded in one CUDA graph
+    (torch.cuda.CUDAGraph), the replays timed with CUDA events. graph=False: the n_launches calls
+    queued back to back between two CUDA events (for autograd's backward, which is not captured here)."""
+    if not graph:
+        return _events_time(launches, n_launches, rounds, warmup)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up off the default stream, as torch's graph capture asks
+        for _ in range(2):
+            for launch in launches:
+                launch()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(n_launches):
+            launches[i % len(launches)]()
+    for _ in range(warmup):
+        graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(rounds):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3 / n_launches)
+    del graph
+    return {"device_time_s": float(np.median(times)), "device_time_min_s": float(min(times)),
+            "device_time_method": f"CUDA graph of {n_launches} launches, median of {rounds} replays"}  # fmt: skip
+
+
+def _events_time(launches, n_launches: int, rounds: int, warmup: int) -> dict:
+    for _ in range(warmup):
+        for launch in launches:
+            launch()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(rounds):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for i in range(n_launches):
+            launches[i % len(launches)]()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3 / n_launches)
+    return {"device_time_s": float(np.median(times)), "device_time_min_s": float(min(times)),
+            "device_time_method": f"CUDA events around {n_launches} back-to-back calls, median of {rounds}: "
+                                  "the host's launch cost is hidden only where the kernels take longer"}  # fmt: skip
+
+
 def make_op(backend, inputs, direction):
     """(callable, to_numpy) for `inputs.op` in `direction` ("forward" | "backward")."""
     fn, diff = _op_function(inputs)
@@ -88,6 +141,12 @@ def make_op(backend, inputs, direction):
     grad_out = None if out.dim() == 0 else t["dout"].to(out.dtype)
     wrt = [t[k] for k in diff]
     return (lambda: torch.autograd.grad(out, wrt, grad_out, retain_graph=True)[0]), _to_numpy
+
+
+def op_launches(backend, inputs, direction, n_sets: int):
+    """n_sets independent copies of the op's tensors, each as one callable (forward, or the backward
+    through its own retained autograd graph)."""
+    return [make_op(backend, inputs, direction)[0] for _ in range(n_sets)]
 
 
 def attention_fwd_bwd(backend, inputs, variant):
@@ -162,16 +221,20 @@ def make_matmul(backend, M, N, K, layout, k_chunk, a_host, b_host):
     """(callable, to_numpy) of out(M, N) = A @ B through torch.matmul (cuBLAS on CUDA), A and B stored
     as `layout` says; transposes are views, as in torch's linear layers. float32 stays IEEE float32
     (torch's default: no TF32). k_chunk is the Numba kernels' concern (cuBLAS sums K its own way)."""
+    return matmul_launches(backend, M, N, K, layout, k_chunk, a_host, b_host, 1)[0], _to_numpy
+
+
+def matmul_launches(backend, M, N, K, layout, k_chunk, a_host, b_host, n_sets: int):
+    """n_sets independent copies of the product's operands, each as one callable (see `make_matmul`)."""
     dtype = DTYPES[backend.dtype]
-    a = torch.from_numpy(a_host).to(device=backend.device, dtype=dtype)
-    b = torch.from_numpy(b_host).to(device=backend.device, dtype=dtype)
-    op_a = a.T if layout[0] == "T" else a
-    op_b = b.T if layout[1] == "T" else b
-
-    def run():
-        return torch.matmul(op_a, op_b)
-
-    return run, _to_numpy
+    launches = []
+    for _ in range(n_sets):
+        a = torch.from_numpy(a_host).to(device=backend.device, dtype=dtype)
+        b = torch.from_numpy(b_host).to(device=backend.device, dtype=dtype)
+        op_a = a.T if layout[0] == "T" else a
+        op_b = b.T if layout[1] == "T" else b
+        launches.append(lambda op_a=op_a, op_b=op_b: torch.matmul(op_a, op_b))
+    return launches
 
 
 def matmul_reference(M, N, K, layout, a_host, b_host) -> np.ndarray | None:

@@ -9,6 +9,10 @@ TFLOP/s and its share of cuBLAS float32's. Each result's error against the same 
 (cuBLAS DGEMM) is recorded (max|out - ref| / max|ref|) and must be within the float32 tolerance of
 benchmarks/checks.py, so a fast wrong kernel fails here.
 
+Each shape is timed twice (benchmarks/timing.py): per call (from Python, with the host's launch
+cost) and on the device (CUDA graph replays over rotating copies of the operands); the goal's
+share of cuBLAS is taken between device times.
+
 Copy bandwidth: a 1 GiB device-to-device copy through torch, bytes read + written over the time:
 the ceiling against which the report judges the memory-bound ops (LayerNorm, GELU, cross-entropy).
 """
@@ -24,7 +28,7 @@ from benchmarks.backends import BY_NAME
 from benchmarks.cases import MATMUL_SHAPES, matmul_operands
 from benchmarks.checks import TOLERANCE
 from benchmarks.sizes import SIZES
-from benchmarks.timing import ROUNDS, run_benchmark
+from benchmarks.timing import ROUNDS, input_sets, record_device_time, run_benchmark
 from conformance.checks import max_rel
 
 MATMUL_BACKENDS = ("torch-cuda-f32", "numba-cuda-f32", "numba-cuda-3xtf32")
@@ -66,6 +70,11 @@ def test_matmul_shape(benchmark, shape, backend):
     benchmark.extra_info["max_rel_err_vs_float64"] = err
     tol = TOLERANCE[backend.dtype]
     assert err <= tol, f"{backend.name} {name}: error vs float64 {err:.2e} > {tol:.0e}"
+    if not benchmark.disabled:
+        del fn
+        set_bytes = 4 * (M * K + K * N + M * N)
+        launches = backend.impl().matmul_launches(backend, M, N, K, layout, k_chunk, a, b, input_sets(set_bytes))
+        record_device_time(benchmark, backend, launches)
 
 
 @pytest.mark.gpu

@@ -1,5 +1,17 @@
 """Timing that tells the truth about asynchronous devices, and peak memory.
 
+Two times per GPU benchmark of an op or a matmul shape:
+- the call time (pytest-benchmark's own): one call from Python, then a synchronize. It includes
+  the host's launch cost (Numba's argument marshalling is tens of microseconds per kernel; torch's
+  dispatcher a few) and the GPU's idle wait for it: what one eager call costs a user.
+- the device time (`record_device_time`): the same work queued DEVICE_LAUNCHES times into one CUDA
+  graph, whose replays are timed with CUDA events on the device and divided by the launches. No
+  host cost, no idle gaps: what the kernels themselves take, the number to set against the
+  hardware's ceilings (cuBLAS's TFLOP/s, the copy bandwidth). The launches cycle over several
+  copies of the inputs and outputs (`input_sets`), together >= ROTATE_BYTES, so that a kernel
+  whose data would fit the 60 MB L2 cannot be timed reading it from there.
+Both backends of a comparison are timed the same way.
+
 CUDA work (torch or Numba) is queued: a kernel launch returns before the kernel has run. A
 timer around the launch alone measures the launch. So every timed callable here ends with
 the backend's synchronize (torch.cuda.synchronize / numba.cuda.synchronize), which waits
@@ -78,6 +90,36 @@ def run_benchmark(
         n_rounds, warmup = max(3, int(ROUND_BUDGET_S / seconds)), min(warmup, 1)
     benchmark.pedantic(fn, rounds=n_rounds, warmup_rounds=warmup, iterations=1)
     return out
+
+
+DEVICE_LAUNCHES = 20  # launches per recorded CUDA graph
+DEVICE_REPLAYS = (10, 2)  # timed replays, warm-up replays
+ROTATE_BYTES = 256 << 20  # the input sets of one device timing cover at least this (> 4x the H200's L2)
+MAX_INPUT_SETS = 8
+
+
+def input_sets(set_bytes: int) -> int:
+    """How many copies of an op's inputs and outputs (set_bytes each) the device timing cycles over."""
+    if set_bytes <= 0:
+        return 1
+    return max(1, min(MAX_INPUT_SETS, -(-ROTATE_BYTES // set_bytes)))
+
+
+def record_device_time(benchmark, backend, launches: list[Callable[[], object]], graph: bool = True) -> None:
+    """The device time per call of `launches[i]` (each one call of the work on input set i), into
+    extra_info: device_time_s (median over replays), device_time_min_s, device_time_method,
+    device_input_sets. Recorded by the backend's own graph capture (impl_*.device_time); graph=False
+    (torch's autograd backward, which a capture does not take) times DEVICE_LAUNCHES back-to-back calls
+    between CUDA events instead, and says so in device_time_method. A capture that fails leaves
+    device_time_error instead, and the report counts the number as missing."""
+    if benchmark.disabled or backend.device != "cuda":
+        return
+    try:
+        info = backend.impl().device_time(launches, DEVICE_LAUNCHES, *DEVICE_REPLAYS, graph=graph)
+    except Exception as e:  # a capture failure is reported, never replaced by another number
+        benchmark.extra_info["device_time_error"] = f"{type(e).__name__}: {e}"
+        return
+    benchmark.extra_info.update(info, device_input_sets=len(launches))
 
 
 def numpy_peak_bytes(fn: Callable[[], object]) -> int:

@@ -37,6 +37,12 @@ from numba import cuda, float32  # noqa: E402
 
 SIMULATOR: bool = bool(_numba_config.ENABLE_CUDASIM)
 
+# numba-cuda warns (NumbaPerformanceWarning) at every launch of a grid of fewer than 128 blocks. Ours are
+# deliberate (a LayerNorm parameter-sum reduction of 48 blocks, one block per multiprocessor walking
+# rows), and a warning per launch costs host time on every launch wherever warnings are recorded
+# (pytest records each one: a 20 us kernel then took 760 us per call in the benchmarks).
+_numba_config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
+
 WARP = 32
 FULL_MASK = 0xFFFFFFFF
 

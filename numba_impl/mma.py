@@ -26,11 +26,12 @@ hi = tf32_round(x), lo = tf32_round(x - hi).
 Products of two TF32 values (11 x 11 significant bits) are exact in float32; the sum into the
 float32 accumulator is the tensor core's own (not IEEE round-to-nearest for every addition).
 
-Fragment reads. `load_f32x2(arr, i)` / `load_f32x4(arr, i)` read arr[i : i + 2] / arr[i : i + 4] of a
-float32 array as one 8- / 16-byte load (``ld.v2.f32`` / ``ld.v4.f32``; in shared memory ``ld.shared``),
-so that a lane gets two or four of its fragment values with one instruction. The caller guarantees
-that i is a multiple of 2 / 4 and that the array is 16-byte aligned (``cuda.shared.array(...,
-alignment=16)``): the load asserts that alignment to the compiler, and a misaligned address faults.
+Fragment reads. `load_f32x2(arr, i)` / `load_f32x4(arr, i)` (numba_impl/vector.py's load2 / load4)
+read arr[i : i + 2] / arr[i : i + 4] of a float32 array as one 8- / 16-byte load (``ld.v2.f32`` /
+``ld.v4.f32``; in shared memory ``ld.shared``), so that a lane gets two or four of its fragment
+values with one instruction. The caller guarantees that i is a multiple of 2 / 4 and that the array
+is 16-byte aligned (``cuda.shared.array(..., alignment=16)``): the load asserts that alignment to
+the compiler, and a misaligned address faults.
 
 In the CUDA simulator (CI) all helpers are Python (the loads are plain reads that check the index
 rule); `tf32_round` rounds the bits with NumPy, and `mma_tf32_m16n8k8` has each of the warp's 32
@@ -44,6 +45,8 @@ from __future__ import annotations
 import numpy as np
 
 from numba_impl._compat import SIMULATOR, WARP
+from numba_impl.vector import load2 as load_f32x2
+from numba_impl.vector import load4 as load_f32x4
 
 MMA_PTX = (
     "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
@@ -92,16 +95,6 @@ if SIMULATOR:
         D = (A64 @ B64 + C).astype(np.float32)
         return D[g, 2 * t], D[g, 2 * t + 1], D[g + 8, 2 * t], D[g + 8, 2 * t + 1]
 
-    def load_f32x2(arr, i):
-        """(arr[i], arr[i + 1]): one 8-byte load on a GPU (the simulator checks its alignment rule)."""
-        assert i % 2 == 0, f"load_f32x2 at index {i}: an 8-byte load needs an even index"
-        return arr[i], arr[i + 1]
-
-    def load_f32x4(arr, i):
-        """(arr[i], ..., arr[i + 3]): one 16-byte load on a GPU (the simulator checks its alignment rule)."""
-        assert i % 4 == 0, f"load_f32x4 at index {i}: a 16-byte load needs an index that is a multiple of 4"
-        return arr[i], arr[i + 1], arr[i + 2], arr[i + 3]
-
 else:
     from llvmlite import ir
     from numba import types
@@ -142,38 +135,6 @@ else:
             return context.make_tuple(builder, sig.return_type, values)
 
         return result(*([types.float32] * 10)), codegen
-
-    def _vector_load(width):
-        def typer(typingctx, arr, i):
-            if not (isinstance(arr, types.Array) and arr.dtype == types.float32 and arr.ndim == 1):
-                return None
-            if not isinstance(i, types.Integer):
-                return None
-
-            def codegen(context, builder, sig, args):
-                ary = context.make_array(sig.args[0])(context, builder, args[0])
-                index = context.cast(builder, args[1], sig.args[1], types.intp)
-                ptr = builder.gep(ary.data, [index])
-                vec_type = ir.VectorType(_f32, width)
-                vec = builder.load(builder.bitcast(ptr, vec_type.as_pointer()), align=4 * width)
-                values = [builder.extract_element(vec, ir.Constant(_i32, k)) for k in range(width)]
-                return context.make_tuple(builder, sig.return_type, values)
-
-            return types.UniTuple(types.float32, width)(arr, i), codegen
-
-        return typer
-
-    def _load_f32x2(typingctx, arr, i):
-        """(arr[i], arr[i + 1]) of a 1-D float32 array as one 8-byte load; i even, the array 8-byte aligned."""
-        return _vector_load(2)(typingctx, arr, i)
-
-    def _load_f32x4(typingctx, arr, i):
-        """(arr[i], ..., arr[i + 3]) of a 1-D float32 array as one 16-byte load; i a multiple of 4, the array
-        16-byte aligned."""
-        return _vector_load(4)(typingctx, arr, i)
-
-    load_f32x2 = intrinsic(_load_f32x2)
-    load_f32x4 = intrinsic(_load_f32x4)
 
 
 __all__ = ["MMA_PTX", "load_f32x2", "load_f32x4", "mma_tf32_m16n8k8", "tf32_round"]

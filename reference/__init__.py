@@ -3,13 +3,16 @@
 The ground truth the other backends are measured against (docs/contract.md), and the
 code to read to learn how GPT-2 computes. One module per idea:
 
-    layers.py      embedding, LayerNorm, linear, GELU, residual, tied head, cross-entropy
-    attention.py   causal self-attention, naive and tiled (online softmax)
-    model.py       gpt2_forward / gpt2_backward: the layers assembled into GPT-2
+    layers.py      embedding, LayerNorm, linear, GELU, residual, tied head, cross-entropy;
+                   for the variants RMSNorm, SiLU and SwiGLU
+    rope.py        rotary position embeddings (the variant position="rope")
+    attention.py   causal self-attention, naive and tiled (online softmax); grouped-query too
+    model.py       gpt2_forward / gpt2_backward: the layers assembled into GPT-2 or any variant
     optimizer.py   AdamW
     generate.py    greedy / temperature / top-k sampling with a KV cache
 
-The functions below are the contract's entry points. dtype follows the params.
+The functions below are the contract's entry points. dtype follows the params. Every one takes
+any weights.GPT2Config, GPT-2 or a variant (docs/variants.md).
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ def activations(
     attention: str = "naive",
     with_attention_probs: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Every named activation of docs/contract.md ("embed", "h.{i}.ln_1", ..., "logits"), in forward order.
+    """Every named activation of docs/contract.md ("embed", "h.{i}.ln_1", ..., "logits"), in forward order:
+    exactly weights.layout.activation_names(config), so a variant's "h.{i}.rope" or "h.{i}.swiglu" too.
 
     with_attention_probs=True (naive attention only) also returns "h.{i}.att", the
     attention probabilities (B, NH, T, T), for looking at what each head attends to.

@@ -12,6 +12,13 @@ Shapes:
 
 Both paths take qkv and return the heads merged back to (B, T, C), plus what their
 backward needs. The scale is 1/sqrt(HS); position t attends to positions 0..t.
+
+Grouped-query attention (n_kv_head = NKV < NH, docs/variants.md): qkv is (B, T, (NH + 2 NKV) HS),
+NH query heads then NKV key heads then NKV value heads, and query head h reads key/value head
+h // (NH / NKV). Each path repeats every key/value head over its group of NH / NKV query heads
+(repeat_kv_forward), runs the attention above on NH heads, and in the backward sums the
+repeated heads' gradients back onto their key/value head (repeat_kv_backward). With NKV = NH
+(GPT-2, n_kv_head None) the repeat is the identity and the arithmetic is exactly GPT-2's.
 """
 
 from __future__ import annotations
@@ -22,12 +29,21 @@ import numpy as np
 
 
 # ----------------------------------------------------------------------------- head layout
-def split_heads(qkv: np.ndarray, n_head: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """qkv (B, T, 3C)  ->  q, k, v each (B, NH, T, HS)"""
-    B, T, C3 = qkv.shape
-    HS = C3 // 3 // n_head
-    qkv = qkv.reshape(B, T, 3, n_head, HS).transpose(2, 0, 3, 1, 4)  # (3, B, NH, T, HS)
-    return qkv[0], qkv[1], qkv[2]
+def split_heads(
+    qkv: np.ndarray, n_head: int, n_kv_head: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """qkv (B, T, (NH + 2 NKV) HS)  ->  q (B, NH, T, HS), k and v each (B, NKV, T, HS)
+
+    n_kv_head None means NKV = NH (GPT-2: qkv is (B, T, 3C)). Views into qkv, no copy.
+    """
+    NH = n_head
+    NKV = n_head if n_kv_head is None else n_kv_head
+    B, T, width = qkv.shape
+    HS = width // (NH + 2 * NKV)
+    q = qkv[..., : NH * HS].reshape(B, T, NH, HS)
+    k = qkv[..., NH * HS : (NH + NKV) * HS].reshape(B, T, NKV, HS)
+    v = qkv[..., (NH + NKV) * HS :].reshape(B, T, NKV, HS)
+    return q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
 
 
 def merge_heads(y: np.ndarray) -> np.ndarray:
@@ -37,9 +53,34 @@ def merge_heads(y: np.ndarray) -> np.ndarray:
 
 
 def join_qkv(dq: np.ndarray, dk: np.ndarray, dv: np.ndarray) -> np.ndarray:
-    """dq, dk, dv each (B, NH, T, HS)  ->  dqkv (B, T, 3C), the inverse of split_heads."""
-    B, NH, T, HS = dq.shape
-    return np.stack([dq, dk, dv]).transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * NH * HS)
+    """dq (B, NH, T, HS), dk and dv each (B, NKV, T, HS)  ->  dqkv (B, T, (NH + 2 NKV) HS),
+    the inverse of split_heads."""
+    return np.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)
+
+
+def repeat_kv_forward(kv: np.ndarray, n_head: int) -> np.ndarray:
+    """Give every query head its key (or value) head: query head h reads head h // (NH / NKV).
+
+    kv (B, NKV, T, HS)  ->  (B, NH, T, HS), each head repeated NH / NKV times in a row
+    (NKV = NH: kv itself, untouched).
+    """
+    group = n_head // kv.shape[1]
+    if group == 1:
+        return kv
+    return np.repeat(kv, group, axis=1)  # heads [0, 0, 1, 1, ...] for group 2
+
+
+def repeat_kv_backward(dkv_rep: np.ndarray, n_kv_head: int) -> np.ndarray:
+    """dkv_rep (B, NH, T, HS)  ->  dkv (B, NKV, T, HS)
+
+    A head read by a group of query heads collects the gradient of each of them: the sum over
+    the group (NKV = NH: dkv_rep itself).
+    """
+    B, NH, T, HS = dkv_rep.shape
+    group = NH // n_kv_head
+    if group == 1:
+        return dkv_rep
+    return dkv_rep.reshape(B, n_kv_head, group, T, HS).sum(axis=2)
 
 
 def causal_mask(Tq: int, Tk: int) -> np.ndarray:
@@ -68,26 +109,33 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> tuple[np.nd
     return att @ v, att
 
 
-def attention_forward(qkv: np.ndarray, n_head: int) -> tuple[np.ndarray, np.ndarray]:
+def attention_forward(qkv: np.ndarray, n_head: int, *, n_kv_head: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Naive causal self-attention.
 
-    qkv (B, T, 3C)  ->  out (B, T, C), att (B, NH, T, T) the attention probabilities
+    qkv (B, T, (NH + 2 NKV) HS)  ->  out (B, T, C = NH HS), att (B, NH, T, T) the attention probabilities
+    (n_kv_head None: NKV = NH, qkv (B, T, 3C).)
     """
-    q, k, v = split_heads(qkv, n_head)
-    y, att = causal_attention(q, k, v)
+    q, k, v = split_heads(qkv, n_head, n_kv_head)
+    y, att = causal_attention(q, repeat_kv_forward(k, n_head), repeat_kv_forward(v, n_head))
     return merge_heads(y), att
 
 
-def attention_backward(dout: np.ndarray, qkv: np.ndarray, att: np.ndarray, n_head: int) -> np.ndarray:
-    """dout (B, T, C), qkv (B, T, 3C), att (B, NH, T, T)  ->  dqkv (B, T, 3C)
+def attention_backward(
+    dout: np.ndarray, qkv: np.ndarray, att: np.ndarray, n_head: int, *, n_kv_head: int | None = None
+) -> np.ndarray:
+    """dout (B, T, C), qkv (B, T, (NH + 2 NKV) HS), att (B, NH, T, T)  ->  dqkv (B, T, (NH + 2 NKV) HS)
 
         y = att v                        dv = attᵀ dy,   datt = dy vᵀ
         att = softmax(s) row-wise        ds = att * (datt - rowsum(datt * att))
         s = q kᵀ * scale                 dq = ds k * scale,   dk = dsᵀ q * scale
-    Masked entries have att = 0, so they get ds = 0 without a second mask.
+    Masked entries have att = 0, so they get ds = 0 without a second mask. k and v here are the
+    key/value heads repeated over the query heads; with NKV < NH their gradients are summed back
+    over each group (repeat_kv_backward).
     """
-    q, k, v = split_heads(qkv, n_head)
+    q, k, v = split_heads(qkv, n_head, n_kv_head)
     B, NH, T, HS = q.shape
+    NKV = k.shape[1]
+    k, v = repeat_kv_forward(k, NH), repeat_kv_forward(v, NH)  # (B, NH, T, HS)
     scale = 1.0 / math.sqrt(HS)
     dy = dout.reshape(B, T, NH, HS).transpose(0, 2, 1, 3)  # (B, NH, T, HS)
     dv = att.swapaxes(-1, -2) @ dy
@@ -95,7 +143,7 @@ def attention_backward(dout: np.ndarray, qkv: np.ndarray, att: np.ndarray, n_hea
     ds = att * (datt - (datt * att).sum(axis=-1, keepdims=True))
     dq = (ds @ k) * scale
     dk = (ds.swapaxes(-1, -2) @ q) * scale
-    return join_qkv(dq, dk, dv)
+    return join_qkv(dq, repeat_kv_backward(dk, NKV), repeat_kv_backward(dv, NKV))
 
 
 # ----------------------------------------------------------------------------- tiled
@@ -118,18 +166,22 @@ def _block_scores(q: np.ndarray, k: np.ndarray, k0: int, k1: int, scale: float) 
     return np.where(visible, s, -np.inf)
 
 
-def attention_forward_tiled(qkv: np.ndarray, n_head: int, block_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def attention_forward_tiled(
+    qkv: np.ndarray, n_head: int, block_size: int = 64, *, n_kv_head: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Causal self-attention with an online softmax over blocks of keys.
 
-    qkv (B, T, 3C)  ->  out (B, T, C), lse (B, NH, T) the log-sum-exp of each score row
+    qkv (B, T, (NH + 2 NKV) HS)  ->  out (B, T, C = NH HS), lse (B, NH, T) the log-sum-exp of each score row
 
     For each query row we keep a running max m, a running sum l = sum exp(s - m) and a
     running output acc = sum exp(s - m) v. A new block with row max m_blk rescales the old
     terms by exp(m - m_new) before adding its own. At the end y = acc / l, and
     lse = m + log(l) is all the backward needs to rebuild any block of probabilities.
     Working memory: one (B, NH, T, block) score block plus O(B * NH * T * HS).
+    With NKV < NH the key/value heads are first repeated over their query groups.
     """
-    q, k, v = split_heads(qkv, n_head)
+    q, k, v = split_heads(qkv, n_head, n_kv_head)
+    k, v = repeat_kv_forward(k, n_head), repeat_kv_forward(v, n_head)  # (B, NH, T, HS)
     B, NH, T, HS = q.shape
     scale = 1.0 / math.sqrt(HS)
     m = np.full((B, NH, T, 1), -np.inf, dtype=qkv.dtype)
@@ -150,9 +202,16 @@ def attention_forward_tiled(qkv: np.ndarray, n_head: int, block_size: int = 64) 
 
 
 def attention_backward_tiled(
-    dout: np.ndarray, qkv: np.ndarray, out: np.ndarray, lse: np.ndarray, n_head: int, block_size: int = 64
+    dout: np.ndarray,
+    qkv: np.ndarray,
+    out: np.ndarray,
+    lse: np.ndarray,
+    n_head: int,
+    block_size: int = 64,
+    *,
+    n_kv_head: int | None = None,
 ) -> np.ndarray:
-    """dout (B, T, C), qkv (B, T, 3C), out (B, T, C), lse (B, NH, T)  ->  dqkv (B, T, 3C)
+    """dout (B, T, C), qkv (B, T, (NH + 2 NKV) HS), out (B, T, C), lse (B, NH, T)  ->  dqkv (B, T, (NH + 2 NKV) HS)
 
     The same math as attention_backward, one key block at a time. The probabilities of a
     block are recomputed as p = exp(s - lse). The row sum rowsum(datt * att) over all keys
@@ -160,8 +219,11 @@ def attention_backward_tiled(
         D = rowsum(dy * y)
         per block:  dv_blk = pᵀ dy,  datt = dy v_blkᵀ,  ds = p * (datt - D),
                     dq += ds k_blk * scale,  dk_blk = dsᵀ q * scale
+    and with NKV < NH the repeated key/value heads' gradients are summed over each group at the end.
     """
-    q, k, v = split_heads(qkv, n_head)
+    q, k, v = split_heads(qkv, n_head, n_kv_head)
+    NKV = k.shape[1]
+    k, v = repeat_kv_forward(k, n_head), repeat_kv_forward(v, n_head)  # (B, NH, T, HS)
     B, NH, T, HS = q.shape
     scale = 1.0 / math.sqrt(HS)
     dy = dout.reshape(B, T, NH, HS).transpose(0, 2, 1, 3)
@@ -178,4 +240,4 @@ def attention_backward_tiled(
         ds = p * (dy_rows @ v[:, :, k0:k1].swapaxes(-1, -2) - D[:, :, k0:])
         dq[:, :, k0:] += (ds @ k[:, :, k0:k1]) * scale
         dk[:, :, k0:k1] = (ds.swapaxes(-1, -2) @ q[:, :, k0:]) * scale
-    return join_qkv(dq, dk, dv)
+    return join_qkv(dq, repeat_kv_backward(dk, NKV), repeat_kv_backward(dv, NKV))

@@ -8,6 +8,10 @@ has already seen, so a step only pushes the one new token through the model: its
 attends to the cached keys plus its own. Both give the same tokens and, up to rounding,
 the same logits (tests/reference/test_generate.py).
 
+Every variant of the config is generated the same way. With rotary positions the cache holds
+the keys already rotated (at their absolute positions), and new tokens are rotated at theirs,
+start + t; with grouped-query attention it holds the NKV key/value heads, not NH.
+
 The context window is n_ctx tokens. Past it, the window slides: the model sees only the
 last n_ctx tokens, at positions 0..n_ctx-1. Sliding shifts every position, so the cached
 keys go stale; from then on the cached path recomputes the window each step, exactly as
@@ -20,22 +24,17 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from reference.attention import causal_attention, merge_heads, split_heads
-from reference.layers import (
-    embedding_forward,
-    gelu_forward,
-    layernorm_forward,
-    linear_forward,
-    lm_head_forward,
-    softmax_forward,
-)
-from reference.model import check_idx, check_params, gpt2_forward
+from reference.attention import causal_attention, merge_heads, repeat_kv_forward, split_heads
+from reference.layers import embedding_forward, linear_forward, lm_head_forward, softmax_forward
+from reference.model import check_idx, check_params, gpt2_forward, mlp_act_forward, norm_forward
+from reference.rope import rope_forward
 from weights import GPT2Config
 
 
 # ----------------------------------------------------------------------------- KV cache forward
 def new_kv_cache(config: GPT2Config) -> list[tuple[np.ndarray, np.ndarray] | None]:
-    """One (k, v) pair per block, each (B, NH, T_cached, HS); None until the first tokens arrive."""
+    """One (k, v) pair per block, each (B, NKV, T_cached, HS) (NKV = NH for GPT-2; k already rotated
+    with rope); None until the first tokens arrive."""
     return [None] * config.n_layer
 
 
@@ -44,33 +43,45 @@ def cache_length(cache: list) -> int:
 
 
 def forward_with_cache(
-    params: Mapping[str, np.ndarray], config: GPT2Config, idx_new: np.ndarray, cache: list
+    params: Mapping[str, np.ndarray], config: GPT2Config, idx_new: np.ndarray, cache: list, last_only: bool = True
 ) -> np.ndarray:
     """Run the tokens idx_new (B, Tn), which follow the cached positions, through the model.
 
     Appends their keys and values to `cache` (in place) and returns the logits of the last
-    new position, (B, V). The same block math as gpt2_forward, inference only.
+    new position, (B, V), or of every new position, (B, Tn, V), with last_only=False. The same
+    block math as gpt2_forward, inference only. The new tokens sit at the absolute positions
+    start .. start + Tn - 1, start = cache_length(cache): that is where wpe is read and where
+    rope rotates their q and k.
     """
     p = params
-    eps = config.layer_norm_eps
+    NH, NKV = config.n_head, config.kv_heads
     start = cache_length(cache)
-    x = embedding_forward(p["wte.weight"], p["wpe.weight"], idx_new, start=start)  # (B, Tn, C)
+    if start + idx_new.shape[1] > config.n_ctx:
+        Tn = idx_new.shape[1]
+        raise ValueError(f"forward_with_cache: {start} cached + {Tn} new tokens exceed n_ctx={config.n_ctx}")
+    x = embedding_forward(p["wte.weight"], p.get("wpe.weight"), idx_new, start=start)  # (B, Tn, C)
     for i in range(config.n_layer):
         h = f"h.{i}."
-        ln_1, _, _ = layernorm_forward(x, p[h + "ln_1.weight"], p[h + "ln_1.bias"], eps)
-        qkv = linear_forward(ln_1, p[h + "attn.c_attn.weight"], p[h + "attn.c_attn.bias"])
-        q, k, v = split_heads(qkv, config.n_head)  # (B, NH, Tn, HS) each
+        ln_1, _ = norm_forward(config, x, p[h + "ln_1.weight"], p.get(h + "ln_1.bias"))
+        qkv = linear_forward(ln_1, p[h + "attn.c_attn.weight"], p.get(h + "attn.c_attn.bias"))
+        if config.position == "rope":
+            qkv = rope_forward(qkv, NH, NKV, config.rope_theta, start=start)  # at positions start + t
+        q, k, v = split_heads(qkv, NH, NKV)  # q (B, NH, Tn, HS), k and v (B, NKV, Tn, HS)
         if cache[i] is not None:
-            k = np.concatenate([cache[i][0], k], axis=2)  # (B, NH, start + Tn, HS)
+            k = np.concatenate([cache[i][0], k], axis=2)  # (B, NKV, start + Tn, HS)
             v = np.concatenate([cache[i][1], v], axis=2)
         cache[i] = (k, v)
-        y, _ = causal_attention(q, k, v)  # the Tn queries are the last Tn of the keys
-        x = x + linear_forward(merge_heads(y), p[h + "attn.c_proj.weight"], p[h + "attn.c_proj.bias"])
-        ln_2, _, _ = layernorm_forward(x, p[h + "ln_2.weight"], p[h + "ln_2.bias"], eps)
-        fc = linear_forward(ln_2, p[h + "mlp.c_fc.weight"], p[h + "mlp.c_fc.bias"])
-        x = x + linear_forward(gelu_forward(fc), p[h + "mlp.c_proj.weight"], p[h + "mlp.c_proj.bias"])
-    ln_f, _, _ = layernorm_forward(x[:, -1], p["ln_f.weight"], p["ln_f.bias"], eps)  # (B, C)
-    return lm_head_forward(ln_f, p["wte.weight"])  # (B, V)
+        # the Tn queries are the last Tn of the keys
+        y, _ = causal_attention(q, repeat_kv_forward(k, NH), repeat_kv_forward(v, NH))
+        x = x + linear_forward(merge_heads(y), p[h + "attn.c_proj.weight"], p.get(h + "attn.c_proj.bias"))
+        ln_2, _ = norm_forward(config, x, p[h + "ln_2.weight"], p.get(h + "ln_2.bias"))
+        fc = linear_forward(ln_2, p[h + "mlp.c_fc.weight"], p.get(h + "mlp.c_fc.bias"))
+        x = x + linear_forward(mlp_act_forward(config, fc), p[h + "mlp.c_proj.weight"], p.get(h + "mlp.c_proj.bias"))
+    if last_only:
+        x = x[:, -1]  # (B, C)
+    ln_f, _ = norm_forward(config, x, p["ln_f.weight"], p.get("ln_f.bias"))
+    head = p["wte.weight"] if config.tied_head else p["lm_head.weight"]
+    return lm_head_forward(ln_f, head)  # (B, V), or (B, Tn, V)
 
 
 # ----------------------------------------------------------------------------- sampling

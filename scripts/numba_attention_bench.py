@@ -23,6 +23,7 @@ Sections (the JSON is rewritten after each, so a run cut short keeps what it mea
   graphed      the fast memory-bound kernels and the flash kernels inside CUDA graph replays
                (LAUNCHES_PER_GRAPH launches per replay): the kernels' own time
 Timing: CUDA events around each call, median of REPEATS after WARMUP calls.
+--sections a,b,... runs only those sections (names as above; default all).
 """
 
 from __future__ import annotations
@@ -459,11 +460,14 @@ def memory_bound(report):
     losses = cuda.device_array(N, np.float32)
     xent_bytes = 8 * N * V + 8 * N  # logits read once, dlogits written once (the kernel reads logits twice)
     t = timed(lambda i: crossentropy.crossentropy(losses, dlogits[i], logits[i], targets, N, V, 1.0 / N), k)
-    add("crossentropy forward+backward", "fast (block per row, 1024 threads, online max/sum)", t, xent_bytes)
+    add("crossentropy forward+backward", "fast (rows kernel: a block per SM walks rows, 16-byte loads)", t, xent_bytes)
+    t = timed(lambda i: crossentropy.crossentropy(losses, dlogits[i], logits[i], targets, N, V, 1.0 / N,
+                                                  version="block"), k)  # fmt: skip
+    add("crossentropy forward+backward", "block kernel (block per row, 1024 threads, online max/sum)", t, xent_bytes)
     kern = crossentropy.crossentropy_block_kernel
     threads = 32 if SMOKE else 512
     t = timed(lambda i: kern[N, threads](losses, dlogits[i], logits[i], targets, N, V, np.float32(1.0 / N), True), k)
-    add("crossentropy forward+backward", f"same kernel, {threads} threads", t, xent_bytes)
+    add("crossentropy forward+backward", f"block kernel, {threads} threads", t, xent_bytes)
     if TORCH_GPU:
         tl = [torch.randn(N, V, device="cuda", requires_grad=True) for _ in range(k)]
         tt = torch.randint(0, V, (N,), device="cuda")
@@ -576,11 +580,17 @@ def memory_bound_graphed(report):
     dlogits = cuda.device_array(N * V, np.float32)
     targets = dev(r.integers(0, V, N), np.int32)
     losses = cuda.device_array(N, np.float32)
-    add(
-        "crossentropy forward+backward",
-        graph_timed(lambda _: crossentropy.crossentropy(losses, dlogits, logits, targets, N, V, 1.0 / N), 1),
-        8 * N * V + 8 * N,
-    )
+    for version in crossentropy.VERSIONS[:2]:  # the rows kernel (the default) and the block kernel before it
+        add(
+            f"crossentropy forward+backward ({version})",
+            graph_timed(
+                lambda _, v=version: crossentropy.crossentropy(
+                    losses, dlogits, logits, targets, N, V, 1.0 / N, version=v
+                ),
+                1,
+            ),
+            8 * N * V + 8 * N,
+        )
     qkv, dout = dev(f32(B, T, 3 * C)), dev(f32(B, T, C))
     out, lse = cuda.device_array(B * T * C, np.float32), cuda.device_array(B * NH * T, np.float32)
     dqkv, delta = cuda.device_array(B * T * 3 * C, np.float32), cuda.device_array(B * NH * T, np.float32)
@@ -617,6 +627,12 @@ def main():
         torch.backends.cudnn.allow_tf32 = False
         report["torch_tf32"] = False
     sections = (copy_bandwidth, correctness, attention_timing, attention_variants, memory_bound, memory_bound_graphed)
+    names = {"copy": copy_bandwidth, "correctness": correctness, "attention": attention_timing,
+             "attention_variants": attention_variants, "memory": memory_bound,
+             "graphed": memory_bound_graphed}  # fmt: skip
+    chosen = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--sections=")), None)
+    if chosen:
+        sections = tuple(names[n.strip()] for n in chosen.split(",") if n.strip())
     for section in sections:
         if over_budget():
             report.setdefault("skipped", []).append(section.__name__)

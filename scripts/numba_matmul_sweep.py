@@ -15,12 +15,19 @@ Sections, each written to OUT.json as soon as it is done (a run cut short keeps 
                fast (`fast_config`'s tile, splits and unroll, vector loads where aligned) vs torch.matmul
                float32 vs the same kernel with scalar loads and no unrolling at the previous tuned
                configuration
-  sweep        tile shapes x split-K x unroll per shape (the defaults come from here)
+  sweep        tile shapes x split-K x unroll per shape (the defaults come from here): SWEEP_VARIANTS,
+               each with every split count whose slices keep >= SWEEP_MIN_SLICE terms (at most
+               MAX_SPLITS; the split count decides how many waves of blocks the product makes)
   model        NumbaGPT2 forward+backward at 124M, B=4, T=1024 (only with --model)
+--sections picks some of them (default: all but model).
 --previous FILE copies an earlier run's timing rows into OUT.json (key "previous_run"), with that
 run's provenance, so that one file holds both.
-Timing: CUDA events around batches of back-to-back launches (so Python's launch cost overlaps the
-GPU's work), after warm-up; the median over batches. Exit 1 if a correctness check fails.
+Timing: the timing section (and cuBLAS everywhere): CUDA events around batches of back-to-back
+launches, after warm-up; the median over batches. The sweep: device time, SWEEP_LAUNCHES launches of
+one configuration recorded in a CUDA graph and its replays timed with CUDA events (benchmarks/
+impl_numba.py's device_time): back-to-back launches from Python measure the host instead wherever
+Numba's launch cost (tens of microseconds per kernel, two kernels with split-K) approaches the
+kernel's time, which it does on the small products. Exit 1 if a correctness check fails.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.impl_numba import device_time  # noqa: E402
+from benchmarks.impl_torch import device_time as torch_device_time  # noqa: E402
 from numba_impl._compat import SIMULATOR, cuda  # noqa: E402
 from numba_impl.kernels import matmul as mm  # noqa: E402
 from weights.provenance import provenance  # noqa: E402
@@ -62,9 +71,22 @@ SHAPES = [
     ("head dwte", V, C, BT, "TN"),
 ]
 HEAD_K_CHUNK = 1024
-TILES = [(128, 128, 16, 8, 8), (128, 128, 8, 8, 8), (128, 64, 16, 8, 8), (128, 64, 8, 8, 8)]
-SWEEP_UNROLL = 4  # every tile is swept at this unroll of the k loop ...
-UNROLLS = (1, 2)  # ... and the 128x128x16 tile also at these
+TILES = [(128, 128, 16, 8, 8), (128, 128, 8, 8, 8), (128, 64, 16, 8, 8), (128, 64, 8, 8, 8), (64, 64, 16, 8, 8)]
+UNROLLS = (1, 2)  # the correctness section also runs the 128x128x16 tile at these unrolls
+# (tile, unroll, vector loads) swept: the two tiles TUNED uses at their unrolls, and a 64 x 64 tile of 64
+# threads (four times the blocks of the 128 x 128 one: more even waves on small outputs)
+SWEEP_VARIANTS = [
+    ((128, 128, 16, 8, 8), 2, None),
+    ((128, 64, 16, 8, 8), 4, None),
+    ((64, 64, 16, 8, 8), 2, None),
+    ((64, 64, 16, 8, 8), 4, None),
+]
+SWEEP_MIN_SLICE = 256  # a split-K slice sums at least this many terms
+MAX_SPLITS = 16
+# device time of a configuration: launches per graph, timed replays
+SWEEP_LAUNCHES, SWEEP_REPLAYS = 10, 3
+# the timing section's scalar-loads comparison (extra compiles) unless --no-scalar
+WITH_SCALAR = "--no-scalar" not in sys.argv
 # The tuned (tile, splits) of the previous kernel (scalar global loads, k loop not unrolled), from the
 # sweep of commit b2de8fd: the reference configuration timed beside today's default.
 PREVIOUS_TUNED = {
@@ -263,15 +285,32 @@ def section_timing(res):
         ptile, psplits = PREVIOUS_TUNED[name]
         scalar = lambda: mm.matmul(out, a, b, M, N, K, layout, k_chunk=kc, tile=ptile, splits=psplits,  # noqa: B023
                                    vec=False, unroll=1)  # fmt: skip
-        t_scalar = time_numba(scalar, 5, 5, 1)
+        t_scalar = time_numba(scalar, 5, 5, 1) if WITH_SCALAR else float("nan")
         t_torch = time_torch(lambda: torch.matmul(op_a, op_b))  # noqa: B023
+        row["fast_device_ms"] = 1e3 * device_time([fast], SWEEP_LAUNCHES, SWEEP_REPLAYS, 1)["device_time_s"]
+        row["torch_device_ms"] = 1e3 * torch_device_time([lambda: torch.matmul(op_a, op_b)], SWEEP_LAUNCHES,  # noqa: B023
+                                                         SWEEP_REPLAYS, 1)["device_time_s"]  # fmt: skip
         row |= {"scalar_not_unrolled_ms": t_scalar, "scalar_config": [ptile, psplits], "torch_ms": t_torch,
                 "fast_tflops": tflops(M, N, K, t_fast), "torch_tflops": tflops(M, N, K, t_torch),
                 "fast_vs_torch": t_torch / t_fast, "scalar_vs_torch": t_torch / t_scalar}  # fmt: skip
         rows.append(row)
         print(f"{name:<18} {layout} fast {t_fast:7.3f} ms  torch {t_torch:7.3f} ms  "
-              f"({row['fast_vs_torch']:.0%} of cuBLAS)  scalar {t_scalar:7.3f} ms", flush=True)  # fmt: skip
+              f"({row['fast_vs_torch']:.0%} of cuBLAS)  scalar {t_scalar:7.3f} ms; device: fast "
+              f"{row['fast_device_ms']:.3f} ms, torch {row['torch_device_ms']:.3f} ms "
+              f"({row['torch_device_ms'] / row['fast_device_ms']:.0%})", flush=True)  # fmt: skip
     res["timing"] = rows
+
+
+def split_options(name: str, K: int) -> list[int]:
+    """The split counts swept for one product: every count whose slices keep >= SWEEP_MIN_SLICE terms
+    (at most MAX_SPLITS); the head's forward and dwte alone (thousands of blocks); the head's dlnf also
+    as slices of <= k_chunk terms (no chunks in registers: what the model runs)."""
+    if name in ("head logits", "head dwte"):
+        return [1]
+    options = [s for s in range(1, MAX_SPLITS + 1) if mm.ceil_div(K, s) >= SWEEP_MIN_SLICE]
+    if name == "head dlnf":
+        options = [1, 2, 4, 8, mm.ceil_div(K, HEAD_K_CHUNK)]
+    return options
 
 
 def section_sweep(res, deadline, save_partial):
@@ -280,24 +319,12 @@ def section_sweep(res, deadline, save_partial):
     for name, M, N, K, layout in SHAPES:
         ta, tb, _, _ = operands(M, N, K, layout)
         data[name] = (nb(ta), nb(tb), nb(torch.empty(M, N, device="cuda")), (ta, tb))
-    # (tile, unroll, vector loads): every tile at the defaults, then one tile with each other unroll and
-    # with scalar loads (what each of the two changes is worth on its own)
-    variants = [(tile, SWEEP_UNROLL, None) for tile in TILES] + [(TILES[0], u, None) for u in UNROLLS]
-    variants.append((TILES[0], SWEEP_UNROLL, False))
-    for tile, unroll, vec in variants:  # variant-major: a run cut short still has whole variants over every shape
+    for tile, unroll, vec in SWEEP_VARIANTS:  # variant-major: a run cut short still has whole variants
         for name, M, N, K, layout in SHAPES:
             a, b, out, _ = data[name]
             kc = HEAD_K_CHUNK if name == "head dlnf" else None
             head = name.startswith("head")
-            blocks = mm.ceil_div(M, tile[0]) * mm.ceil_div(N, tile[1])
-            split_options = [1] if blocks >= 2 * mm.SMS or K < 2048 else [1, 2, 4]
-            if blocks < mm.SMS and K >= 8 * mm.MIN_SPLIT_K:
-                split_options.append(8)
-            if head and name != "head dlnf":
-                split_options = [1]
-            if kc:  # also slices of <= k_chunk terms: no chunks in registers, a workspace of splits*M*N floats
-                split_options = split_options + [mm.ceil_div(K, kc)]
-            for splits in split_options:
+            for splits in split_options(name, K):
                 if elapsed() > deadline:
                     rows.append({"name": name, "tile": tile, "unroll": unroll,
                                  "vector_loads_where_aligned": vec is not False, "splits": splits,
@@ -305,7 +332,8 @@ def section_sweep(res, deadline, save_partial):
                     continue
                 run = lambda: mm.matmul(out, a, b, M, N, K, layout, tile=tile, splits=splits, k_chunk=kc,  # noqa: B023
                                         unroll=unroll, vec=vec)  # fmt: skip
-                t = time_numba(run, 3, 3 if head else 5, 1)
+                launches = 3 if head else SWEEP_LAUNCHES
+                t = 1e3 * device_time([run], launches, SWEEP_REPLAYS, 1)["device_time_s"]
                 rows.append({"name": name, "M": M, "N": N, "K": K, "layout": layout, "tile": tile, "unroll": unroll,
                              "vector_loads_where_aligned": vec is not False, "splits": splits, "ms": t,
                              "tflops": tflops(M, N, K, t)})  # fmt: skip
@@ -342,6 +370,9 @@ def main() -> int:
     parser.add_argument("--budget-s", type=float, default=200.0, help="stop starting new measurements after this")
     parser.add_argument("--previous", help="an earlier run's JSON whose timing rows to keep in OUT.json")
     parser.add_argument("--model", action="store_true", help="also time NumbaGPT2 forward+backward")
+    parser.add_argument("--no-scalar", action="store_true", help="timing: skip the scalar-loads comparison")
+    parser.add_argument("--sections", default="correctness,head,timing,sweep",
+                        help="comma-separated sections to run (correctness, head, timing, sweep)")  # fmt: skip
     args = parser.parse_args()
     if SIMULATOR or not torch.cuda.is_available():
         print("error: needs a CUDA GPU and NUMBA_ENABLE_CUDASIM=0", file=sys.stderr)
@@ -366,8 +397,11 @@ def main() -> int:
         res["elapsed_s"] = elapsed()
         out.write_text(json.dumps(res, indent=1, default=str))
 
+    wanted = {x.strip() for x in args.sections.split(",") if x.strip()}
     ok = True
     for name, fn in (("correctness", section_correctness), ("head", section_head), ("timing", section_timing)):
+        if name not in wanted:
+            continue
         try:
             fn(res)
         except Exception as e:  # keep the other sections' numbers
@@ -381,12 +415,13 @@ def main() -> int:
         for r in bad:
             print("  FAILED", r, flush=True)
         ok = ok and not bad
-    try:
-        section_sweep(res, args.budget_s - (45 if args.model else 10), save)
-    except Exception as e:
-        res["sweep_error"] = f"{type(e).__name__}: {e}"
-        print(f"section sweep failed: {e}", flush=True)
-    save("sweep")
+    if "sweep" in wanted:
+        try:
+            section_sweep(res, args.budget_s - (45 if args.model else 10), save)
+        except Exception as e:
+            res["sweep_error"] = f"{type(e).__name__}: {e}"
+            print(f"section sweep failed: {e}", flush=True)
+        save("sweep")
     if args.model and elapsed() < args.budget_s - 40:
         try:
             section_model(res)

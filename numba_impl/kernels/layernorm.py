@@ -13,16 +13,20 @@ Backward, with norm = (x - mean) * rstd and g = dout * weight:
 
 Two versions of each:
 - naive: one thread per row, loops over C (and one thread per channel for dweight/dbias);
-- warp: one 32-lane warp per row, and the row lives in registers: lane l holds the channels
-  l, l+32, l+64, ... (VPL = ceil(C/32) values, a compile-time constant: the kernels are built
-  per C), so each element is read from memory once and the reductions are warp shuffles. The
-  backward is one kernel: each warp also sums dout and dout*norm of its rows into its own slice
-  of shared memory, and at the end each block adds its per-channel totals to dweight/dbias
-  (2C atomic adds per block, not per row).
+- warp: one 32-lane warp per row, and the row lives in registers (VPL = ceil(C/32) values per
+  lane, a compile-time constant: the kernels are built per C), so each element is read from memory
+  once and the row sums are warp shuffles. When C is a multiple of 4 and the arrays are 16-byte
+  aligned, lane l holds the runs of 4 channels 4l + 128j .. 4l + 128j + 3 and moves each run with
+  one 16-byte load or store (numba_impl/vector.py); otherwise it holds channels l, l + 32, ...
+  The backward also needs dweight and dbias, sums over all N rows. Each lane adds its channels'
+  terms of every row its warp handles into registers; at the end the warps of a block combine
+  theirs through shared memory and the block writes one partial sum per channel to a scratch
+  buffer (blocks, 2C); a second kernel adds the blocks' partials in block order. No atomics: the
+  result is the same bits on every run (and in every CUDA-graph replay).
 Both compute the mean and variance in two passes over the values (no E[x^2] - E[x]^2 cancellation).
 
 Bytes (memory-bound; float32): forward reads x and writes out (8 N C); backward reads dout, x and
-dinp and writes dinp (16 N C).
+dinp and writes dinp (16 N C; the partial sums add 8 C per block, ~1.6 MB at N = 4096, C = 768).
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ import math
 
 import numpy as np
 
-from numba_impl._compat import WARP, block_size, ceil_div, cuda, float32, kernel, warp_sum
+from numba_impl import scratch
+from numba_impl._compat import WARP, block_size, ceil_div, cuda, device, float32, kernel, warp_sum
+from numba_impl.vector import VEC, aligned16, load4, store4
 
 
 # ----------------------------------------------------------------------------- naive
@@ -115,112 +121,197 @@ def layernorm_backward_naive(dinp, dweight, dbias, dout, inp, weight, mean, rstd
 
 
 # ----------------------------------------------------------------------------- one warp per row
-LN_WARPS_FORWARD = 4  # rows per block in the forward
-LN_PARAM_SHARED_BYTES = 32 * 1024  # the backward's per-warp dweight/dbias slices stay within this
-LN_BACKWARD_BLOCKS = 264  # blocks of the backward (2 per SM of an H100/H200); each walks rows
+LN_WARPS_FORWARD = 4  # rows per block of the forward (one per warp)
+LN_WARPS_BACKWARD = 4  # warps per block of the backward
+LN_BACKWARD_BLOCKS_PER_SM = 2  # blocks of the backward: as many as are resident at once (189 registers)
+LN_REDUCE_WARPS = 16  # warps per block of the parameter-sum reduction: each sums blocks / 16 partials
+SMS = 132  # H100 SXM and H200 multiprocessors (sizes the backward's grid; any GPU computes the same)
 
 
-def _ln_backward_warps(C: int) -> int:
-    """Warps per block of the backward: as many as fit two (warps, C) float32 slices in shared memory,
-    <= 8 (one in the simulator, whose barriers need the same trip count in every warp of a block)."""
-    return block_size(max(1, min(8, LN_PARAM_SHARED_BYTES // (8 * ceil_div(C, WARP) * WARP))), 1)
+def _row_vectorized(C: int, *arrays) -> bool:
+    """Can the warp kernels move runs of 4 channels with 16-byte accesses? Rows of a multiple of 4 floats
+    (so every row starts 16-byte aligned) in arrays whose pointers are 16-byte aligned."""
+    return C % VEC == 0 and all(aligned16(a) for a in arrays)
 
 
 @functools.cache
-def layernorm_warp_kernels(C: int):
-    """(forward, backward) for rows of C channels, each row held in registers by one warp."""
-    VPL = ceil_div(C, WARP)  # values per lane
-    WB = _ln_backward_warps(C)
-    CP = VPL * WARP  # C rounded up to whole warps: the shared slices' row length
+def layernorm_warp_kernels(C: int, vec: bool = False):
+    """(forward, backward, param_reduce) for rows of C channels, each row held in registers by one warp.
+
+    Lane `lane` holds the row's channels `channel(lane, k)`, k < VPL: with vec, runs of 4 (k = 4j + u:
+    channel 4 lane + 128 j + u, one 16-byte access per run); without, channel lane + 32 k."""
+    VPL = VEC * ceil_div(C, VEC * WARP) if vec else ceil_div(C, WARP)  # values per lane
+    RUNS = VPL // VEC  # vec: runs of 4 per lane
+    CP = VPL * WARP  # C rounded up to whole lanes: the shared rows' length
+    WB = block_size(LN_WARPS_BACKWARD, 1)
+    RW = block_size(LN_REDUCE_WARPS, 1)
+
+    @device
+    def channel(lane, k):
+        if vec:
+            return VEC * lane + VEC * WARP * (k // VEC) + k % VEC
+        return lane + WARP * k
+
+    @device
+    def load_row(values, src, base, lane, valid):
+        """values[k] = src[base + channel(lane, k)] (0 outside the row or for an invalid row)."""
+        if vec:
+            for j in range(RUNS):
+                c = VEC * lane + VEC * WARP * j
+                v = VEC * j
+                if valid and c < C:
+                    values[v], values[v + 1], values[v + 2], values[v + 3] = load4(src, base + c)
+                else:
+                    for u in range(VEC):
+                        values[v + u] = float32(0.0)
+        else:
+            for k in range(VPL):
+                c = lane + WARP * k
+                values[k] = src[base + c] if valid and c < C else float32(0.0)
+
+    @device
+    def store_row(dst, base, lane, values):
+        if vec:
+            for j in range(RUNS):
+                c = VEC * lane + VEC * WARP * j
+                if c < C:
+                    store4(
+                        dst, base + c, values[VEC * j], values[VEC * j + 1], values[VEC * j + 2], values[VEC * j + 3]
+                    )
+        else:
+            for k in range(VPL):
+                c = lane + WARP * k
+                if c < C:
+                    dst[base + c] = values[k]
 
     @kernel(lineinfo=True)
     def layernorm_forward_warp_kernel(out, mean, rstd, inp, weight, bias, N, C, eps):
         """Block = 32 * (rows per block) threads; warp w of block b handles row b*rows_per_block + w.
         Every lane of a warp takes part in the shuffles, so the row bound is checked only at the memory accesses."""
         x = cuda.local.array(VPL, float32)
+        w = cuda.local.array(VPL, float32)
+        b = cuda.local.array(VPL, float32)
         lane = cuda.threadIdx.x % WARP
         row = cuda.blockIdx.x * (cuda.blockDim.x // WARP) + cuda.threadIdx.x // WARP
         valid = row < N
         base = row * C
+        load_row(x, inp, base, lane, valid)
+        load_row(w, weight, 0, lane, True)
+        load_row(b, bias, 0, lane, True)
         s = float32(0.0)
         for k in range(VPL):
-            c = lane + k * WARP
-            x[k] = inp[base + c] if valid and c < C else float32(0.0)
             s += x[k]
         m = warp_sum(s) / float32(C)
         v = float32(0.0)
         for k in range(VPL):
-            d = x[k] - m if lane + k * WARP < C else float32(0.0)
+            d = x[k] - m if channel(lane, k) < C else float32(0.0)
             v += d * d
         r = float32(1.0) / math.sqrt(warp_sum(v) / float32(C) + eps)
         if valid:
             for k in range(VPL):
-                c = lane + k * WARP
-                if c < C:
-                    out[base + c] = (x[k] - m) * r * weight[c] + bias[c]
+                x[k] = (x[k] - m) * r * w[k] + b[k]
+            store_row(out, base, lane, x)
             if lane == 0:
                 mean[row] = m
                 rstd[row] = r
 
     @kernel(lineinfo=True)
-    def layernorm_backward_warp_kernel(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C):
-        """Blocks of WB warps; warp w of the grid takes rows w, w + (all warps), ... Shared slices
-        dw_s[w], db_s[w] hold warp w's running sums per channel (only that warp touches them until
-        the end, so no barrier inside the row loop)."""
-        dw_s = cuda.shared.array((WB, CP), float32)
-        db_s = cuda.shared.array((WB, CP), float32)
-        x = cuda.local.array(VPL, float32)  # norm of the row
-        g = cuda.local.array(VPL, float32)  # dout of the row
+    def layernorm_backward_warp_kernel(dinp, partials, dout, inp, weight, mean, rstd, N, C):
+        """Blocks of WB warps; warp w of the grid takes rows w, w + (all warps), ... Each lane sums its
+        channels' dbias and dweight terms over those rows in registers; the block's warps then combine
+        theirs in shared memory, and the block writes partials[block] = (dweight sums (C), dbias sums (C))."""
+        red = cuda.shared.array((WB, CP), float32)
+        xn = cuda.local.array(VPL, float32)  # norm of the row
+        g = cuda.local.array(VPL, float32)  # dout of the row, then the new dinp
+        d = cuda.local.array(VPL, float32)  # dinp of the row (accumulated into)
+        w = cuda.local.array(VPL, float32)
+        dw = cuda.local.array(VPL, float32)  # this lane's running sums over its warp's rows
+        db = cuda.local.array(VPL, float32)
         lane = cuda.threadIdx.x % WARP
         warp = cuda.threadIdx.x // WARP
+        load_row(w, weight, 0, lane, True)
         for k in range(VPL):
-            dw_s[warp, lane + k * WARP] = float32(0.0)
-            db_s[warp, lane + k * WARP] = float32(0.0)
+            dw[k] = float32(0.0)
+            db[k] = float32(0.0)
         n_warps = cuda.gridDim.x * WB
         for row in range(cuda.blockIdx.x * WB + warp, N, n_warps):  # the same trip count for the warp's lanes
             base = row * C
             m = mean[row]
             r = rstd[row]
+            load_row(xn, inp, base, lane, True)
+            load_row(g, dout, base, lane, True)
+            load_row(d, dinp, base, lane, True)
             g_sum = float32(0.0)
             gn_sum = float32(0.0)
             for k in range(VPL):
-                c = lane + k * WARP
-                if c < C:
-                    x[k] = (inp[base + c] - m) * r
-                    g[k] = dout[base + c]
-                    wg = g[k] * weight[c]
-                    g_sum += wg
-                    gn_sum += wg * x[k]
+                xn[k] = (xn[k] - m) * r
+                wg = g[k] * w[k]
+                g_sum += wg
+                gn_sum += wg * xn[k]
+                db[k] += g[k]
+                dw[k] += g[k] * xn[k]
             g_mean = warp_sum(g_sum) / float32(C)
             gn_mean = warp_sum(gn_sum) / float32(C)
             for k in range(VPL):
-                c = lane + k * WARP
-                if c < C:
-                    dinp[base + c] += r * (g[k] * weight[c] - g_mean - x[k] * gn_mean)
-                    db_s[warp, c] += g[k]
-                    dw_s[warp, c] += g[k] * x[k]
-        cuda.syncthreads()
-        for c in range(cuda.threadIdx.x, C, cuda.blockDim.x):  # the block's totals, one atomic per channel
-            dw = float32(0.0)
-            db = float32(0.0)
-            for w in range(WB):
-                dw += dw_s[w, c]
-                db += db_s[w, c]
-            cuda.atomic.add(dweight, c, dw)
-            cuda.atomic.add(dbias, c, db)
+                d[k] += r * (g[k] * w[k] - g_mean - xn[k] * gn_mean)
+            store_row(dinp, base, lane, d)
+        # the block's totals per channel: each warp's lane sums through shared memory, dweight then dbias
+        for half in range(2):
+            for k in range(VPL):
+                red[warp, channel(lane, k)] = dw[k] if half == 0 else db[k]
+            cuda.syncthreads()
+            for c in range(cuda.threadIdx.x, C, cuda.blockDim.x):
+                total = float32(0.0)
+                for wi in range(WB):
+                    total += red[wi, c]
+                partials[cuda.blockIdx.x * 2 * C + half * C + c] = total
+            cuda.syncthreads()
 
-    return layernorm_forward_warp_kernel, layernorm_backward_warp_kernel
+    @kernel
+    def layernorm_param_reduce_kernel(dweight, dbias, partials, blocks, C):
+        """dweight[c] += sum over blocks of partials[block, c], dbias[c] likewise from partials[block, C + c].
+        A block takes 32 of the 2C values (one per lane); its RW warps each sum every RW-th block's
+        partials, then warp 0 adds the RW sums in warp order: the same order on every run."""
+        red = cuda.shared.array((RW, WARP), float32)
+        lane = cuda.threadIdx.x % WARP
+        warp = cuda.threadIdx.x // WARP
+        i = cuda.blockIdx.x * WARP + lane
+        total = float32(0.0)
+        if i < 2 * C:
+            for blk in range(warp, blocks, RW):
+                total += partials[blk * 2 * C + i]
+        red[warp, lane] = total
+        cuda.syncthreads()
+        if warp == 0 and i < 2 * C:
+            total = float32(0.0)
+            for wi in range(RW):
+                total += red[wi, lane]
+            if i < C:
+                dweight[i] += total
+            else:
+                dbias[i - C] += total
+
+    return layernorm_forward_warp_kernel, layernorm_backward_warp_kernel, layernorm_param_reduce_kernel
 
 
 def layernorm_forward(out, mean, rstd, inp, weight, bias, N, C, eps):
-    forward, _ = layernorm_warp_kernels(C)
+    forward, _, _ = layernorm_warp_kernels(C, _row_vectorized(C, out, inp, weight, bias))
     threads = WARP * block_size(LN_WARPS_FORWARD, 1)
     forward[ceil_div(N, threads // WARP), threads](out, mean, rstd, inp, weight, bias, N, C, np.float32(eps))
 
 
+def layernorm_backward_blocks(N: int) -> int:
+    """Blocks of the backward for N rows: about one resident set (LN_BACKWARD_BLOCKS_PER_SM per SM), fewer
+    for small N. The parameter sums' order depends on this number only, so a shape always sums alike."""
+    warps = block_size(LN_WARPS_BACKWARD, 1)
+    return max(1, min(ceil_div(N, warps), block_size(LN_BACKWARD_BLOCKS_PER_SM * SMS, 2)))
+
+
 def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C):
-    """Accumulates into dinp, dweight, dbias (dweight/dbias through one atomic add per channel per block)."""
-    _, backward = layernorm_warp_kernels(C)
-    warps = _ln_backward_warps(C)
-    blocks = min(ceil_div(N, warps), block_size(LN_BACKWARD_BLOCKS, 2))
-    backward[blocks, WARP * warps](dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C)
+    """Accumulates into dinp, dweight, dbias: the warp kernel (dinp, and per-block parameter sums in a
+    scratch buffer), then the reduction of those sums in block order."""
+    _, backward, reduce = layernorm_warp_kernels(C, _row_vectorized(C, dinp, dout, inp, weight))
+    blocks = layernorm_backward_blocks(N)
+    partials = scratch.buffer("layernorm backward", blocks * 2 * C)
+    backward[blocks, WARP * block_size(LN_WARPS_BACKWARD, 1)](dinp, partials, dout, inp, weight, mean, rstd, N, C)
+    reduce[ceil_div(2 * C, WARP), WARP * block_size(LN_REDUCE_WARPS, 1)](dweight, dbias, partials, blocks, C)

@@ -29,7 +29,9 @@ import math
 
 import numpy as np
 
+from numba_impl import scratch
 from numba_impl._compat import SIMULATOR, block_size, ceil_div, cuda, device, float32, kernel
+from numba_impl.vector import VEC, aligned16, load4
 
 LAYOUTS = ("NN", "NT", "TN")
 
@@ -202,7 +204,7 @@ FAST_PAD = 4  # floats of padding per shared row: keeps rows 16-byte aligned, sp
 # 16-byte aligned shared tiles: what lets the compiler merge 4 float loads into one ld.shared.v4.f32.
 # (The simulator refuses the keyword; its numpy arrays are aligned anyway.)
 SHARED_ALIGN = None if SIMULATOR else 16
-VEC = 4  # staging: each thread moves runs of 4 consecutive floats (16 bytes) from global to shared
+# staging: each thread moves runs of VEC = 4 consecutive floats (16 bytes) from global to shared
 
 EPILOGUES = ("none", "gelu", "residual")
 _EPI_CODE = {name: i for i, name in enumerate(EPILOGUES)}
@@ -217,28 +219,36 @@ MIN_SPLIT_K = 512  # a split-K slice sums at least this many terms
 FAST_UNROLL = 2  # k per iteration of the k loop (`fast_matmul_kernel`): 2 beat 4 and 1 at 128x128x16 on every
 # GPT-2 product in the H200 sweep (docs/results/numba-matmul-sweep-h200.json)
 
-# (tile, split-K, unroll) per product of a GPT-2 124M step at B*T = 4096: the fastest of the sweep in
-# docs/results/numba-matmul-sweep-h200.json (4 tiles x 1/2/4/8 slices at unroll 4, the 128x128x16 tile
-# also at unroll 1 and 2; H200; the time in each comment). Other shapes take the rules in `fast_tile`
-# / `split_k` and FAST_UNROLL. The head's backward runs as 50 slices of <= 1,024 terms (its k_chunk):
-# the 125-register kernel and a 629 MB workspace instead of the 203-register chunked kernel.
+# (tile, split-K, unroll) per product of a GPT-2 124M step at B*T = 4096: the fastest of the device-time sweep
+# in docs/results/numba-matmul-sweep-device-h200.json (H200, code of commit 94876be: the tiles 128x128x16 at
+# unroll 2, 128x64x16 at unroll 4 and 64x64x16 at unroll 2 and 4, each with every split count whose slices
+# keep >= 256 terms, up to 16; each configuration timed as 10 launches in a CUDA graph, so that Numba's
+# host-side launch cost is not in the number). The comment gives that time and cuBLAS float32's device time
+# in the same run. The split count that wins is the one that fills the 132 multiprocessors in one or a few
+# whole waves (e.g. dw attn_proj: 36 tiles x 7 slices = 252 blocks, one wave of 2 per SM). Other shapes take
+# the rules in `fast_tile` / `split_k` and FAST_UNROLL. The head's backward runs as 50 slices of <= 1,024
+# terms (its k_chunk): the 125-register kernel and a 629 MB workspace instead of the chunked kernel.
 TUNED = {
-    (4096, 2304, 768, "NN"): ((128, 64, 16, 8, 8), 1, 4),  # fwd qkv: 0.430 ms
-    (4096, 768, 768, "NN"): ((128, 64, 16, 8, 8), 1, 4),  # fwd attn_proj: 0.160 ms
-    (4096, 3072, 768, "NN"): ((128, 128, 16, 8, 8), 1, 2),  # fwd fc: 0.543 ms
-    (4096, 768, 3072, "NN"): ((128, 64, 16, 8, 8), 1, 4),  # fwd mlp_proj: 0.545 ms
-    (4096, 768, 2304, "NT"): ((128, 64, 16, 8, 8), 1, 4),  # bwd dx qkv: 0.427 ms
-    (4096, 768, 768, "NT"): ((128, 64, 16, 8, 8), 1, 4),  # bwd dx attn_proj: 0.163 ms
-    (4096, 768, 3072, "NT"): ((128, 64, 16, 8, 8), 1, 4),  # bwd dx fc: 0.558 ms
-    (4096, 3072, 768, "NT"): ((128, 128, 16, 8, 8), 1, 2),  # bwd dx mlp_proj: 0.553 ms
-    (768, 2304, 4096, "TN"): ((128, 128, 16, 8, 8), 8, 2),  # bwd dw qkv: 0.452 ms
-    (768, 768, 4096, "TN"): ((128, 64, 16, 8, 8), 8, 4),  # bwd dw attn_proj: 0.190 ms
-    (768, 3072, 4096, "TN"): ((128, 128, 16, 8, 8), 4, 2),  # bwd dw fc: 0.602 ms
-    (3072, 768, 4096, "TN"): ((128, 128, 16, 8, 8), 4, 2),  # bwd dw mlp_proj: 0.603 ms
-    (4096, 50257, 768, "NT"): ((128, 128, 16, 8, 8), 1, 2),  # head logits: 8.322 ms
-    (4096, 768, 50257, "NN"): ((128, 128, 16, 8, 8), 50, 2),  # head dlnf (k_chunk=1024): 8.593 ms
-    (50257, 768, 4096, "TN"): ((128, 128, 16, 8, 8), 1, 2),  # head dwte: 8.326 ms
+    (4096, 2304, 768, "NN"): ((128, 64, 16, 8, 8), 1, 4),  # fwd qkv: 0.411 ms, cuBLAS 0.347 ms (84%)
+    (4096, 768, 768, "NN"): ((128, 64, 16, 8, 8), 1, 4),  # fwd attn_proj: 0.143 ms, cuBLAS 0.119 ms (83%)
+    (4096, 3072, 768, "NN"): ((128, 128, 16, 8, 8), 1, 2),  # fwd fc: 0.523 ms, cuBLAS 0.408 ms (78%)
+    (4096, 768, 3072, "NN"): ((128, 64, 16, 8, 8), 1, 4),  # fwd mlp_proj: 0.529 ms, cuBLAS 0.408 ms (77%)
+    (4096, 768, 2304, "NT"): ((128, 64, 16, 8, 8), 1, 4),  # bwd dx qkv: 0.408 ms, cuBLAS 0.323 ms (79%)
+    (4096, 768, 768, "NT"): ((128, 64, 16, 8, 8), 1, 4),  # bwd dx attn_proj: 0.145 ms, cuBLAS 0.133 ms (92%)
+    (4096, 768, 3072, "NT"): ((128, 64, 16, 8, 8), 1, 4),  # bwd dx fc: 0.540 ms, cuBLAS 0.415 ms (77%)
+    (4096, 3072, 768, "NT"): ((128, 128, 16, 8, 8), 1, 2),  # bwd dx mlp_proj: 0.533 ms, cuBLAS 0.391 ms (73%)
+    (768, 2304, 4096, "TN"): ((128, 128, 16, 8, 8), 6, 2),  # bwd dw qkv: 0.409 ms, cuBLAS 0.317 ms (77%)
+    (768, 768, 4096, "TN"): ((128, 128, 16, 8, 8), 7, 2),  # bwd dw attn_proj: 0.151 ms, cuBLAS 0.108 ms (72%)
+    (768, 3072, 4096, "TN"): ((128, 64, 16, 8, 8), 5, 4),  # bwd dw fc: 0.544 ms, cuBLAS 0.408 ms (75%)
+    (3072, 768, 4096, "TN"): ((128, 64, 16, 8, 8), 5, 4),  # bwd dw mlp_proj: 0.544 ms, cuBLAS 0.409 ms (75%)
+    (4096, 50257, 768, "NT"): ((128, 128, 16, 8, 8), 1, 2),  # head logits: 8.288 ms, cuBLAS 6.210 ms (75%)
+    (4096, 768, 50257, "NN"): ((128, 128, 16, 8, 8), 50, 2),  # head dlnf (k_chunk=1024): 8.560 ms, cuBLAS 6.226 (73%)
+    (50257, 768, 4096, "TN"): ((128, 128, 16, 8, 8), 1, 2),  # head dwte: 8.233 ms, cuBLAS 5.959 ms (72%)
 }
+
+
+# Register caps (ptxas -maxrregcount) per product, where the sweep found one faster; none elsewhere.
+TUNED_REGS: dict[tuple[int, int, int, str], int] = {}
 
 
 def fast_tile(M: int, N: int, layout: str) -> tuple:
@@ -276,41 +286,10 @@ def gelu_tanh(x):
 
 
 # ----------------------------------------------------------------------------- 16-byte global loads
-# Numba reads a float32 array one float at a time: it cannot know that a device array's pointer is
-# 16-byte aligned, so the compiler never merges four loads into one. `load4` is that promise made
-# explicit: one 16-byte load (LLVM `load <4 x float>, align 16`, which NVVM emits as
-# ld.global.v4.f32) of arr[i : i + 4]. The caller guarantees the alignment: the launcher takes the
-# vector path only when both operands' pointers are 16-byte aligned and their rows are a multiple of
-# 4 floats long (`_vec_ok`), and the kernel calls it only at indices that are multiples of 4.
-# In the simulator (no LLVM) it is plain Python that checks the index instead.
-if SIMULATOR:
-
-    def load4(arr, i):
-        """arr[i], arr[i + 1], arr[i + 2], arr[i + 3]; i must be a multiple of 4 (as on the GPU)."""
-        if i % VEC:
-            raise IndexError(f"load4 at index {i}: not a multiple of {VEC}, the GPU's 16-byte load would be misaligned")
-        return arr[i], arr[i + 1], arr[i + 2], arr[i + 3]
-
-else:
-    from llvmlite import ir
-    from numba import types
-    from numba.cuda.extending import intrinsic
-
-    @intrinsic
-    def load4(typingctx, arr, i):
-        """(arr[i], arr[i + 1], arr[i + 2], arr[i + 3]) by one 16-byte load; &arr[i] must be 16-byte aligned."""
-        if not (isinstance(arr, types.Array) and arr.dtype == types.float32 and isinstance(i, types.Integer)):
-            return None
-
-        def codegen(context, builder, sig, args):
-            data = context.make_array(sig.args[0])(context, builder, args[0]).data
-            index = context.cast(builder, args[1], sig.args[1], types.intp)
-            vptr = builder.bitcast(builder.gep(data, [index]), ir.VectorType(ir.FloatType(), VEC).as_pointer())
-            v = builder.load(vptr, align=16)
-            values = [builder.extract_element(v, ir.Constant(ir.IntType(32), j)) for j in range(VEC)]
-            return context.make_tuple(builder, sig.return_type, values)
-
-        return types.UniTuple(types.float32, VEC)(arr, i), codegen
+# `load4` (numba_impl/vector.py): one 16-byte load of arr[i : i + 4] (ld.global.v4.f32), the promise that
+# &arr[i] is 16-byte aligned made explicit. The launcher takes the vector path only when both operands'
+# pointers are 16-byte aligned and their rows are a multiple of 4 floats long (`vec_ok`), and the kernel
+# calls it only at indices that are multiples of 4.
 
 
 def _log2(n: int) -> int:
@@ -580,25 +559,10 @@ def splitk_reduce_kernel(out, partials, bias, out2, extra, M, N, splits, accumul
 
 
 # ----------------------------------------------------------------------------- launchers
-_SCRATCH = {}
-
-
-def _dummy():
-    """A 1-element device array to pass where a kernel takes an array it does not use."""
-    if "dummy" not in _SCRATCH:
-        _SCRATCH["dummy"] = cuda.to_device(np.zeros(1, dtype=np.float32))
-    return _SCRATCH["dummy"]
-
-
 def splitk_workspace(n: int):
     """A device buffer of >= n floats for split-K partial sums, allocated once and grown when needed
     (allocate it before capturing a CUDA graph: the first call with the largest shape does)."""
-    ws = _SCRATCH.get("workspace")
-    if ws is None or ws.size < n:
-        if ws is not None:  # a CUDA graph recorded earlier may still point at it: never free it
-            _SCRATCH.setdefault("retired", []).append(ws)
-        ws = _SCRATCH["workspace"] = cuda.device_array(n, dtype=np.float32)
-    return ws
+    return scratch.buffer("matmul split-K", n)
 
 
 KERNELS = ("fast", "tiled", "naive")
@@ -606,7 +570,7 @@ KERNELS = ("fast", "tiled", "naive")
 
 def matmul(out, a, b, M, N, K, layout="NN", bias=None, accumulate=False, naive=False, tile=None, k_chunk=None,
            kernel=None, splits=None, epilogue="none", out2=None, extra=None, dbias=None, vec=None,
-           unroll=None):  # fmt: skip
+           unroll=None, regs=None):  # fmt: skip
     """The standalone launcher: out(M, N) (+)= A @ B (+ bias), A and B stored as `layout` says.
 
     out, a, b, bias: flat float32 device arrays. accumulate=True adds into `out`.
@@ -620,6 +584,7 @@ def matmul(out, a, b, M, N, K, layout="NN", bias=None, accumulate=False, naive=F
     accumulators), at the price of a workspace of splits * M * N floats.
     vec (fast kernel): 16-byte global loads; None (default) = for each operand `vec_ok` allows, False = never.
     unroll (fast kernel): k per iteration of the inner loop (1, 2 or 4; default `fast_config`).
+    regs (fast kernel): a register cap for ptxas (more blocks per multiprocessor; default `TUNED_REGS`, else none).
     k_chunk: keep each float32 running sum to at most this many terms of K. Each output is otherwise
     one float32 register summed over all of K, whose rounding error grows like sqrt(K) * eps: at
     K = 50,257 (the head's backward, dlnf = dlogits @ wte) that is ~1e-5 relative, above the project's
@@ -638,23 +603,16 @@ def matmul(out, a, b, M, N, K, layout="NN", bias=None, accumulate=False, naive=F
     if dbias is not None and layout != "TN":
         raise ValueError("matmul: the fused bias gradient (dbias) needs the TN layout")
     has_bias = bias is not None
-    bias = bias if has_bias else _dummy()
+    bias = bias if has_bias else scratch.dummy()
     if kernel == "fast":
         _matmul_fast(out, a, b, M, N, K, layout, bias, has_bias, accumulate, tile, k_chunk, splits, epilogue,
-                     out2, extra, dbias, vec, unroll)  # fmt: skip
+                     out2, extra, dbias, vec, unroll, regs)  # fmt: skip
         return
     _matmul_per_chunk(out, a, b, M, N, K, layout, bias, has_bias, accumulate, kernel == "naive", tile, k_chunk)
     if epilogue != "none":  # the naive and tiled kernels have no fused epilogue: an elementwise pass
         _elementwise_epilogue(out, out2, extra, M, N, epilogue)
     if dbias is not None:
         bias_backward(dbias, b, K, N, naive=kernel == "naive")
-
-
-def _aligned16(arr) -> bool:
-    """Is the array's first element at a 16-byte aligned address? (device arrays, or host arrays in the
-    simulator and in ptx_report, which type kernels with numpy stand-ins)"""
-    iface = getattr(arr, "__cuda_array_interface__", None) or getattr(arr, "__array_interface__", None)
-    return iface is not None and iface["data"][0] % 16 == 0
 
 
 def vec_ok(layout: str, a, b, M: int, N: int, K: int) -> tuple[bool, bool]:
@@ -665,15 +623,16 @@ def vec_ok(layout: str, a, b, M: int, N: int, K: int) -> tuple[bool, bool]:
     logits' rows (V = 50,257 floats) are not: dlogits takes scalar loads."""
     lead_a = M if layout[0] == "T" else K
     lead_b = K if layout[1] == "T" else N
-    return lead_a % VEC == 0 and _aligned16(a), lead_b % VEC == 0 and _aligned16(b)
+    return lead_a % VEC == 0 and aligned16(a), lead_b % VEC == 0 and aligned16(b)
 
 
 def _matmul_fast(out, a, b, M, N, K, layout, bias, has_bias, accumulate, tile, k_chunk, splits, epilogue, out2,
-                 extra, dbias, vec=None, unroll=None):  # fmt: skip
+                 extra, dbias, vec=None, unroll=None, regs=None):  # fmt: skip
     if tile is None:
         tile, tuned_splits, tuned_unroll = fast_config(M, N, K, layout)
         splits = tuned_splits if splits is None else splits
         unroll = tuned_unroll if unroll is None else unroll
+        regs = TUNED_REGS.get((M, N, K, layout), 0) if regs is None and not SIMULATOR else regs
     BM, BN, BK, TM, TN = tile
     kc = ceil_div(int(k_chunk), BK) * BK if k_chunk else 0
     splits = max(1, int(splits if splits is not None else split_k(M, N, K, (BM, BN))))
@@ -684,12 +643,12 @@ def _matmul_fast(out, a, b, M, N, K, layout, bias, has_bias, accumulate, tile, k
     vec_a, vec_b = vec_ok(layout, a, b, M, N, K) if vec is not False else (False, False)
     unroll = FAST_UNROLL if unroll is None else int(unroll)
     fn = fast_matmul_kernel(layout, BM, BN, BK, TM, TN, epilogue if splits == 1 else "none", kc, dbias is not None,
-                            vec_a, vec_b, min(unroll, BK))  # fmt: skip
+                            vec_a, vec_b, min(unroll, BK), int(regs or 0))  # fmt: skip
     threads = (BM // TM) * (BN // TN)
     grid = (ceil_div(N, BN), ceil_div(M, BM), splits)
-    out2_ = out2 if out2 is not None else _dummy()
-    extra_ = extra if extra is not None else _dummy()
-    dbias_ = dbias if dbias is not None else _dummy()
+    out2_ = out2 if out2 is not None else scratch.dummy()
+    extra_ = extra if extra is not None else scratch.dummy()
+    dbias_ = dbias if dbias is not None else scratch.dummy()
     if splits == 1:
         fn[grid, threads](out, a, b, bias, out2_, extra_, dbias_, M, N, K, 0, K, k_split, accumulate, has_bias)
         return
@@ -737,7 +696,7 @@ def epilogue_kernel(out, out2, extra, n, epilogue):
 
 def _elementwise_epilogue(out, out2, extra, M, N, epilogue):
     t = block_size(256, 32)
-    extra = extra if extra is not None else _dummy()
+    extra = extra if extra is not None else scratch.dummy()
     epilogue_kernel[ceil_div(M * N, t), t](out, out2, extra, M * N, _EPI_CODE[epilogue])
 
 

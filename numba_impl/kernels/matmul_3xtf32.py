@@ -51,8 +51,7 @@ from __future__ import annotations
 import functools
 import math
 
-import numpy as np
-
+from numba_impl import scratch
 from numba_impl._compat import SIMULATOR, ceil_div, cuda, float32, kernel
 from numba_impl.kernels.matmul import bias_backward
 from numba_impl.mma import load_f32x2, load_f32x4, mma_tf32_m16n8k8, tf32_round
@@ -455,16 +454,6 @@ def matmul_3xtf32_kernel(
 
 
 # ----------------------------------------------------------------------------- launchers
-_NO_ARRAY = {}
-
-
-def _dummy():
-    """A 1-element device array to pass where the kernel takes an array it does not use."""
-    if "array" not in _NO_ARRAY:
-        _NO_ARRAY["array"] = cuda.to_device(np.zeros(1, dtype=np.float32))
-    return _NO_ARRAY["array"]
-
-
 def matmul(
     out, a, b, M, N, K, layout="NN", bias=None, accumulate=False, naive=False, tile=None, k_chunk=None,
     epilogue="none", out2=None, extra=None, accumulate_mode="separate",
@@ -482,9 +471,9 @@ def matmul(
     if epilogue != "none" and (out2 is None or (epilogue == "residual" and extra is None)):
         raise ValueError(f"matmul epilogue {epilogue!r} needs out2" + (" and extra" if epilogue == "residual" else ""))
     has_bias = bias is not None
-    bias = bias if has_bias else _dummy()
-    out2 = out2 if out2 is not None else _dummy()
-    extra = extra if extra is not None else _dummy()
+    bias = bias if has_bias else scratch.dummy()
+    out2 = out2 if out2 is not None else scratch.dummy()
+    extra = extra if extra is not None else scratch.dummy()
     tile = tuple(tile or default_tile(M, N, layout))
     BM, BN, threads = tile_shape(tile)
     BK = tile[4]

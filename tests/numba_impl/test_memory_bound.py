@@ -1,13 +1,15 @@
 """The memory-bound kernels' fast versions against their naive twins, on ragged sizes: GELU and the
 residual add with several elements per thread (a partial last block), the LayerNorm whose rows live
-in registers (C not a multiple of 32; more rows than the backward's warps, so warps walk several
-rows and the blocks' parameter sums meet in atomics), and the online-softmax cross-entropy (a row
+in registers (C not a multiple of 32, with scalar and with 16-byte accesses; more rows than the
+backward's warps, so warps walk several rows and the blocks' parameter sums meet in the reduction),
+and the online-softmax cross-entropy (a row
 whose max comes late, an ignored target). Outputs are poisoned with NaN first where they are
 written, not accumulated. Tolerance: KERNEL_REL (helpers.py)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from numba_impl.kernels import crossentropy, gelu, layernorm, residual
 from reference import layers as ref_layers
@@ -49,8 +51,17 @@ def test_residual_ilp_matches_naive_twin():
     assert max_rel(got[False], a + b) <= KERNEL_REL
 
 
-def test_layernorm_registers_version_matches_naive_twin():
-    N, C, eps = 13, 70, 1e-5  # 3 values per lane, the last lane slice partial; 13 rows over 2 blocks
+@pytest.mark.parametrize(
+    "C, vec",
+    [
+        (70, False),  # 3 values per lane, the last lane slice partial
+        (72, True),  # runs of 4: one per lane, 18 lanes of 32 hold one
+        (136, True),  # two runs per lane, the second one on 2 lanes only
+    ],
+)
+def test_layernorm_registers_version_matches_naive_twin(C, vec):
+    N, eps = 13, 1e-5  # 13 rows over the backward's 2 blocks (of one warp in the simulator)
+    assert layernorm._row_vectorized(C, dev(np.zeros(4))) == vec
     r = rng(42)
     x = 2.0 + r.standard_normal((N, C))
     w, b = 1.0 + 0.1 * r.standard_normal(C), 0.1 * r.standard_normal(C)
@@ -70,24 +81,45 @@ def test_layernorm_registers_version_matches_naive_twin():
     for got, want in zip(res["warp"], res["naive"], strict=True):
         assert np.isfinite(got).all()
         assert max_rel(got, want) <= KERNEL_REL
+    # no atomics in the parameter sums: a second backward from the same state gives the same bits
+    dx, dw, db = dev(np.ones((N, C))), dev(np.ones(C)), dev(np.ones(C))
+    out, mean, rstd = _nan(N * C), _nan(N), _nan(N)
+    layernorm.layernorm_forward(out, mean, rstd, dev(x), dev(w), dev(b), N, C, eps)
+    layernorm.layernorm_backward(dx, dw, db, dev(dout), dev(x), dev(w), mean, rstd, N, C)
+    assert np.array_equal(host(dw, (C,)), res["warp"][4]) and np.array_equal(host(db, (C,)), res["warp"][5])
     ref_dx, ref_dw, ref_db = ref_layers.layernorm_backward(dout, x, w, *ref_layers.layernorm_forward(x, w, b, eps)[1:])
     assert max_rel(res["warp"][4] - 1, ref_dw) <= KERNEL_REL
     assert max_rel(res["warp"][5] - 1, ref_db) <= KERNEL_REL
 
 
-def test_online_softmax_crossentropy_matches_naive_twin():
-    N, V = 4, 97
+@pytest.mark.parametrize(
+    "version, N, V, offset",
+    [
+        ("block", 4, 97, 0),
+        ("rows", 4, 97, 0),  # rows start 0, 1, 2, 3 floats past a 16-byte boundary: every head length
+        ("rows", 5, 1037, 0),  # a thread folds several groups of runs; 5 rows over 2 blocks
+        ("rows", 3, 1037, 1),  # logits and dlogits not 16-byte aligned: the scalar-load kernel
+        ("rows", 2, 3, 0),  # fewer values than one run
+    ],
+)
+def test_online_softmax_crossentropy_matches_naive_twin(version, N, V, offset):
     r = rng(43)
     logits = 3.0 * r.standard_normal((N, V))
     logits[0, V - 1] = 40.0  # the row max in the last element: every running sum is rescaled
     logits[1, 0] = 40.0  # and in the first
     targets = r.integers(0, V, N)
-    targets[2] = -1
+    targets[N - 2] = -1
+    targets[N - 1] = V - 1  # the target in a row's last value (a tail or a run's last lane)
     got = {}
     for naive in (True, False):
-        losses, dlogits = _nan(N), _nan(N * V)
-        crossentropy.crossentropy(losses, dlogits, dev(logits), dev(targets, np.int32), N, V, 1.0 / 3, naive=naive)
-        got[naive] = host(losses, (N,)), host(dlogits, (N, V))
+        losses = _nan(N)
+        # `offset` floats into larger buffers: the rows kernel must notice the misalignment
+        d_logits = dev(np.concatenate([np.zeros(offset), logits.ravel()]))[offset:]
+        d_dlogits = _nan(N * V + offset)[offset:]
+        crossentropy.crossentropy(losses, d_dlogits, d_logits, dev(targets, np.int32), N, V, 1.0 / 3,
+                                  version="naive" if naive else version)  # fmt: skip
+        got[naive] = host(losses, (N,)), host(d_dlogits, (N, V))
     assert max_rel(got[False][0], got[True][0]) <= KERNEL_REL
     assert max_rel(got[False][1], got[True][1]) <= KERNEL_REL
-    assert got[False][0][2] == 0.0 and np.all(got[False][1][2] == 0.0)
+    assert got[False][0][N - 2] == 0.0 and np.all(got[False][1][N - 2] == 0.0)
+    assert np.isfinite(got[False][1]).all()

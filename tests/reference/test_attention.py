@@ -42,6 +42,27 @@ def test_tiled_equals_naive(dtype, block_size):
     np.testing.assert_allclose(np.exp(s - lse[..., None].astype(np.float64)), att, atol=RTOL[dtype] * 10)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("block_size", [1, 16, 200])
+@pytest.mark.parametrize("NH,NKV", [(6, 2), (6, 1)])  # groups of 3; multi-query
+def test_tiled_equals_naive_for_grouped_query_attention(dtype, block_size, NH, NKV):
+    """The same bound as GPT-2's layout above: the two paths differ only in the order of summation
+    (the kv-group sum of the backward is the same in both)."""
+    rng = np.random.default_rng(100 + block_size + NKV)
+    B, T, HS = 2, 37, 4
+    qkv = (1.5 * rng.standard_normal((B, T, (NH + 2 * NKV) * HS))).astype(dtype)
+    dout = rng.standard_normal((B, T, NH * HS)).astype(dtype)
+    out_n, att = A.attention_forward(qkv, NH, n_kv_head=NKV)
+    dqkv_n = A.attention_backward(dout, qkv, att, NH, n_kv_head=NKV)
+    out_t, lse = A.attention_forward_tiled(qkv, NH, block_size, n_kv_head=NKV)
+    dqkv_t = A.attention_backward_tiled(dout, qkv, out_t, lse, NH, block_size, n_kv_head=NKV)
+    assert out_t.shape == (B, T, NH * HS) and dqkv_t.shape == qkv.shape and lse.shape == (B, NH, T)
+    assert out_t.dtype == dqkv_t.dtype == dtype
+    for what, a, b in (("out", out_n, out_t), ("dqkv", dqkv_n, dqkv_t)):
+        err = np.abs(a - b).max() / np.abs(a).max()
+        assert err <= RTOL[dtype], f"{what}: tiled differs from naive by {err:.2e} (relative to max)"
+
+
 def test_probabilities_rows_sum_to_one_and_are_causal():
     rng = np.random.default_rng(0)
     _, att = A.attention_forward(rng.standard_normal((1, 6, 3 * 8)), 2)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -84,6 +86,41 @@ def test_training_on_one_batch_drives_the_loss_down():
     losses = []
     for _ in range(30):
         _, loss, grads = forward_backward(params, CFG, idx, targets)
+        adamw_step(params, grads, state, lr=1e-2)
+        losses.append(loss)
+    assert losses[0] > 4.0 and losses[-1] < 0.5 * losses[0], losses
+
+
+# Every variant option on (docs/variants.md): an untied lm_head (V, C), RMSNorm weights without biases,
+# a fused SwiGLU c_fc (C, 2H), a GQA c_attn (C, (NH + 2 NKV) HS).
+LLAMA = dataclasses.replace(
+    CFG, position="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=1, bias=False, tied_head=False
+)  # fmt: skip
+
+
+def test_variant_tensors_decay_by_rank():
+    """With zero gradients the Adam step is 0 / (0 + eps) = 0, so one step is the decay alone: every 2-D
+    tensor (lm_head included) shrinks by exactly (1 - lr * wd), every 1-D one (the norms' weights) stays."""
+    params = synthetic(LLAMA, seed=4, dtype=np.float64)
+    assert params["lm_head.weight"].ndim == 2 and "h.0.ln_1.bias" not in params
+    before = {k: v.copy() for k, v in params.items()}
+    adamw_step(params, {k: np.zeros_like(v) for k, v in params.items()}, {}, lr=0.1, weight_decay=0.5)
+    for k, p in params.items():
+        expect = before[k] * (1.0 - 0.1 * 0.5) if p.ndim == 2 else before[k]
+        np.testing.assert_array_equal(p, expect, err_msg=k)
+
+
+def test_training_a_variant_on_one_batch_drives_the_loss_down():
+    """The same end-to-end check as for GPT-2 above, with every variant option on."""
+    params = synthetic(LLAMA, seed=0, dtype=np.float64)
+    rng = np.random.default_rng(1)
+    idx = rng.integers(0, LLAMA.vocab_size, (2, 12))
+    targets = np.roll(idx, -1, axis=1)
+    targets[:, -1] = -1
+    state = {}
+    losses = []
+    for _ in range(30):
+        _, loss, grads = forward_backward(params, LLAMA, idx, targets)
         adamw_step(params, grads, state, lr=1e-2)
         losses.append(loss)
     assert losses[0] > 4.0 and losses[-1] < 0.5 * losses[0], losses
