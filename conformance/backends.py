@@ -15,7 +15,9 @@ reported as skipped with that reason, never silently dropped.
 Registry: numpy-f64 (ground truth), numpy-f32, torch-cpu-f32, torch-cuda-f32, torch-cuda-bf16,
 numba-cuda-f32 (a real GPU, or Numba's CUDA simulator on tiny configs), numba-cuda-3xtf32 (the same
 model with its matmuls on the tensor cores, 3xTF32; a real GPU), hf-transformers-f32
-(transformers' GPT2LMHeadModel: an oracle this project did not write).
+(transformers' GPT2LMHeadModel: an oracle this project did not write; GPT-2 configs only) and
+hf-llama-f64 (transformers' LlamaForCausalLM in float64 through weights/hf_llama.py's name mapping:
+the oracle of the llama-style variants, every config with rotary positions, RMSNorm and SwiGLU).
 """
 
 from __future__ import annotations
@@ -287,16 +289,28 @@ class NumbaBackend(Backend):
 
 
 # --------------------------------------------------------------------------- transformers (oracle)
+def _transformers_available() -> tuple[bool, str]:
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        return False, f"transformers not installed ({e})"
+    return True, ""
+
+
 class HFBackend(Backend):
     def __init__(self):
         super().__init__("hf-transformers-f32", "fp32", "cpu", "transformers GPT2LMHeadModel, eager attention, eval")
 
     def available(self):
-        try:
-            import torch  # noqa: F401
-            import transformers  # noqa: F401
-        except ImportError as e:
-            return False, f"transformers not installed ({e})"
+        return _transformers_available()
+
+    def supports(self, config, tokens=1):
+        if not config.is_gpt2:
+            return (
+                False,
+                f"transformers' GPT-2 has no {', '.join(config.variant_options())} (the Llama oracle takes those)",
+            )
         return True, ""
 
     def _model(self, params, config):
@@ -360,19 +374,118 @@ class HFBackend(Backend):
         raise NotImplementedError("transformers' model does not expose the contract's named activations")
 
     def generate(self, params, config, idx, n, use_cache=True):
+        """Greedy tokens, decoded here from the model's own forward (transformers' `generate` would stop at
+        the config's end-of-text id, a real token of the tiny vocabularies); use_cache=True feeds one
+        token at a time through its past_key_values, so its cache and rotary offsets are what is tested."""
         import torch
 
         model = self._model(params, config)
+        ids = torch.as_tensor(idx)
         with torch.no_grad():
-            out = model.generate(
-                torch.as_tensor(idx),
-                max_new_tokens=n,
-                do_sample=False,
-                use_cache=use_cache,
-                pad_token_id=0,
-                attention_mask=torch.ones_like(torch.as_tensor(idx)),
-            )
-        return out.numpy()
+            out = model(ids, use_cache=use_cache)
+            for _ in range(n):
+                nxt = out.logits[:, -1].argmax(dim=-1, keepdim=True)
+                ids = torch.cat([ids, nxt], dim=1)
+                if len(ids[0]) - len(idx[0]) == n:
+                    break
+                if use_cache:
+                    out = model(nxt, past_key_values=out.past_key_values, use_cache=True)
+                else:
+                    out = model(ids[:, -config.n_ctx :], use_cache=False)
+        return ids.numpy()
+
+
+class HFLlamaBackend(Backend):
+    """transformers' LlamaForCausalLM, float64, eager attention, loading our parameters through
+    weights/hf_llama.py. transformers computes its RMSNorm, rotary tables and softmax in float32 even in
+    a float64 model (docs/variants.md), so it is held to the float32 ceilings."""
+
+    def __init__(self):
+        super().__init__(
+            "hf-llama-f64", "fp32", "cpu", "transformers LlamaForCausalLM in float64 (weights/hf_llama.py)"
+        )
+
+    def available(self):
+        return _transformers_available()
+
+    def supports(self, config, tokens=1):
+        from weights.hf_llama import check_llama_shaped
+
+        try:
+            check_llama_shaped(config)
+        except ValueError as e:
+            return False, str(e)
+        return True, ""
+
+    def _model(self, params, config):
+        from weights.hf_llama import llama_model
+
+        return llama_model({k: np.asarray(v, np.float64) for k, v in params.items()}, config)
+
+    def _grads(self, model, config):
+        from weights.hf_llama import from_llama_state_dict
+
+        grads = {n: p.grad.detach().numpy() for n, p in model.named_parameters() if p.grad is not None}
+        return from_llama_state_dict(grads, config)
+
+    def _loss(self, model, idx, targets):
+        import torch
+        import torch.nn.functional as F
+
+        logits = model(torch.as_tensor(idx)).logits
+        loss = F.cross_entropy(logits.flatten(0, 1), torch.as_tensor(targets).flatten(), ignore_index=-1)
+        return logits, loss
+
+    def forward(self, params, config, idx):
+        import torch
+
+        with torch.no_grad():
+            return self._model(params, config)(torch.as_tensor(idx)).logits.numpy()
+
+    def forward_backward(self, params, config, idx, targets):
+        model = self._model(params, config)
+        logits, loss = self._loss(model, idx, targets)
+        loss.backward()
+        return logits.detach().numpy(), float(loss), self._grads(model, config)
+
+    def adamw(self, params, config, idx, targets, steps, hp):
+        from weights.hf_llama import from_llama_state_dict
+
+        model = self._model(params, config)
+        opt = torch_adamw(model.parameters(), hp)  # a tied head is the embedding's own tensor: stepped once
+        losses = []
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            _, loss = self._loss(model, idx, targets)
+            loss.backward()
+            losses.append(float(loss))
+            opt.step()
+        state = {n: p.detach().numpy() for n, p in model.named_parameters()}
+        return losses, from_llama_state_dict(state, config)
+
+    def activations(self, params, config, idx):
+        raise NotImplementedError("transformers' model does not expose the contract's named activations")
+
+    def generate(self, params, config, idx, n, use_cache=True):
+        """Greedy tokens, decoded here from the model's own forward (transformers' `generate` would stop at
+        the config's end-of-text id, a real token of the tiny vocabularies); use_cache=True feeds one
+        token at a time through its past_key_values, so its cache and rotary offsets are what is tested."""
+        import torch
+
+        model = self._model(params, config)
+        ids = torch.as_tensor(idx)
+        with torch.no_grad():
+            out = model(ids, use_cache=use_cache)
+            for _ in range(n):
+                nxt = out.logits[:, -1].argmax(dim=-1, keepdim=True)
+                ids = torch.cat([ids, nxt], dim=1)
+                if len(ids[0]) - len(idx[0]) == n:
+                    break
+                if use_cache:
+                    out = model(nxt, past_key_values=out.past_key_values, use_cache=True)
+                else:
+                    out = model(ids[:, -config.n_ctx :], use_cache=False)
+        return ids.numpy()
 
 
 def registry() -> list[Backend]:
@@ -386,6 +499,7 @@ def registry() -> list[Backend]:
         NumbaBackend(),
         NumbaBackend(matmul="3xtf32"),
         HFBackend(),
+        HFLlamaBackend(),
     ]
 
 

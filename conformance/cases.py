@@ -6,12 +6,16 @@
     small-*    2 layers, C=64, the real 50,257-token vocabulary: real GPT-2 tokens of Tiny
                Shakespeare, synthetic and briefly trained weights.
     124m-*     the full GPT-2 124M shape with synthetic weights (opt in: --full).
+    tiny-<variant>, tiny-llama*, 124m-llama-*
+               the variants (docs/variants.md) on the tiny shape, each option alone and all of the
+               llama-style preset's options together, and the llama-style 124M preset (--full).
 
 Every case says where its weights came from; synthetic ones are labelled SYNTHETIC.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -24,6 +28,22 @@ TINY = GPT2Config.tiny()
 TINY_GEN = GPT2Config(n_layer=2, n_head=2, n_embd=16, vocab_size=64, n_ctx=32)  # room for 4 + 20 tokens
 SMALL = GPT2Config(n_layer=2, n_head=4, n_embd=64, vocab_size=50257, n_ctx=128)
 FULL = GPT2Config.gpt2_124m()
+
+# The variants on the tiny shape: each option alone, and the llama-style preset's combination
+# (GPT2Config.llama_style_124m: rope, rmsnorm, swiglu, grouped-query attention, no biases) whose
+# 2 query heads share 1 key/value head.
+VARIANT_OPTIONS = {
+    "rope": dict(position="rope"),
+    "rmsnorm": dict(norm="rmsnorm"),
+    "swiglu": dict(mlp="swiglu"),
+    "gqa": dict(n_kv_head=1),
+    "nobias": dict(bias=False),
+    "untied": dict(tied_head=False),
+}
+LLAMA_OPTIONS = dict(position="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=1, bias=False)
+TINY_LLAMA = dataclasses.replace(TINY, **LLAMA_OPTIONS)
+TINY_LLAMA_GEN = dataclasses.replace(TINY_GEN, **LLAMA_OPTIONS)
+FULL_LLAMA = GPT2Config.llama_style_124m()
 
 
 @dataclass(frozen=True)
@@ -57,6 +77,23 @@ CASES: list[Case] = [
     Case("124m-B4-T64", FULL, "synthetic", "random", 4, 64, ("forward_backward",), full=True),
     Case("124m-B1-T1024", FULL, "synthetic", "shakespeare", 1, 1024, ("forward_backward",), full=True),
     Case("124m-adamw", FULL, "synthetic", "shakespeare", 1, 64, ("adamw",), full=True),
+    # the variants: each option alone (B*T = 8 tokens: the CUDA simulator runs them), the combination
+    # also through 10 AdamW steps, and trained weights for greedy generation with and without the KV cache
+    *[
+        Case(f"tiny-{name}", dataclasses.replace(TINY, **options), "synthetic", "random-ignore", 2, 4)
+        for name, options in VARIANT_OPTIONS.items()
+    ],
+    Case("tiny-llama", TINY_LLAMA, "synthetic", "random-ignore", 2, 4, ("forward_backward", "adamw")),
+    Case(
+        "tiny-llama-trained",
+        TINY_LLAMA_GEN,
+        "trained",
+        "shakespeare",
+        1,
+        4,
+        ("forward_backward", "generate", "kv_cache"),
+    ),  # fmt: skip
+    Case("124m-llama-B4-T64", FULL_LLAMA, "synthetic", "random", 4, 64, ("forward_backward",), full=True),
 ]
 
 GENERATE_TOKENS = 20

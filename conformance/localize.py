@@ -7,6 +7,8 @@ their named activations (docs/contract.md) and walks them in forward order:
     embed, h.0.ln_1, h.0.qkv, h.0.attn, h.0.attn_proj, h.0.resid_1, h.0.ln_2, h.0.fc, h.0.gelu,
     h.0.mlp_proj, h.0.resid_2, h.1.ln_1, ..., ln_f, logits
 
+(a variant adds h.{i}.rope after qkv and has h.{i}.swiglu in place of h.{i}.gelu: docs/variants.md)
+
 The first activation whose max|d| / max|ref| exceeds the threshold is where they part; the op that
 produced it is the suspect (e.g. first divergence at `h.1.attn_proj` with `h.1.attn` still fine
 means layer 1's c_proj).
@@ -17,33 +19,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from conformance.checks import max_rel
-from weights import GPT2Config
-
-_BLOCK_ORDER = ("ln_1", "qkv", "attn", "attn_proj", "resid_1", "ln_2", "fc", "gelu", "mlp_proj", "resid_2")
+from weights import GPT2Config, activation_names
 
 # What computes each activation from the one before it: the suspect when it is the first to part.
 OP_OF = {
-    "embed": "token + position embedding (wte[idx] + wpe[:T])",
-    "ln_1": "LayerNorm 1 (ln_1.weight / ln_1.bias)",
-    "qkv": "qkv projection (attn.c_attn, Conv1D (C, 3C) layout)",
-    "attn": "causal self-attention (scale, mask, softmax, heads)",
+    "embed": "token + position embedding (wte[idx] + wpe[:T]; wte[idx] alone with rotary positions)",
+    "ln_1": "norm 1 (ln_1: LayerNorm or RMSNorm)",
+    "qkv": "qkv projection (attn.c_attn, Conv1D (C, (NH + 2 NKV) HS) layout)",
+    "rope": "rotary position embedding of q and k (rotate-half pairs, rope_theta)",
+    "attn": "causal self-attention (scale, mask, softmax, heads, key/value head groups)",
     "attn_proj": "attention output projection (attn.c_proj)",
     "resid_1": "residual add after attention",
-    "ln_2": "LayerNorm 2 (ln_2.weight / ln_2.bias)",
-    "fc": "MLP up projection (mlp.c_fc)",
+    "ln_2": "norm 2 (ln_2: LayerNorm or RMSNorm)",
+    "fc": "MLP up projection (mlp.c_fc; gate and up halves for SwiGLU)",
     "gelu": "GELU (tanh form)",
+    "swiglu": "SwiGLU (silu(gate) * up)",
     "mlp_proj": "MLP down projection (mlp.c_proj)",
     "resid_2": "residual add after the MLP",
-    "ln_f": "final LayerNorm (ln_f)",
-    "logits": "tied output head (x @ wte.T)",
+    "ln_f": "final norm (ln_f)",
+    "logits": "output head (x @ wte.T, or x @ lm_head.weight.T untied)",
 }
 
 
 def activation_order(config: GPT2Config) -> list[str]:
-    names = ["embed"]
-    for i in range(config.n_layer):
-        names += [f"h.{i}.{a}" for a in _BLOCK_ORDER]
-    return names + ["ln_f", "logits"]
+    """The contract's named activations in forward order (weights.layout.activation_names)."""
+    return activation_names(config)
 
 
 @dataclass

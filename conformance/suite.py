@@ -54,20 +54,26 @@ def _reference_run(case: Case, what: str, seed: int = 0):
 
 
 def without_key_bias(params: dict, config) -> dict:
-    """Drop the key slice [C:2C] of every attn.c_attn.bias before comparing AdamW trajectories.
+    """Drop the key slice of every attn.c_attn.bias before comparing AdamW trajectories.
 
-    The key bias has an exactly zero gradient: it adds q . b_k to every score of a query's row, and
-    softmax is invariant to adding a constant to a row. Its computed gradient is rounding noise
-    (~1e-21 in float64, ~1e-10 in float32) and Adam's m / sqrt(v) turns noise of any size into a full
-    +-lr step of random sign, so after 10 steps those 768 values differ by up to 2e-2 between any two
-    correct implementations. Every other value is compared.
+    With learned positions the key bias has an exactly zero gradient: it adds q . b_k to every score of
+    a query's row, and softmax is invariant to adding a constant to a row. Its computed gradient is
+    rounding noise (~1e-21 in float64, ~1e-10 in float32) and Adam's m / sqrt(v) turns noise of any size
+    into a full +-lr step of random sign, so after 10 steps those 768 values differ by up to 2e-2
+    between any two correct implementations. Every other value is compared. The key slice is the
+    columns [NH HS, (NH + NKV) HS) ([C, 2C) for GPT-2). With rotary positions the bias is rotated with
+    its key, by an angle that differs from key to key, so it is not a constant of the row: its gradient
+    is real and it is compared like everything else.
     """
-    C = config.n_embd
+    if config.position != "learned" or not config.bias:
+        return dict(params)
+    k0 = config.n_head * config.head_size
+    k1 = k0 + config.kv_heads * config.head_size
     out = dict(params)
     for name in params:
         if name.endswith("attn.c_attn.bias"):
             b = np.asarray(params[name])
-            out[name] = np.concatenate([b[:C], b[2 * C :]])
+            out[name] = np.concatenate([b[:k0], b[k1:]])
     return out
 
 

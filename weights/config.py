@@ -92,7 +92,9 @@ class GPT2Config:
         if not (isinstance(self.rope_theta, float) and self.rope_theta > 1.0):
             raise ConfigError(f"GPT2Config.rope_theta must be a float > 1, got {self.rope_theta!r}")
         if self.position == "rope" and self.head_size % 2:
-            raise ConfigError(f"GPT2Config: rope rotates pairs of channels, so the head size ({self.head_size}) must be even")
+            raise ConfigError(
+                f"GPT2Config: rope rotates pairs of channels, so the head size ({self.head_size}) must be even"
+            )
         for field in ("mlp_hidden", "n_kv_head"):
             value = getattr(self, field)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):

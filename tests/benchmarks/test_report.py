@@ -261,8 +261,9 @@ def _goal_benchmarks(numba_fwd_bwd_s, numba_matmul_s, graphs_small_s):
         out.append(bench("matmul:c_fc fwd", f"mm-{backend}", t + 0.0005, kind="matmul", backend=backend,
                          max_rel_err_vs_float64=3e-7, device_time_s=t, **shape, **gpu))  # fmt: skip
     for backend, t in (("torch-cuda-f32", 0.0001), ("numba-cuda-f32", 0.0001)):  # 0.3e9 B / 0.1 ms = 3 TB/s = 75%
-        out.append(bench("op:gelu:forward:124m-gpu", f"gelu-{backend}", 2 * t, kind="op", op="gelu", direction="forward",
-                         size="124m-gpu", min_bytes=3 * 10**8, backend=backend, device_time_s=t, **gpu))  # fmt: skip
+        out.append(bench("op:gelu:forward:124m-gpu", f"gelu-{backend}", 2 * t, kind="op", op="gelu",
+                         direction="forward", size="124m-gpu", min_bytes=3 * 10**8, backend=backend, device_time_s=t,
+                         **gpu))  # fmt: skip
     return out
 
 

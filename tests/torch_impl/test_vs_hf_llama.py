@@ -2,7 +2,7 @@
 
 The llama-style combination (rope + rmsnorm + swiglu, no biases) with and without grouped-query
 attention, tied and untied head, and once with biases (Llama's attention_bias / mlp_bias), loaded into
-transformers through the one name mapping of torch_impl/hf_llama.py. Compared: logits, loss, every
+transformers through the one name mapping of weights/hf_llama.py. Compared: logits, loss, every
 gradient (mapped back to our names), greedy generation. Both our attentions.
 
 Tolerance, from its documented cause. transformers' Llama computes three things in float32 even in a
@@ -33,13 +33,13 @@ import torch.nn.functional as F
 
 from tests.torch_impl.variants import BASE, LLAMA, lively_params
 from torch_impl import contract
-from torch_impl.hf_llama import (
+from torch_impl.model import GPT2
+from weights.hf_llama import (
     from_llama_state_dict,
     llama_config_kwargs,
     llama_model,
     to_llama_state_dict,
 )
-from torch_impl.model import GPT2
 
 pytest.importorskip("transformers")
 
