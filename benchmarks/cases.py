@@ -12,6 +12,13 @@ Each op is the GPT-2 layer it names, at the shapes it has inside the model at a 
                   Numba: naive vs flash kernels)
     crossentropy  softmax + cross-entropy of logits (N, V) against targets (N,)
 
+and the variants' ops (docs/variants.md), at the shapes of the llama-style model of that width
+(`variant_config`: GPT2Config.llama_style_124m at C = 768, the tiny conformance shape's otherwise):
+
+    rmsnorm       x (N, C), weight (C,)
+    swiglu        fc (N, 2H) = [gate | up] -> (N, H), H the MLP's hidden width (2304 at 124M)
+    rope          qkv (B, T, (NH + 2 NKV) HS): q's and k's heads rotated by position (NKV = 4 at 124M)
+
 `forward` times the op; `backward` times its backward alone, from saved forward state, and
 returns the gradient of the op's first input (dx, dqkv, dlogits). The Numba cross-entropy
 kernel is fused: its backward pass computes the loss too.
@@ -26,8 +33,10 @@ import pytest
 
 from benchmarks.backends import BACKENDS
 from benchmarks.sizes import SIZES
+from weights import GPT2Config
 
-OPS = ("matmul", "layernorm", "gelu", "attention-naive", "attention-tiled", "crossentropy")
+OPS = ("matmul", "layernorm", "gelu", "attention-naive", "attention-tiled", "crossentropy", "rmsnorm", "swiglu", "rope")
+VARIANT_OPS = ("rmsnorm", "swiglu", "rope")
 DIRECTIONS = ("forward", "backward")
 MODEL_TASKS = ("forward", "forward-backward", "train-step")
 
@@ -58,10 +67,20 @@ class OpInputs:
     V: int
     arrays: dict[str, np.ndarray]
     eps: float = 1e-5
+    NKV: int = 0  # key/value heads (the rope op)
+    H: int = 0  # MLP hidden width (the swiglu op)
+    theta: float = 10000.0  # rope_theta (the rope op)
 
     @property
     def N(self) -> int:
         return self.B * self.T
+
+
+def variant_config(config: GPT2Config) -> GPT2Config:
+    """The llama-style model of `config`'s width, whose shapes the variants' ops take."""
+    if config.n_embd == 768:
+        return GPT2Config.llama_style_124m()
+    return dataclasses.replace(config, position="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=1, bias=False)
 
 
 def op_inputs(op: str, size, seed: int = 0) -> OpInputs:
@@ -81,6 +100,15 @@ def op_inputs(op: str, size, seed: int = 0) -> OpInputs:
         arrays = {"qkv": normal(B, T, 3 * C), "dout": normal(B, T, C)}
     elif op == "crossentropy":
         arrays = {"logits": 2.0 * normal(B, T, V), "targets": rng.integers(0, V, size=(B, T))}
+    elif op in VARIANT_OPS:
+        vc = variant_config(cfg)
+        if op == "rmsnorm":
+            arrays = {"x": normal(N, C), "w": 1.0 + 0.1 * normal(C), "dout": normal(N, C)}
+        elif op == "swiglu":
+            arrays = {"fc": normal(N, 2 * vc.hidden), "dout": normal(N, vc.hidden)}
+        else:
+            arrays = {"qkv": normal(B, T, vc.qkv_width), "dout": normal(B, T, vc.qkv_width)}
+        return OpInputs(op, B, T, C, NH, V, arrays, NKV=vc.kv_heads, H=vc.hidden, theta=vc.rope_theta)
     else:
         raise ValueError(f"unknown op {op!r}; choose one of {OPS}")
     return OpInputs(op, B, T, C, NH, V, arrays)
@@ -99,6 +127,12 @@ def min_bytes(op: str, direction: str, inputs: OpInputs) -> int | None:
         ("gelu", "backward"): 3 * N * 4 * C,  # x, dout -> dx
         ("crossentropy", "forward"): N * V + N + N,  # logits, targets -> losses
         ("crossentropy", "backward"): 2 * N * V + 2 * N,  # logits, targets -> losses, dlogits
+        ("rmsnorm", "forward"): 2 * N * C + C + N,  # x, w -> out, rstd
+        ("rmsnorm", "backward"): 4 * N * C + C + N + C,  # dout, x, dx (read and written), w, rstd -> dw
+        ("swiglu", "forward"): 3 * N * inputs.H,  # fc (2H) -> out (H)
+        ("swiglu", "backward"): 5 * N * inputs.H,  # fc (2H), dout (H) -> dfc (2H)
+        ("rope", "forward"): 2 * inputs.arrays.get("qkv", np.empty(0)).size,  # qkv -> rotated qkv
+        ("rope", "backward"): 2 * inputs.arrays.get("qkv", np.empty(0)).size,  # dout -> dqkv
     }.get((op, direction))
     return None if floats is None else 4 * floats
 

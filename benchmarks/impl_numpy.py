@@ -13,6 +13,7 @@ import numpy as np
 import reference
 from reference import attention as A
 from reference import layers as L
+from reference import rope as R
 
 LR = 1e-4  # training-step benchmarks: any small learning rate; the time does not depend on it
 
@@ -28,11 +29,14 @@ def _forward_fns(inputs, dtype):
         "attention-naive": (lambda: A.attention_forward(a["qkv"], NH), lambda r: r[0]),
         "attention-tiled": (lambda: A.attention_forward_tiled(a["qkv"], NH), lambda r: r[0]),
         "crossentropy": (lambda: L.crossentropy_forward(a["logits"], a["targets"]), lambda r: np.asarray(r[0])),
+        "rmsnorm": (lambda: L.rmsnorm_forward(a["x"], a["w"], eps), lambda r: r[0]),
+        "swiglu": (lambda: L.swiglu_forward(a["fc"]), lambda r: r),
+        "rope": (lambda: R.rope_forward(a["qkv"], NH, inputs.NKV, inputs.theta), lambda r: r),
     }
     return a, fwd[inputs.op]
 
 
-def _backward_fn(op, a, saved, NH):
+def _backward_fn(op, a, saved, NH, inputs=None):
     """The op's backward from its saved forward state; returns the gradient of the first input."""
     if op == "matmul":
         return lambda: L.linear_backward(a["dout"], a["x"], a["w"])[0]
@@ -50,6 +54,13 @@ def _backward_fn(op, a, saved, NH):
     if op == "crossentropy":
         probs = saved[1]
         return lambda: L.crossentropy_backward(probs, a["targets"])
+    if op == "rmsnorm":
+        rstd = saved[1]
+        return lambda: L.rmsnorm_backward(a["dout"], a["x"], a["w"], rstd)[0]
+    if op == "swiglu":
+        return lambda: L.swiglu_backward(a["dout"], a["fc"])
+    if op == "rope":
+        return lambda: R.rope_backward(a["dout"], NH, inputs.NKV, inputs.theta)
     raise ValueError(f"unknown op {op!r}")
 
 
@@ -58,7 +69,7 @@ def make_op(backend, inputs, direction):
     a, (forward, primary) = _forward_fns(inputs, np.dtype(backend.dtype))
     if direction == "forward":
         return forward, lambda r: np.asarray(primary(r), dtype=np.float64)
-    return _backward_fn(inputs.op, a, forward(), inputs.NH), lambda r: np.asarray(r, dtype=np.float64)
+    return _backward_fn(inputs.op, a, forward(), inputs.NH, inputs), lambda r: np.asarray(r, dtype=np.float64)
 
 
 def attention_fwd_bwd(backend, inputs, variant):

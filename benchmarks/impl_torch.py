@@ -12,12 +12,13 @@ Backward callables reuse one autograd graph (retain_graph=True) and time the bac
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from torch_impl.model import GPT2, attention_math, attention_sdpa
+from torch_impl.model import GPT2, apply_rope, attention_math, attention_sdpa
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 LR = 1e-4
@@ -54,7 +55,29 @@ def _op_function(inputs):
             lambda t: F.cross_entropy(t["logits"].reshape(-1, inputs.V).float(), t["targets"].reshape(-1)),
             ("logits",),
         ),
+        "rmsnorm": (lambda t: F.rms_norm(t["x"], (C,), t["w"], eps), ("x", "w")),
+        "swiglu": (lambda t: F.silu(t["fc"][..., : inputs.H]) * t["fc"][..., inputs.H :], ("fc",)),
+        "rope": (lambda t: _rope(t["qkv"], inputs), ("qkv",)),
     }[inputs.op]
+
+
+def _rope(qkv: torch.Tensor, inputs) -> torch.Tensor:
+    """qkv (B, T, (NH + 2 NKV) HS) with its q and k heads rotated by position (torch_impl.model.apply_rope)."""
+    B, T, W = qkv.shape
+    NH, NKV = inputs.NH, inputs.NKV
+    HS = W // (NH + 2 * NKV)
+    heads = qkv.view(B, T, NH + 2 * NKV, HS).transpose(1, 2)  # (B, heads, T, HS)
+    cos, sin = _rope_tables(T, HS, inputs.theta, str(qkv.device))
+    qk = apply_rope(heads[:, : NH + NKV], cos, sin)
+    return torch.cat([qk, heads[:, NH + NKV :]], dim=1).transpose(1, 2).reshape(B, T, W)
+
+
+@functools.lru_cache(maxsize=8)
+def _rope_tables(T: int, HS: int, theta: float, device: str):
+    """cos, sin (T, HS/2) of the angles t * theta^(-2i/HS), in float64 and then rounded (made once, as a model does)."""
+    i = torch.arange(HS // 2, dtype=torch.float64, device=device)
+    angle = torch.arange(T, dtype=torch.float64, device=device)[:, None] * theta ** (-2.0 * i / HS)
+    return angle.cos().float(), angle.sin().float()
 
 
 def _tensors(inputs, backend, requires_grad: tuple[str, ...] = ()):
