@@ -50,8 +50,8 @@ NEG_INF = float32(-np.inf)
 
 # ============================================================================= naive
 @kernel
-def attention_scores_kernel(preatt, qkv, B, T, C, NH, scale):
-    """preatt[b,h,t,s] = scale * q[b,t,h] . k[b,s,h] for s <= t (entries above the diagonal unused)."""
+def attention_scores_kernel(preatt, qkv, B, T, C, NH, NKV, scale):
+    """preatt[b,h,t,s] = scale * q[b,t,h] . k[b,s,h // (NH/NKV)] for s <= t (entries above the diagonal unused)."""
     i = cuda.grid(1)
     if i < B * NH * T * T:
         s = i % T
@@ -60,8 +60,9 @@ def attention_scores_kernel(preatt, qkv, B, T, C, NH, scale):
         b = i // (NH * T * T)
         if s <= t:
             HS = C // NH
-            q = b * T * 3 * C + t * 3 * C + h * HS
-            k = b * T * 3 * C + s * 3 * C + C + h * HS
+            W = C + 2 * NKV * HS
+            q = b * T * W + t * W + h * HS
+            k = b * T * W + s * W + C + (h // (NH // NKV)) * HS
             acc = float32(0.0)
             for d in range(HS):
                 acc += qkv[q + d] * qkv[k + d]
@@ -89,8 +90,8 @@ def attention_softmax_kernel(att, preatt, BNH, T):
 
 
 @kernel
-def attention_values_kernel(out, att, qkv, B, T, C, NH):
-    """out[b,t,h*HS+d] = sum_{s<=t} att[b,h,t,s] v[b,s,h,d]; one thread per output element."""
+def attention_values_kernel(out, att, qkv, B, T, C, NH, NKV):
+    """out[b,t,h*HS+d] = sum_{s<=t} att[b,h,t,s] v[b,s,h // (NH/NKV),d]; one thread per output element."""
     i = cuda.grid(1)
     if i < B * T * C:
         c = i % C
@@ -98,17 +99,18 @@ def attention_values_kernel(out, att, qkv, B, T, C, NH):
         b = i // (T * C)
         HS = C // NH
         h = c // HS
+        W = C + 2 * NKV * HS
         arow = ((b * NH + h) * T + t) * T
-        v = b * T * 3 * C + 2 * C + c
+        v = b * T * W + C + NKV * HS + (h // (NH // NKV)) * HS + c - h * HS
         acc = float32(0.0)
         for s in range(t + 1):
-            acc += att[arow + s] * qkv[v + s * 3 * C]
+            acc += att[arow + s] * qkv[v + s * W]
         out[i] = acc
 
 
 @kernel
-def attention_datt_kernel(datt, dout, qkv, B, T, C, NH):
-    """datt[b,h,t,s] = dout[b,t,h] . v[b,s,h] for s <= t."""
+def attention_datt_kernel(datt, dout, qkv, B, T, C, NH, NKV):
+    """datt[b,h,t,s] = dout[b,t,h] . v[b,s,h // (NH/NKV)] for s <= t."""
     i = cuda.grid(1)
     if i < B * NH * T * T:
         s = i % T
@@ -119,7 +121,8 @@ def attention_datt_kernel(datt, dout, qkv, B, T, C, NH):
         if s <= t:
             HS = C // NH
             g = (b * T + t) * C + h * HS
-            v = b * T * 3 * C + s * 3 * C + 2 * C + h * HS
+            W = C + 2 * NKV * HS
+            v = b * T * W + s * W + C + NKV * HS + (h // (NH // NKV)) * HS
             for d in range(HS):
                 acc += dout[g + d] * qkv[v + d]
         datt[i] = acc
@@ -140,8 +143,9 @@ def attention_softmax_backward_kernel(dpreatt, datt, att, BNH, T):
 
 
 @kernel
-def attention_dqkv_kernel(dqkv, dpreatt, att, dout, qkv, B, T, C, NH, scale):
-    """One thread per (b, p, c): dq at query p, dk and dv at key p, for channel c = h*HS + d."""
+def attention_dqkv_kernel(dqkv, dpreatt, att, dout, qkv, B, T, C, NH, NKV, scale):
+    """One thread per (b, p, c), c < C = NH*HS: dq at query p for channel c = h*HS + d; and, for c <
+    NKV*HS (kv head c // HS), dk and dv at key p, each summed over the NH/NKV query heads of the group."""
     i = cuda.grid(1)
     if i < B * T * C:
         c = i % C
@@ -149,39 +153,59 @@ def attention_dqkv_kernel(dqkv, dpreatt, att, dout, qkv, B, T, C, NH, scale):
         b = i // (T * C)
         HS = C // NH
         h = c // HS
+        G = NH // NKV  # query heads per kv head
+        W = C + 2 * NKV * HS  # qkv row: q (NH heads), k (NKV heads), v (NKV heads)
         rows = (b * NH + h) * T  # first row of this (b, h) in the (B,NH,T,T) arrays
-        x = b * T * 3 * C  # qkv[b, 0, 0]
+        x = b * T * W  # qkv[b, 0, 0]
+        kc = C + (h // G) * HS + c - h * HS  # k channel of query channel c
         dq = float32(0.0)
         for s in range(p + 1):  # dq[p] = scale * sum_s dpreatt[p, s] k[s]
-            dq += dpreatt[(rows + p) * T + s] * qkv[x + s * 3 * C + C + c]
-        dk = float32(0.0)
-        dv = float32(0.0)
-        for t in range(p, T):  # dk[p] = scale * sum_t dpreatt[t, p] q[t];  dv[p] = sum_t att[t, p] dout[t]
-            dk += dpreatt[(rows + t) * T + p] * qkv[x + t * 3 * C + c]
-            dv += att[(rows + t) * T + p] * dout[(b * T + t) * C + c]
-        y = x + p * 3 * C
+            dq += dpreatt[(rows + p) * T + s] * qkv[x + s * W + kc]
+        y = x + p * W
         dqkv[y + c] = dq * scale
-        dqkv[y + C + c] = dk * scale
-        dqkv[y + 2 * C + c] = dv
+        if c < NKV * HS:  # c is a kv channel: kv head c // HS, channel d of it
+            d = c % HS
+            dk = float32(0.0)
+            dv = float32(0.0)
+            for hq in range((c // HS) * G, (c // HS) * G + G):  # the group's query heads, in order
+                rows = (b * NH + hq) * T
+                for t in range(p, T):  # dk[p] = scale * sum_t dpreatt[t, p] q[t];  dv[p] = sum_t att[t, p] dout[t]
+                    dk += dpreatt[(rows + t) * T + p] * qkv[x + t * W + hq * HS + d]
+                    dv += att[(rows + t) * T + p] * dout[(b * T + t) * C + hq * HS + d]
+            dqkv[y + C + c] = dk * scale
+            dqkv[y + C + NKV * HS + c] = dv
 
 
-def attention_forward_naive(out, preatt, att, qkv, B, T, C, NH):
-    """out (B,T,C) from qkv (B,T,3C); fills preatt and att (B,NH,T,T) for the backward."""
+def _kv_heads(C: int, NH: int, n_kv_head) -> int:
+    """NKV (None: NH), checked: NH heads of C // NH channels, NKV dividing NH."""
+    if C % NH:
+        raise ValueError(f"n_embd={C} is not a multiple of n_head={NH}")
+    NKV = NH if n_kv_head is None else int(n_kv_head)
+    if NKV < 1 or NH % NKV:
+        raise ValueError(f"n_head={NH} is not a multiple of n_kv_head={NKV}")
+    return NKV
+
+
+def attention_forward_naive(out, preatt, att, qkv, B, T, C, NH, n_kv_head=None):
+    """out (B,T,C) from qkv (B,T,(NH+2NKV)HS) (GPT-2: (B,T,3C)); fills preatt and att (B,NH,T,T) for the backward."""
+    NKV = _kv_heads(C, NH, n_kv_head)
     scale = np.float32(1.0 / math.sqrt(C // NH))
     threads = block_size(256, 32)
     n_scores = B * NH * T * T
-    attention_scores_kernel[ceil_div(n_scores, threads), threads](preatt, qkv, B, T, C, NH, scale)
+    attention_scores_kernel[ceil_div(n_scores, threads), threads](preatt, qkv, B, T, C, NH, NKV, scale)
     attention_softmax_kernel[ceil_div(B * NH * T, threads), threads](att, preatt, B * NH, T)
-    attention_values_kernel[ceil_div(B * T * C, threads), threads](out, att, qkv, B, T, C, NH)
+    attention_values_kernel[ceil_div(B * T * C, threads), threads](out, att, qkv, B, T, C, NH, NKV)
 
 
-def attention_backward_naive(dqkv, datt, dpreatt, dout, att, qkv, B, T, C, NH):
-    """dqkv (B,T,3C) written from dout (B,T,C); datt, dpreatt (B,NH,T,T) are scratch."""
+def attention_backward_naive(dqkv, datt, dpreatt, dout, att, qkv, B, T, C, NH, n_kv_head=None):
+    """dqkv (B,T,(NH+2NKV)HS) written from dout (B,T,C); datt, dpreatt (B,NH,T,T) are scratch."""
+    NKV = _kv_heads(C, NH, n_kv_head)
     scale = np.float32(1.0 / math.sqrt(C // NH))
     threads = block_size(256, 32)
-    attention_datt_kernel[ceil_div(B * NH * T * T, threads), threads](datt, dout, qkv, B, T, C, NH)
+    attention_datt_kernel[ceil_div(B * NH * T * T, threads), threads](datt, dout, qkv, B, T, C, NH, NKV)
     attention_softmax_backward_kernel[ceil_div(B * NH * T, threads), threads](dpreatt, datt, att, B * NH, T)
-    attention_dqkv_kernel[ceil_div(B * T * C, threads), threads](dqkv, dpreatt, att, dout, qkv, B, T, C, NH, scale)
+    attention_dqkv_kernel[ceil_div(B * T * C, threads), threads](dqkv, dpreatt, att, dout, qkv, B, T, C, NH, NKV,
+                                                                 scale)  # fmt: skip
 
 
 # ============================================================================= flash
@@ -271,7 +295,7 @@ def flash_forward_kernel(HS: int, tiles: FlashTiles):
     HSP, KP = HS + 1, K + 1  # padded row lengths (shared array shapes must be compile-time constants)
 
     @kernel(lineinfo=True)
-    def flash_forward(out, lse, qkv, B, T, C, NH, scale):
+    def flash_forward(out, lse, qkv, B, T, C, NH, NKV, scale):
         q_s = cuda.shared.array((R, HSP), float32)  # scale * q of this block's queries
         k_s = cuda.shared.array((K, HSP), float32)
         v_s = cuda.shared.array((K, HS), float32)
@@ -289,10 +313,13 @@ def flash_forward_kernel(HS: int, tiles: FlashTiles):
         b = bh // NH
         h = bh % NH
         q0 = (cuda.gridDim.y - 1 - cuda.blockIdx.y) * R
-        x = b * T * 3 * C + h * HS  # qkv[b, 0, h*HS]
+        W = C + 2 * NKV * HS  # qkv row: q (NH heads), then k and v (NKV heads each)
+        x = b * T * W + h * HS  # q of head h: qkv[b, 0, h*HS]
+        xk = b * T * W + C + (h // (NH // NKV)) * HS  # k of its kv head (grouped-query attention)
+        xv = xk + NKV * HS  # and v
         for e in range(tid, R * HS, NTHREADS):
             t = q0 + e // HS
-            q_s[e // HS, e % HS] = qkv[x + t * 3 * C + e % HS] * scale if t < T else float32(0.0)
+            q_s[e // HS, e % HS] = qkv[x + t * W + e % HS] * scale if t < T else float32(0.0)
         for i in range(RT):
             m[i] = NEG_INF
             l_part[i] = float32(0.0)
@@ -305,8 +332,8 @@ def flash_forward_kernel(HS: int, tiles: FlashTiles):
                 d = e % HS
                 key = k0 + j
                 if key < T:
-                    k_s[j, d] = qkv[x + key * 3 * C + C + d]
-                    v_s[j, d] = qkv[x + key * 3 * C + 2 * C + d]
+                    k_s[j, d] = qkv[xk + key * W + d]
+                    v_s[j, d] = qkv[xv + key * W + d]
                 else:
                     k_s[j, d] = float32(0.0)
                     v_s[j, d] = float32(0.0)
@@ -408,7 +435,7 @@ def flash_forward_vec_kernel(HS: int, tiles: FlashTiles):
     RP, KPV, HSV = R + VEC_PAD, K + VEC_PAD, HS + VEC_PAD
 
     @kernel(lineinfo=True)
-    def flash_forward_vec(out, lse, qkv, B, T, C, NH, scale):
+    def flash_forward_vec(out, lse, qkv, B, T, C, NH, NKV, scale):
         qT = cuda.shared.array((HS, RP), float32, alignment=SHARED_ALIGN)  # scale * q, transposed
         kT = cuda.shared.array((HS, KPV), float32, alignment=SHARED_ALIGN)
         v_s = cuda.shared.array((K, HSV), float32, alignment=SHARED_ALIGN)
@@ -430,10 +457,13 @@ def flash_forward_vec_kernel(HS: int, tiles: FlashTiles):
         b = bh // NH
         h = bh % NH
         q0 = (cuda.gridDim.y - 1 - cuda.blockIdx.y) * R
-        x = b * T * 3 * C + h * HS
+        W = C + 2 * NKV * HS  # qkv row: q (NH heads), then k and v (NKV heads each)
+        x = b * T * W + h * HS  # q of head h: qkv[b, 0, h*HS]
+        xk = b * T * W + C + (h // (NH // NKV)) * HS  # k of its kv head (grouped-query attention)
+        xv = xk + NKV * HS  # and v
         for e in range(tid, R * HS, NTHREADS):
             t = q0 + e // HS
-            qT[e % HS, e // HS] = qkv[x + t * 3 * C + e % HS] * scale if t < T else float32(0.0)
+            qT[e % HS, e // HS] = qkv[x + t * W + e % HS] * scale if t < T else float32(0.0)
         for i in range(RT):
             m[i] = NEG_INF
             l_part[i] = float32(0.0)
@@ -446,8 +476,8 @@ def flash_forward_vec_kernel(HS: int, tiles: FlashTiles):
                 d = e % HS
                 key = k0 + j
                 if key < T:
-                    kT[d, j] = qkv[x + key * 3 * C + C + d]
-                    v_s[j, d] = qkv[x + key * 3 * C + 2 * C + d]
+                    kT[d, j] = qkv[xk + key * W + d]
+                    v_s[j, d] = qkv[xv + key * W + d]
                 else:
                     kT[d, j] = float32(0.0)
                     v_s[j, d] = float32(0.0)
@@ -526,7 +556,7 @@ def flash_backward_dq_kernel(HS: int, tiles: FlashTiles):
     HSP, KP = HS + 1, K + 1  # padded row lengths (shared array shapes must be compile-time constants)
 
     @kernel(lineinfo=True)
-    def flash_backward_dq(dqkv, delta, qkv, dout, out, lse, B, T, C, NH, scale):
+    def flash_backward_dq(dqkv, delta, qkv, dout, out, lse, B, T, C, NH, NKV, scale):
         q_s = cuda.shared.array((R, HSP), float32)  # scale * q
         g_s = cuda.shared.array((R, HSP), float32)  # dout
         k_s = cuda.shared.array((K, HSP), float32)
@@ -547,12 +577,15 @@ def flash_backward_dq_kernel(HS: int, tiles: FlashTiles):
         b = bh // NH
         h = bh % NH
         q0 = (cuda.gridDim.y - 1 - cuda.blockIdx.y) * R
-        x = b * T * 3 * C + h * HS
+        W = C + 2 * NKV * HS  # qkv row: q (NH heads), then k and v (NKV heads each)
+        x = b * T * W + h * HS  # q of head h: qkv[b, 0, h*HS]
+        xk = b * T * W + C + (h // (NH // NKV)) * HS  # k of its kv head (grouped-query attention)
+        xv = xk + NKV * HS  # and v
         for e in range(tid, R * HS, NTHREADS):
             t = q0 + e // HS
             d = e % HS
             if t < T:
-                q_s[e // HS, d] = qkv[x + t * 3 * C + d] * scale
+                q_s[e // HS, d] = qkv[x + t * W + d] * scale
                 g_s[e // HS, d] = dout[(b * T + t) * C + h * HS + d]
             else:
                 q_s[e // HS, d] = float32(0.0)
@@ -584,8 +617,8 @@ def flash_backward_dq_kernel(HS: int, tiles: FlashTiles):
                 d = e % HS
                 key = k0 + j
                 if key < T:
-                    k_s[j, d] = qkv[x + key * 3 * C + C + d]
-                    v_s[j, d] = qkv[x + key * 3 * C + 2 * C + d]
+                    k_s[j, d] = qkv[xk + key * W + d]
+                    v_s[j, d] = qkv[xv + key * W + d]
                 else:
                     k_s[j, d] = float32(0.0)
                     v_s[j, d] = float32(0.0)
@@ -624,7 +657,7 @@ def flash_backward_dq_kernel(HS: int, tiles: FlashTiles):
         for i in range(RT):
             t = q0 + r0 + i
             if t < T:
-                row = (b * T + t) * 3 * C + h * HS
+                row = (b * T + t) * W + h * HS
                 for c in range(DT):
                     dd = g + LANES * c
                     if dd < HS:
@@ -646,7 +679,7 @@ def flash_backward_dkv_kernel(HS: int, tiles: FlashTiles):
     HSP, KP = HS + 1, K + 1  # padded row lengths (shared array shapes must be compile-time constants)
 
     @kernel(lineinfo=True)
-    def flash_backward_dkv(dqkv, delta, qkv, dout, lse, B, T, C, NH, scale):
+    def flash_backward_dkv(dqkv, delta, qkv, dout, lse, B, T, C, NH, NKV, scale):
         k_s = cuda.shared.array((R, HSP), float32)
         v_s = cuda.shared.array((R, HSP), float32)
         q_s = cuda.shared.array((K, HSP), float32)  # scale * q
@@ -666,17 +699,20 @@ def flash_backward_dkv_kernel(HS: int, tiles: FlashTiles):
         tid = cuda.threadIdx.x
         g = tid % LANES
         r0 = (tid // LANES) * RT
-        bh = cuda.blockIdx.x
-        b = bh // NH
-        h = bh % NH
+        bkv = cuda.blockIdx.x  # (batch, kv head)
+        b = bkv // NKV
+        kvh = bkv % NKV
         k0 = cuda.blockIdx.y * R
-        x = b * T * 3 * C + h * HS
+        W = C + 2 * NKV * HS  # qkv row: q (NH heads), then k and v (NKV heads each)
+        G = NH // NKV  # query heads per kv head: their dk, dv terms are summed here, in head order
+        xk = b * T * W + C + kvh * HS  # k of kv head kvh: qkv[b, 0, C + kvh*HS]
+        xv = xk + NKV * HS  # and v
         for e in range(tid, R * HS, NTHREADS):
             key = k0 + e // HS
             d = e % HS
             if key < T:
-                k_s[e // HS, d] = qkv[x + key * 3 * C + C + d]
-                v_s[e // HS, d] = qkv[x + key * 3 * C + 2 * C + d]
+                k_s[e // HS, d] = qkv[xk + key * W + d]
+                v_s[e // HS, d] = qkv[xv + key * W + d]
             else:
                 k_s[e // HS, d] = float32(0.0)
                 v_s[e // HS, d] = float32(0.0)
@@ -684,70 +720,74 @@ def flash_backward_dkv_kernel(HS: int, tiles: FlashTiles):
             for c in range(DT):
                 dk[i, c] = float32(0.0)
                 dv[i, c] = float32(0.0)
-        for t0 in range(k0, T, K):
-            cuda.syncthreads()
-            for e in range(tid, K * HS, NTHREADS):
-                j = e // HS
-                d = e % HS
-                t = t0 + j
-                if t < T:
-                    q_s[j, d] = qkv[x + t * 3 * C + d] * scale
-                    g_s[j, d] = dout[(b * T + t) * C + h * HS + d]
-                else:
-                    q_s[j, d] = float32(0.0)
-                    g_s[j, d] = float32(0.0)
-            for j in range(tid, K, NTHREADS):
-                t = t0 + j
-                lse_s[j] = lse[bh * T + t] if t < T else float32(0.0)
-                delta_s[j] = delta[bh * T + t] if t < T else float32(0.0)
-            cuda.syncthreads()
-            for i in range(RT):
-                for c in range(CT):
-                    st[i, c] = float32(0.0)
-                    dpt[i, c] = float32(0.0)
-            for d in range(HS):
-                for c in range(CT):
-                    q_reg[c] = q_s[g + LANES * c, d]
-                    g_reg[c] = g_s[g + LANES * c, d]
-                for i in range(RT):
-                    kv = k_s[r0 + i, d]
-                    vv = v_s[r0 + i, d]
-                    for c in range(CT):
-                        st[i, c] += kv * q_reg[c]
-                        dpt[i, c] += vv * g_reg[c]
-            for i in range(RT):
-                key = k0 + r0 + i
-                for c in range(CT):
-                    j = g + LANES * c
+        for hg in range(G):
+            h = kvh * G + hg
+            bh = b * NH + h
+            x = b * T * W + h * HS  # q of head h
+            for t0 in range(k0, T, K):
+                cuda.syncthreads()
+                for e in range(tid, K * HS, NTHREADS):
+                    j = e // HS
+                    d = e % HS
                     t = t0 + j
-                    p = float32(0.0)
-                    ds = float32(0.0)
-                    if key <= t and t < T:
-                        p = math.exp(st[i, c] - lse_s[j])
-                        ds = p * (dpt[i, c] - delta_s[j])
-                    p_s[r0 + i, j] = p
-                    ds_s[r0 + i, j] = ds
-            cuda.syncthreads()
-            for j in range(K):  # dv += p^T dout;  dk += ds^T (scale q)
-                for c in range(DT):
-                    dd = g + LANES * c
-                    gd_reg[c] = g_s[j, dd] if dd < HS else float32(0.0)
-                    qd_reg[c] = q_s[j, dd] if dd < HS else float32(0.0)
+                    if t < T:
+                        q_s[j, d] = qkv[x + t * W + d] * scale
+                        g_s[j, d] = dout[(b * T + t) * C + h * HS + d]
+                    else:
+                        q_s[j, d] = float32(0.0)
+                        g_s[j, d] = float32(0.0)
+                for j in range(tid, K, NTHREADS):
+                    t = t0 + j
+                    lse_s[j] = lse[bh * T + t] if t < T else float32(0.0)
+                    delta_s[j] = delta[bh * T + t] if t < T else float32(0.0)
+                cuda.syncthreads()
                 for i in range(RT):
-                    pv = p_s[r0 + i, j]
-                    dsv = ds_s[r0 + i, j]
+                    for c in range(CT):
+                        st[i, c] = float32(0.0)
+                        dpt[i, c] = float32(0.0)
+                for d in range(HS):
+                    for c in range(CT):
+                        q_reg[c] = q_s[g + LANES * c, d]
+                        g_reg[c] = g_s[g + LANES * c, d]
+                    for i in range(RT):
+                        kv = k_s[r0 + i, d]
+                        vv = v_s[r0 + i, d]
+                        for c in range(CT):
+                            st[i, c] += kv * q_reg[c]
+                            dpt[i, c] += vv * g_reg[c]
+                for i in range(RT):
+                    key = k0 + r0 + i
+                    for c in range(CT):
+                        j = g + LANES * c
+                        t = t0 + j
+                        p = float32(0.0)
+                        ds = float32(0.0)
+                        if key <= t and t < T:
+                            p = math.exp(st[i, c] - lse_s[j])
+                            ds = p * (dpt[i, c] - delta_s[j])
+                        p_s[r0 + i, j] = p
+                        ds_s[r0 + i, j] = ds
+                cuda.syncthreads()
+                for j in range(K):  # dv += p^T dout;  dk += ds^T (scale q)
                     for c in range(DT):
-                        dv[i, c] += pv * gd_reg[c]
-                        dk[i, c] += dsv * qd_reg[c]
+                        dd = g + LANES * c
+                        gd_reg[c] = g_s[j, dd] if dd < HS else float32(0.0)
+                        qd_reg[c] = q_s[j, dd] if dd < HS else float32(0.0)
+                    for i in range(RT):
+                        pv = p_s[r0 + i, j]
+                        dsv = ds_s[r0 + i, j]
+                        for c in range(DT):
+                            dv[i, c] += pv * gd_reg[c]
+                            dk[i, c] += dsv * qd_reg[c]
         for i in range(RT):
             key = k0 + r0 + i
             if key < T:
-                row = (b * T + key) * 3 * C + h * HS
+                row = (b * T + key) * W + C + kvh * HS  # k of kv head kvh; v NKV*HS further
                 for c in range(DT):
                     dd = g + LANES * c
                     if dd < HS:
-                        dqkv[row + C + dd] = dk[i, c]
-                        dqkv[row + 2 * C + dd] = dv[i, c]
+                        dqkv[row + dd] = dk[i, c]
+                        dqkv[row + NKV * HS + dd] = dv[i, c]
 
     return flash_backward_dkv
 
@@ -782,7 +822,7 @@ def flash_backward_dq_vec_kernel(HS: int, tiles: FlashTiles):
     LANE_SHIFT = LANES.bit_length() - 1
 
     @kernel(lineinfo=True)
-    def flash_backward_dq_vec(dqkv, delta, qkv, dout, out, lse, B, T, C, NH, scale):
+    def flash_backward_dq_vec(dqkv, delta, qkv, dout, out, lse, B, T, C, NH, NKV, scale):
         q_s = cuda.shared.array((R, HSV), float32, alignment=SHARED_ALIGN)  # scale * q
         g_s = cuda.shared.array((R, HSV), float32, alignment=SHARED_ALIGN)  # dout
         k_s = cuda.shared.array((K, HSV), float32, alignment=SHARED_ALIGN)
@@ -805,13 +845,16 @@ def flash_backward_dq_vec_kernel(HS: int, tiles: FlashTiles):
         b = bh // NH
         h = bh % NH
         q0 = (cuda.gridDim.y - 1 - cuda.blockIdx.y) * R
-        x = b * T * 3 * C + h * HS
+        W = C + 2 * NKV * HS  # qkv row: q (NH heads), then k and v (NKV heads each)
+        x = b * T * W + h * HS  # q of head h: qkv[b, 0, h*HS]
+        xk = b * T * W + C + (h // (NH // NKV)) * HS  # k of its kv head (grouped-query attention)
+        xv = xk + NKV * HS  # and v
         for e in range(tid, R * HSW, NTHREADS):
             j = e // HSW
             d = e % HSW
             t = q0 + j
             if t < T and d < HS:
-                q_s[j, d] = qkv[x + t * 3 * C + d] * scale
+                q_s[j, d] = qkv[x + t * W + d] * scale
                 g_s[j, d] = dout[(b * T + t) * C + h * HS + d]
             else:
                 q_s[j, d] = float32(0.0)
@@ -845,8 +888,8 @@ def flash_backward_dq_vec_kernel(HS: int, tiles: FlashTiles):
                 d = e % HSW
                 key = k0 + j
                 if key < T and d < HS:
-                    k_s[j, d] = qkv[x + key * 3 * C + C + d]
-                    v_s[j, d] = qkv[x + key * 3 * C + 2 * C + d]
+                    k_s[j, d] = qkv[xk + key * W + d]
+                    v_s[j, d] = qkv[xv + key * W + d]
                 else:
                     k_s[j, d] = float32(0.0)
                     v_s[j, d] = float32(0.0)
@@ -896,7 +939,7 @@ def flash_backward_dq_vec_kernel(HS: int, tiles: FlashTiles):
         for i in range(RT):
             t = q0 + r0 + i
             if t < T:
-                row = (b * T + t) * 3 * C + h * HS
+                row = (b * T + t) * W + h * HS
                 for c in range(DT4):
                     for w in range(4):
                         dd = 4 * g + 4 * LANES * c + w
@@ -924,7 +967,7 @@ def flash_backward_dkv_vec_kernel(HS: int, tiles: FlashTiles):
     DQ_ROWS, DQ_COLS = (K, R + VEC_PAD) if FUSED else (1, VEC_PAD)  # ds^T (queries x keys) when fused
 
     @kernel(lineinfo=True)
-    def flash_backward_dkv_vec(dqkv, delta, qkv, dout, lse, B, T, C, NH, scale):
+    def flash_backward_dkv_vec(dqkv, delta, qkv, dout, lse, B, T, C, NH, NKV, scale):
         k_s = cuda.shared.array((R, HSV), float32, alignment=SHARED_ALIGN)
         v_s = cuda.shared.array((R, HSV), float32, alignment=SHARED_ALIGN)
         q_s = cuda.shared.array((K, HSV), float32, alignment=SHARED_ALIGN)  # scale * q
@@ -948,18 +991,21 @@ def flash_backward_dkv_vec_kernel(HS: int, tiles: FlashTiles):
         tid = cuda.threadIdx.x
         g = tid & (LANES - 1)
         r0 = ((tid & 1023) >> LANE_SHIFT) * RT
-        bh = cuda.blockIdx.x
-        b = bh // NH
-        h = bh % NH
+        bkv = cuda.blockIdx.x  # (batch, kv head)
+        b = bkv // NKV
+        kvh = bkv % NKV
         k0 = cuda.blockIdx.y * R
-        x = b * T * 3 * C + h * HS
+        W = C + 2 * NKV * HS  # qkv row: q (NH heads), then k and v (NKV heads each)
+        G = NH // NKV  # query heads per kv head: their dk, dv terms are summed here, in head order
+        xk = b * T * W + C + kvh * HS  # k of kv head kvh: qkv[b, 0, C + kvh*HS]
+        xv = xk + NKV * HS  # and v
         for e in range(tid, R * HSW, NTHREADS):
             j = e // HSW
             d = e % HSW
             key = k0 + j
             if key < T and d < HS:
-                k_s[j, d] = qkv[x + key * 3 * C + C + d]
-                v_s[j, d] = qkv[x + key * 3 * C + 2 * C + d]
+                k_s[j, d] = qkv[xk + key * W + d]
+                v_s[j, d] = qkv[xv + key * W + d]
             else:
                 k_s[j, d] = float32(0.0)
                 v_s[j, d] = float32(0.0)
@@ -968,116 +1014,120 @@ def flash_backward_dkv_vec_kernel(HS: int, tiles: FlashTiles):
                 for w in range(4):
                     dk[i, c, w] = float32(0.0)
                     dv[i, c, w] = float32(0.0)
-        for t0 in range(k0, T, K):
-            cuda.syncthreads()
-            for e in range(tid, K * HSW, NTHREADS):
-                j = e // HSW
-                d = e % HSW
-                t = t0 + j
-                if t < T and d < HS:
-                    q_s[j, d] = qkv[x + t * 3 * C + d] * scale
-                    g_s[j, d] = dout[(b * T + t) * C + h * HS + d]
-                else:
-                    q_s[j, d] = float32(0.0)
-                    g_s[j, d] = float32(0.0)
-            for j in range(tid, K, NTHREADS):
-                t = t0 + j
-                lse_s[j] = lse[bh * T + t] if t < T else float32(0.0)
-                delta_s[j] = delta[bh * T + t] if t < T else float32(0.0)
-            cuda.syncthreads()
-            for i in range(RT):
-                for c in range(CT):
-                    st[i, c] = float32(0.0)
-                    dpt[i, c] = float32(0.0)
-            for d in range(0, HS4, 4):
-                du = uint32(d)
-                for i in range(RT):
-                    for w in range(4):
-                        a_reg[i, w] = k_s[r0 + i, du + w]
-                        b_reg[i, w] = v_s[r0 + i, du + w]
-                for c in range(CT):
-                    for w in range(4):
-                        c_reg[c, w] = q_s[g + LANES * c, du + w]
-                        e_reg[c, w] = g_s[g + LANES * c, du + w]
-                for w in range(4):
-                    for i in range(RT):
-                        for c in range(CT):
-                            st[i, c] += a_reg[i, w] * c_reg[c, w]
-                            dpt[i, c] += b_reg[i, w] * e_reg[c, w]
-            for i in range(RT):
-                key = k0 + r0 + i
-                for c in range(CT):
-                    j = g + LANES * c
+        for hg in range(G):
+            h = kvh * G + hg
+            bh = b * NH + h
+            x = b * T * W + h * HS  # q of head h
+            for t0 in range(k0, T, K):
+                cuda.syncthreads()
+                for e in range(tid, K * HSW, NTHREADS):
+                    j = e // HSW
+                    d = e % HSW
                     t = t0 + j
-                    p = float32(0.0)
-                    ds = float32(0.0)
-                    if key <= t and t < T:
-                        p = math.exp(st[i, c] - lse_s[j])
-                        ds = p * (dpt[i, c] - delta_s[j])
-                    p_s[r0 + i, j] = p
-                    ds_s[r0 + i, j] = ds
-                    if FUSED:
-                        dsT_s[j, r0 + i] = ds
-            cuda.syncthreads()
-            for j in range(0, K, 4):  # dv += p^T dout;  dk += ds^T (scale q), 4 queries per step
-                ju = uint32(j)
+                    if t < T and d < HS:
+                        q_s[j, d] = qkv[x + t * W + d] * scale
+                        g_s[j, d] = dout[(b * T + t) * C + h * HS + d]
+                    else:
+                        q_s[j, d] = float32(0.0)
+                        g_s[j, d] = float32(0.0)
+                for j in range(tid, K, NTHREADS):
+                    t = t0 + j
+                    lse_s[j] = lse[bh * T + t] if t < T else float32(0.0)
+                    delta_s[j] = delta[bh * T + t] if t < T else float32(0.0)
+                cuda.syncthreads()
                 for i in range(RT):
-                    for u in range(4):
-                        a_reg[i, u] = p_s[r0 + i, ju + u]
-                        b_reg[i, u] = ds_s[r0 + i, ju + u]
-                for u in range(4):
-                    for c in range(DT4):
-                        for w in range(4):
-                            gd_reg[c, w] = g_s[ju + u, 4 * g + 4 * LANES * c + w]
-                            qd_reg[c, w] = q_s[ju + u, 4 * g + 4 * LANES * c + w]
+                    for c in range(CT):
+                        st[i, c] = float32(0.0)
+                        dpt[i, c] = float32(0.0)
+                for d in range(0, HS4, 4):
+                    du = uint32(d)
                     for i in range(RT):
-                        for c in range(DT4):
-                            for w in range(4):
-                                dv[i, c, w] += a_reg[i, u] * gd_reg[c, w]
-                                dk[i, c, w] += b_reg[i, u] * qd_reg[c, w]
-            if FUSED:  # dq[t0 + r0 + i] += scale * sum_s ds[s, t] k[s] over this block's keys s
-                for i in range(RT):
-                    for c in range(DT4):
                         for w in range(4):
-                            dq[i, c, w] = float32(0.0)
-                for j in range(0, R, 4):
+                            a_reg[i, w] = k_s[r0 + i, du + w]
+                            b_reg[i, w] = v_s[r0 + i, du + w]
+                    for c in range(CT):
+                        for w in range(4):
+                            c_reg[c, w] = q_s[g + LANES * c, du + w]
+                            e_reg[c, w] = g_s[g + LANES * c, du + w]
+                    for w in range(4):
+                        for i in range(RT):
+                            for c in range(CT):
+                                st[i, c] += a_reg[i, w] * c_reg[c, w]
+                                dpt[i, c] += b_reg[i, w] * e_reg[c, w]
+                for i in range(RT):
+                    key = k0 + r0 + i
+                    for c in range(CT):
+                        j = g + LANES * c
+                        t = t0 + j
+                        p = float32(0.0)
+                        ds = float32(0.0)
+                        if key <= t and t < T:
+                            p = math.exp(st[i, c] - lse_s[j])
+                            ds = p * (dpt[i, c] - delta_s[j])
+                        p_s[r0 + i, j] = p
+                        ds_s[r0 + i, j] = ds
+                        if FUSED:
+                            dsT_s[j, r0 + i] = ds
+                cuda.syncthreads()
+                for j in range(0, K, 4):  # dv += p^T dout;  dk += ds^T (scale q), 4 queries per step
                     ju = uint32(j)
                     for i in range(RT):
                         for u in range(4):
-                            a_reg[i, u] = dsT_s[r0 + i, ju + u]
+                            a_reg[i, u] = p_s[r0 + i, ju + u]
+                            b_reg[i, u] = ds_s[r0 + i, ju + u]
                     for u in range(4):
                         for c in range(DT4):
                             for w in range(4):
-                                qd_reg[c, w] = k_s[ju + u, 4 * g + 4 * LANES * c + w]
+                                gd_reg[c, w] = g_s[ju + u, 4 * g + 4 * LANES * c + w]
+                                qd_reg[c, w] = q_s[ju + u, 4 * g + 4 * LANES * c + w]
                         for i in range(RT):
                             for c in range(DT4):
                                 for w in range(4):
-                                    dq[i, c, w] += a_reg[i, u] * qd_reg[c, w]
-                for i in range(RT):
-                    t = t0 + r0 + i
-                    if t < T:
-                        row = (b * T + t) * 3 * C + h * HS
+                                    dv[i, c, w] += a_reg[i, u] * gd_reg[c, w]
+                                    dk[i, c, w] += b_reg[i, u] * qd_reg[c, w]
+                if FUSED:  # dq[t0 + r0 + i] += scale * sum_s ds[s, t] k[s] over this block's keys s
+                    for i in range(RT):
                         for c in range(DT4):
                             for w in range(4):
-                                dd = 4 * g + 4 * LANES * c + w
-                                if dd < HS:
-                                    cuda.atomic.add(dqkv, row + dd, dq[i, c, w] * scale)
+                                dq[i, c, w] = float32(0.0)
+                    for j in range(0, R, 4):
+                        ju = uint32(j)
+                        for i in range(RT):
+                            for u in range(4):
+                                a_reg[i, u] = dsT_s[r0 + i, ju + u]
+                        for u in range(4):
+                            for c in range(DT4):
+                                for w in range(4):
+                                    qd_reg[c, w] = k_s[ju + u, 4 * g + 4 * LANES * c + w]
+                            for i in range(RT):
+                                for c in range(DT4):
+                                    for w in range(4):
+                                        dq[i, c, w] += a_reg[i, u] * qd_reg[c, w]
+                    for i in range(RT):
+                        t = t0 + r0 + i
+                        if t < T:
+                            row = (b * T + t) * W + h * HS
+                            for c in range(DT4):
+                                for w in range(4):
+                                    dd = 4 * g + 4 * LANES * c + w
+                                    if dd < HS:
+                                        cuda.atomic.add(dqkv, row + dd, dq[i, c, w] * scale)
         for i in range(RT):
             key = k0 + r0 + i
             if key < T:
-                row = (b * T + key) * 3 * C + h * HS
+                row = (b * T + key) * W + C + kvh * HS  # k of kv head kvh; v NKV*HS further
                 for c in range(DT4):
                     for w in range(4):
                         dd = 4 * g + 4 * LANES * c + w
                         if dd < HS:
-                            dqkv[row + C + dd] = dk[i, c, w]
-                            dqkv[row + 2 * C + dd] = dv[i, c, w]
+                            dqkv[row + dd] = dk[i, c, w]
+                            dqkv[row + NKV * HS + dd] = dv[i, c, w]
 
     return flash_backward_dkv_vec
 
 
 @kernel
-def flash_backward_prep_kernel(dqkv, delta, dout, out, B, T, C, NH):
+def flash_backward_prep_kernel(dqkv, delta, dout, out, B, T, C, NH, NKV):
     """Before the fused backward: delta[b,h,t] = dout[b,t,h] . out[b,t,h], and dq (the q columns of
     dqkv) zeroed for the atomic adds. One thread per (b, t, h), h fastest (neighbours read neighbours)."""
     i = cuda.grid(1)
@@ -1086,7 +1136,7 @@ def flash_backward_prep_kernel(dqkv, delta, dout, out, B, T, C, NH):
         bt = i // NH
         HS = C // NH
         o = bt * C + h * HS
-        q = bt * 3 * C + h * HS
+        q = bt * (C + 2 * NKV * HS) + h * HS  # dq of head h in the qkv-wide row
         acc = float32(0.0)
         for d in range(HS):
             acc += dout[o + d] * out[o + d]
@@ -1172,28 +1222,30 @@ def attention_delta_kernel(delta, dout, out, B, T, C, NH):
         delta[i] = acc
 
 
-def attention_forward_flash(out, lse, qkv, B, T, C, NH, tiles=None):
-    """out (B,T,C) from qkv (B,T,3C); lse (B,NH,T) saved for the backward. tiles: a FlashTiles."""
-    if C % NH:
-        raise ValueError(f"n_embd={C} is not a multiple of n_head={NH}")
+def attention_forward_flash(out, lse, qkv, B, T, C, NH, tiles=None, n_kv_head=None):
+    """out (B,T,C) from qkv (B,T,(NH+2NKV)HS) (GPT-2: (B,T,3C)); lse (B,NH,T) saved for the backward.
+    tiles: a FlashTiles. n_kv_head: NKV key/value heads (None: NH); query head h reads kv head h // (NH/NKV)."""
+    NKV = _kv_heads(C, NH, n_kv_head)
     ks = flash_kernels(C // NH, forward_tiles=tiles)
     ft = ks.forward_tiles
     grid = (B * NH, ceil_div(T, ft.rows))
-    ks.forward[grid, ft.threads](out, lse, qkv, B, T, C, NH, np.float32(1.0 / math.sqrt(C // NH)))
+    ks.forward[grid, ft.threads](out, lse, qkv, B, T, C, NH, NKV, np.float32(1.0 / math.sqrt(C // NH)))
 
 
-def attention_backward_flash(dqkv, delta, dout, out, lse, qkv, B, T, C, NH, tiles=None):
-    """dqkv (B,T,3C) written from dout (B,T,C); delta (B,NH,T) is scratch (written by the dq kernel,
-    read by the dk/dv kernel). tiles: a FlashTiles for both backward kernels."""
-    if C % NH:
-        raise ValueError(f"n_embd={C} is not a multiple of n_head={NH}")
+def attention_backward_flash(dqkv, delta, dout, out, lse, qkv, B, T, C, NH, tiles=None, n_kv_head=None):
+    """dqkv (B,T,(NH+2NKV)HS) written from dout (B,T,C); delta (B,NH,T) is scratch (written by the dq
+    kernel, read by the dk/dv kernel). tiles: a FlashTiles for both backward kernels. With NKV < NH the
+    dk/dv kernel's block (batch, kv head, key tile) walks the queries of each head of its group in turn,
+    summing their terms in registers: no atomics, deterministic (the fused opt-in adds dq by atomics)."""
+    NKV = _kv_heads(C, NH, n_kv_head)
     ks = flash_kernels(C // NH, backward_tiles=tiles)
     bt = ks.backward_tiles
     grid = (B * NH, ceil_div(T, bt.rows))
+    grid_kv = (B * NKV, ceil_div(T, bt.rows))
     scale = np.float32(1.0 / math.sqrt(C // NH))
     if bt.fused:
         threads = block_size(256, 32)
-        ks.backward_dq[ceil_div(B * T * NH, threads), threads](dqkv, delta, dout, out, B, T, C, NH)
+        ks.backward_dq[ceil_div(B * T * NH, threads), threads](dqkv, delta, dout, out, B, T, C, NH, NKV)
     else:
-        ks.backward_dq[grid, bt.threads](dqkv, delta, qkv, dout, out, lse, B, T, C, NH, scale)
-    ks.backward_dkv[grid, bt.threads](dqkv, delta, qkv, dout, lse, B, T, C, NH, scale)
+        ks.backward_dq[grid, bt.threads](dqkv, delta, qkv, dout, out, lse, B, T, C, NH, NKV, scale)
+    ks.backward_dkv[grid_kv, bt.threads](dqkv, delta, qkv, dout, lse, B, T, C, NH, NKV, scale)
