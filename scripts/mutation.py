@@ -269,8 +269,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "numba-flash-forward-unscaled-q",
         "numba_impl/kernels/attention.py",
-        "            q_s[e // HS, e % HS] = qkv[x + t * W + e % HS] * scale if t < T else float32(0.0)",
-        "            q_s[e // HS, e % HS] = qkv[x + t * W + e % HS] if t < T else float32(0.0)",
+        "                qkv[(x + t * W if GQA else x + t * 3 * C) + e % HS] * scale if t < T else float32(0.0)",
+        "                qkv[(x + t * W if GQA else x + t * 3 * C) + e % HS] if t < T else float32(0.0)",
         (f"{T_NF}::test_flash_with_the_gpu_block_layout_of_rows_and_lanes",),
         "the flash attention forward stages q without the 1/sqrt(HS) scale",
     ),

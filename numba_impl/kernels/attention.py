@@ -286,16 +286,17 @@ def flash_shared_bytes(HS: int, tiles: FlashTiles, kernel_name: str) -> int:
 
 
 @functools.cache
-def flash_forward_kernel(HS: int, tiles: FlashTiles):
+def flash_forward_kernel(HS: int, tiles: FlashTiles, group: int = 1):
     """Forward for head size HS. Grid (B*NH, ceil(T / rows)); block (bh, y) owns query rows
     tile*R .. tile*R+R-1 with tile = (number of tiles - 1 - y): the longest rows (most keys) start first."""
     LANES, RT, CT = tiles.lanes, tiles.rt, tiles.ct
     R, K, NTHREADS = tiles.rows, tiles.cols, tiles.threads
+    G, GQA = group, group > 1  # query heads per kv head (grouped-query attention: a compile-time constant)
     DT = ceil_div(HS, LANES)
     HSP, KP = HS + 1, K + 1  # padded row lengths (shared array shapes must be compile-time constants)
 
     @kernel(lineinfo=True)
-    def flash_forward(out, lse, qkv, B, T, C, NH, NKV, scale):
+    def flash_forward(out, lse, qkv, B, T, C, NH, scale):
         q_s = cuda.shared.array((R, HSP), float32)  # scale * q of this block's queries
         k_s = cuda.shared.array((K, HSP), float32)
         v_s = cuda.shared.array((K, HS), float32)
@@ -313,13 +314,17 @@ def flash_forward_kernel(HS: int, tiles: FlashTiles):
         b = bh // NH
         h = bh % NH
         q0 = (cuda.gridDim.y - 1 - cuda.blockIdx.y) * R
-        W = C + 2 * NKV * HS  # qkv row: q (NH heads), then k and v (NKV heads each)
-        x = b * T * W + h * HS  # q of head h: qkv[b, 0, h*HS]
-        xk = b * T * W + C + (h // (NH // NKV)) * HS  # k of its kv head (grouped-query attention)
-        xv = xk + NKV * HS  # and v
+        x = b * T * 3 * C + h * HS  # qkv[b, 0, h*HS]
+        if GQA:  # qkv rows of W = C + 2 NKV HS floats: q (NH heads), k, v (NKV heads); kv head h // G
+            W = C + 2 * (NH // G) * HS
+            x = b * T * W + h * HS
+            xk = b * T * W + C + (h // G) * HS
+            xv = xk + (NH // G) * HS
         for e in range(tid, R * HS, NTHREADS):
             t = q0 + e // HS
-            q_s[e // HS, e % HS] = qkv[x + t * W + e % HS] * scale if t < T else float32(0.0)
+            q_s[e // HS, e % HS] = (
+                qkv[(x + t * W if GQA else x + t * 3 * C) + e % HS] * scale if t < T else float32(0.0)
+            )
         for i in range(RT):
             m[i] = NEG_INF
             l_part[i] = float32(0.0)
@@ -332,8 +337,8 @@ def flash_forward_kernel(HS: int, tiles: FlashTiles):
                 d = e % HS
                 key = k0 + j
                 if key < T:
-                    k_s[j, d] = qkv[xk + key * W + d]
-                    v_s[j, d] = qkv[xv + key * W + d]
+                    k_s[j, d] = qkv[(xk + key * W if GQA else x + key * 3 * C + C) + d]
+                    v_s[j, d] = qkv[(xv + key * W if GQA else x + key * 3 * C + 2 * C) + d]
                 else:
                     k_s[j, d] = float32(0.0)
                     v_s[j, d] = float32(0.0)
@@ -425,17 +430,18 @@ def flash_vec_supported(HS: int, tiles: FlashTiles) -> bool:
 
 
 @functools.cache
-def flash_forward_vec_kernel(HS: int, tiles: FlashTiles):
+def flash_forward_vec_kernel(HS: int, tiles: FlashTiles, group: int = 1):
     """The forward of `flash_forward_kernel` (same arguments, grid and results) with transposed,
     16-byte aligned shared tiles and contiguous per-thread runs (see the comment above)."""
     LANES, RT, CT = tiles.lanes, tiles.rt, tiles.ct
     R, K, NTHREADS = tiles.rows, tiles.cols, tiles.threads
+    G, GQA = group, group > 1  # query heads per kv head (grouped-query attention: a compile-time constant)
     DT = HS // LANES
     LANE_SHIFT = LANES.bit_length() - 1  # LANES is a power of two: tid >> LANE_SHIFT = tid // LANES
     RP, KPV, HSV = R + VEC_PAD, K + VEC_PAD, HS + VEC_PAD
 
     @kernel(lineinfo=True)
-    def flash_forward_vec(out, lse, qkv, B, T, C, NH, NKV, scale):
+    def flash_forward_vec(out, lse, qkv, B, T, C, NH, scale):
         qT = cuda.shared.array((HS, RP), float32, alignment=SHARED_ALIGN)  # scale * q, transposed
         kT = cuda.shared.array((HS, KPV), float32, alignment=SHARED_ALIGN)
         v_s = cuda.shared.array((K, HSV), float32, alignment=SHARED_ALIGN)
@@ -457,13 +463,15 @@ def flash_forward_vec_kernel(HS: int, tiles: FlashTiles):
         b = bh // NH
         h = bh % NH
         q0 = (cuda.gridDim.y - 1 - cuda.blockIdx.y) * R
-        W = C + 2 * NKV * HS  # qkv row: q (NH heads), then k and v (NKV heads each)
-        x = b * T * W + h * HS  # q of head h: qkv[b, 0, h*HS]
-        xk = b * T * W + C + (h // (NH // NKV)) * HS  # k of its kv head (grouped-query attention)
-        xv = xk + NKV * HS  # and v
+        x = b * T * 3 * C + h * HS
+        if GQA:  # qkv rows of W = C + 2 NKV HS floats: q (NH heads), k, v (NKV heads); kv head h // G
+            W = C + 2 * (NH // G) * HS
+            x = b * T * W + h * HS
+            xk = b * T * W + C + (h // G) * HS
+            xv = xk + (NH // G) * HS
         for e in range(tid, R * HS, NTHREADS):
             t = q0 + e // HS
-            qT[e % HS, e // HS] = qkv[x + t * W + e % HS] * scale if t < T else float32(0.0)
+            qT[e % HS, e // HS] = qkv[(x + t * W if GQA else x + t * 3 * C) + e % HS] * scale if t < T else float32(0.0)
         for i in range(RT):
             m[i] = NEG_INF
             l_part[i] = float32(0.0)
@@ -476,8 +484,8 @@ def flash_forward_vec_kernel(HS: int, tiles: FlashTiles):
                 d = e % HS
                 key = k0 + j
                 if key < T:
-                    kT[d, j] = qkv[xk + key * W + d]
-                    v_s[j, d] = qkv[xv + key * W + d]
+                    kT[d, j] = qkv[(xk + key * W if GQA else x + key * 3 * C + C) + d]
+                    v_s[j, d] = qkv[(xv + key * W if GQA else x + key * 3 * C + 2 * C) + d]
                 else:
                     kT[d, j] = float32(0.0)
                     v_s[j, d] = float32(0.0)
@@ -545,18 +553,19 @@ def flash_forward_vec_kernel(HS: int, tiles: FlashTiles):
 
 
 @functools.cache
-def flash_backward_dq_kernel(HS: int, tiles: FlashTiles):
+def flash_backward_dq_kernel(HS: int, tiles: FlashTiles, group: int = 1):
     """dq for head size HS, and delta = rowsum(dout * out) on the way (the dk/dv kernel reads it).
     Grid and row ownership as in the forward: block (bh, y) owns R query rows and walks the keys.
 
         p = exp(scale q.k - lse);  ds = p * (dout.v - delta);  dq = scale * sum_s ds k[s]"""
     LANES, RT, CT = tiles.lanes, tiles.rt, tiles.ct
     R, K, NTHREADS = tiles.rows, tiles.cols, tiles.threads
+    G, GQA = group, group > 1  # query heads per kv head (grouped-query attention: a compile-time constant)
     DT = ceil_div(HS, LANES)
     HSP, KP = HS + 1, K + 1  # padded row lengths (shared array shapes must be compile-time constants)
 
     @kernel(lineinfo=True)
-    def flash_backward_dq(dqkv, delta, qkv, dout, out, lse, B, T, C, NH, NKV, scale):
+    def flash_backward_dq(dqkv, delta, qkv, dout, out, lse, B, T, C, NH, scale):
         q_s = cuda.shared.array((R, HSP), float32)  # scale * q
         g_s = cuda.shared.array((R, HSP), float32)  # dout
         k_s = cuda.shared.array((K, HSP), float32)
@@ -577,15 +586,17 @@ def flash_backward_dq_kernel(HS: int, tiles: FlashTiles):
         b = bh // NH
         h = bh % NH
         q0 = (cuda.gridDim.y - 1 - cuda.blockIdx.y) * R
-        W = C + 2 * NKV * HS  # qkv row: q (NH heads), then k and v (NKV heads each)
-        x = b * T * W + h * HS  # q of head h: qkv[b, 0, h*HS]
-        xk = b * T * W + C + (h // (NH // NKV)) * HS  # k of its kv head (grouped-query attention)
-        xv = xk + NKV * HS  # and v
+        x = b * T * 3 * C + h * HS
+        if GQA:  # qkv rows of W = C + 2 NKV HS floats: q (NH heads), k, v (NKV heads); kv head h // G
+            W = C + 2 * (NH // G) * HS
+            x = b * T * W + h * HS
+            xk = b * T * W + C + (h // G) * HS
+            xv = xk + (NH // G) * HS
         for e in range(tid, R * HS, NTHREADS):
             t = q0 + e // HS
             d = e % HS
             if t < T:
-                q_s[e // HS, d] = qkv[x + t * W + d] * scale
+                q_s[e // HS, d] = qkv[(x + t * W if GQA else x + t * 3 * C) + d] * scale
                 g_s[e // HS, d] = dout[(b * T + t) * C + h * HS + d]
             else:
                 q_s[e // HS, d] = float32(0.0)
@@ -617,8 +628,8 @@ def flash_backward_dq_kernel(HS: int, tiles: FlashTiles):
                 d = e % HS
                 key = k0 + j
                 if key < T:
-                    k_s[j, d] = qkv[xk + key * W + d]
-                    v_s[j, d] = qkv[xv + key * W + d]
+                    k_s[j, d] = qkv[(xk + key * W if GQA else x + key * 3 * C + C) + d]
+                    v_s[j, d] = qkv[(xv + key * W if GQA else x + key * 3 * C + 2 * C) + d]
                 else:
                     k_s[j, d] = float32(0.0)
                     v_s[j, d] = float32(0.0)
@@ -657,7 +668,7 @@ def flash_backward_dq_kernel(HS: int, tiles: FlashTiles):
         for i in range(RT):
             t = q0 + r0 + i
             if t < T:
-                row = (b * T + t) * W + h * HS
+                row = (b * T + t) * W + h * HS if GQA else (b * T + t) * 3 * C + h * HS
                 for c in range(DT):
                     dd = g + LANES * c
                     if dd < HS:
@@ -667,7 +678,7 @@ def flash_backward_dq_kernel(HS: int, tiles: FlashTiles):
 
 
 @functools.cache
-def flash_backward_dkv_kernel(HS: int, tiles: FlashTiles):
+def flash_backward_dkv_kernel(HS: int, tiles: FlashTiles, group: int = 1):
     """dk, dv for head size HS. Grid (B*NH, ceil(T / rows)); block (bh, y) owns key rows y*R ..
     y*R+R-1 (the first keys are seen by the most queries: they start first) and walks the queries
     t >= its first key in tiles of `cols`, accumulating in registers (no atomics, deterministic):
@@ -675,11 +686,12 @@ def flash_backward_dkv_kernel(HS: int, tiles: FlashTiles):
         dv[s] = sum_{t>=s} p dout[t];   dk[s] = sum_{t>=s} ds (scale q[t])"""
     LANES, RT, CT = tiles.lanes, tiles.rt, tiles.ct
     R, K, NTHREADS = tiles.rows, tiles.cols, tiles.threads
+    G, GQA = group, group > 1  # query heads per kv head (grouped-query attention: a compile-time constant)
     DT = ceil_div(HS, LANES)
     HSP, KP = HS + 1, K + 1  # padded row lengths (shared array shapes must be compile-time constants)
 
     @kernel(lineinfo=True)
-    def flash_backward_dkv(dqkv, delta, qkv, dout, lse, B, T, C, NH, NKV, scale):
+    def flash_backward_dkv(dqkv, delta, qkv, dout, lse, B, T, C, NH, scale):
         k_s = cuda.shared.array((R, HSP), float32)
         v_s = cuda.shared.array((R, HSP), float32)
         q_s = cuda.shared.array((K, HSP), float32)  # scale * q
@@ -699,20 +711,24 @@ def flash_backward_dkv_kernel(HS: int, tiles: FlashTiles):
         tid = cuda.threadIdx.x
         g = tid % LANES
         r0 = (tid // LANES) * RT
-        bkv = cuda.blockIdx.x  # (batch, kv head)
-        b = bkv // NKV
-        kvh = bkv % NKV
+        bh = cuda.blockIdx.x
+        b = bh // NH
+        h = bh % NH
         k0 = cuda.blockIdx.y * R
-        W = C + 2 * NKV * HS  # qkv row: q (NH heads), then k and v (NKV heads each)
-        G = NH // NKV  # query heads per kv head: their dk, dv terms are summed here, in head order
-        xk = b * T * W + C + kvh * HS  # k of kv head kvh: qkv[b, 0, C + kvh*HS]
-        xv = xk + NKV * HS  # and v
+        x = b * T * 3 * C + h * HS
+        if GQA:  # the block is (batch, kv head): its dk, dv sum the terms of the G query heads of the group
+            NKV = NH // G
+            W = C + 2 * NKV * HS
+            b = bh // NKV
+            kvh = bh % NKV
+            xk = b * T * W + C + kvh * HS
+            xv = xk + NKV * HS
         for e in range(tid, R * HS, NTHREADS):
             key = k0 + e // HS
             d = e % HS
             if key < T:
-                k_s[e // HS, d] = qkv[xk + key * W + d]
-                v_s[e // HS, d] = qkv[xv + key * W + d]
+                k_s[e // HS, d] = qkv[(xk + key * W if GQA else x + key * 3 * C + C) + d]
+                v_s[e // HS, d] = qkv[(xv + key * W if GQA else x + key * 3 * C + 2 * C) + d]
             else:
                 k_s[e // HS, d] = float32(0.0)
                 v_s[e // HS, d] = float32(0.0)
@@ -720,74 +736,78 @@ def flash_backward_dkv_kernel(HS: int, tiles: FlashTiles):
             for c in range(DT):
                 dk[i, c] = float32(0.0)
                 dv[i, c] = float32(0.0)
-        for hg in range(G):
-            h = kvh * G + hg
-            bh = b * NH + h
-            x = b * T * W + h * HS  # q of head h
-            for t0 in range(k0, T, K):
-                cuda.syncthreads()
-                for e in range(tid, K * HS, NTHREADS):
-                    j = e // HS
-                    d = e % HS
-                    t = t0 + j
-                    if t < T:
-                        q_s[j, d] = qkv[x + t * W + d] * scale
-                        g_s[j, d] = dout[(b * T + t) * C + h * HS + d]
-                    else:
-                        q_s[j, d] = float32(0.0)
-                        g_s[j, d] = float32(0.0)
-                for j in range(tid, K, NTHREADS):
-                    t = t0 + j
-                    lse_s[j] = lse[bh * T + t] if t < T else float32(0.0)
-                    delta_s[j] = delta[bh * T + t] if t < T else float32(0.0)
-                cuda.syncthreads()
+        if GQA:  # the query tiles t0 >= k0 of each of the group's G heads, one head after the other
+            span = (T - k0 + K - 1) // K * K
+        for t0 in range(k0, k0 + G * span if GQA else T, K):
+            if GQA:
+                hg = (t0 - k0) // span  # query head h of the group, its tile t0
+                h = kvh * G + hg
+                bh = b * NH + h
+                x = b * T * W + h * HS
+                t0 = t0 - hg * span
+            cuda.syncthreads()
+            for e in range(tid, K * HS, NTHREADS):
+                j = e // HS
+                d = e % HS
+                t = t0 + j
+                if t < T:
+                    q_s[j, d] = qkv[(x + t * W if GQA else x + t * 3 * C) + d] * scale
+                    g_s[j, d] = dout[(b * T + t) * C + h * HS + d]
+                else:
+                    q_s[j, d] = float32(0.0)
+                    g_s[j, d] = float32(0.0)
+            for j in range(tid, K, NTHREADS):
+                t = t0 + j
+                lse_s[j] = lse[bh * T + t] if t < T else float32(0.0)
+                delta_s[j] = delta[bh * T + t] if t < T else float32(0.0)
+            cuda.syncthreads()
+            for i in range(RT):
+                for c in range(CT):
+                    st[i, c] = float32(0.0)
+                    dpt[i, c] = float32(0.0)
+            for d in range(HS):
+                for c in range(CT):
+                    q_reg[c] = q_s[g + LANES * c, d]
+                    g_reg[c] = g_s[g + LANES * c, d]
                 for i in range(RT):
+                    kv = k_s[r0 + i, d]
+                    vv = v_s[r0 + i, d]
                     for c in range(CT):
-                        st[i, c] = float32(0.0)
-                        dpt[i, c] = float32(0.0)
-                for d in range(HS):
-                    for c in range(CT):
-                        q_reg[c] = q_s[g + LANES * c, d]
-                        g_reg[c] = g_s[g + LANES * c, d]
-                    for i in range(RT):
-                        kv = k_s[r0 + i, d]
-                        vv = v_s[r0 + i, d]
-                        for c in range(CT):
-                            st[i, c] += kv * q_reg[c]
-                            dpt[i, c] += vv * g_reg[c]
+                        st[i, c] += kv * q_reg[c]
+                        dpt[i, c] += vv * g_reg[c]
+            for i in range(RT):
+                key = k0 + r0 + i
+                for c in range(CT):
+                    j = g + LANES * c
+                    t = t0 + j
+                    p = float32(0.0)
+                    ds = float32(0.0)
+                    if key <= t and t < T:
+                        p = math.exp(st[i, c] - lse_s[j])
+                        ds = p * (dpt[i, c] - delta_s[j])
+                    p_s[r0 + i, j] = p
+                    ds_s[r0 + i, j] = ds
+            cuda.syncthreads()
+            for j in range(K):  # dv += p^T dout;  dk += ds^T (scale q)
+                for c in range(DT):
+                    dd = g + LANES * c
+                    gd_reg[c] = g_s[j, dd] if dd < HS else float32(0.0)
+                    qd_reg[c] = q_s[j, dd] if dd < HS else float32(0.0)
                 for i in range(RT):
-                    key = k0 + r0 + i
-                    for c in range(CT):
-                        j = g + LANES * c
-                        t = t0 + j
-                        p = float32(0.0)
-                        ds = float32(0.0)
-                        if key <= t and t < T:
-                            p = math.exp(st[i, c] - lse_s[j])
-                            ds = p * (dpt[i, c] - delta_s[j])
-                        p_s[r0 + i, j] = p
-                        ds_s[r0 + i, j] = ds
-                cuda.syncthreads()
-                for j in range(K):  # dv += p^T dout;  dk += ds^T (scale q)
+                    pv = p_s[r0 + i, j]
+                    dsv = ds_s[r0 + i, j]
                     for c in range(DT):
-                        dd = g + LANES * c
-                        gd_reg[c] = g_s[j, dd] if dd < HS else float32(0.0)
-                        qd_reg[c] = q_s[j, dd] if dd < HS else float32(0.0)
-                    for i in range(RT):
-                        pv = p_s[r0 + i, j]
-                        dsv = ds_s[r0 + i, j]
-                        for c in range(DT):
-                            dv[i, c] += pv * gd_reg[c]
-                            dk[i, c] += dsv * qd_reg[c]
+                        dv[i, c] += pv * gd_reg[c]
+                        dk[i, c] += dsv * qd_reg[c]
         for i in range(RT):
             key = k0 + r0 + i
             if key < T:
-                row = (b * T + key) * W + C + kvh * HS  # k of kv head kvh; v NKV*HS further
+                row = (b * T + key) * W + kvh * HS if GQA else (b * T + key) * 3 * C + h * HS
                 for c in range(DT):
                     dd = g + LANES * c
                     if dd < HS:
-                        dqkv[row + dd] = dk[i, c]
-                        dqkv[row + NKV * HS + dd] = dv[i, c]
+                        dqkv[row + C + dd] = dk[i, c]
+                        dqkv[row + (C + NKV * HS if GQA else 2 * C) + dd] = dv[i, c]
 
     return flash_backward_dkv
 
@@ -813,16 +833,17 @@ def _vec_widths(HS: int, tiles: FlashTiles) -> tuple[int, int, int]:
 
 
 @functools.cache
-def flash_backward_dq_vec_kernel(HS: int, tiles: FlashTiles):
+def flash_backward_dq_vec_kernel(HS: int, tiles: FlashTiles, group: int = 1):
     """`flash_backward_dq_kernel` (same arguments, grid and results) with 16-byte shared loads."""
     LANES, RT, CT = tiles.lanes, tiles.rt, tiles.ct
     R, K, NTHREADS = tiles.rows, tiles.cols, tiles.threads
+    G, GQA = group, group > 1  # query heads per kv head (grouped-query attention: a compile-time constant)
     HS4, HSW, DT4 = _vec_widths(HS, tiles)
     HSV, KV = HSW + VEC_PAD, K + VEC_PAD
     LANE_SHIFT = LANES.bit_length() - 1
 
     @kernel(lineinfo=True)
-    def flash_backward_dq_vec(dqkv, delta, qkv, dout, out, lse, B, T, C, NH, NKV, scale):
+    def flash_backward_dq_vec(dqkv, delta, qkv, dout, out, lse, B, T, C, NH, scale):
         q_s = cuda.shared.array((R, HSV), float32, alignment=SHARED_ALIGN)  # scale * q
         g_s = cuda.shared.array((R, HSV), float32, alignment=SHARED_ALIGN)  # dout
         k_s = cuda.shared.array((K, HSV), float32, alignment=SHARED_ALIGN)
@@ -845,16 +866,18 @@ def flash_backward_dq_vec_kernel(HS: int, tiles: FlashTiles):
         b = bh // NH
         h = bh % NH
         q0 = (cuda.gridDim.y - 1 - cuda.blockIdx.y) * R
-        W = C + 2 * NKV * HS  # qkv row: q (NH heads), then k and v (NKV heads each)
-        x = b * T * W + h * HS  # q of head h: qkv[b, 0, h*HS]
-        xk = b * T * W + C + (h // (NH // NKV)) * HS  # k of its kv head (grouped-query attention)
-        xv = xk + NKV * HS  # and v
+        x = b * T * 3 * C + h * HS
+        if GQA:  # qkv rows of W = C + 2 NKV HS floats: q (NH heads), k, v (NKV heads); kv head h // G
+            W = C + 2 * (NH // G) * HS
+            x = b * T * W + h * HS
+            xk = b * T * W + C + (h // G) * HS
+            xv = xk + (NH // G) * HS
         for e in range(tid, R * HSW, NTHREADS):
             j = e // HSW
             d = e % HSW
             t = q0 + j
             if t < T and d < HS:
-                q_s[j, d] = qkv[x + t * W + d] * scale
+                q_s[j, d] = qkv[(x + t * W if GQA else x + t * 3 * C) + d] * scale
                 g_s[j, d] = dout[(b * T + t) * C + h * HS + d]
             else:
                 q_s[j, d] = float32(0.0)
@@ -888,8 +911,8 @@ def flash_backward_dq_vec_kernel(HS: int, tiles: FlashTiles):
                 d = e % HSW
                 key = k0 + j
                 if key < T and d < HS:
-                    k_s[j, d] = qkv[xk + key * W + d]
-                    v_s[j, d] = qkv[xv + key * W + d]
+                    k_s[j, d] = qkv[(xk + key * W if GQA else x + key * 3 * C + C) + d]
+                    v_s[j, d] = qkv[(xv + key * W if GQA else x + key * 3 * C + 2 * C) + d]
                 else:
                     k_s[j, d] = float32(0.0)
                     v_s[j, d] = float32(0.0)
@@ -939,7 +962,7 @@ def flash_backward_dq_vec_kernel(HS: int, tiles: FlashTiles):
         for i in range(RT):
             t = q0 + r0 + i
             if t < T:
-                row = (b * T + t) * W + h * HS
+                row = (b * T + t) * W + h * HS if GQA else (b * T + t) * 3 * C + h * HS
                 for c in range(DT4):
                     for w in range(4):
                         dd = 4 * g + 4 * LANES * c + w
@@ -950,7 +973,7 @@ def flash_backward_dq_vec_kernel(HS: int, tiles: FlashTiles):
 
 
 @functools.cache
-def flash_backward_dkv_vec_kernel(HS: int, tiles: FlashTiles):
+def flash_backward_dkv_vec_kernel(HS: int, tiles: FlashTiles, group: int = 1):
     """`flash_backward_dkv_kernel` (same arguments, grid and results) with 16-byte shared loads.
 
     tiles.fused: the one-kernel backward (5 tile products instead of 7). Each (key block, query tile)
@@ -960,6 +983,7 @@ def flash_backward_dkv_vec_kernel(HS: int, tiles: FlashTiles):
     bitwise repeatable. Needs rows == cols (the query rows of a tile reuse the key rows' layout)."""
     LANES, RT, CT = tiles.lanes, tiles.rt, tiles.ct
     R, K, NTHREADS = tiles.rows, tiles.cols, tiles.threads
+    G, GQA = group, group > 1  # query heads per kv head (grouped-query attention: a compile-time constant)
     HS4, HSW, DT4 = _vec_widths(HS, tiles)
     HSV, KV = HSW + VEC_PAD, K + VEC_PAD
     LANE_SHIFT = LANES.bit_length() - 1
@@ -967,7 +991,7 @@ def flash_backward_dkv_vec_kernel(HS: int, tiles: FlashTiles):
     DQ_ROWS, DQ_COLS = (K, R + VEC_PAD) if FUSED else (1, VEC_PAD)  # ds^T (queries x keys) when fused
 
     @kernel(lineinfo=True)
-    def flash_backward_dkv_vec(dqkv, delta, qkv, dout, lse, B, T, C, NH, NKV, scale):
+    def flash_backward_dkv_vec(dqkv, delta, qkv, dout, lse, B, T, C, NH, scale):
         k_s = cuda.shared.array((R, HSV), float32, alignment=SHARED_ALIGN)
         v_s = cuda.shared.array((R, HSV), float32, alignment=SHARED_ALIGN)
         q_s = cuda.shared.array((K, HSV), float32, alignment=SHARED_ALIGN)  # scale * q
@@ -991,21 +1015,25 @@ def flash_backward_dkv_vec_kernel(HS: int, tiles: FlashTiles):
         tid = cuda.threadIdx.x
         g = tid & (LANES - 1)
         r0 = ((tid & 1023) >> LANE_SHIFT) * RT
-        bkv = cuda.blockIdx.x  # (batch, kv head)
-        b = bkv // NKV
-        kvh = bkv % NKV
+        bh = cuda.blockIdx.x
+        b = bh // NH
+        h = bh % NH
         k0 = cuda.blockIdx.y * R
-        W = C + 2 * NKV * HS  # qkv row: q (NH heads), then k and v (NKV heads each)
-        G = NH // NKV  # query heads per kv head: their dk, dv terms are summed here, in head order
-        xk = b * T * W + C + kvh * HS  # k of kv head kvh: qkv[b, 0, C + kvh*HS]
-        xv = xk + NKV * HS  # and v
+        x = b * T * 3 * C + h * HS
+        if GQA:  # the block is (batch, kv head): its dk, dv sum the terms of the G query heads of the group
+            NKV = NH // G
+            W = C + 2 * NKV * HS
+            b = bh // NKV
+            kvh = bh % NKV
+            xk = b * T * W + C + kvh * HS
+            xv = xk + NKV * HS
         for e in range(tid, R * HSW, NTHREADS):
             j = e // HSW
             d = e % HSW
             key = k0 + j
             if key < T and d < HS:
-                k_s[j, d] = qkv[xk + key * W + d]
-                v_s[j, d] = qkv[xv + key * W + d]
+                k_s[j, d] = qkv[(xk + key * W if GQA else x + key * 3 * C + C) + d]
+                v_s[j, d] = qkv[(xv + key * W if GQA else x + key * 3 * C + 2 * C) + d]
             else:
                 k_s[j, d] = float32(0.0)
                 v_s[j, d] = float32(0.0)
@@ -1014,129 +1042,134 @@ def flash_backward_dkv_vec_kernel(HS: int, tiles: FlashTiles):
                 for w in range(4):
                     dk[i, c, w] = float32(0.0)
                     dv[i, c, w] = float32(0.0)
-        for hg in range(G):
-            h = kvh * G + hg
-            bh = b * NH + h
-            x = b * T * W + h * HS  # q of head h
-            for t0 in range(k0, T, K):
-                cuda.syncthreads()
-                for e in range(tid, K * HSW, NTHREADS):
-                    j = e // HSW
-                    d = e % HSW
-                    t = t0 + j
-                    if t < T and d < HS:
-                        q_s[j, d] = qkv[x + t * W + d] * scale
-                        g_s[j, d] = dout[(b * T + t) * C + h * HS + d]
-                    else:
-                        q_s[j, d] = float32(0.0)
-                        g_s[j, d] = float32(0.0)
-                for j in range(tid, K, NTHREADS):
-                    t = t0 + j
-                    lse_s[j] = lse[bh * T + t] if t < T else float32(0.0)
-                    delta_s[j] = delta[bh * T + t] if t < T else float32(0.0)
-                cuda.syncthreads()
+        if GQA:  # the query tiles t0 >= k0 of each of the group's G heads, one head after the other
+            span = (T - k0 + K - 1) // K * K
+        for t0 in range(k0, k0 + G * span if GQA else T, K):
+            if GQA:
+                hg = (t0 - k0) // span  # query head h of the group, its tile t0
+                h = kvh * G + hg
+                bh = b * NH + h
+                x = b * T * W + h * HS
+                t0 = t0 - hg * span
+            cuda.syncthreads()
+            for e in range(tid, K * HSW, NTHREADS):
+                j = e // HSW
+                d = e % HSW
+                t = t0 + j
+                if t < T and d < HS:
+                    q_s[j, d] = qkv[(x + t * W if GQA else x + t * 3 * C) + d] * scale
+                    g_s[j, d] = dout[(b * T + t) * C + h * HS + d]
+                else:
+                    q_s[j, d] = float32(0.0)
+                    g_s[j, d] = float32(0.0)
+            for j in range(tid, K, NTHREADS):
+                t = t0 + j
+                lse_s[j] = lse[bh * T + t] if t < T else float32(0.0)
+                delta_s[j] = delta[bh * T + t] if t < T else float32(0.0)
+            cuda.syncthreads()
+            for i in range(RT):
+                for c in range(CT):
+                    st[i, c] = float32(0.0)
+                    dpt[i, c] = float32(0.0)
+            for d in range(0, HS4, 4):
+                du = uint32(d)
                 for i in range(RT):
-                    for c in range(CT):
-                        st[i, c] = float32(0.0)
-                        dpt[i, c] = float32(0.0)
-                for d in range(0, HS4, 4):
-                    du = uint32(d)
-                    for i in range(RT):
-                        for w in range(4):
-                            a_reg[i, w] = k_s[r0 + i, du + w]
-                            b_reg[i, w] = v_s[r0 + i, du + w]
-                    for c in range(CT):
-                        for w in range(4):
-                            c_reg[c, w] = q_s[g + LANES * c, du + w]
-                            e_reg[c, w] = g_s[g + LANES * c, du + w]
                     for w in range(4):
-                        for i in range(RT):
-                            for c in range(CT):
-                                st[i, c] += a_reg[i, w] * c_reg[c, w]
-                                dpt[i, c] += b_reg[i, w] * e_reg[c, w]
+                        a_reg[i, w] = k_s[r0 + i, du + w]
+                        b_reg[i, w] = v_s[r0 + i, du + w]
+                for c in range(CT):
+                    for w in range(4):
+                        c_reg[c, w] = q_s[g + LANES * c, du + w]
+                        e_reg[c, w] = g_s[g + LANES * c, du + w]
+                for w in range(4):
+                    for i in range(RT):
+                        for c in range(CT):
+                            st[i, c] += a_reg[i, w] * c_reg[c, w]
+                            dpt[i, c] += b_reg[i, w] * e_reg[c, w]
+            for i in range(RT):
+                key = k0 + r0 + i
+                for c in range(CT):
+                    j = g + LANES * c
+                    t = t0 + j
+                    p = float32(0.0)
+                    ds = float32(0.0)
+                    if key <= t and t < T:
+                        p = math.exp(st[i, c] - lse_s[j])
+                        ds = p * (dpt[i, c] - delta_s[j])
+                    p_s[r0 + i, j] = p
+                    ds_s[r0 + i, j] = ds
+                    if FUSED:
+                        dsT_s[j, r0 + i] = ds
+            cuda.syncthreads()
+            for j in range(0, K, 4):  # dv += p^T dout;  dk += ds^T (scale q), 4 queries per step
+                ju = uint32(j)
                 for i in range(RT):
-                    key = k0 + r0 + i
-                    for c in range(CT):
-                        j = g + LANES * c
-                        t = t0 + j
-                        p = float32(0.0)
-                        ds = float32(0.0)
-                        if key <= t and t < T:
-                            p = math.exp(st[i, c] - lse_s[j])
-                            ds = p * (dpt[i, c] - delta_s[j])
-                        p_s[r0 + i, j] = p
-                        ds_s[r0 + i, j] = ds
-                        if FUSED:
-                            dsT_s[j, r0 + i] = ds
-                cuda.syncthreads()
-                for j in range(0, K, 4):  # dv += p^T dout;  dk += ds^T (scale q), 4 queries per step
+                    for u in range(4):
+                        a_reg[i, u] = p_s[r0 + i, ju + u]
+                        b_reg[i, u] = ds_s[r0 + i, ju + u]
+                for u in range(4):
+                    for c in range(DT4):
+                        for w in range(4):
+                            gd_reg[c, w] = g_s[ju + u, 4 * g + 4 * LANES * c + w]
+                            qd_reg[c, w] = q_s[ju + u, 4 * g + 4 * LANES * c + w]
+                    for i in range(RT):
+                        for c in range(DT4):
+                            for w in range(4):
+                                dv[i, c, w] += a_reg[i, u] * gd_reg[c, w]
+                                dk[i, c, w] += b_reg[i, u] * qd_reg[c, w]
+            if FUSED:  # dq[t0 + r0 + i] += scale * sum_s ds[s, t] k[s] over this block's keys s
+                for i in range(RT):
+                    for c in range(DT4):
+                        for w in range(4):
+                            dq[i, c, w] = float32(0.0)
+                for j in range(0, R, 4):
                     ju = uint32(j)
                     for i in range(RT):
                         for u in range(4):
-                            a_reg[i, u] = p_s[r0 + i, ju + u]
-                            b_reg[i, u] = ds_s[r0 + i, ju + u]
+                            a_reg[i, u] = dsT_s[r0 + i, ju + u]
                     for u in range(4):
                         for c in range(DT4):
                             for w in range(4):
-                                gd_reg[c, w] = g_s[ju + u, 4 * g + 4 * LANES * c + w]
-                                qd_reg[c, w] = q_s[ju + u, 4 * g + 4 * LANES * c + w]
+                                qd_reg[c, w] = k_s[ju + u, 4 * g + 4 * LANES * c + w]
                         for i in range(RT):
                             for c in range(DT4):
                                 for w in range(4):
-                                    dv[i, c, w] += a_reg[i, u] * gd_reg[c, w]
-                                    dk[i, c, w] += b_reg[i, u] * qd_reg[c, w]
-                if FUSED:  # dq[t0 + r0 + i] += scale * sum_s ds[s, t] k[s] over this block's keys s
-                    for i in range(RT):
+                                    dq[i, c, w] += a_reg[i, u] * qd_reg[c, w]
+                for i in range(RT):
+                    t = t0 + r0 + i
+                    if t < T:
+                        row = (b * T + t) * W + h * HS if GQA else (b * T + t) * 3 * C + h * HS
                         for c in range(DT4):
                             for w in range(4):
-                                dq[i, c, w] = float32(0.0)
-                    for j in range(0, R, 4):
-                        ju = uint32(j)
-                        for i in range(RT):
-                            for u in range(4):
-                                a_reg[i, u] = dsT_s[r0 + i, ju + u]
-                        for u in range(4):
-                            for c in range(DT4):
-                                for w in range(4):
-                                    qd_reg[c, w] = k_s[ju + u, 4 * g + 4 * LANES * c + w]
-                            for i in range(RT):
-                                for c in range(DT4):
-                                    for w in range(4):
-                                        dq[i, c, w] += a_reg[i, u] * qd_reg[c, w]
-                    for i in range(RT):
-                        t = t0 + r0 + i
-                        if t < T:
-                            row = (b * T + t) * W + h * HS
-                            for c in range(DT4):
-                                for w in range(4):
-                                    dd = 4 * g + 4 * LANES * c + w
-                                    if dd < HS:
-                                        cuda.atomic.add(dqkv, row + dd, dq[i, c, w] * scale)
+                                dd = 4 * g + 4 * LANES * c + w
+                                if dd < HS:
+                                    cuda.atomic.add(dqkv, row + dd, dq[i, c, w] * scale)
         for i in range(RT):
             key = k0 + r0 + i
             if key < T:
-                row = (b * T + key) * W + C + kvh * HS  # k of kv head kvh; v NKV*HS further
+                row = (b * T + key) * W + kvh * HS if GQA else (b * T + key) * 3 * C + h * HS
                 for c in range(DT4):
                     for w in range(4):
                         dd = 4 * g + 4 * LANES * c + w
                         if dd < HS:
-                            dqkv[row + dd] = dk[i, c, w]
-                            dqkv[row + NKV * HS + dd] = dv[i, c, w]
+                            dqkv[row + C + dd] = dk[i, c, w]
+                            dqkv[row + (C + NKV * HS if GQA else 2 * C) + dd] = dv[i, c, w]
 
     return flash_backward_dkv_vec
 
 
 @kernel
-def flash_backward_prep_kernel(dqkv, delta, dout, out, B, T, C, NH, NKV):
+def flash_backward_prep_kernel(dqkv, delta, dout, out, B, T, C, NH, W):
     """Before the fused backward: delta[b,h,t] = dout[b,t,h] . out[b,t,h], and dq (the q columns of
-    dqkv) zeroed for the atomic adds. One thread per (b, t, h), h fastest (neighbours read neighbours)."""
+    dqkv, rows of W = (NH + 2 NKV) HS floats) zeroed for the atomic adds. One thread per (b, t, h),
+    h fastest (neighbours read neighbours)."""
     i = cuda.grid(1)
     if i < B * T * NH:
         h = i % NH
         bt = i // NH
         HS = C // NH
         o = bt * C + h * HS
-        q = bt * (C + 2 * NKV * HS) + h * HS  # dq of head h in the qkv-wide row
+        q = bt * W + h * HS
         acc = float32(0.0)
         for d in range(HS):
             acc += dout[o + d] * out[o + d]
@@ -1186,8 +1219,11 @@ def flash_tiles(HS: int) -> tuple[FlashTiles, FlashTiles]:
     return fit_flash_tiles(HS, fwd, ("forward",)), fit_flash_tiles(HS, bwd, ("dq", "dkv"))
 
 
-def flash_kernels(HS: int, forward_tiles: FlashTiles | None = None, backward_tiles: FlashTiles | None = None):
-    """The three flash kernels for head size HS (default block shapes from `flash_tiles`)."""
+def flash_kernels(HS: int, forward_tiles: FlashTiles | None = None, backward_tiles: FlashTiles | None = None,
+                  group: int = 1):  # fmt: skip
+    """The three flash kernels for head size HS (default block shapes from `flash_tiles`) and `group` query
+    heads per kv head (1: multi-head attention, GPT-2; the kernels are built per group, a compile-time
+    constant, so that GPT-2's are exactly the multi-head kernels)."""
     default_fwd, default_bwd = flash_tiles(HS)
     ft, bt = forward_tiles or default_fwd, backward_tiles or default_bwd
     if ft.vec and not flash_vec_supported(HS, ft):
@@ -1196,13 +1232,14 @@ def flash_kernels(HS: int, forward_tiles: FlashTiles | None = None, backward_til
         raise ValueError(f"the 16-byte-load backward walks runs of 4 keys; {bt} has {bt.cols} per tile")
     if bt.fused and not (bt.vec and bt.rows == bt.cols):
         raise ValueError(f"the fused backward needs vec=True and square tiles (rows == cols); {bt} is not")
-    forward = flash_forward_vec_kernel(HS, ft) if ft.vec else flash_forward_kernel(HS, ft)
+    G = int(group)
+    forward = flash_forward_vec_kernel(HS, ft, G) if ft.vec else flash_forward_kernel(HS, ft, G)
     if bt.fused:
-        return FlashKernels(forward, flash_backward_prep_kernel, flash_backward_dkv_vec_kernel(HS, bt), ft, bt)
+        return FlashKernels(forward, flash_backward_prep_kernel, flash_backward_dkv_vec_kernel(HS, bt, G), ft, bt)
     if bt.vec:
-        dq, dkv = flash_backward_dq_vec_kernel(HS, bt), flash_backward_dkv_vec_kernel(HS, bt)
+        dq, dkv = flash_backward_dq_vec_kernel(HS, bt, G), flash_backward_dkv_vec_kernel(HS, bt, G)
         return FlashKernels(forward, dq, dkv, ft, bt)
-    return FlashKernels(forward, flash_backward_dq_kernel(HS, bt), flash_backward_dkv_kernel(HS, bt), ft, bt)
+    return FlashKernels(forward, flash_backward_dq_kernel(HS, bt, G), flash_backward_dkv_kernel(HS, bt, G), ft, bt)
 
 
 @kernel
@@ -1226,26 +1263,27 @@ def attention_forward_flash(out, lse, qkv, B, T, C, NH, tiles=None, n_kv_head=No
     """out (B,T,C) from qkv (B,T,(NH+2NKV)HS) (GPT-2: (B,T,3C)); lse (B,NH,T) saved for the backward.
     tiles: a FlashTiles. n_kv_head: NKV key/value heads (None: NH); query head h reads kv head h // (NH/NKV)."""
     NKV = _kv_heads(C, NH, n_kv_head)
-    ks = flash_kernels(C // NH, forward_tiles=tiles)
+    ks = flash_kernels(C // NH, forward_tiles=tiles, group=NH // NKV)
     ft = ks.forward_tiles
     grid = (B * NH, ceil_div(T, ft.rows))
-    ks.forward[grid, ft.threads](out, lse, qkv, B, T, C, NH, NKV, np.float32(1.0 / math.sqrt(C // NH)))
+    ks.forward[grid, ft.threads](out, lse, qkv, B, T, C, NH, np.float32(1.0 / math.sqrt(C // NH)))
 
 
 def attention_backward_flash(dqkv, delta, dout, out, lse, qkv, B, T, C, NH, tiles=None, n_kv_head=None):
     """dqkv (B,T,(NH+2NKV)HS) written from dout (B,T,C); delta (B,NH,T) is scratch (written by the dq
-    kernel, read by the dk/dv kernel). tiles: a FlashTiles for both backward kernels. With NKV < NH the
-    dk/dv kernel's block (batch, kv head, key tile) walks the queries of each head of its group in turn,
-    summing their terms in registers: no atomics, deterministic (the fused opt-in adds dq by atomics)."""
+    kernel, read by the dk/dv kernel). tiles: a FlashTiles for both backward kernels. With NKV < NH a
+    dk/dv block owns a key tile of one kv head and walks the query tiles of each of the group's heads in
+    turn, summing their terms in registers: still no atomics, deterministic (the fused opt-in adds dq by
+    atomics, as for GPT-2)."""
     NKV = _kv_heads(C, NH, n_kv_head)
-    ks = flash_kernels(C // NH, backward_tiles=tiles)
+    ks = flash_kernels(C // NH, backward_tiles=tiles, group=NH // NKV)
     bt = ks.backward_tiles
     grid = (B * NH, ceil_div(T, bt.rows))
-    grid_kv = (B * NKV, ceil_div(T, bt.rows))
     scale = np.float32(1.0 / math.sqrt(C // NH))
     if bt.fused:
         threads = block_size(256, 32)
-        ks.backward_dq[ceil_div(B * T * NH, threads), threads](dqkv, delta, dout, out, B, T, C, NH, NKV)
+        W = C + 2 * NKV * (C // NH)
+        ks.backward_dq[ceil_div(B * T * NH, threads), threads](dqkv, delta, dout, out, B, T, C, NH, W)
     else:
-        ks.backward_dq[grid, bt.threads](dqkv, delta, qkv, dout, out, lse, B, T, C, NH, NKV, scale)
-    ks.backward_dkv[grid_kv, bt.threads](dqkv, delta, qkv, dout, lse, B, T, C, NH, NKV, scale)
+        ks.backward_dq[grid, bt.threads](dqkv, delta, qkv, dout, out, lse, B, T, C, NH, scale)
+    ks.backward_dkv[(B * NKV, grid[1]), bt.threads](dqkv, delta, qkv, dout, lse, B, T, C, NH, scale)
