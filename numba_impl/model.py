@@ -20,6 +20,20 @@ The forward pass, per block (x is the residual stream, (B, T, C); layer outputs 
 
 then lnf = layernorm(x_L), logits = lnf @ wte^T and the fused softmax + cross-entropy.
 
+The variants of the config (docs/variants.md) swap single ops and size the buffers; GPT-2's config
+runs exactly the kernels above, in the same order:
+
+    position "rope"   no wpe in the embedding; rope = RoPE(qkv) (kernels/rope.py, the q and k heads
+                      rotated into a buffer of their own, v copied), and attention reads rope; the
+                      backward rotates attention's dqkv back in place
+    norm "rmsnorm"    kernels/rmsnorm.py at every norm (rstd saved, no mean, no bias)
+    mlp "swiglu"      fch = ln2 @ W_fc (N, 2H: [gate | up]), act = swiglu(fch) (kernels/swiglu.py) in
+                      place of the matmul's fused GELU epilogue
+    n_kv_head         grouped-query attention: qkv (N, (NH + 2 NKV) HS); the attention kernels read kv
+                      head h // (NH/NKV) and sum the group's dk, dv
+    bias False        bias=None / dbias=None in every matmul and LayerNorm
+    tied_head False   logits = lnf @ lm_head^T; lm_head's gradient from the head, wte's from the embedding
+
 The backward walks the same list in reverse. The gradient of the residual stream lives in one
 buffer, `dresidual`: a residual add passes its gradient to both branches unchanged, so the branch
 reads `dresidual` as its output gradient and the LayerNorm backward at the branch's start adds
@@ -66,7 +80,16 @@ from numba_impl.kernels.layernorm import (
     layernorm_forward,
     layernorm_forward_naive,
 )
+from numba_impl.kernels.rmsnorm import (
+    rmsnorm_backward,
+    rmsnorm_backward_naive,
+    rmsnorm_forward,
+    rmsnorm_forward_naive,
+)
+from numba_impl.kernels.rope import rope_backward, rope_forward, rope_tables
+from numba_impl.kernels.swiglu import swiglu_backward, swiglu_forward
 from weights import GPT2Config, param_shapes, validate_params
+from weights.layout import block_activations
 
 # The head's backward sums over the whole vocabulary: no float32 running sum longer than this
 # (see `matmul`'s k_chunk; the fast kernel closes the chunks in registers, in one launch).
@@ -76,8 +99,10 @@ KERNEL_SETS = ("fast", "naive")
 ATTENTIONS = ("flash", "naive")
 MATMULS = {"fp32": matmul_fp32, "3xtf32": matmul_3xtf32}  # the module whose matmul / _forward / _backward run
 
-# Per-block activations the backward reads, with their widths (multiples of B*T).
-_BLOCK_ACTS = ("ln1", "qkv", "atty", "attproj", "x1", "ln2", "fch", "gelu", "mlpproj", "x2")
+# Per-block activations the backward reads (multiples of B*T wide; "rope" only with rotary positions),
+# and the contract's name of each (docs/contract.md; "act" is "gelu" or "swiglu").
+_BLOCK_ACTS = {"ln1": "ln_1", "qkv": "qkv", "rope": "rope", "atty": "attn", "attproj": "attn_proj", "x1": "resid_1",
+               "ln2": "ln_2", "fch": "fc", "act": None, "mlpproj": "mlp_proj", "x2": "resid_2"}  # fmt: skip
 
 
 class NumbaGPT2:
@@ -147,16 +172,25 @@ class NumbaGPT2:
         self.p = {n: self.d_params[o : o + s] for n, (o, s) in self.offsets.items()}
         self.g = {n: self.d_grads[o : o + s] for n, (o, s) in self.offsets.items()}
 
+        # ---- the variants (docs/variants.md): which kernels, how wide
+        self.rope = config.position == "rope"
+        self.rms = config.norm == "rmsnorm"
+        self.swiglu = config.mlp == "swiglu"
+        self.head = "wte.weight" if config.tied_head else "lm_head.weight"  # logits = lnf @ head^T
+
         # ---- activations (max_batch * max_seq rows)
         L, C, V, NH = config.n_layer, config.n_embd, config.vocab_size, config.n_head
+        W, H, FW = config.qkv_width, config.hidden, config.fc_width  # qkv (NH + 2 NKV) HS; MLP hidden; c_fc
         N = max_batch * max_seq
-        widths = {"ln1": C, "qkv": 3 * C, "atty": C, "attproj": C, "x1": C, "ln2": C,
-                  "fch": 4 * C, "gelu": 4 * C, "mlpproj": C, "x2": C}  # fmt: skip
+        widths = {"ln1": C, "qkv": W, "rope": W, "atty": C, "attproj": C, "x1": C, "ln2": C,
+                  "fch": FW, "act": H, "mlpproj": C, "x2": C}  # fmt: skip
+        self.widths = widths
         empty = lambda n: cuda.device_array(n, dtype=np.float32)
         self.acts = []
+        stats = ("ln1_rstd", "ln2_rstd") if self.rms else ("ln1_mean", "ln1_rstd", "ln2_mean", "ln2_rstd")
         for _ in range(L):
-            a = {k: empty(N * widths[k]) for k in _BLOCK_ACTS}
-            for k in ("ln1_mean", "ln1_rstd", "ln2_mean", "ln2_rstd"):
+            a = {k: empty(N * widths[k]) for k in _BLOCK_ACTS if k != "rope" or self.rope}
+            for k in stats:
                 a[k] = empty(N)
             if attention == "naive":
                 a["preatt"] = empty(max_batch * NH * max_seq * max_seq)
@@ -165,7 +199,8 @@ class NumbaGPT2:
                 a["lse"] = empty(max_batch * NH * max_seq)
             self.acts.append(a)
         self.encoded = empty(N * C)
-        self.lnf, self.lnf_mean, self.lnf_rstd = empty(N * C), empty(N), empty(N)
+        self.lnf, self.lnf_rstd = empty(N * C), empty(N)
+        self.lnf_mean = None if self.rms else empty(N)
         self.logits = empty(N * V)
         self.losses = empty(N)
         self.d_idx = cuda.device_array(N, dtype=np.int32)
@@ -173,15 +208,18 @@ class NumbaGPT2:
         self.d_hyper = cuda.to_device(np.zeros(len(HYPER), dtype=np.float32))  # AdamW's, written each step
         self.d_next_pos = cuda.device_array(N, dtype=np.int32)  # embedding backward: token chains
         self.d_is_first = cuda.device_array(N, dtype=np.int32)
+        if self.rope:  # cos, sin (n_ctx, HS/2) of every position: float64 angles rounded once, on the device
+            cos, sin = rope_tables(config.n_ctx, config.head_size, config.rope_theta)
+            self.d_cos, self.d_sin = cuda.to_device(cos.ravel()), cuda.to_device(sin.ravel())
 
         # ---- backward scratch
         self.dlogits = empty(N * V)
         self.dresidual = empty(N * C)
         self.dln = empty(N * C)
         self.datty = empty(N * C)
-        self.dqkv = empty(N * 3 * C)
-        self.dfch = empty(N * 4 * C)
-        self.dgelu = empty(N * 4 * C)
+        self.dqkv = empty(N * W)
+        self.dfch = empty(N * FW)
+        self.dact = empty(N * H)  # the gradient of the MLP's activation (gelu or swiglu)
         if attention == "naive":
             self.datt = empty(max_batch * NH * max_seq * max_seq)
             self.dpreatt = empty(max_batch * NH * max_seq * max_seq)
@@ -247,38 +285,61 @@ class NumbaGPT2:
         with launch_stream(self.stream):
             self._launch_forward(targets is not None, with_grad)
 
+    def _norm_forward(self, out, mean, rstd, x, weight, bias, N) -> None:
+        """The config's norm: LayerNorm (bias None without biases) or RMSNorm (mean unused)."""
+        C, eps = self.config.n_embd, self.config.layer_norm_eps
+        if self.rms:
+            (rmsnorm_forward_naive if self.naive else rmsnorm_forward)(out, rstd, x, weight, N, C, eps)
+        else:
+            (layernorm_forward_naive if self.naive else layernorm_forward)(out, mean, rstd, x, weight, bias, N, C, eps)
+
+    def _norm_backward(self, dinp, dweight, dbias, dout, x, weight, mean, rstd, N) -> None:
+        """Backward of `_norm_forward`: accumulates into dinp, dweight (and dbias, None without one)."""
+        C = self.config.n_embd
+        if self.rms:
+            (rmsnorm_backward_naive if self.naive else rmsnorm_backward)(dinp, dweight, dout, x, weight, rstd, N, C)
+        else:
+            ln_backward = layernorm_backward_naive if self.naive else layernorm_backward
+            ln_backward(dinp, dweight, dbias, dout, x, weight, mean, rstd, N, C)
+
     def _launch_forward(self, with_loss: bool, with_grad: bool) -> None:
         """Queue the forward pass for the uploaded inputs (kernel launches only)."""
         cfg = self.config
         B, T = self._shape
-        C, NH, V, N = cfg.n_embd, cfg.n_head, cfg.vocab_size, B * T
+        C, NH, NKV, HS, V, N = cfg.n_embd, cfg.n_head, cfg.kv_heads, cfg.head_size, cfg.vocab_size, B * T
+        W, H, FW = cfg.qkv_width, cfg.hidden, cfg.fc_width
         naive, mm = self.naive, self.mm
-        ln_forward = layernorm_forward_naive if naive else layernorm_forward
-        eps = cfg.layer_norm_eps
 
-        encoder_forward(self.encoded, self.d_idx, self.p["wte.weight"], self.p["wpe.weight"], B, T, C)
+        encoder_forward(self.encoded, self.d_idx, self.p["wte.weight"], self.p.get("wpe.weight"), B, T, C)
         x = self.encoded
         for i, a in enumerate(self.acts):
-            p = lambda kind: self.p[f"h.{i}.{kind}"]
-            ln_forward(a["ln1"], a["ln1_mean"], a["ln1_rstd"], x, p("ln_1.weight"), p("ln_1.bias"), N, C, eps)
-            mm.matmul_forward(a["qkv"], a["ln1"], p("attn.c_attn.weight"), p("attn.c_attn.bias"), N, C, 3 * C, naive)
+            p = lambda kind: self.p.get(f"h.{i}.{kind}")  # None: a tensor the config does not have
+            self._norm_forward(a["ln1"], a.get("ln1_mean"), a["ln1_rstd"], x, p("ln_1.weight"), p("ln_1.bias"), N)
+            mm.matmul_forward(a["qkv"], a["ln1"], p("attn.c_attn.weight"), p("attn.c_attn.bias"), N, C, W, naive)
+            att_in = a["qkv"]
+            if self.rope:  # q and k rotated by their positions into a["rope"] (v copied): attention reads that
+                rope_forward(a["rope"], a["qkv"], self.d_cos, self.d_sin, B, T, NH, NKV, HS)
+                att_in = a["rope"]
             if self.attention == "naive":
-                attention_forward_naive(a["atty"], a["preatt"], a["att"], a["qkv"], B, T, C, NH)
+                attention_forward_naive(a["atty"], a["preatt"], a["att"], att_in, B, T, C, NH, n_kv_head=NKV)
             else:
-                attention_forward_flash(a["atty"], a["lse"], a["qkv"], B, T, C, NH)
+                attention_forward_flash(a["atty"], a["lse"], att_in, B, T, C, NH, n_kv_head=NKV)
             # attproj = atty @ W + b and x1 = x + attproj in one kernel (the residual add in its epilogue)
             mm.matmul_forward(a["attproj"], a["atty"], p("attn.c_proj.weight"), p("attn.c_proj.bias"), N, C, C, naive,
                            residual=x, residual_out=a["x1"])  # fmt: skip
-            ln_forward(a["ln2"], a["ln2_mean"], a["ln2_rstd"], a["x1"], p("ln_2.weight"), p("ln_2.bias"), N, C, eps)
-            # fch = ln2 @ W + b (kept for the GELU's backward) and gelu = gelu(fch), one kernel
-            mm.matmul_forward(a["fch"], a["ln2"], p("mlp.c_fc.weight"), p("mlp.c_fc.bias"), N, C, 4 * C, naive,
-                           gelu_out=a["gelu"])  # fmt: skip
-            mm.matmul_forward(a["mlpproj"], a["gelu"], p("mlp.c_proj.weight"), p("mlp.c_proj.bias"), N, 4 * C, C, naive,
+            self._norm_forward(a["ln2"], a.get("ln2_mean"), a["ln2_rstd"], a["x1"], p("ln_2.weight"), p("ln_2.bias"), N)
+            if self.swiglu:  # fch = ln2 @ W_fc + b = [gate | up] (N, 2H), then act = silu(gate) * up (N, H)
+                mm.matmul_forward(a["fch"], a["ln2"], p("mlp.c_fc.weight"), p("mlp.c_fc.bias"), N, C, FW, naive)
+                swiglu_forward(a["act"], a["fch"], N, H, naive=naive)
+            else:  # fch = ln2 @ W + b (kept for the GELU's backward) and act = gelu(fch), one kernel
+                mm.matmul_forward(a["fch"], a["ln2"], p("mlp.c_fc.weight"), p("mlp.c_fc.bias"), N, C, FW, naive,
+                               gelu_out=a["act"])  # fmt: skip
+            mm.matmul_forward(a["mlpproj"], a["act"], p("mlp.c_proj.weight"), p("mlp.c_proj.bias"), N, H, C, naive,
                            residual=a["x1"], residual_out=a["x2"])  # fmt: skip
             x = a["x2"]
-        ln_forward(self.lnf, self.lnf_mean, self.lnf_rstd, x, self.p["ln_f.weight"], self.p["ln_f.bias"], N, C, eps)
-        # logits (N, V) = lnf (N, C) @ wte^T, wte stored (V, C)
-        mm.matmul(self.logits, self.lnf, self.p["wte.weight"], N, V, C, "NT", naive=naive)
+        self._norm_forward(self.lnf, self.lnf_mean, self.lnf_rstd, x, self.p["ln_f.weight"], self.p.get("ln_f.bias"), N)
+        # logits (N, V) = lnf (N, C) @ head^T, the head (wte, or lm_head when untied) stored (V, C)
+        mm.matmul(self.logits, self.lnf, self.p[self.head], N, V, C, "NT", naive=naive)
         if with_loss:
             crossentropy(
                 self.losses, self.dlogits, self.logits, self.d_targets, N, V,
@@ -309,52 +370,60 @@ class NumbaGPT2:
         (gradients are overwritten). Kernel launches and device-to-device copies only."""
         cfg = self.config
         B, T = self._shape
-        C, NH, V, N = cfg.n_embd, cfg.n_head, cfg.vocab_size, B * T
+        C, NH, NKV, HS, V, N = cfg.n_embd, cfg.n_head, cfg.kv_heads, cfg.head_size, cfg.vocab_size, B * T
+        W, H, FW = cfg.qkv_width, cfg.hidden, cfg.fc_width
         naive, mm = self.naive, self.mm
-        ln_backward = layernorm_backward_naive if naive else layernorm_backward
         self.d_grads.copy_to_device(self._zeros[: self.n_params], stream=self.stream)
         self.dresidual[: N * C].copy_to_device(self._zeros[: N * C], stream=self.stream)
 
-        # lm head: logits = lnf @ wte^T  ->  dlnf = dlogits @ wte (NN), dwte += dlogits^T @ lnf (TN)
+        # lm head: logits = lnf @ head^T  ->  dlnf = dlogits @ head (NN), dhead += dlogits^T @ lnf (TN); the
+        # head is wte (tied: its gradient also gets the embedding's scatter-add below) or lm_head.
         # K = V = 50,257 terms per output: summed in chunks (split-K) to keep float32 rounding ~1e-6
-        mm.matmul(self.dln, self.dlogits, self.p["wte.weight"], N, C, V, "NN", naive=naive, k_chunk=HEAD_K_CHUNK)
-        mm.matmul(self.g["wte.weight"], self.dlogits, self.lnf, V, C, N, "TN", accumulate=True, naive=naive)
+        mm.matmul(self.dln, self.dlogits, self.p[self.head], N, C, V, "NN", naive=naive, k_chunk=HEAD_K_CHUNK)
+        mm.matmul(self.g[self.head], self.dlogits, self.lnf, V, C, N, "TN", accumulate=True, naive=naive)
         x_last = self.acts[-1]["x2"] if self.acts else self.encoded
-        ln_backward(self.dresidual, self.g["ln_f.weight"], self.g["ln_f.bias"], self.dln, x_last,
-                    self.p["ln_f.weight"], self.lnf_mean, self.lnf_rstd, N, C)  # fmt: skip
+        self._norm_backward(self.dresidual, self.g["ln_f.weight"], self.g.get("ln_f.bias"), self.dln, x_last,
+                            self.p["ln_f.weight"], self.lnf_mean, self.lnf_rstd, N)  # fmt: skip
 
         dres = self.dresidual
         for i in reversed(range(cfg.n_layer)):
             a = self.acts[i]
             x = self.acts[i - 1]["x2"] if i > 0 else self.encoded
-            p = lambda kind: self.p[f"h.{i}.{kind}"]
-            g = lambda kind: self.g[f"h.{i}.{kind}"]
-            # MLP branch: x2 = x1 + gelu(ln2 @ W_fc + b) @ W_mlp + b
-            mm.matmul_backward(self.dgelu, g("mlp.c_proj.weight"), g("mlp.c_proj.bias"), dres, a["gelu"],
-                            p("mlp.c_proj.weight"), N, 4 * C, C, naive)  # fmt: skip
-            gelu_backward(self.dfch, a["fch"], self.dgelu, N * 4 * C)
+            p = lambda kind: self.p.get(f"h.{i}.{kind}")
+            g = lambda kind: self.g.get(f"h.{i}.{kind}")  # None: no such tensor (a bias with bias=False)
+            # MLP branch: x2 = x1 + act(ln2 @ W_fc + b) @ W_mlp + b
+            mm.matmul_backward(self.dact, g("mlp.c_proj.weight"), g("mlp.c_proj.bias"), dres, a["act"],
+                            p("mlp.c_proj.weight"), N, H, C, naive)  # fmt: skip
+            if self.swiglu:
+                swiglu_backward(self.dfch, a["fch"], self.dact, N, H, naive=naive)
+            else:
+                gelu_backward(self.dfch, a["fch"], self.dact, N * H)
             mm.matmul_backward(self.dln, g("mlp.c_fc.weight"), g("mlp.c_fc.bias"), self.dfch, a["ln2"],
-                            p("mlp.c_fc.weight"), N, C, 4 * C, naive)  # fmt: skip
-            ln_backward(dres, g("ln_2.weight"), g("ln_2.bias"), self.dln, a["x1"], p("ln_2.weight"),
-                        a["ln2_mean"], a["ln2_rstd"], N, C)  # fmt: skip
-            # attention branch: x1 = x + attention(ln1 @ W_attn + b) @ W_proj + b
+                            p("mlp.c_fc.weight"), N, C, FW, naive)  # fmt: skip
+            self._norm_backward(dres, g("ln_2.weight"), g("ln_2.bias"), self.dln, a["x1"], p("ln_2.weight"),
+                                a.get("ln2_mean"), a["ln2_rstd"], N)  # fmt: skip
+            # attention branch: x1 = x + attention(rope(ln1 @ W_attn + b)) @ W_proj + b
             mm.matmul_backward(self.datty, g("attn.c_proj.weight"), g("attn.c_proj.bias"), dres, a["atty"],
                             p("attn.c_proj.weight"), N, C, C, naive)  # fmt: skip
+            att_in = a["rope"] if self.rope else a["qkv"]  # what attention read
             if self.attention == "naive":
-                attention_backward_naive(self.dqkv, self.datt, self.dpreatt, self.datty, a["att"], a["qkv"],
-                                         B, T, C, NH)  # fmt: skip
+                attention_backward_naive(self.dqkv, self.datt, self.dpreatt, self.datty, a["att"], att_in,
+                                         B, T, C, NH, n_kv_head=NKV)  # fmt: skip
             else:
-                attention_backward_flash(self.dqkv, self.delta, self.datty, a["atty"], a["lse"], a["qkv"],
-                                         B, T, C, NH)  # fmt: skip
+                attention_backward_flash(self.dqkv, self.delta, self.datty, a["atty"], a["lse"], att_in,
+                                         B, T, C, NH, n_kv_head=NKV)  # fmt: skip
+            if self.rope:  # d(rope) -> d(qkv): q and k gradients rotated back, in place
+                rope_backward(self.dqkv, self.dqkv, self.d_cos, self.d_sin, B, T, NH, NKV, HS)
             mm.matmul_backward(self.dln, g("attn.c_attn.weight"), g("attn.c_attn.bias"), self.dqkv, a["ln1"],
-                            p("attn.c_attn.weight"), N, C, 3 * C, naive)  # fmt: skip
-            ln_backward(dres, g("ln_1.weight"), g("ln_1.bias"), self.dln, x, p("ln_1.weight"),
-                        a["ln1_mean"], a["ln1_rstd"], N, C)  # fmt: skip
+                            p("attn.c_attn.weight"), N, C, W, naive)  # fmt: skip
+            self._norm_backward(dres, g("ln_1.weight"), g("ln_1.bias"), self.dln, x, p("ln_1.weight"),
+                                a.get("ln1_mean"), a["ln1_rstd"], N)  # fmt: skip
 
+        dwpe = self.g.get("wpe.weight")  # None with rope: no position table
         if naive:
-            encoder_backward_naive(self.g["wte.weight"], self.g["wpe.weight"], dres, self.d_idx, B, T, C)
+            encoder_backward_naive(self.g["wte.weight"], dwpe, dres, self.d_idx, B, T, C)
         else:  # deterministic: positions grouped by token on the device (no host argsort)
-            encoder_backward_chained(self.g["wte.weight"], self.g["wpe.weight"], dres, self.d_idx,
+            encoder_backward_chained(self.g["wte.weight"], dwpe, dres, self.d_idx,
                                      self.d_next_pos, self.d_is_first, B, T, C)  # fmt: skip
 
     # ------------------------------------------------------------------ eager or graph
@@ -467,19 +536,19 @@ class NumbaGPT2:
         return {n: flat[self.offsets[n][0] : sum(self.offsets[n])].reshape(s).copy() for n, s in ordered.items()}
 
     def activations(self, idx) -> dict[str, np.ndarray]:
-        """The named intermediate activations of docs/contract.md, each (B, T, ·) float32."""
+        """The named intermediate activations of docs/contract.md, each (B, T, ·) float32, in the order
+        of weights.layout.activation_names(config)."""
         idx = self._check_idx(idx)
         self._forward(idx, None, with_grad=False)
         B, T = idx.shape
         C, V, N = self.config.n_embd, self.config.vocab_size, B * T
         host = lambda buf, width: buf[: N * width].copy_to_host().reshape(B, T, width)
+        key = {name: k for k, name in _BLOCK_ACTS.items() if name is not None}
+        key[self.config.mlp] = "act"  # "gelu" or "swiglu"
         out = {"embed": host(self.encoded, C)}
-        names = {"ln1": "ln_1", "qkv": "qkv", "atty": "attn", "attproj": "attn_proj", "x1": "resid_1",
-                 "ln2": "ln_2", "fch": "fc", "gelu": "gelu", "mlpproj": "mlp_proj", "x2": "resid_2"}  # fmt: skip
-        widths = {"qkv": 3 * C, "fch": 4 * C, "gelu": 4 * C}
         for i, a in enumerate(self.acts):
-            for key, name in names.items():
-                out[f"h.{i}.{name}"] = host(a[key], widths.get(key, C))
+            for name in block_activations(self.config):
+                out[f"h.{i}.{name}"] = host(a[key[name]], self.widths[key[name]])
         out["ln_f"] = host(self.lnf, C)
         out["logits"] = host(self.logits, V)
         return out

@@ -11,10 +11,12 @@ block) and exits 1 when a kernel breaks a rule:
   launch fails with "too many resources requested").
 
 Which kernels, with which argument types: the ones the model launches at GPT-2 124M (B=4, T=1024),
-found by running the launchers themselves (`LAUNCHES` below) with kernel launches recorded instead
-of run. So a kernel that changes its signature, tile or launch configuration is checked as launched,
-and a new launcher only needs a line in `LAUNCHES`. The recorded argument types are those a real
-launch would type (numpy arrays stand in for device arrays: both type as C-contiguous arrays).
+and those the variants add at the llama-style 124M (GPT2Config.llama_style_124m(): RoPE, RMSNorm,
+SwiGLU of hidden 2304, 4 kv heads for 12 query heads, no biases; same B, T), found by running the
+launchers themselves (`LAUNCHES` below) with kernel launches recorded instead of run. So a kernel
+that changes its signature, tile or launch configuration is checked as launched, and a new launcher
+only needs a line in `LAUNCHES`. The recorded argument types are those a real launch would type
+(numpy arrays stand in for device arrays: both type as C-contiguous arrays).
 
 How compiling works without a GPU: `numba.cuda.compile_ptx(..., cc=(9, 0))` needs only NVVM (the
 nvidia-cuda-nvrtc wheel ships it). Device functions a kernel calls (warp shuffles, the GELU) are
@@ -49,6 +51,10 @@ MAX_REGISTERS = 255
 # GPT-2 124M at the benchmark shape.
 B, T, C, NH, V, L = 4, 1024, 768, 12, 50257, 12
 BT = B * T
+# llama-124m (GPT2Config.llama_style_124m()) at the same B, T: kv heads, SwiGLU hidden width, qkv width.
+NKV_LLAMA, H_LLAMA = 4, 2304
+HS = C // NH
+W_LLAMA = (NH + 2 * NKV_LLAMA) * HS
 
 
 def _arr(n=1, dtype=np.float32):
@@ -99,6 +105,37 @@ def _launch_memory_bound():
     adamw.adamw_update(f(), f(), f(), f(), 124_000_000, 123_000_000, 1, 1e-3, 0.9, 0.95, 1e-8, 0.1)
 
 
+def _launch_variants():
+    """What the variants launch at llama-124m beyond GPT-2's kernels (a kernel GPT-2 also launches with
+    the same argument types is compiled once, under its first group): RMSNorm, LayerNorm without bias,
+    SwiGLU, RoPE, the embedding without wpe, the flash kernels of 12 query heads on 4 kv heads (built per
+    group size: G=3), and the matmuls of the llama shapes without bias (c_attn to (NH + 2 NKV) HS = 1280,
+    c_fc to 2H = 4608, mlp c_proj from H = 2304)."""
+    from numba_impl.kernels import attention, encoder, layernorm, matmul, rmsnorm, rope, swiglu
+
+    f = _arr
+    i32 = _arr(1, np.int32)
+    rmsnorm.rmsnorm_forward(f(), f(), f(), f(), BT, C, 1e-5)
+    rmsnorm.rmsnorm_backward(f(), f(), f(), f(), f(), f(), BT, C)
+    layernorm.layernorm_forward(f(), f(), f(), f(), f(), None, BT, C, 1e-5)  # LayerNorm with bias=False
+    layernorm.layernorm_backward(f(), f(), None, f(), f(), f(), f(), f(), BT, C)
+    swiglu.swiglu_forward(f(), f(), BT, H_LLAMA)
+    swiglu.swiglu_backward(f(), f(), f(), BT, H_LLAMA)
+    table = _arr(T * HS // 2)
+    rope.rope_forward(f(), f(), table, table, B, T, NH, NKV_LLAMA, HS)
+    dqkv = f()
+    rope.rope_backward(dqkv, dqkv, table, table, B, T, NH, NKV_LLAMA, HS)  # in place, as the model does
+    encoder.encoder_forward(f(), i32, f(), None, B, T, C)
+    encoder.encoder_backward_chained(f(), None, f(), i32, i32, i32, B, T, C)
+    attention.attention_forward_flash(f(), f(), f(), B, T, C, NH, n_kv_head=NKV_LLAMA)
+    attention.attention_backward_flash(f(), f(), f(), f(), f(), f(), B, T, C, NH, n_kv_head=NKV_LLAMA)
+    for OC, IC in ((W_LLAMA, C), (2 * H_LLAMA, C), (C, H_LLAMA), (C, C)):
+        matmul.matmul_forward(f(), f(), f(), None, BT, IC, OC)
+        matmul.matmul_backward(f(), f(), None, f(), f(), f(), BT, IC, OC)
+    matmul.matmul_forward(f(), f(), f(), None, BT, H_LLAMA, C, residual=f(), residual_out=f())
+    matmul.matmul_forward(f(), f(), f(), None, BT, C, C, residual=f(), residual_out=f())
+
+
 # What the model launches, grouped by file. A launcher that fails here (a changed signature) is
 # reported as a failed row, not skipped.
 LAUNCHES = {
@@ -106,6 +143,7 @@ LAUNCHES = {
     "matmul-3xtf32": lambda: _launch_matmuls("matmul_3xtf32"),
     "attention": _launch_attention,
     "memory-bound": _launch_memory_bound,
+    "variants": _launch_variants,
 }
 
 
@@ -133,7 +171,7 @@ class Launch:
 
 
 # Factory constants worth showing in the table (the tile and variant of a kernel built per shape).
-_CONFIG_NAMES = ("A_T", "B_T", "BM", "BN", "BK", "EPI", "KC_STEPS", "fuse_dbias", "HS", "R", "K", "C")
+_CONFIG_NAMES = ("A_T", "B_T", "BM", "BN", "BK", "EPI", "KC_STEPS", "fuse_dbias", "HS", "R", "K", "C", "G")
 
 
 def _threads(blockdim) -> int:

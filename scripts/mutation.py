@@ -65,6 +65,7 @@ T_SYN = "tests/weights/test_config_synthetic.py"
 T_NK = "tests/numba_impl/test_kernels.py"
 T_NM = "tests/numba_impl/test_model.py"
 T_NF = "tests/numba_impl/test_attention_flash.py"
+T_NV = "tests/numba_impl/test_variant_kernels.py"
 T_TREF = "tests/torch_impl/test_vs_reference.py"
 T_TIO = "tests/torch_impl/test_weights_in_out.py"
 T_TRAIN = "tests/training/test_trainer.py"
@@ -269,8 +270,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "numba-flash-forward-unscaled-q",
         "numba_impl/kernels/attention.py",
-        "            q_s[e // HS, e % HS] = qkv[x + t * 3 * C + e % HS] * scale if t < T else float32(0.0)",
-        "            q_s[e // HS, e % HS] = qkv[x + t * 3 * C + e % HS] if t < T else float32(0.0)",
+        "                qkv[(x + t * W if GQA else x + t * 3 * C) + e % HS] * scale if t < T else float32(0.0)",
+        "                qkv[(x + t * W if GQA else x + t * 3 * C) + e % HS] if t < T else float32(0.0)",
         (f"{T_NF}::test_flash_with_the_gpu_block_layout_of_rows_and_lanes",),
         "the flash attention forward stages q without the 1/sqrt(HS) scale",
     ),
@@ -305,6 +306,40 @@ MUTANTS: list[Mutant] = [
         "        self.n_decay = self.n_params",
         (f"{T_NM}::test_adamw_steps_follow_reference_trajectory",),
         "the Numba model marks every tensor for weight decay",
+    ),
+    Mutant(
+        "numba-rope-backward-not-inverse",
+        "numba_impl/kernels/rope.py",
+        "            s = sin[p] * sign",
+        "            s = sin[p]",
+        (f"{T_NV}::test_rope_forward_backward_match_reference_out_of_place_and_in_place",),
+        "the RoPE kernel's backward rotates by +angle instead of -angle (backward only)",
+    ),
+    Mutant(
+        "numba-gqa-dkv-wrong-query-heads",
+        "numba_impl/kernels/attention.py",
+        """                h = kvh * G + hg
+                bh = b * NH + h
+                x = b * T * W + h * HS
+                t0 = t0 - hg * span
+            cuda.syncthreads()
+            for e in range(tid, K * HSW, NTHREADS):""",
+        """                h = kvh + hg * (NH // G)
+                bh = b * NH + h
+                x = b * T * W + h * HS
+                t0 = t0 - hg * span
+            cuda.syncthreads()
+            for e in range(tid, K * HSW, NTHREADS):""",
+        (f"{T_NV}::test_gqa_naive_and_flash_match_reference",),
+        "the default flash dk/dv kernel sums a kv head's gradient over strided query heads, not its group",
+    ),
+    Mutant(
+        "numba-rmsnorm-backward-no-mean-square-path",
+        "numba_impl/kernels/rmsnorm.py",
+        "                d[k] += r * (g[k] * w[k] - xn[k] * gn_mean)",
+        "                d[k] += r * (g[k] * w[k])",
+        (f"{T_NV}::test_rmsnorm_naive_and_warp_match_reference_and_each_other",),
+        "the warp RMSNorm backward drops the path through the mean square (backward only)",
     ),
     # ---- torch_impl/ model
     Mutant(

@@ -50,8 +50,8 @@ NEG_INF = float32(-np.inf)
 
 # ============================================================================= naive
 @kernel
-def attention_scores_kernel(preatt, qkv, B, T, C, NH, scale):
-    """preatt[b,h,t,s] = scale * q[b,t,h] . k[b,s,h] for s <= t (entries above the diagonal unused)."""
+def attention_scores_kernel(preatt, qkv, B, T, C, NH, NKV, scale):
+    """preatt[b,h,t,s] = scale * q[b,t,h] . k[b,s,h // (NH/NKV)] for s <= t (entries above the diagonal unused)."""
     i = cuda.grid(1)
     if i < B * NH * T * T:
         s = i % T
@@ -60,8 +60,9 @@ def attention_scores_kernel(preatt, qkv, B, T, C, NH, scale):
         b = i // (NH * T * T)
         if s <= t:
             HS = C // NH
-            q = b * T * 3 * C + t * 3 * C + h * HS
-            k = b * T * 3 * C + s * 3 * C + C + h * HS
+            W = C + 2 * NKV * HS
+            q = b * T * W + t * W + h * HS
+            k = b * T * W + s * W + C + (h // (NH // NKV)) * HS
             acc = float32(0.0)
             for d in range(HS):
                 acc += qkv[q + d] * qkv[k + d]
@@ -89,8 +90,8 @@ def attention_softmax_kernel(att, preatt, BNH, T):
 
 
 @kernel
-def attention_values_kernel(out, att, qkv, B, T, C, NH):
-    """out[b,t,h*HS+d] = sum_{s<=t} att[b,h,t,s] v[b,s,h,d]; one thread per output element."""
+def attention_values_kernel(out, att, qkv, B, T, C, NH, NKV):
+    """out[b,t,h*HS+d] = sum_{s<=t} att[b,h,t,s] v[b,s,h // (NH/NKV),d]; one thread per output element."""
     i = cuda.grid(1)
     if i < B * T * C:
         c = i % C
@@ -98,17 +99,18 @@ def attention_values_kernel(out, att, qkv, B, T, C, NH):
         b = i // (T * C)
         HS = C // NH
         h = c // HS
+        W = C + 2 * NKV * HS
         arow = ((b * NH + h) * T + t) * T
-        v = b * T * 3 * C + 2 * C + c
+        v = b * T * W + C + NKV * HS + (h // (NH // NKV)) * HS + c - h * HS
         acc = float32(0.0)
         for s in range(t + 1):
-            acc += att[arow + s] * qkv[v + s * 3 * C]
+            acc += att[arow + s] * qkv[v + s * W]
         out[i] = acc
 
 
 @kernel
-def attention_datt_kernel(datt, dout, qkv, B, T, C, NH):
-    """datt[b,h,t,s] = dout[b,t,h] . v[b,s,h] for s <= t."""
+def attention_datt_kernel(datt, dout, qkv, B, T, C, NH, NKV):
+    """datt[b,h,t,s] = dout[b,t,h] . v[b,s,h // (NH/NKV)] for s <= t."""
     i = cuda.grid(1)
     if i < B * NH * T * T:
         s = i % T
@@ -119,7 +121,8 @@ def attention_datt_kernel(datt, dout, qkv, B, T, C, NH):
         if s <= t:
             HS = C // NH
             g = (b * T + t) * C + h * HS
-            v = b * T * 3 * C + s * 3 * C + 2 * C + h * HS
+            W = C + 2 * NKV * HS
+            v = b * T * W + s * W + C + NKV * HS + (h // (NH // NKV)) * HS
             for d in range(HS):
                 acc += dout[g + d] * qkv[v + d]
         datt[i] = acc
@@ -140,8 +143,9 @@ def attention_softmax_backward_kernel(dpreatt, datt, att, BNH, T):
 
 
 @kernel
-def attention_dqkv_kernel(dqkv, dpreatt, att, dout, qkv, B, T, C, NH, scale):
-    """One thread per (b, p, c): dq at query p, dk and dv at key p, for channel c = h*HS + d."""
+def attention_dqkv_kernel(dqkv, dpreatt, att, dout, qkv, B, T, C, NH, NKV, scale):
+    """One thread per (b, p, c), c < C = NH*HS: dq at query p for channel c = h*HS + d; and, for c <
+    NKV*HS (kv head c // HS), dk and dv at key p, each summed over the NH/NKV query heads of the group."""
     i = cuda.grid(1)
     if i < B * T * C:
         c = i % C
@@ -149,39 +153,59 @@ def attention_dqkv_kernel(dqkv, dpreatt, att, dout, qkv, B, T, C, NH, scale):
         b = i // (T * C)
         HS = C // NH
         h = c // HS
+        G = NH // NKV  # query heads per kv head
+        W = C + 2 * NKV * HS  # qkv row: q (NH heads), k (NKV heads), v (NKV heads)
         rows = (b * NH + h) * T  # first row of this (b, h) in the (B,NH,T,T) arrays
-        x = b * T * 3 * C  # qkv[b, 0, 0]
+        x = b * T * W  # qkv[b, 0, 0]
+        kc = C + (h // G) * HS + c - h * HS  # k channel of query channel c
         dq = float32(0.0)
         for s in range(p + 1):  # dq[p] = scale * sum_s dpreatt[p, s] k[s]
-            dq += dpreatt[(rows + p) * T + s] * qkv[x + s * 3 * C + C + c]
-        dk = float32(0.0)
-        dv = float32(0.0)
-        for t in range(p, T):  # dk[p] = scale * sum_t dpreatt[t, p] q[t];  dv[p] = sum_t att[t, p] dout[t]
-            dk += dpreatt[(rows + t) * T + p] * qkv[x + t * 3 * C + c]
-            dv += att[(rows + t) * T + p] * dout[(b * T + t) * C + c]
-        y = x + p * 3 * C
+            dq += dpreatt[(rows + p) * T + s] * qkv[x + s * W + kc]
+        y = x + p * W
         dqkv[y + c] = dq * scale
-        dqkv[y + C + c] = dk * scale
-        dqkv[y + 2 * C + c] = dv
+        if c < NKV * HS:  # c is a kv channel: kv head c // HS, channel d of it
+            d = c % HS
+            dk = float32(0.0)
+            dv = float32(0.0)
+            for hq in range((c // HS) * G, (c // HS) * G + G):  # the group's query heads, in order
+                rows = (b * NH + hq) * T
+                for t in range(p, T):  # dk[p] = scale * sum_t dpreatt[t, p] q[t];  dv[p] = sum_t att[t, p] dout[t]
+                    dk += dpreatt[(rows + t) * T + p] * qkv[x + t * W + hq * HS + d]
+                    dv += att[(rows + t) * T + p] * dout[(b * T + t) * C + hq * HS + d]
+            dqkv[y + C + c] = dk * scale
+            dqkv[y + C + NKV * HS + c] = dv
 
 
-def attention_forward_naive(out, preatt, att, qkv, B, T, C, NH):
-    """out (B,T,C) from qkv (B,T,3C); fills preatt and att (B,NH,T,T) for the backward."""
+def _kv_heads(C: int, NH: int, n_kv_head) -> int:
+    """NKV (None: NH), checked: NH heads of C // NH channels, NKV dividing NH."""
+    if C % NH:
+        raise ValueError(f"n_embd={C} is not a multiple of n_head={NH}")
+    NKV = NH if n_kv_head is None else int(n_kv_head)
+    if NKV < 1 or NH % NKV:
+        raise ValueError(f"n_head={NH} is not a multiple of n_kv_head={NKV}")
+    return NKV
+
+
+def attention_forward_naive(out, preatt, att, qkv, B, T, C, NH, n_kv_head=None):
+    """out (B,T,C) from qkv (B,T,(NH+2NKV)HS) (GPT-2: (B,T,3C)); fills preatt and att (B,NH,T,T) for the backward."""
+    NKV = _kv_heads(C, NH, n_kv_head)
     scale = np.float32(1.0 / math.sqrt(C // NH))
     threads = block_size(256, 32)
     n_scores = B * NH * T * T
-    attention_scores_kernel[ceil_div(n_scores, threads), threads](preatt, qkv, B, T, C, NH, scale)
+    attention_scores_kernel[ceil_div(n_scores, threads), threads](preatt, qkv, B, T, C, NH, NKV, scale)
     attention_softmax_kernel[ceil_div(B * NH * T, threads), threads](att, preatt, B * NH, T)
-    attention_values_kernel[ceil_div(B * T * C, threads), threads](out, att, qkv, B, T, C, NH)
+    attention_values_kernel[ceil_div(B * T * C, threads), threads](out, att, qkv, B, T, C, NH, NKV)
 
 
-def attention_backward_naive(dqkv, datt, dpreatt, dout, att, qkv, B, T, C, NH):
-    """dqkv (B,T,3C) written from dout (B,T,C); datt, dpreatt (B,NH,T,T) are scratch."""
+def attention_backward_naive(dqkv, datt, dpreatt, dout, att, qkv, B, T, C, NH, n_kv_head=None):
+    """dqkv (B,T,(NH+2NKV)HS) written from dout (B,T,C); datt, dpreatt (B,NH,T,T) are scratch."""
+    NKV = _kv_heads(C, NH, n_kv_head)
     scale = np.float32(1.0 / math.sqrt(C // NH))
     threads = block_size(256, 32)
-    attention_datt_kernel[ceil_div(B * NH * T * T, threads), threads](datt, dout, qkv, B, T, C, NH)
+    attention_datt_kernel[ceil_div(B * NH * T * T, threads), threads](datt, dout, qkv, B, T, C, NH, NKV)
     attention_softmax_backward_kernel[ceil_div(B * NH * T, threads), threads](dpreatt, datt, att, B * NH, T)
-    attention_dqkv_kernel[ceil_div(B * T * C, threads), threads](dqkv, dpreatt, att, dout, qkv, B, T, C, NH, scale)
+    attention_dqkv_kernel[ceil_div(B * T * C, threads), threads](dqkv, dpreatt, att, dout, qkv, B, T, C, NH, NKV,
+                                                                 scale)  # fmt: skip
 
 
 # ============================================================================= flash
@@ -262,11 +286,12 @@ def flash_shared_bytes(HS: int, tiles: FlashTiles, kernel_name: str) -> int:
 
 
 @functools.cache
-def flash_forward_kernel(HS: int, tiles: FlashTiles):
+def flash_forward_kernel(HS: int, tiles: FlashTiles, group: int = 1):
     """Forward for head size HS. Grid (B*NH, ceil(T / rows)); block (bh, y) owns query rows
     tile*R .. tile*R+R-1 with tile = (number of tiles - 1 - y): the longest rows (most keys) start first."""
     LANES, RT, CT = tiles.lanes, tiles.rt, tiles.ct
     R, K, NTHREADS = tiles.rows, tiles.cols, tiles.threads
+    G, GQA = group, group > 1  # query heads per kv head (grouped-query attention: a compile-time constant)
     DT = ceil_div(HS, LANES)
     HSP, KP = HS + 1, K + 1  # padded row lengths (shared array shapes must be compile-time constants)
 
@@ -290,9 +315,16 @@ def flash_forward_kernel(HS: int, tiles: FlashTiles):
         h = bh % NH
         q0 = (cuda.gridDim.y - 1 - cuda.blockIdx.y) * R
         x = b * T * 3 * C + h * HS  # qkv[b, 0, h*HS]
+        if GQA:  # qkv rows of W = C + 2 NKV HS floats: q (NH heads), k, v (NKV heads); kv head h // G
+            W = C + 2 * (NH // G) * HS
+            x = b * T * W + h * HS
+            xk = b * T * W + C + (h // G) * HS
+            xv = xk + (NH // G) * HS
         for e in range(tid, R * HS, NTHREADS):
             t = q0 + e // HS
-            q_s[e // HS, e % HS] = qkv[x + t * 3 * C + e % HS] * scale if t < T else float32(0.0)
+            q_s[e // HS, e % HS] = (
+                qkv[(x + t * W if GQA else x + t * 3 * C) + e % HS] * scale if t < T else float32(0.0)
+            )
         for i in range(RT):
             m[i] = NEG_INF
             l_part[i] = float32(0.0)
@@ -305,8 +337,8 @@ def flash_forward_kernel(HS: int, tiles: FlashTiles):
                 d = e % HS
                 key = k0 + j
                 if key < T:
-                    k_s[j, d] = qkv[x + key * 3 * C + C + d]
-                    v_s[j, d] = qkv[x + key * 3 * C + 2 * C + d]
+                    k_s[j, d] = qkv[(xk + key * W if GQA else x + key * 3 * C + C) + d]
+                    v_s[j, d] = qkv[(xv + key * W if GQA else x + key * 3 * C + 2 * C) + d]
                 else:
                     k_s[j, d] = float32(0.0)
                     v_s[j, d] = float32(0.0)
@@ -398,11 +430,12 @@ def flash_vec_supported(HS: int, tiles: FlashTiles) -> bool:
 
 
 @functools.cache
-def flash_forward_vec_kernel(HS: int, tiles: FlashTiles):
+def flash_forward_vec_kernel(HS: int, tiles: FlashTiles, group: int = 1):
     """The forward of `flash_forward_kernel` (same arguments, grid and results) with transposed,
     16-byte aligned shared tiles and contiguous per-thread runs (see the comment above)."""
     LANES, RT, CT = tiles.lanes, tiles.rt, tiles.ct
     R, K, NTHREADS = tiles.rows, tiles.cols, tiles.threads
+    G, GQA = group, group > 1  # query heads per kv head (grouped-query attention: a compile-time constant)
     DT = HS // LANES
     LANE_SHIFT = LANES.bit_length() - 1  # LANES is a power of two: tid >> LANE_SHIFT = tid // LANES
     RP, KPV, HSV = R + VEC_PAD, K + VEC_PAD, HS + VEC_PAD
@@ -431,9 +464,14 @@ def flash_forward_vec_kernel(HS: int, tiles: FlashTiles):
         h = bh % NH
         q0 = (cuda.gridDim.y - 1 - cuda.blockIdx.y) * R
         x = b * T * 3 * C + h * HS
+        if GQA:  # qkv rows of W = C + 2 NKV HS floats: q (NH heads), k, v (NKV heads); kv head h // G
+            W = C + 2 * (NH // G) * HS
+            x = b * T * W + h * HS
+            xk = b * T * W + C + (h // G) * HS
+            xv = xk + (NH // G) * HS
         for e in range(tid, R * HS, NTHREADS):
             t = q0 + e // HS
-            qT[e % HS, e // HS] = qkv[x + t * 3 * C + e % HS] * scale if t < T else float32(0.0)
+            qT[e % HS, e // HS] = qkv[(x + t * W if GQA else x + t * 3 * C) + e % HS] * scale if t < T else float32(0.0)
         for i in range(RT):
             m[i] = NEG_INF
             l_part[i] = float32(0.0)
@@ -446,8 +484,8 @@ def flash_forward_vec_kernel(HS: int, tiles: FlashTiles):
                 d = e % HS
                 key = k0 + j
                 if key < T:
-                    kT[d, j] = qkv[x + key * 3 * C + C + d]
-                    v_s[j, d] = qkv[x + key * 3 * C + 2 * C + d]
+                    kT[d, j] = qkv[(xk + key * W if GQA else x + key * 3 * C + C) + d]
+                    v_s[j, d] = qkv[(xv + key * W if GQA else x + key * 3 * C + 2 * C) + d]
                 else:
                     kT[d, j] = float32(0.0)
                     v_s[j, d] = float32(0.0)
@@ -515,13 +553,14 @@ def flash_forward_vec_kernel(HS: int, tiles: FlashTiles):
 
 
 @functools.cache
-def flash_backward_dq_kernel(HS: int, tiles: FlashTiles):
+def flash_backward_dq_kernel(HS: int, tiles: FlashTiles, group: int = 1):
     """dq for head size HS, and delta = rowsum(dout * out) on the way (the dk/dv kernel reads it).
     Grid and row ownership as in the forward: block (bh, y) owns R query rows and walks the keys.
 
         p = exp(scale q.k - lse);  ds = p * (dout.v - delta);  dq = scale * sum_s ds k[s]"""
     LANES, RT, CT = tiles.lanes, tiles.rt, tiles.ct
     R, K, NTHREADS = tiles.rows, tiles.cols, tiles.threads
+    G, GQA = group, group > 1  # query heads per kv head (grouped-query attention: a compile-time constant)
     DT = ceil_div(HS, LANES)
     HSP, KP = HS + 1, K + 1  # padded row lengths (shared array shapes must be compile-time constants)
 
@@ -548,11 +587,16 @@ def flash_backward_dq_kernel(HS: int, tiles: FlashTiles):
         h = bh % NH
         q0 = (cuda.gridDim.y - 1 - cuda.blockIdx.y) * R
         x = b * T * 3 * C + h * HS
+        if GQA:  # qkv rows of W = C + 2 NKV HS floats: q (NH heads), k, v (NKV heads); kv head h // G
+            W = C + 2 * (NH // G) * HS
+            x = b * T * W + h * HS
+            xk = b * T * W + C + (h // G) * HS
+            xv = xk + (NH // G) * HS
         for e in range(tid, R * HS, NTHREADS):
             t = q0 + e // HS
             d = e % HS
             if t < T:
-                q_s[e // HS, d] = qkv[x + t * 3 * C + d] * scale
+                q_s[e // HS, d] = qkv[(x + t * W if GQA else x + t * 3 * C) + d] * scale
                 g_s[e // HS, d] = dout[(b * T + t) * C + h * HS + d]
             else:
                 q_s[e // HS, d] = float32(0.0)
@@ -584,8 +628,8 @@ def flash_backward_dq_kernel(HS: int, tiles: FlashTiles):
                 d = e % HS
                 key = k0 + j
                 if key < T:
-                    k_s[j, d] = qkv[x + key * 3 * C + C + d]
-                    v_s[j, d] = qkv[x + key * 3 * C + 2 * C + d]
+                    k_s[j, d] = qkv[(xk + key * W if GQA else x + key * 3 * C + C) + d]
+                    v_s[j, d] = qkv[(xv + key * W if GQA else x + key * 3 * C + 2 * C) + d]
                 else:
                     k_s[j, d] = float32(0.0)
                     v_s[j, d] = float32(0.0)
@@ -624,7 +668,7 @@ def flash_backward_dq_kernel(HS: int, tiles: FlashTiles):
         for i in range(RT):
             t = q0 + r0 + i
             if t < T:
-                row = (b * T + t) * 3 * C + h * HS
+                row = (b * T + t) * W + h * HS if GQA else (b * T + t) * 3 * C + h * HS
                 for c in range(DT):
                     dd = g + LANES * c
                     if dd < HS:
@@ -634,7 +678,7 @@ def flash_backward_dq_kernel(HS: int, tiles: FlashTiles):
 
 
 @functools.cache
-def flash_backward_dkv_kernel(HS: int, tiles: FlashTiles):
+def flash_backward_dkv_kernel(HS: int, tiles: FlashTiles, group: int = 1):
     """dk, dv for head size HS. Grid (B*NH, ceil(T / rows)); block (bh, y) owns key rows y*R ..
     y*R+R-1 (the first keys are seen by the most queries: they start first) and walks the queries
     t >= its first key in tiles of `cols`, accumulating in registers (no atomics, deterministic):
@@ -642,6 +686,7 @@ def flash_backward_dkv_kernel(HS: int, tiles: FlashTiles):
         dv[s] = sum_{t>=s} p dout[t];   dk[s] = sum_{t>=s} ds (scale q[t])"""
     LANES, RT, CT = tiles.lanes, tiles.rt, tiles.ct
     R, K, NTHREADS = tiles.rows, tiles.cols, tiles.threads
+    G, GQA = group, group > 1  # query heads per kv head (grouped-query attention: a compile-time constant)
     DT = ceil_div(HS, LANES)
     HSP, KP = HS + 1, K + 1  # padded row lengths (shared array shapes must be compile-time constants)
 
@@ -671,12 +716,19 @@ def flash_backward_dkv_kernel(HS: int, tiles: FlashTiles):
         h = bh % NH
         k0 = cuda.blockIdx.y * R
         x = b * T * 3 * C + h * HS
+        if GQA:  # the block is (batch, kv head): its dk, dv sum the terms of the G query heads of the group
+            NKV = NH // G
+            W = C + 2 * NKV * HS
+            b = bh // NKV
+            kvh = bh % NKV
+            xk = b * T * W + C + kvh * HS
+            xv = xk + NKV * HS
         for e in range(tid, R * HS, NTHREADS):
             key = k0 + e // HS
             d = e % HS
             if key < T:
-                k_s[e // HS, d] = qkv[x + key * 3 * C + C + d]
-                v_s[e // HS, d] = qkv[x + key * 3 * C + 2 * C + d]
+                k_s[e // HS, d] = qkv[(xk + key * W if GQA else x + key * 3 * C + C) + d]
+                v_s[e // HS, d] = qkv[(xv + key * W if GQA else x + key * 3 * C + 2 * C) + d]
             else:
                 k_s[e // HS, d] = float32(0.0)
                 v_s[e // HS, d] = float32(0.0)
@@ -684,14 +736,22 @@ def flash_backward_dkv_kernel(HS: int, tiles: FlashTiles):
             for c in range(DT):
                 dk[i, c] = float32(0.0)
                 dv[i, c] = float32(0.0)
-        for t0 in range(k0, T, K):
+        if GQA:  # the query tiles t0 >= k0 of each of the group's G heads, one head after the other
+            span = (T - k0 + K - 1) // K * K
+        for t0 in range(k0, k0 + G * span if GQA else T, K):
+            if GQA:
+                hg = (t0 - k0) // span  # query head h of the group, its tile t0
+                h = kvh * G + hg
+                bh = b * NH + h
+                x = b * T * W + h * HS
+                t0 = t0 - hg * span
             cuda.syncthreads()
             for e in range(tid, K * HS, NTHREADS):
                 j = e // HS
                 d = e % HS
                 t = t0 + j
                 if t < T:
-                    q_s[j, d] = qkv[x + t * 3 * C + d] * scale
+                    q_s[j, d] = qkv[(x + t * W if GQA else x + t * 3 * C) + d] * scale
                     g_s[j, d] = dout[(b * T + t) * C + h * HS + d]
                 else:
                     q_s[j, d] = float32(0.0)
@@ -742,12 +802,12 @@ def flash_backward_dkv_kernel(HS: int, tiles: FlashTiles):
         for i in range(RT):
             key = k0 + r0 + i
             if key < T:
-                row = (b * T + key) * 3 * C + h * HS
+                row = (b * T + key) * W + kvh * HS if GQA else (b * T + key) * 3 * C + h * HS
                 for c in range(DT):
                     dd = g + LANES * c
                     if dd < HS:
                         dqkv[row + C + dd] = dk[i, c]
-                        dqkv[row + 2 * C + dd] = dv[i, c]
+                        dqkv[row + (C + NKV * HS if GQA else 2 * C) + dd] = dv[i, c]
 
     return flash_backward_dkv
 
@@ -773,10 +833,11 @@ def _vec_widths(HS: int, tiles: FlashTiles) -> tuple[int, int, int]:
 
 
 @functools.cache
-def flash_backward_dq_vec_kernel(HS: int, tiles: FlashTiles):
+def flash_backward_dq_vec_kernel(HS: int, tiles: FlashTiles, group: int = 1):
     """`flash_backward_dq_kernel` (same arguments, grid and results) with 16-byte shared loads."""
     LANES, RT, CT = tiles.lanes, tiles.rt, tiles.ct
     R, K, NTHREADS = tiles.rows, tiles.cols, tiles.threads
+    G, GQA = group, group > 1  # query heads per kv head (grouped-query attention: a compile-time constant)
     HS4, HSW, DT4 = _vec_widths(HS, tiles)
     HSV, KV = HSW + VEC_PAD, K + VEC_PAD
     LANE_SHIFT = LANES.bit_length() - 1
@@ -806,12 +867,17 @@ def flash_backward_dq_vec_kernel(HS: int, tiles: FlashTiles):
         h = bh % NH
         q0 = (cuda.gridDim.y - 1 - cuda.blockIdx.y) * R
         x = b * T * 3 * C + h * HS
+        if GQA:  # qkv rows of W = C + 2 NKV HS floats: q (NH heads), k, v (NKV heads); kv head h // G
+            W = C + 2 * (NH // G) * HS
+            x = b * T * W + h * HS
+            xk = b * T * W + C + (h // G) * HS
+            xv = xk + (NH // G) * HS
         for e in range(tid, R * HSW, NTHREADS):
             j = e // HSW
             d = e % HSW
             t = q0 + j
             if t < T and d < HS:
-                q_s[j, d] = qkv[x + t * 3 * C + d] * scale
+                q_s[j, d] = qkv[(x + t * W if GQA else x + t * 3 * C) + d] * scale
                 g_s[j, d] = dout[(b * T + t) * C + h * HS + d]
             else:
                 q_s[j, d] = float32(0.0)
@@ -845,8 +911,8 @@ def flash_backward_dq_vec_kernel(HS: int, tiles: FlashTiles):
                 d = e % HSW
                 key = k0 + j
                 if key < T and d < HS:
-                    k_s[j, d] = qkv[x + key * 3 * C + C + d]
-                    v_s[j, d] = qkv[x + key * 3 * C + 2 * C + d]
+                    k_s[j, d] = qkv[(xk + key * W if GQA else x + key * 3 * C + C) + d]
+                    v_s[j, d] = qkv[(xv + key * W if GQA else x + key * 3 * C + 2 * C) + d]
                 else:
                     k_s[j, d] = float32(0.0)
                     v_s[j, d] = float32(0.0)
@@ -896,7 +962,7 @@ def flash_backward_dq_vec_kernel(HS: int, tiles: FlashTiles):
         for i in range(RT):
             t = q0 + r0 + i
             if t < T:
-                row = (b * T + t) * 3 * C + h * HS
+                row = (b * T + t) * W + h * HS if GQA else (b * T + t) * 3 * C + h * HS
                 for c in range(DT4):
                     for w in range(4):
                         dd = 4 * g + 4 * LANES * c + w
@@ -907,7 +973,7 @@ def flash_backward_dq_vec_kernel(HS: int, tiles: FlashTiles):
 
 
 @functools.cache
-def flash_backward_dkv_vec_kernel(HS: int, tiles: FlashTiles):
+def flash_backward_dkv_vec_kernel(HS: int, tiles: FlashTiles, group: int = 1):
     """`flash_backward_dkv_kernel` (same arguments, grid and results) with 16-byte shared loads.
 
     tiles.fused: the one-kernel backward (5 tile products instead of 7). Each (key block, query tile)
@@ -917,6 +983,7 @@ def flash_backward_dkv_vec_kernel(HS: int, tiles: FlashTiles):
     bitwise repeatable. Needs rows == cols (the query rows of a tile reuse the key rows' layout)."""
     LANES, RT, CT = tiles.lanes, tiles.rt, tiles.ct
     R, K, NTHREADS = tiles.rows, tiles.cols, tiles.threads
+    G, GQA = group, group > 1  # query heads per kv head (grouped-query attention: a compile-time constant)
     HS4, HSW, DT4 = _vec_widths(HS, tiles)
     HSV, KV = HSW + VEC_PAD, K + VEC_PAD
     LANE_SHIFT = LANES.bit_length() - 1
@@ -953,13 +1020,20 @@ def flash_backward_dkv_vec_kernel(HS: int, tiles: FlashTiles):
         h = bh % NH
         k0 = cuda.blockIdx.y * R
         x = b * T * 3 * C + h * HS
+        if GQA:  # the block is (batch, kv head): its dk, dv sum the terms of the G query heads of the group
+            NKV = NH // G
+            W = C + 2 * NKV * HS
+            b = bh // NKV
+            kvh = bh % NKV
+            xk = b * T * W + C + kvh * HS
+            xv = xk + NKV * HS
         for e in range(tid, R * HSW, NTHREADS):
             j = e // HSW
             d = e % HSW
             key = k0 + j
             if key < T and d < HS:
-                k_s[j, d] = qkv[x + key * 3 * C + C + d]
-                v_s[j, d] = qkv[x + key * 3 * C + 2 * C + d]
+                k_s[j, d] = qkv[(xk + key * W if GQA else x + key * 3 * C + C) + d]
+                v_s[j, d] = qkv[(xv + key * W if GQA else x + key * 3 * C + 2 * C) + d]
             else:
                 k_s[j, d] = float32(0.0)
                 v_s[j, d] = float32(0.0)
@@ -968,14 +1042,22 @@ def flash_backward_dkv_vec_kernel(HS: int, tiles: FlashTiles):
                 for w in range(4):
                     dk[i, c, w] = float32(0.0)
                     dv[i, c, w] = float32(0.0)
-        for t0 in range(k0, T, K):
+        if GQA:  # the query tiles t0 >= k0 of each of the group's G heads, one head after the other
+            span = (T - k0 + K - 1) // K * K
+        for t0 in range(k0, k0 + G * span if GQA else T, K):
+            if GQA:
+                hg = (t0 - k0) // span  # query head h of the group, its tile t0
+                h = kvh * G + hg
+                bh = b * NH + h
+                x = b * T * W + h * HS
+                t0 = t0 - hg * span
             cuda.syncthreads()
             for e in range(tid, K * HSW, NTHREADS):
                 j = e // HSW
                 d = e % HSW
                 t = t0 + j
                 if t < T and d < HS:
-                    q_s[j, d] = qkv[x + t * 3 * C + d] * scale
+                    q_s[j, d] = qkv[(x + t * W if GQA else x + t * 3 * C) + d] * scale
                     g_s[j, d] = dout[(b * T + t) * C + h * HS + d]
                 else:
                     q_s[j, d] = float32(0.0)
@@ -1056,7 +1138,7 @@ def flash_backward_dkv_vec_kernel(HS: int, tiles: FlashTiles):
                 for i in range(RT):
                     t = t0 + r0 + i
                     if t < T:
-                        row = (b * T + t) * 3 * C + h * HS
+                        row = (b * T + t) * W + h * HS if GQA else (b * T + t) * 3 * C + h * HS
                         for c in range(DT4):
                             for w in range(4):
                                 dd = 4 * g + 4 * LANES * c + w
@@ -1065,28 +1147,29 @@ def flash_backward_dkv_vec_kernel(HS: int, tiles: FlashTiles):
         for i in range(RT):
             key = k0 + r0 + i
             if key < T:
-                row = (b * T + key) * 3 * C + h * HS
+                row = (b * T + key) * W + kvh * HS if GQA else (b * T + key) * 3 * C + h * HS
                 for c in range(DT4):
                     for w in range(4):
                         dd = 4 * g + 4 * LANES * c + w
                         if dd < HS:
                             dqkv[row + C + dd] = dk[i, c, w]
-                            dqkv[row + 2 * C + dd] = dv[i, c, w]
+                            dqkv[row + (C + NKV * HS if GQA else 2 * C) + dd] = dv[i, c, w]
 
     return flash_backward_dkv_vec
 
 
 @kernel
-def flash_backward_prep_kernel(dqkv, delta, dout, out, B, T, C, NH):
+def flash_backward_prep_kernel(dqkv, delta, dout, out, B, T, C, NH, W):
     """Before the fused backward: delta[b,h,t] = dout[b,t,h] . out[b,t,h], and dq (the q columns of
-    dqkv) zeroed for the atomic adds. One thread per (b, t, h), h fastest (neighbours read neighbours)."""
+    dqkv, rows of W = (NH + 2 NKV) HS floats) zeroed for the atomic adds. One thread per (b, t, h),
+    h fastest (neighbours read neighbours)."""
     i = cuda.grid(1)
     if i < B * T * NH:
         h = i % NH
         bt = i // NH
         HS = C // NH
         o = bt * C + h * HS
-        q = bt * 3 * C + h * HS
+        q = bt * W + h * HS
         acc = float32(0.0)
         for d in range(HS):
             acc += dout[o + d] * out[o + d]
@@ -1136,8 +1219,11 @@ def flash_tiles(HS: int) -> tuple[FlashTiles, FlashTiles]:
     return fit_flash_tiles(HS, fwd, ("forward",)), fit_flash_tiles(HS, bwd, ("dq", "dkv"))
 
 
-def flash_kernels(HS: int, forward_tiles: FlashTiles | None = None, backward_tiles: FlashTiles | None = None):
-    """The three flash kernels for head size HS (default block shapes from `flash_tiles`)."""
+def flash_kernels(HS: int, forward_tiles: FlashTiles | None = None, backward_tiles: FlashTiles | None = None,
+                  group: int = 1):  # fmt: skip
+    """The three flash kernels for head size HS (default block shapes from `flash_tiles`) and `group` query
+    heads per kv head (1: multi-head attention, GPT-2; the kernels are built per group, a compile-time
+    constant, so that GPT-2's are exactly the multi-head kernels)."""
     default_fwd, default_bwd = flash_tiles(HS)
     ft, bt = forward_tiles or default_fwd, backward_tiles or default_bwd
     if ft.vec and not flash_vec_supported(HS, ft):
@@ -1146,13 +1232,14 @@ def flash_kernels(HS: int, forward_tiles: FlashTiles | None = None, backward_til
         raise ValueError(f"the 16-byte-load backward walks runs of 4 keys; {bt} has {bt.cols} per tile")
     if bt.fused and not (bt.vec and bt.rows == bt.cols):
         raise ValueError(f"the fused backward needs vec=True and square tiles (rows == cols); {bt} is not")
-    forward = flash_forward_vec_kernel(HS, ft) if ft.vec else flash_forward_kernel(HS, ft)
+    G = int(group)
+    forward = flash_forward_vec_kernel(HS, ft, G) if ft.vec else flash_forward_kernel(HS, ft, G)
     if bt.fused:
-        return FlashKernels(forward, flash_backward_prep_kernel, flash_backward_dkv_vec_kernel(HS, bt), ft, bt)
+        return FlashKernels(forward, flash_backward_prep_kernel, flash_backward_dkv_vec_kernel(HS, bt, G), ft, bt)
     if bt.vec:
-        dq, dkv = flash_backward_dq_vec_kernel(HS, bt), flash_backward_dkv_vec_kernel(HS, bt)
+        dq, dkv = flash_backward_dq_vec_kernel(HS, bt, G), flash_backward_dkv_vec_kernel(HS, bt, G)
         return FlashKernels(forward, dq, dkv, ft, bt)
-    return FlashKernels(forward, flash_backward_dq_kernel(HS, bt), flash_backward_dkv_kernel(HS, bt), ft, bt)
+    return FlashKernels(forward, flash_backward_dq_kernel(HS, bt, G), flash_backward_dkv_kernel(HS, bt, G), ft, bt)
 
 
 @kernel
@@ -1172,28 +1259,31 @@ def attention_delta_kernel(delta, dout, out, B, T, C, NH):
         delta[i] = acc
 
 
-def attention_forward_flash(out, lse, qkv, B, T, C, NH, tiles=None):
-    """out (B,T,C) from qkv (B,T,3C); lse (B,NH,T) saved for the backward. tiles: a FlashTiles."""
-    if C % NH:
-        raise ValueError(f"n_embd={C} is not a multiple of n_head={NH}")
-    ks = flash_kernels(C // NH, forward_tiles=tiles)
+def attention_forward_flash(out, lse, qkv, B, T, C, NH, tiles=None, n_kv_head=None):
+    """out (B,T,C) from qkv (B,T,(NH+2NKV)HS) (GPT-2: (B,T,3C)); lse (B,NH,T) saved for the backward.
+    tiles: a FlashTiles. n_kv_head: NKV key/value heads (None: NH); query head h reads kv head h // (NH/NKV)."""
+    NKV = _kv_heads(C, NH, n_kv_head)
+    ks = flash_kernels(C // NH, forward_tiles=tiles, group=NH // NKV)
     ft = ks.forward_tiles
     grid = (B * NH, ceil_div(T, ft.rows))
     ks.forward[grid, ft.threads](out, lse, qkv, B, T, C, NH, np.float32(1.0 / math.sqrt(C // NH)))
 
 
-def attention_backward_flash(dqkv, delta, dout, out, lse, qkv, B, T, C, NH, tiles=None):
-    """dqkv (B,T,3C) written from dout (B,T,C); delta (B,NH,T) is scratch (written by the dq kernel,
-    read by the dk/dv kernel). tiles: a FlashTiles for both backward kernels."""
-    if C % NH:
-        raise ValueError(f"n_embd={C} is not a multiple of n_head={NH}")
-    ks = flash_kernels(C // NH, backward_tiles=tiles)
+def attention_backward_flash(dqkv, delta, dout, out, lse, qkv, B, T, C, NH, tiles=None, n_kv_head=None):
+    """dqkv (B,T,(NH+2NKV)HS) written from dout (B,T,C); delta (B,NH,T) is scratch (written by the dq
+    kernel, read by the dk/dv kernel). tiles: a FlashTiles for both backward kernels. With NKV < NH a
+    dk/dv block owns a key tile of one kv head and walks the query tiles of each of the group's heads in
+    turn, summing their terms in registers: still no atomics, deterministic (the fused opt-in adds dq by
+    atomics, as for GPT-2)."""
+    NKV = _kv_heads(C, NH, n_kv_head)
+    ks = flash_kernels(C // NH, backward_tiles=tiles, group=NH // NKV)
     bt = ks.backward_tiles
     grid = (B * NH, ceil_div(T, bt.rows))
     scale = np.float32(1.0 / math.sqrt(C // NH))
     if bt.fused:
         threads = block_size(256, 32)
-        ks.backward_dq[ceil_div(B * T * NH, threads), threads](dqkv, delta, dout, out, B, T, C, NH)
+        W = C + 2 * NKV * (C // NH)
+        ks.backward_dq[ceil_div(B * T * NH, threads), threads](dqkv, delta, dout, out, B, T, C, NH, W)
     else:
         ks.backward_dq[grid, bt.threads](dqkv, delta, qkv, dout, out, lse, B, T, C, NH, scale)
-    ks.backward_dkv[grid, bt.threads](dqkv, delta, qkv, dout, lse, B, T, C, NH, scale)
+    ks.backward_dkv[(B * NKV, grid[1]), bt.threads](dqkv, delta, qkv, dout, lse, B, T, C, NH, scale)

@@ -2,7 +2,9 @@
 
 Shapes (all arrays flat, row-major):
     idx   (B, T) int32       out   (B, T, C)
-    wte   (V, C)             wpe   (maxT, C)
+    wte   (V, C)             wpe   (maxT, C), or None with rotary positions (config.position "rope"):
+                             then out[b, t, :] = wte[idx[b, t], :] and there is no dwpe (the
+                             positions enter in attention, kernels/rope.py)
 
 Backward is a scatter-add: every position adds its gradient row into the row of its token
 in dwte (and of its position in dwpe). Two versions:
@@ -34,9 +36,22 @@ def encoder_forward_kernel(out, idx, wte, wpe, BT, T, C):
         out[i] = wte[idx[row] * C + c] + wpe[t * C + c]
 
 
+@kernel
+def token_embedding_kernel(out, idx, wte, BT, C):
+    """The forward without a position table: out[row, c] = wte[idx[row], c]."""
+    i = cuda.grid(1)
+    if i < BT * C:
+        row = i // C
+        out[i] = wte[idx[row] * C + i - row * C]
+
+
 def encoder_forward(out, idx, wte, wpe, B, T, C):
+    """out (B, T, C) = wte[idx] + wpe[:T]; wpe None (rope): wte[idx]."""
     n = B * T * C
     threads = block_size(256, 32)
+    if wpe is None:
+        token_embedding_kernel[ceil_div(n, threads), threads](out, idx, wte, B * T, C)
+        return
     encoder_forward_kernel[ceil_div(n, threads), threads](out, idx, wte, wpe, B * T, T, C)
 
 
@@ -53,10 +68,23 @@ def encoder_backward_atomic_kernel(dwte, dwpe, dout, idx, BT, T, C):
         cuda.atomic.add(dwpe, t * C + c, g)
 
 
+@kernel
+def wte_backward_atomic_kernel(dwte, dout, idx, BT, C):
+    """The naive scatter-add without a position table: dwte[idx[row]] += dout[row] (atomics)."""
+    i = cuda.grid(1)
+    if i < BT * C:
+        row = i // C
+        cuda.atomic.add(dwte, idx[row] * C + i - row * C, dout[i])
+
+
 def encoder_backward_naive(dwte, dwpe, dout, idx, B, T, C):
-    """dwte[idx[b,t]] += dout[b,t]; dwpe[t] += dout[b,t] (atomics; accumulates into dwte/dwpe)."""
+    """dwte[idx[b,t]] += dout[b,t]; dwpe[t] += dout[b,t] (atomics; accumulates into dwte/dwpe).
+    dwpe None (no position table): dwte only."""
     n = B * T * C
     threads = block_size(256, 32)
+    if dwpe is None:
+        wte_backward_atomic_kernel[ceil_div(n, threads), threads](dwte, dout, idx, B * T, C)
+        return
     encoder_backward_atomic_kernel[ceil_div(n, threads), threads](dwte, dwpe, dout, idx, B * T, T, C)
 
 
@@ -100,12 +128,14 @@ def token_groups(idx_host: np.ndarray):
 
 
 def encoder_backward_sorted(dwte, dwpe, dout, order, group_start, group_token, n_groups, B, T, C):
-    """Deterministic scatter-add (accumulates into dwte/dwpe); the groups come from `token_groups`."""
+    """Deterministic scatter-add (accumulates into dwte/dwpe; dwpe None: dwte only); the groups come
+    from `token_groups`."""
     threads = block_size(256, 32)
     wte_backward_sorted_kernel[ceil_div(n_groups * C, threads), threads](
         dwte, dout, order, group_start, group_token, n_groups, C
     )
-    wpe_backward_kernel[ceil_div(T * C, threads), threads](dwpe, dout, B, T, C)
+    if dwpe is not None:
+        wpe_backward_kernel[ceil_div(T * C, threads), threads](dwpe, dout, B, T, C)
 
 
 # ----------------------------------------------------------------------------- backward, chained
@@ -148,10 +178,11 @@ def wte_backward_chained_kernel(dwte, dout, idx, next_pos, is_first, BT, C):
 
 
 def encoder_backward_chained(dwte, dwpe, dout, idx, next_pos, is_first, B, T, C):
-    """Deterministic scatter-add (accumulates into dwte/dwpe) with the grouping done on the device.
-    next_pos, is_first: int32 scratch of >= B*T elements."""
+    """Deterministic scatter-add (accumulates into dwte/dwpe; dwpe None: dwte only) with the grouping
+    done on the device. next_pos, is_first: int32 scratch of >= B*T elements."""
     BT = B * T
     threads = block_size(256, 32)
     token_chains_kernel[ceil_div(BT, threads), threads](next_pos, is_first, idx, BT)
     wte_backward_chained_kernel[ceil_div(BT * C, threads), threads](dwte, dout, idx, next_pos, is_first, BT, C)
-    wpe_backward_kernel[ceil_div(T * C, threads), threads](dwpe, dout, B, T, C)
+    if dwpe is not None:
+        wpe_backward_kernel[ceil_div(T * C, threads), threads](dwpe, dout, B, T, C)

@@ -25,6 +25,10 @@ Two versions of each:
   result is the same bits on every run (and in every CUDA-graph replay).
 Both compute the mean and variance in two passes over the values (no E[x^2] - E[x]^2 cancellation).
 
+Without bias (config.bias False, docs/variants.md): the launchers take bias=None / dbias=None; the
+warp kernels are then built without the bias (a compile-time flag: no bias load, no dbias sums, C
+partials per block instead of 2C), the naive ones skip it at run time. GPT-2's kernels are unchanged.
+
 Bytes (memory-bound; float32): forward reads x and writes out (8 N C); backward reads dout, x and
 dinp and writes dinp (16 N C; the partial sums add 8 C per block, ~1.6 MB at N = 4096, C = 768).
 """
@@ -37,13 +41,13 @@ import math
 import numpy as np
 
 from numba_impl import scratch
-from numba_impl._compat import WARP, block_size, ceil_div, cuda, device, float32, kernel, warp_sum
-from numba_impl.vector import VEC, aligned16, load4, store4
+from numba_impl._compat import WARP, block_size, ceil_div, cuda, float32, kernel, warp_sum
+from numba_impl.rows import row_vectorized, warp_row
 
 
 # ----------------------------------------------------------------------------- naive
 @kernel
-def layernorm_forward_naive_kernel(out, mean, rstd, inp, weight, bias, N, C, eps):
+def layernorm_forward_naive_kernel(out, mean, rstd, inp, weight, bias, N, C, eps, has_bias):
     row = cuda.grid(1)
     if row < N:
         base = row * C
@@ -57,7 +61,10 @@ def layernorm_forward_naive_kernel(out, mean, rstd, inp, weight, bias, N, C, eps
             v += d * d
         r = float32(1.0) / math.sqrt(v / float32(C) + eps)
         for c in range(C):
-            out[base + c] = (inp[base + c] - m) * r * weight[c] + bias[c]
+            if has_bias:
+                out[base + c] = (inp[base + c] - m) * r * weight[c] + bias[c]
+            else:
+                out[base + c] = (inp[base + c] - m) * r * weight[c]
         mean[row] = m
         rstd[row] = r
 
@@ -86,9 +93,9 @@ def layernorm_backward_naive_kernel(dinp, dout, inp, weight, mean, rstd, N, C):
 
 
 @kernel
-def layernorm_param_grads_kernel(dweight, dbias, dout, inp, mean, rstd, N, C, rows_per_thread):
+def layernorm_param_grads_kernel(dweight, dbias, dout, inp, mean, rstd, N, C, rows_per_thread, has_bias):
     """One thread per (channel, chunk of rows): sums dout and dout*norm over its rows, then adds
-    them to dweight/dbias (atomically: several chunks share a channel)."""
+    them to dweight/dbias (atomically: several chunks share a channel). has_bias False: dweight only."""
     i = cuda.grid(1)
     n_chunks = (N + rows_per_thread - 1) // rows_per_thread
     if i < n_chunks * C:
@@ -101,23 +108,29 @@ def layernorm_param_grads_kernel(dweight, dbias, dout, inp, mean, rstd, N, C, ro
             d = dout[row * C + c]
             db += d
             dw += d * (inp[row * C + c] - mean[row]) * rstd[row]
-        cuda.atomic.add(dbias, c, db)
+        if has_bias:
+            cuda.atomic.add(dbias, c, db)
         cuda.atomic.add(dweight, c, dw)
 
 
 def layernorm_forward_naive(out, mean, rstd, inp, weight, bias, N, C, eps):
+    """As `layernorm_forward`; bias None: no bias."""
     threads = block_size(128, 32)
+    has_bias = bias is not None
     layernorm_forward_naive_kernel[ceil_div(N, threads), threads](
-        out, mean, rstd, inp, weight, bias, N, C, np.float32(eps)
+        out, mean, rstd, inp, weight, bias if has_bias else scratch.dummy(), N, C, np.float32(eps), has_bias
     )
 
 
 def layernorm_backward_naive(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C):
-    """Accumulates into dinp, dweight, dbias. The parameter sums use one chunk of all N rows per
-    channel, so each channel is summed by one thread in row order (deterministic)."""
+    """Accumulates into dinp, dweight, dbias (dbias None: no bias). The parameter sums use one chunk of
+    all N rows per channel, so each channel is summed by one thread in row order (deterministic)."""
     threads = block_size(128, 32)
+    has_bias = dbias is not None
+    dbias = dbias if has_bias else scratch.dummy()
     layernorm_backward_naive_kernel[ceil_div(N, threads), threads](dinp, dout, inp, weight, mean, rstd, N, C)
-    layernorm_param_grads_kernel[ceil_div(C, threads), threads](dweight, dbias, dout, inp, mean, rstd, N, C, N)
+    layernorm_param_grads_kernel[ceil_div(C, threads), threads](dweight, dbias, dout, inp, mean, rstd, N, C, N,
+                                                                has_bias)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- one warp per row
@@ -129,60 +142,25 @@ SMS = 132  # H100 SXM and H200 multiprocessors (sizes the backward's grid; any G
 
 
 def _row_vectorized(C: int, *arrays) -> bool:
-    """Can the warp kernels move runs of 4 channels with 16-byte accesses? Rows of a multiple of 4 floats
-    (so every row starts 16-byte aligned) in arrays whose pointers are 16-byte aligned."""
-    return C % VEC == 0 and all(aligned16(a) for a in arrays)
+    """Can the warp kernels move runs of 4 channels with 16-byte accesses? (numba_impl/rows.py)"""
+    return row_vectorized(C, *arrays)
 
 
 @functools.cache
-def layernorm_warp_kernels(C: int, vec: bool = False):
+def layernorm_warp_kernels(C: int, vec: bool = False, bias: bool = True):
     """(forward, backward, param_reduce) for rows of C channels, each row held in registers by one warp.
 
     Lane `lane` holds the row's channels `channel(lane, k)`, k < VPL: with vec, runs of 4 (k = 4j + u:
-    channel 4 lane + 128 j + u, one 16-byte access per run); without, channel lane + 32 k."""
-    VPL = VEC * ceil_div(C, VEC * WARP) if vec else ceil_div(C, WARP)  # values per lane
-    RUNS = VPL // VEC  # vec: runs of 4 per lane
-    CP = VPL * WARP  # C rounded up to whole lanes: the shared rows' length
+    channel 4 lane + 128 j + u, one 16-byte access per run); without, channel lane + 32 k (numba_impl/rows.py).
+    bias=False (config.bias False): no bias in the forward, no dbias in the backward; the kernels take the
+    same arguments (the bias / dbias array is not read), the per-block partials are C floats instead of 2C."""
+    row = warp_row(C, vec)
+    VPL, CP = row.VPL, row.CP  # values per lane; C rounded up to whole lanes: the shared rows' length
+    channel, load_row, store_row = row.channel, row.load_row, row.store_row
+    BIAS = bool(bias)  # (the kernels' `bias` argument is the array)
+    NS = 2 if BIAS else 1  # parameter sums per channel: dweight (and dbias)
     WB = block_size(LN_WARPS_BACKWARD, 1)
     RW = block_size(LN_REDUCE_WARPS, 1)
-
-    @device
-    def channel(lane, k):
-        if vec:
-            return VEC * lane + VEC * WARP * (k // VEC) + k % VEC
-        return lane + WARP * k
-
-    @device
-    def load_row(values, src, base, lane, valid):
-        """values[k] = src[base + channel(lane, k)] (0 outside the row or for an invalid row)."""
-        if vec:
-            for j in range(RUNS):
-                c = VEC * lane + VEC * WARP * j
-                v = VEC * j
-                if valid and c < C:
-                    values[v], values[v + 1], values[v + 2], values[v + 3] = load4(src, base + c)
-                else:
-                    for u in range(VEC):
-                        values[v + u] = float32(0.0)
-        else:
-            for k in range(VPL):
-                c = lane + WARP * k
-                values[k] = src[base + c] if valid and c < C else float32(0.0)
-
-    @device
-    def store_row(dst, base, lane, values):
-        if vec:
-            for j in range(RUNS):
-                c = VEC * lane + VEC * WARP * j
-                if c < C:
-                    store4(
-                        dst, base + c, values[VEC * j], values[VEC * j + 1], values[VEC * j + 2], values[VEC * j + 3]
-                    )
-        else:
-            for k in range(VPL):
-                c = lane + WARP * k
-                if c < C:
-                    dst[base + c] = values[k]
 
     @kernel(lineinfo=True)
     def layernorm_forward_warp_kernel(out, mean, rstd, inp, weight, bias, N, C, eps):
@@ -197,7 +175,8 @@ def layernorm_warp_kernels(C: int, vec: bool = False):
         base = row * C
         load_row(x, inp, base, lane, valid)
         load_row(w, weight, 0, lane, True)
-        load_row(b, bias, 0, lane, True)
+        if BIAS:
+            load_row(b, bias, 0, lane, True)
         s = float32(0.0)
         for k in range(VPL):
             s += x[k]
@@ -209,7 +188,7 @@ def layernorm_warp_kernels(C: int, vec: bool = False):
         r = float32(1.0) / math.sqrt(warp_sum(v) / float32(C) + eps)
         if valid:
             for k in range(VPL):
-                x[k] = (x[k] - m) * r * w[k] + b[k]
+                x[k] = (x[k] - m) * r * w[k] + b[k] if BIAS else (x[k] - m) * r * w[k]
             store_row(out, base, lane, x)
             if lane == 0:
                 mean[row] = m
@@ -248,7 +227,8 @@ def layernorm_warp_kernels(C: int, vec: bool = False):
                 wg = g[k] * w[k]
                 g_sum += wg
                 gn_sum += wg * xn[k]
-                db[k] += g[k]
+                if BIAS:
+                    db[k] += g[k]
                 dw[k] += g[k] * xn[k]
             g_mean = warp_sum(g_sum) / float32(C)
             gn_mean = warp_sum(gn_sum) / float32(C)
@@ -256,7 +236,7 @@ def layernorm_warp_kernels(C: int, vec: bool = False):
                 d[k] += r * (g[k] * w[k] - g_mean - xn[k] * gn_mean)
             store_row(dinp, base, lane, d)
         # the block's totals per channel: each warp's lane sums through shared memory, dweight then dbias
-        for half in range(2):
+        for half in range(NS):
             for k in range(VPL):
                 red[warp, channel(lane, k)] = dw[k] if half == 0 else db[k]
             cuda.syncthreads()
@@ -264,25 +244,26 @@ def layernorm_warp_kernels(C: int, vec: bool = False):
                 total = float32(0.0)
                 for wi in range(WB):
                     total += red[wi, c]
-                partials[cuda.blockIdx.x * 2 * C + half * C + c] = total
+                partials[cuda.blockIdx.x * NS * C + half * C + c] = total
             cuda.syncthreads()
 
     @kernel
     def layernorm_param_reduce_kernel(dweight, dbias, partials, blocks, C):
-        """dweight[c] += sum over blocks of partials[block, c], dbias[c] likewise from partials[block, C + c].
-        A block takes 32 of the 2C values (one per lane); its RW warps each sum every RW-th block's
-        partials, then warp 0 adds the RW sums in warp order: the same order on every run."""
+        """dweight[c] += sum over blocks of partials[block, c], dbias[c] likewise from partials[block, C + c]
+        (bias=False: the partials are dweight's alone). A block takes 32 of the NS*C values (one per lane);
+        its RW warps each sum every RW-th block's partials, then warp 0 adds the RW sums in warp order:
+        the same order on every run."""
         red = cuda.shared.array((RW, WARP), float32)
         lane = cuda.threadIdx.x % WARP
         warp = cuda.threadIdx.x // WARP
         i = cuda.blockIdx.x * WARP + lane
         total = float32(0.0)
-        if i < 2 * C:
+        if i < NS * C:
             for blk in range(warp, blocks, RW):
-                total += partials[blk * 2 * C + i]
+                total += partials[blk * NS * C + i]
         red[warp, lane] = total
         cuda.syncthreads()
-        if warp == 0 and i < 2 * C:
+        if warp == 0 and i < NS * C:
             total = float32(0.0)
             for wi in range(RW):
                 total += red[wi, lane]
@@ -295,7 +276,12 @@ def layernorm_warp_kernels(C: int, vec: bool = False):
 
 
 def layernorm_forward(out, mean, rstd, inp, weight, bias, N, C, eps):
-    forward, _, _ = layernorm_warp_kernels(C, _row_vectorized(C, out, inp, weight, bias))
+    """out (N, C), mean and rstd (N,) from inp (N, C); bias None: no bias (config.bias False)."""
+    if bias is None:
+        forward, _, _ = layernorm_warp_kernels(C, _row_vectorized(C, out, inp, weight), bias=False)
+        bias = scratch.dummy()
+    else:
+        forward, _, _ = layernorm_warp_kernels(C, _row_vectorized(C, out, inp, weight, bias))
     threads = WARP * block_size(LN_WARPS_FORWARD, 1)
     forward[ceil_div(N, threads // WARP), threads](out, mean, rstd, inp, weight, bias, N, C, np.float32(eps))
 
@@ -309,9 +295,13 @@ def layernorm_backward_blocks(N: int) -> int:
 
 def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C):
     """Accumulates into dinp, dweight, dbias: the warp kernel (dinp, and per-block parameter sums in a
-    scratch buffer), then the reduction of those sums in block order."""
-    _, backward, reduce = layernorm_warp_kernels(C, _row_vectorized(C, dinp, dout, inp, weight))
+    scratch buffer), then the reduction of those sums in block order. dbias None: the forward had no
+    bias (only dweight is summed)."""
+    bias = dbias is not None
+    _, backward, reduce = layernorm_warp_kernels(C, _row_vectorized(C, dinp, dout, inp, weight), bias=bias)
+    sums = 2 if bias else 1
     blocks = layernorm_backward_blocks(N)
-    partials = scratch.buffer("layernorm backward", blocks * 2 * C)
+    partials = scratch.buffer("layernorm backward", blocks * sums * C)
+    dbias = dbias if bias else scratch.dummy()
     backward[blocks, WARP * block_size(LN_WARPS_BACKWARD, 1)](dinp, partials, dout, inp, weight, mean, rstd, N, C)
-    reduce[ceil_div(2 * C, WARP), WARP * block_size(LN_REDUCE_WARPS, 1)](dweight, dbias, partials, blocks, C)
+    reduce[ceil_div(sums * C, WARP), WARP * block_size(LN_REDUCE_WARPS, 1)](dweight, dbias, partials, blocks, C)

@@ -73,10 +73,17 @@ def test_every_hot_kernel_compiles_for_sm90_without_spills_within_shared_and_reg
     assert groups == set(ptx_report.LAUNCHES), f"groups without a compiled kernel: {set(ptx_report.LAUNCHES) - groups}"
     names = {r["kernel"] for r in rows}
     expected_kernels = ("matmul_fast_kernel", "splitk_reduce_kernel", "crossentropy_rows_kernel", "adamw_kernel",
-                        "layernorm_backward_warp_kernel", "layernorm_param_reduce_kernel")  # fmt: skip
+                        "layernorm_backward_warp_kernel", "layernorm_param_reduce_kernel",
+                        # the variants (llama-124m): RMSNorm, SwiGLU, RoPE, the embedding without wpe
+                        "rmsnorm_forward_warp_kernel", "rmsnorm_backward_warp_kernel", "rmsnorm_dweight_reduce_kernel",
+                        "swiglu_forward_ilp_kernel", "swiglu_backward_ilp_kernel", "rope_kernel",
+                        "token_embedding_kernel")  # fmt: skip
     for expected in expected_kernels:
         assert expected in names, f"{expected} was not launched by the recorded launchers:\n{table}"
     assert len(rows) >= 15, table
+    # grouped-query attention (12 query heads on 4 kv heads: G = 3) builds flash kernels of its own
+    gqa = {r["kernel"] for r in rows if r["group"] == "variants" and "G=3" in r["config"].split()}
+    assert gqa == {"flash_forward_vec", "flash_backward_dq_vec", "flash_backward_dkv_vec"}, table
     bad = [r for r in rows if not r["ok"]]
     assert not bad, f"kernels that break a ptxas rule:\n{table}"
     for r in rows:  # the report was read, not assumed
