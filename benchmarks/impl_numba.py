@@ -26,6 +26,9 @@ from numba_impl.kernels.crossentropy import crossentropy
 from numba_impl.kernels.gelu import gelu_backward, gelu_forward
 from numba_impl.kernels.layernorm import layernorm_backward, layernorm_forward
 from numba_impl.kernels.matmul import matmul_backward, matmul_forward
+from numba_impl.kernels.rmsnorm import rmsnorm_backward, rmsnorm_forward
+from numba_impl.kernels.rope import rope_backward, rope_forward, rope_tables
+from numba_impl.kernels.swiglu import swiglu_backward, swiglu_forward
 from numba_impl.model import HEAD_K_CHUNK, NumbaGPT2
 
 LR = 1e-4
@@ -82,6 +85,12 @@ class _Op:
             "layernorm": {"out": N * C, "mean": N, "rstd": N, "dx": N * C, "dw": C, "db": C},
             "gelu": {"out": N * 4 * C, "dx": N * 4 * C},
             "crossentropy": {"losses": N, "dlogits": N * V},
+            "rmsnorm": {"out": N * C, "rstd": N, "dx": N * C, "dw": C},
+            "swiglu": {"out": N * inputs.H, "dx": N * 2 * inputs.H},
+            "rope": {
+                "out": inputs.arrays["qkv"].size if op == "rope" else 0,
+                "dx": inputs.arrays.get("qkv", []).size if op == "rope" else 0,
+            },  # fmt: skip
         }
         if op.startswith("attention"):
             self.kind = attention or ("naive" if op == "attention-naive" else "flash")
@@ -92,6 +101,9 @@ class _Op:
             shapes[op] = {"out": B * T * C, "dx": B * T * 3 * C, **extra}
         self.sizes = shapes[op]
         self.w = {k: _zeros(n) for k, n in self.sizes.items()}
+        if op == "rope":  # the model's tables: float64 angles, rounded once, on the device
+            self.HS = inputs.arrays["qkv"].shape[-1] // (NH + 2 * inputs.NKV)
+            self.cos, self.sin = (cuda.to_device(t.ravel()) for t in rope_tables(T, self.HS, inputs.theta))
 
     @property
     def work_bytes(self) -> int:
@@ -112,6 +124,12 @@ class _Op:
         elif op == "crossentropy":
             crossentropy(w["losses"], w["dlogits"], d["logits"], d["targets"], N, V, 1.0 / N, with_grad=False)
             return w["losses"]
+        elif op == "rmsnorm":
+            rmsnorm_forward(w["out"], w["rstd"], d["x"], d["w"], N, C, i.eps)
+        elif op == "swiglu":
+            swiglu_forward(w["out"], d["fc"], N, i.H)
+        elif op == "rope":
+            rope_forward(w["out"], d["qkv"], self.cos, self.sin, B, T, NH, i.NKV, self.HS)
         elif self.kind == "naive":
             attention_forward_naive(w["out"], w["preatt"], w["att"], d["qkv"], B, T, C, NH)
         else:
@@ -132,6 +150,12 @@ class _Op:
         elif op == "crossentropy":  # one fused kernel: loss and dlogits together
             crossentropy(w["losses"], w["dlogits"], d["logits"], d["targets"], N, V, 1.0 / N, with_grad=True)
             return w["dlogits"]
+        elif op == "rmsnorm":
+            rmsnorm_backward(w["dx"], w["dw"], d["dout"], d["x"], d["w"], w["rstd"], N, C)
+        elif op == "swiglu":
+            swiglu_backward(w["dx"], d["fc"], d["dout"], N, i.H)
+        elif op == "rope":
+            rope_backward(w["dx"], d["dout"], self.cos, self.sin, B, T, NH, i.NKV, self.HS)
         elif self.kind == "naive":
             attention_backward_naive(w["dx"], w["datt"], w["dpreatt"], d["dout"], w["att"], d["qkv"], B, T, C, NH)
         else:
@@ -142,8 +166,10 @@ class _Op:
         i = self.i
         if i.op == "crossentropy":
             return (i.B, i.T) if direction == "forward" else (i.B, i.T, i.V)
-        first = i.arrays["qkv" if i.op.startswith("attention") else "x"].shape
-        if direction == "backward":
+        if i.op == "swiglu":
+            return (i.N, 2 * i.H) if direction == "backward" else (i.N, i.H)
+        first = i.arrays["qkv" if i.op.startswith("attention") or i.op == "rope" else "x"].shape
+        if direction == "backward" or i.op in ("rmsnorm", "rope"):
             return first
         return {"matmul": (i.N, 4 * i.C), "layernorm": first, "gelu": first}.get(i.op, (i.B, i.T, i.C))
 
