@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.backends import BACKENDS
+from benchmarks.cases import MODEL_TASKS, OPS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,7 +50,7 @@ def test_smoke_benchmarks_run_and_report(tmp_path):
     for backend in ran & cpu_backends:  # every op and model task of a CPU backend, nothing silently missing
         n_ops = sum(1 for b in timed if b["extra_info"]["backend"] == backend and b["extra_info"]["kind"] == "op")
         n_model = sum(1 for b in timed if b["extra_info"]["backend"] == backend and b["extra_info"]["kind"] == "model")
-        assert (n_ops, n_model) == (12, 3), backend
+        assert (n_ops, n_model) == (2 * len(OPS), len(MODEL_TASKS)), backend
 
     out = tmp_path / "report"
     rep = subprocess.run(
@@ -72,8 +73,8 @@ def test_selectors_keep_only_the_asked_sizes_and_devices():
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     ids = [line for line in run.stdout.splitlines() if "::" in line]
     cpu_backends = [b.name for b in BACKENDS if b.device == "cpu"]
-    # 6 ops x 2 directions + 3 model tasks, for each CPU backend, all at 124m-cpu
-    assert len(ids) == (12 + 3) * len(cpu_backends)
+    # every op x 2 directions + every model task, for each CPU backend, all at 124m-cpu
+    assert len(ids) == (2 * len(OPS) + len(MODEL_TASKS)) * len(cpu_backends)
     assert all("124m-cpu" in i and any(i.endswith(f"-{b}]") for b in cpu_backends) for i in ids)
 
 
