@@ -341,6 +341,39 @@ MUTANTS: list[Mutant] = [
         (f"{T_NV}::test_rmsnorm_naive_and_warp_match_reference_and_each_other",),
         "the warp RMSNorm backward drops the path through the mean square (backward only)",
     ),
+    # ---- the variants outside numba_impl: reference, torch_impl, the Llama mapping
+    Mutant(
+        "reference-rope-forward-ignores-start",
+        "reference/rope.py",
+        "    cos, sin = rope_tables(T, HS, theta, start, dtype=qkv.dtype)",
+        "    cos, sin = rope_tables(T, HS, theta, 0, dtype=qkv.dtype)",
+        ("tests/reference/test_variants_generate.py::test_cached_and_uncached_generation_agree",),
+        "the reference's RoPE forward rotates every chunk from position 0 (a KV cache's new tokens at the wrong angle)",
+    ),
+    Mutant(
+        "reference-swiglu-gate-up-swapped",
+        "reference/layers.py",
+        "    a, u = fc[..., :H], fc[..., H:]\n    return silu_forward(a) * u",
+        "    u, a = fc[..., :H], fc[..., H:]\n    return silu_forward(a) * u",
+        ("tests/reference/test_variants_ops.py::test_swiglu_by_hand_gate_first_then_up",),
+        "the reference's SwiGLU gates with the up half and scales by the gate half",
+    ),
+    Mutant(
+        "torch-untied-head-uses-wte",
+        "torch_impl/model.py",
+        "        return self.wte.weight if self.config.tied_head else self.lm_head.weight",
+        "        return self.wte.weight",
+        ("tests/torch_impl/test_vs_reference_variants.py",),
+        "the PyTorch model computes the logits of an untied head with wte",
+    ),
+    Mutant(
+        "hf-llama-k-v-slices-swapped",
+        "weights/hf_llama.py",
+        '    return {"q_proj": slice(0, q), "k_proj": slice(q, q + kv), "v_proj": slice(q + kv, q + 2 * kv)}',
+        '    return {"q_proj": slice(0, q), "k_proj": slice(q + kv, q + 2 * kv), "v_proj": slice(q, q + kv)}',
+        ("tests/torch_impl/test_vs_hf_llama.py::test_logits_loss_and_gradients_match_transformers_llama",),
+        "the name mapping onto transformers' Llama hands it our value heads as its key heads",
+    ),
     # ---- torch_impl/ model
     Mutant(
         "torch-erf-gelu",
