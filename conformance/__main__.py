@@ -1,9 +1,9 @@
 """`python -m conformance <command> ...`: the conformance kit for any GPT-2 implementation.
 
-    python -m conformance export  [...]                 golden files from the float64 reference (conformance/golden.py)
-    python -m conformance check GOLDEN CANDIDATE [...]  score a candidate file against a golden one (conformance/check.py)
-    python -m conformance inspect [...]                 a look inside one forward pass (conformance/look.py)
-    python -m conformance llmc  [...]                   llm.c's checkpoint and debug-state files, both ways (conformance/llmc.py)
+    python -m conformance export  [...]                 golden files from the float64 reference (golden.py)
+    python -m conformance check GOLDEN CANDIDATE [...]  score a candidate file against a golden one (check.py)
+    python -m conformance inspect [...]                 a look inside one forward pass (look.py)
+    python -m conformance llmc  [...]                   llm.c's checkpoint and debug-state files, both ways (llmc.py)
 
 Each command is one module with a `main(argv)`; `python -m conformance <command> --help` says more.
 The suite itself stays `python -m conformance.report` (every case on every backend of this project).
