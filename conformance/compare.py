@@ -62,14 +62,15 @@ def say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def load_weights(source: str, fallback_synthetic: bool):
-    """(params, config, label). Falls back to synthetic weights only when the hub is unreachable."""
+def load_weights(source: str, fallback_synthetic: bool, sha256: str | None = None):
+    """(params, config, label). Falls back to synthetic weights only when the hub is unreachable.
+    sha256: the local file's expected digest (weights.load checks it)."""
     if source == "synthetic":
         return _build_synthetic()
     say(f"loading weights: {source} ...")
     t0 = time.perf_counter()
     try:
-        params, config = load(source)
+        params, config = load(source, sha256=sha256)
     except HubError as e:
         if not fallback_synthetic:
             raise
@@ -104,6 +105,7 @@ def parse_args(argv: list[str]):
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--weights", default="gpt2", help="hub id (gpt2), a .safetensors file or folder, or 'synthetic'")
+    ap.add_argument("--sha256", default=None, help="the weights file's expected SHA-256 (checked before use)")
     ap.add_argument(
         "--fallback-synthetic",
         action="store_true",
@@ -220,7 +222,7 @@ def _main(argv: list[str]) -> int:
     if "transformers" in sys.modules:
         sys.modules["transformers"].logging.set_verbosity_error()
 
-    params, config, label = load_weights(args.weights, args.fallback_synthetic)
+    params, config, label = load_weights(args.weights, args.fallback_synthetic, args.sha256)
     from weights.tokenizer import get_tokenizer
 
     enc = get_tokenizer()

@@ -1,8 +1,14 @@
 """Reading and writing GPT-2 checkpoints (safetensors), strictly.
 
     load(source)  -> (params, config)     source: a .safetensors file, a folder holding
-                                          model.safetensors (+ config.json), or a hub id
+                                          model.safetensors (+ config.json), or a hub id this
+                                          project pins (weights/hub.py: "gpt2" or "openai-community/gpt2")
     save(params, config, folder)          writes model.safetensors (hub layout) + config.json
+                                          + model.safetensors.sha256 (its digest, sha256sum's format)
+
+Integrity: a hub download is checked against its pinned size and SHA-256; a local file against
+`sha256=` when given, else against a `<file>.sha256` sidecar beside it when there is one (`save`
+writes it). A mismatch is an error naming the file and both digests.
 
 Accepted layouts on load:
   * the hub file (``openai-community/gpt2``): names without prefix, plus the causal-mask
@@ -37,6 +43,7 @@ class CheckpointError(ValueError):
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+SHA256_SUFFIX = ".sha256"  # the sidecar: "<hex digest>  <file name>", as sha256sum writes it
 
 # Non-parameter buffers that HF GPT-2 files carry, matched by exact name only:
 # a suffix test for "attn.bias" would also swallow the real parameter "attn.c_attn.bias".
@@ -115,6 +122,8 @@ def _check_tensors(tensors: Mapping[str, np.ndarray], config: GPT2Config, path: 
 
 def resolve(source: str | os.PathLike) -> Path:
     """A local file, a local folder, or a hub id -> path of the .safetensors file."""
+    from weights.hub import download, pinned
+
     path = Path(source)
     if path.is_dir():
         path = path / MODEL_FILE
@@ -123,32 +132,63 @@ def resolve(source: str | os.PathLike) -> Path:
         return path
     if path.is_file():
         return path
+    if pinned(str(source)) is not None:  # "gpt2" or "openai-community/gpt2": the hub, hash-checked
+        return download(str(source))
     if path.suffix or os.sep in str(source) or str(source).startswith("."):
         raise CheckpointError(f"{source}: no such checkpoint file or folder")
-    from weights.hub import download
+    return download(str(source))  # an id this project does not pin: HubError, naming the ones it does
 
-    return download(str(source))
+
+def read_sha256_sidecar(path: Path) -> str | None:
+    """The digest a `<file>.sha256` sidecar beside `path` records, None without one."""
+    sidecar = path.with_name(path.name + SHA256_SUFFIX)
+    if not sidecar.is_file():
+        return None
+    fields = sidecar.read_text().split()
+    if not fields or len(fields[0]) != 64 or any(c not in "0123456789abcdef" for c in fields[0].lower()):
+        raise CheckpointError(f"{sidecar}: not a SHA-256 digest (expected 64 hex digits, then the file name)")
+    return fields[0].lower()
+
+
+def verify_sha256(path: Path, expected: str, where: str) -> None:
+    """Raise CheckpointError unless the file's SHA-256 is `expected` (`where` says who expects it)."""
+    from weights.hub import sha256_of
+
+    expected = expected.strip().lower()
+    if len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected):
+        raise CheckpointError(f"{where}: {expected!r} is not a SHA-256 digest (64 hex digits)")
+    digest = sha256_of(path)
+    if digest != expected:
+        raise CheckpointError(f"{path}: sha256 {digest}, but {where} says {expected}: the file is not that checkpoint")
 
 
 def load(
-    source: str | os.PathLike, dtype=np.float32, config: GPT2Config | None = None
+    source: str | os.PathLike, dtype=np.float32, config: GPT2Config | None = None, sha256: str | None = None
 ) -> tuple[dict[str, np.ndarray], GPT2Config]:
     """Load a GPT-2 checkpoint into the canonical params dict (float32, or float64 on request).
 
-    The config comes from `config` if given, else from config.json beside the file, else it is
-    inferred from the tensor shapes (head size 64, as in every released GPT-2).
+    The config comes from `config` if given, else from config.json beside the file, else (a pinned
+    hub checkpoint) from its pin, else it is inferred from the tensor shapes, which works for GPT-2's
+    head size of 64 only and is refused otherwise. sha256: the file's expected SHA-256 (else a
+    `<file>.sha256` sidecar is checked when present).
     """
+    from weights.hub import pinned
+
     if np.dtype(dtype) not in (np.float32, np.float64):
         raise ValueError(f"load: dtype must be float32 or float64, got {dtype}")
     path = resolve(source)
     tensors, lm_head = _canonical_names(_read_safetensors(path), path)
+    hub = pinned(str(source)) if not Path(source).exists() else None
     if config is None:
         cfg_path = path.parent / CONFIG_FILE
         if cfg_path.is_file():
             try:
-                config = GPT2Config.from_hf_dict(json.loads(cfg_path.read_text()), source=str(cfg_path))
+                raw = json.loads(cfg_path.read_text())
             except json.JSONDecodeError as e:
                 raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from None
+            config = GPT2Config.from_hf_dict(raw, source=str(cfg_path))
+        elif hub is not None:
+            config = GPT2Config.preset(hub.preset)
         else:
             try:
                 config = infer_config({k: v.shape for k, v in tensors.items()})
@@ -156,6 +196,11 @@ def load(
                 raise CheckpointError(f"{path}: {e}") from None
     _place_head(tensors, lm_head, config, path)
     _check_tensors(tensors, config, path)
+    # the digest last: a truncated file, a wrong tensor or shape is named by the checks above
+    if sha256 is not None:
+        verify_sha256(path, sha256, "--sha256")
+    elif (recorded := read_sha256_sidecar(path)) is not None:
+        verify_sha256(path, recorded, str(path.with_name(path.name + SHA256_SUFFIX)))
     params = {name: np.ascontiguousarray(tensors[name], dtype=dtype) for name in param_shapes(config)}
     return params, config
 
@@ -207,6 +252,10 @@ def save(
     atomic_write(folder / MODEL_FILE, lambda tmp: save_file(tensors, tmp, metadata=meta))
     text = json.dumps(config.to_hf_dict(), indent=2) + "\n"
     atomic_write(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+    from weights.hub import sha256_of
+
+    digest = f"{sha256_of(folder / MODEL_FILE)}  {MODEL_FILE}\n"
+    atomic_write(folder / (MODEL_FILE + SHA256_SUFFIX), lambda tmp: Path(tmp).write_text(digest))
     return folder / MODEL_FILE
 
 

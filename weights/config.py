@@ -182,6 +182,21 @@ class GPT2Config:
         return cls(n_layer=2, n_head=4, n_embd=64, vocab_size=50257, n_ctx=128)
 
     @classmethod
+    def gpt2_medium(cls) -> GPT2Config:
+        """The released GPT-2 medium: 24 layers, 16 heads, C = 1024; 354,823,168 parameters."""
+        return cls(n_layer=24, n_head=16, n_embd=1024, vocab_size=50257, n_ctx=1024)
+
+    @classmethod
+    def gpt2_large(cls) -> GPT2Config:
+        """The released GPT-2 large: 36 layers, 20 heads, C = 1280; 774,030,080 parameters."""
+        return cls(n_layer=36, n_head=20, n_embd=1280, vocab_size=50257, n_ctx=1024)
+
+    @classmethod
+    def gpt2_xl(cls) -> GPT2Config:
+        """The released GPT-2 XL: 48 layers, 25 heads of 64, C = 1600; 1,557,611,200 parameters."""
+        return cls(n_layer=48, n_head=25, n_embd=1600, vocab_size=50257, n_ctx=1024)
+
+    @classmethod
     def llama_style_124m(cls) -> GPT2Config:
         """GPT-2 small's width, depth, vocabulary and context with every later-model variant on: rotary
         positions, RMSNorm, a SwiGLU MLP of hidden width 3C = 2304, 4 key/value heads for 12 query
@@ -191,7 +206,8 @@ class GPT2Config:
 
     @classmethod
     def preset(cls, name: str) -> GPT2Config:
-        presets = {"gpt2": cls.gpt2_124m, "124m": cls.gpt2_124m, "tiny": cls.tiny, "small": cls.small,
+        presets = {"gpt2": cls.gpt2_124m, "124m": cls.gpt2_124m, "gpt2-medium": cls.gpt2_medium,
+                   "gpt2-large": cls.gpt2_large, "gpt2-xl": cls.gpt2_xl, "tiny": cls.tiny, "small": cls.small,
                    "llama-124m": cls.llama_style_124m}  # fmt: skip
         if name not in presets:
             raise ConfigError(f"unknown config preset {name!r}; choose one of {sorted(presets)}")
@@ -244,6 +260,8 @@ class GPT2Config:
     def from_hf_dict(cls, d: dict, source: str = "config.json") -> GPT2Config:
         """Read an HF GPT-2 `config.json` (or ours, model_type "gpt2-variant"); refuses settings our three
         backends do not implement."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source}: expected a JSON object of config fields, got a {type(d).__name__}")
         variant = d.get("model_type") == VARIANT_MODEL_TYPE
         if not variant:
             stray = sorted(k for k in VARIANT_KEYS if k in d and k != "tie_word_embeddings")
@@ -255,20 +273,25 @@ class GPT2Config:
         theta = options.get("rope_theta")
         if isinstance(theta, int) and not isinstance(theta, bool):  # JSON writes 10000.0 as 10000 too
             options["rope_theta"] = float(theta)
+        for key in ("n_layer", "n_head", "n_embd", "vocab_size"):
+            if key not in d:
+                raise ConfigError(f"{source}: missing key {key!r}")
+        if "n_positions" not in d and "n_ctx" not in d:
+            raise ConfigError(f"{source}: missing key 'n_positions' (or 'n_ctx'): the longest sequence")
+        eps = d.get("layer_norm_epsilon", 1e-5)
+        if isinstance(eps, bool) or not isinstance(eps, int | float):
+            raise ConfigError(f"{source}: layer_norm_epsilon must be a number, got {eps!r}")
         try:
-            n_ctx = d.get("n_positions", d.get("n_ctx"))
             cfg = cls(
                 n_layer=d["n_layer"],
                 n_head=d["n_head"],
                 n_embd=d["n_embd"],
                 vocab_size=d["vocab_size"],
-                n_ctx=n_ctx,
-                layer_norm_eps=float(d.get("layer_norm_epsilon", 1e-5)),
+                n_ctx=d.get("n_positions", d.get("n_ctx")),
+                layer_norm_eps=float(eps),
                 mlp_hidden=d.get("n_inner"),
                 **options,
             )
-        except KeyError as e:
-            raise ConfigError(f"{source}: missing key {e.args[0]!r}") from None
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
         activation = "silu" if cfg.mlp == "swiglu" else "gelu_new"

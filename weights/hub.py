@@ -29,6 +29,7 @@ class HubCheckpoint:
     filename: str
     size: int
     sha256: str
+    preset: str = "gpt2"  # its config, GPT2Config.preset(preset): the download brings no config.json
 
 
 # The released GPT-2 124M (the LFS object id of model.safetensors is its SHA-256).
@@ -39,9 +40,20 @@ KNOWN = {
         filename="model.safetensors",
         size=548_105_171,
         sha256="248dfc3911869ec493c76e65bf2fcf7f615828b0254c12b473182f0f81d3a707",
+        preset="gpt2",
     ),
 }
 ALIASES = {"gpt2": "openai-community/gpt2"}
+# The other released sizes have configs (GPT2Config.preset: gpt2-medium, gpt2-large, gpt2-xl) but no pin:
+# this project has no size and SHA-256 of their model.safetensors from a source it trusts, and a
+# download it cannot verify is refused. Download one yourself and pass the file with its digest.
+UNPINNED = {"gpt2-medium", "gpt2-large", "gpt2-xl"}
+
+
+def pinned(hub_id: str) -> HubCheckpoint | None:
+    """The pin of a hub id or alias ("gpt2", "openai-community/gpt2"), None if this project pins none."""
+    return KNOWN.get(ALIASES.get(hub_id, hub_id))
+
 
 OFFLINE_HELP = (
     "pass a local checkpoint instead (a model.safetensors file or a folder holding one, e.g. "
@@ -80,6 +92,13 @@ def _check_reachable(endpoint: str, timeout_s: float) -> None:
 def download(hub_id: str, timeout_s: float = 10.0) -> Path:
     """Fetch (or find in the HF cache) a known GPT-2 checkpoint and return its verified path."""
     repo_id = ALIASES.get(hub_id, hub_id)
+    size = hub_id.removeprefix("openai-community/")
+    if size in UNPINNED:
+        raise HubError(
+            f"{hub_id!r}: its config is known (GPT2Config.preset({size!r})) but its download is not pinned (no "
+            f"trusted size and SHA-256 here); download openai-community/{size}'s model.safetensors yourself and "
+            "pass the file (with --sha256 <its digest> to have it checked)"
+        )
     if repo_id not in KNOWN:
         raise HubError(
             f"{hub_id!r}: not a local file or folder, and not a hub checkpoint this project pins "

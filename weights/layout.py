@@ -172,9 +172,10 @@ def validate_params(params: Mapping[str, np.ndarray], config: GPT2Config, what: 
 def infer_config(shapes: Mapping[str, tuple[int, ...]], n_head: int | None = None) -> GPT2Config:
     """Infer a config from tensor shapes alone (no config.json).
 
-    n_head cannot be seen in any shape; GPT-2 uses head size 64, so it is n_embd // 64
-    unless given (for n_embd < 64 a single head is assumed). Only a plain GPT-2 is inferred: a
-    checkpoint of a variant (weights/config.py) needs its config.json.
+    n_head cannot be seen in any shape. Every released GPT-2 has heads of 64 channels, so without
+    `n_head` it is n_embd // 64 when n_embd is a multiple of 64; otherwise it cannot be known and the
+    inference is refused (pass n_head, or a config.json). Only a plain GPT-2 is inferred: a checkpoint
+    of a variant (weights/config.py) needs its config.json.
     """
     try:
         V, C = shapes["wte.weight"]
@@ -192,5 +193,10 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], n_head: int | None = Non
     if layers != set(range(n_layer)) or n_layer == 0:
         raise ValueError(f"cannot infer config: block indices {sorted(layers)} are not 0..n_layer-1")
     if n_head is None:
-        n_head = C // 64 if C % 64 == 0 else 1
+        if C % 64:
+            raise ValueError(
+                f"cannot infer config: n_embd = {C} is not a multiple of GPT-2's head size 64, so the number of "
+                "heads is unknown; put a config.json beside the file, or pass config= (GPT2Config(..., n_head=...))"
+            )
+        n_head = C // 64
     return GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=C, vocab_size=V, n_ctx=n_ctx)
