@@ -44,6 +44,8 @@ LLAMA_OPTIONS = dict(position="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=1,
 TINY_LLAMA = dataclasses.replace(TINY, **LLAMA_OPTIONS)
 TINY_LLAMA_GEN = dataclasses.replace(TINY_GEN, **LLAMA_OPTIONS)
 FULL_LLAMA = GPT2Config.llama_style_124m()
+# GPT-2 XL's head count (25, odd) on the tiny scale: nothing may assume 12 heads or C = 768
+TINY_25_HEADS = GPT2Config(n_layer=1, n_head=25, n_embd=50, vocab_size=64, n_ctx=16)
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,10 @@ CASES: list[Case] = [
         ("forward_backward", "generate", "kv_cache"),
     ),  # fmt: skip
     Case("124m-llama-B4-T64", FULL_LLAMA, "synthetic", "random", 4, 64, ("forward_backward",), full=True),
+    # the released family's other sizes (GPU: the float64 reference on the host's cores)
+    Case("tiny-25-heads", TINY_25_HEADS, "synthetic", "random-ignore", 1, 8),
+    Case("medium-B1-T128", GPT2Config.gpt2_medium(), "synthetic", "random", 1, 128, full=True),
+    Case("xl-B1-T128", GPT2Config.gpt2_xl(), "synthetic", "random", 1, 128, full=True),
 ]
 
 GENERATE_TOKENS = 20

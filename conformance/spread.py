@@ -59,6 +59,7 @@ SOURCES: list[tuple[str, dict[str, str]]] = [
     ("ceiling-spread-cpu-numba-sim.json", {}),
     ("ceiling-spread-cpu-variants.json", {}),  # the variants' cases (docs/variants.md), 8 seeds
     ("ceiling-spread-cpu-numba-sim-variants.json", {}),  # the same on the Numba simulator, 3 seeds
+    ("ceiling-spread-cpu-25-heads.json", {}),  # GPT-2 XL's odd head count on the tiny scale, 4 seeds
     ("ceiling-spread-gpu.json", {}),
     # ceiling-spread-gpu-124m.json (H200, 2 seeds) is measured and committed but not read by the rule:
     # at seed 1 of 124m-adamw every float32 backend, torch included, ends 10 AdamW steps 7e-3..1.1e-2

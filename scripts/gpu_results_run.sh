@@ -27,18 +27,23 @@ mkdir -p "$WORK"
 export NUMBA_ENABLE_CUDASIM=0 PYTHONUNBUFFERED=1 PYTHONHASHSEED=0
 GPU_BACKENDS="torch-cuda-f32,torch-cuda-bf16,numba-cuda-f32,numba-cuda-3xtf32"
 FULL_BACKENDS="torch-cuda-f32,numba-cuda-f32,numba-cuda-3xtf32"
-FULL_CASES="124m-B4-T64,124m-B1-T1024,124m-llama-B4-T64"
 SMALL_CASES="tiny-rope,tiny-rmsnorm,tiny-swiglu,tiny-gqa,tiny-nobias,tiny-untied,tiny-llama,tiny-llama-trained"
 SMALL_CASES="$SMALL_CASES,tiny-B2-T4-adamw,small-trained"
 # seconds per step: conformance full, benchmarks (the deadline; run_gpu.sh kills at +70), conformance small,
 # training, tests
 STEP_S=(${STEP_S:-140 180 60 45 30})
+# ONLY: a comma-separated subset of the steps (conformance-full, benchmarks, conformance-small, train-llama,
+# gpu-tests). The GPT-2 family's other sizes, in a second call of their own:
+#   ONLY=conformance-full FULL_CASES=medium-B1-T128,xl-B1-T128 STEP_S="500 0 0 0 0" bash scripts/gpu_results_run.sh
+FULL_CASES="${FULL_CASES:-124m-B4-T64,124m-B1-T1024,124m-llama-B4-T64}"
+ONLY="${ONLY:-conformance-full,benchmarks,conformance-small,train-llama,gpu-tests}"
 status=0
 : > "$WORK/status.txt"
 
 step() {  # step NAME SECONDS LOG CMD...: run CMD (output to LOG) with a timeout, record its exit status
     local name=$1 seconds=$2 log=$3
     shift 3
+    [[ ",$ONLY," == *",$name,"* ]] || return 0
     local t0=$SECONDS
     timeout --kill-after=10 "$seconds" "$@" > "$log" 2>&1
     local rc=$?
@@ -62,7 +67,7 @@ step train-llama "${STEP_S[3]}" "$WORK/train-llama.log" bash -c "python3 -m torc
     $GPT2_SHARED_DIR/data/tinyshakespeare.txt --out $WORK/shakespeare && python3 -m torch_impl.train \
     --data $WORK/shakespeare --model llama-124m --batch-size 16 --seq-len 1024 --max-steps 50 --warmup-steps 5 \
     --eval-every 50 --eval-batches 4 --log-every 10 --no-save --no-plot --no-progress --out-dir $WORK/train-llama"
-rm -rf "$WORK/shakespeare"
+rm -rf "$WORK/shakespeare"  # (absent when train-llama was not run)
 step gpu-tests "${STEP_S[4]}" "$WORK/gpu-tests.log" python3 -m pytest -q -p no:cacheprovider -rs \
     tests/numba_impl/test_graph.py tests/numba_impl/test_variants.py tests/torch_impl/test_cuda.py \
     tests/torch_impl/test_cuda_variants.py
