@@ -85,6 +85,9 @@ def _llama_style(base: weights.GPT2Config, n_kv_head: int) -> weights.GPT2Config
 # The configs --model names (for --init scratch). llama-124m is weights' preset (= _llama_style(124m, 4)).
 MODEL_PRESETS = {
     "124m": weights.GPT2Config.gpt2_124m,
+    "gpt2-medium": weights.GPT2Config.gpt2_medium,  # the released family's other sizes, from scratch
+    "gpt2-large": weights.GPT2Config.gpt2_large,
+    "gpt2-xl": weights.GPT2Config.gpt2_xl,
     "small": weights.GPT2Config.small,
     "tiny": weights.GPT2Config.tiny,
     "llama-124m": weights.GPT2Config.llama_style_124m,
@@ -98,6 +101,11 @@ class TrainConfig:
     # data and model
     data: str = _opt("", "folder of token shards (*_train_*.bin, *_val_*.bin) from `python -m torch_impl.data`")
     init: str = _opt("scratch", "'scratch' (GPT-2 init), a hub id ('gpt2') or a local checkpoint file/folder")
+    init_sha256: str = _opt(
+        "",
+        "the --init file's expected SHA-256, checked before training (a weights.save "
+        "checkpoint's .sha256 sidecar is checked anyway)",
+    )
     model: str = _opt("124m", "config preset for --init scratch (llama-*: every variant but the untied head)",
                       tuple(MODEL_PRESETS))  # fmt: skip
     n_layer: int = _opt(0, "override the preset's n_layer (0: keep)")
@@ -475,7 +483,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
     if resume_from is not None:
         params, config, state = load_checkpoint(resume_from)
     elif cfg.init != "scratch":
-        params, config = weights.load(cfg.init)
+        params, config = weights.load(cfg.init, sha256=cfg.init_sha256 or None, sha256_from="--init-sha256")
     else:
         params, config = None, model_config(cfg)
     B, T = cfg.batch_size, cfg.seq_len

@@ -163,14 +163,18 @@ def verify_sha256(path: Path, expected: str, where: str) -> None:
 
 
 def load(
-    source: str | os.PathLike, dtype=np.float32, config: GPT2Config | None = None, sha256: str | None = None
+    source: str | os.PathLike,
+    dtype=np.float32,
+    config: GPT2Config | None = None,
+    sha256: str | None = None,
+    sha256_from: str = "--sha256",
 ) -> tuple[dict[str, np.ndarray], GPT2Config]:
     """Load a GPT-2 checkpoint into the canonical params dict (float32, or float64 on request).
 
     The config comes from `config` if given, else from config.json beside the file, else (a pinned
     hub checkpoint) from its pin, else it is inferred from the tensor shapes, which works for GPT-2's
     head size of 64 only and is refused otherwise. sha256: the file's expected SHA-256 (else a
-    `<file>.sha256` sidecar is checked when present).
+    `<file>.sha256` sidecar is checked when present); sha256_from: who expects it (the error says).
     """
     from weights.hub import pinned
 
@@ -198,7 +202,7 @@ def load(
     _check_tensors(tensors, config, path)
     # the digest last: a truncated file, a wrong tensor or shape is named by the checks above
     if sha256 is not None:
-        verify_sha256(path, sha256, "--sha256")
+        verify_sha256(path, sha256, sha256_from)
     elif (recorded := read_sha256_sidecar(path)) is not None:
         verify_sha256(path, recorded, str(path.with_name(path.name + SHA256_SUFFIX)))
     params = {name: np.ascontiguousarray(tensors[name], dtype=dtype) for name in param_shapes(config)}

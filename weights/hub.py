@@ -97,7 +97,7 @@ def download(hub_id: str, timeout_s: float = 10.0) -> Path:
         raise HubError(
             f"{hub_id!r}: its config is known (GPT2Config.preset({size!r})) but its download is not pinned (no "
             f"trusted size and SHA-256 here); download openai-community/{size}'s model.safetensors yourself and "
-            "pass the file (with --sha256 <its digest> to have it checked)"
+            "pass the file (with its SHA-256 to have it checked: --sha256, or --init-sha256 for the trainer)"
         )
     if repo_id not in KNOWN:
         raise HubError(

@@ -207,6 +207,17 @@ def test_finetune_starts_from_the_given_checkpoint(random_shards, tmp_path, tiny
     assert out["losses"][0] == pytest.approx(ref_loss, rel=FP32["loss"])
 
 
+def test_finetune_refuses_an_init_checkpoint_whose_digest_differs(random_shards, tmp_path, tiny_config):
+    """--init-sha256: checked before any training; a wrong digest names the file and both digests."""
+    config = weights.GPT2Config.tiny()
+    weights.save(weights.synthetic(config, seed=7), config, tmp_path / "base")
+    digest = weights.hub.sha256_of(tmp_path / "base" / "model.safetensors")
+    cfg = tiny_config(random_shards, tmp_path / "ft", init=str(tmp_path / "base"), max_steps=1, init_sha256="0" * 64)
+    with pytest.raises(weights.CheckpointError, match=f"sha256 {digest}, but --init-sha256 says {'0' * 64}"):
+        train(cfg)
+    assert not (tmp_path / "ft" / "log.jsonl").exists()  # nothing trained, nothing logged
+
+
 # ----------------------------------------------------------------------------- DDP
 def _free_port() -> int:
     with socket.socket() as s:

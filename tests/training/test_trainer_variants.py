@@ -131,6 +131,8 @@ def test_flops_per_token_of_the_variants():
 
 def test_presets_and_variant_overrides():
     assert MODEL_PRESETS["llama-124m"]() == weights.GPT2Config.llama_style_124m()
+    for size in ("gpt2-medium", "gpt2-large", "gpt2-xl"):  # the released family, from scratch
+        assert model_config(TrainConfig(model=size)) == weights.GPT2Config.preset(size)
     tiny = model_config(TrainConfig(model="llama-tiny"))
     assert tiny.variant_options() == {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu", "mlp_hidden": 48,
                                       "n_kv_head": 1, "bias": False}  # fmt: skip
