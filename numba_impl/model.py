@@ -89,6 +89,7 @@ from numba_impl.kernels.rmsnorm import (
 from numba_impl.kernels.rope import rope_backward, rope_forward, rope_tables
 from numba_impl.kernels.swiglu import swiglu_backward, swiglu_forward
 from weights import GPT2Config, param_shapes, validate_params
+from weights.flops import training_flops_per_token
 from weights.layout import block_activations
 
 # The head's backward sums over the whole vocabulary: no float32 running sum longer than this
@@ -582,10 +583,7 @@ class NumbaGPT2:
         return idx
 
 
-def flops_per_token(config: GPT2Config, T: int) -> float:
-    """Training FLOPs per token, llm.c's count: 6 * N_params + 6 * L * C * T (attention, causal-agnostic)."""
-    n = sum(int(np.prod(s)) for s in param_shapes(config).values())
-    return 6.0 * n + 6.0 * config.n_layer * config.n_embd * T
+flops_per_token = training_flops_per_token  # training FLOPs per token, llm.c's count (weights/flops.py)
 
 
 __all__ = ["NumbaGPT2", "flops_per_token"]

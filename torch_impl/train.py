@@ -27,25 +27,12 @@ Rank 0 logs (log.jsonl in the output folder, the console, a tqdm bar), writes ch
 Settings come from flags, optionally on top of a JSON or TOML file (--config); every flag
 is a field of `TrainConfig`.
 
-Throughput is reported as tokens/s and MFU = achieved FLOP/s / peak FLOP/s of the device,
-with FLOPs per token (forward + backward) counted the way llm.c counts them:
-
-    flops_per_token = 6 * N + 6 * n_layer * n_embd * T
-
-N = number of parameters (tied head counted once, vocab unpadded). 6N: each parameter takes
-part in one multiply-add (2 FLOPs) per token forward, twice that backward. 6*L*C*T: the two
-attention matmuls (QK^T and AV), 2*T*C multiply-adds each per token and layer, counted for
-the causal half (flash attention skips the masked half), times 3 for forward + backward.
-
-The variants, counted the same way (`flops_per_token`):
-  * grouped-query attention: the narrower c_attn (C x (NH + 2 NKV) HS) is in N; the attention
-    matmuls stay 6*L*C*T, because every one of the NH query heads still takes the dot product of its
-    HS channels with every key (NH * HS = C), whichever key/value head it shares;
-  * SwiGLU: its three matrices (gate and up, C x H each, fused in c_fc; down, H x C) are in N; the
-    silu and the product, like GELU, RMSNorm and the rotations, are elementwise and not counted;
-  * an untied head: lm_head (V x C) is in N, and wte is left out of it, since looking up a row is no
-    matmul (a tied wte is counted once, as the head's matmul). GPT-2's wpe, also a lookup, stays in N
-    as llm.c counts it (0.6% of 124M), so the GPT-2 numbers stay llm.c's.
+Throughput is reported as tokens/s of all ranks together and MFU per device: the FLOP/s of the W
+ranks over W times one device's peak, with FLOPs per token (forward + backward) counted the way llm.c
+counts them, 6 * N + 6 * n_layer * n_embd * T (weights/flops.py: the one count the trainer and the
+benchmarks share, and what each term means for GPT-2 and for every variant: grouped-query attention
+narrows c_attn in N and leaves the attention term alone, SwiGLU's three matrices are in N, an untied
+model's looked-up wte is not).
 """
 
 from __future__ import annotations
@@ -69,6 +56,8 @@ from torch_impl.checkpoint import checkpoint_dir, latest_checkpoint, load_checkp
 from torch_impl.data import DataError, ShardLoader, shard_paths
 from torch_impl.lr_schedule import lr_at
 from weights.errors import ArgumentParser, UsageError, UserError, run_cli
+from weights.flops import mfu as flops_mfu
+from weights.flops import peak_tflops, training_flops_per_token
 
 
 def _opt(default, help: str, choices: tuple[str, ...] | None = None):
@@ -212,35 +201,16 @@ class NonFiniteError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- throughput
-def flops_per_token(config: weights.GPT2Config, T: int) -> int:
-    """Forward + backward FLOPs per token, llm.c's count, for GPT-2 and every variant (see the module docstring)."""
-    n = weights.num_params(config)
-    if not config.tied_head:
-        n -= config.vocab_size * config.n_embd  # an untied wte is only looked up: no matmul
-    return 6 * n + 6 * config.n_layer * config.n_embd * T
-
-
-# Dense bf16 tensor-core peaks (no sparsity), from the vendors' data sheets, by device-name substring.
-PEAK_BF16_FLOPS = (
-    ("H100 PCIe", 756e12),
-    ("H100", 989e12),  # SXM
-    ("H200", 989e12),
-    ("GH200", 989e12),
-    ("A100", 312e12),
-    ("L40S", 362e12),
-    ("RTX 4090", 165e12),
-)
+flops_per_token = training_flops_per_token  # forward + backward FLOPs per token (weights/flops.py)
 
 
 def device_peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
-    """The device's dense bf16 peak, or None when unknown (CPU, an unlisted GPU, fp32 runs)."""
+    """The device's dense bf16 peak in FLOP/s (weights/flops.py's table), or None when unknown (CPU, an
+    unlisted GPU, fp32 runs: their matmuls are not what the bf16 peak counts)."""
     if device.type != "cuda" or dtype != torch.bfloat16:
         return None
-    name = torch.cuda.get_device_name(device)
-    for key, peak in PEAK_BF16_FLOPS:
-        if key in name:
-            return peak
-    return None
+    peak = peak_tflops(torch.cuda.get_device_name(device), "bfloat16")
+    return None if peak is None else peak * 1e12
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -626,8 +596,8 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0
-            tok_s = total / dt
-            mfu = fpt * tok_s / peak if peak else None
+            tok_s = total / dt  # every rank's tokens of the step
+            mfu = flops_mfu(fpt, tok_s, peak, d.world)  # per device
             summary["losses"][step] = loss_value
             summary["grad_norms"][step] = norm_value
             summary["tokens_per_s"].append(tok_s)
@@ -639,6 +609,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
                 "grad_norm": norm_value,
                 "dt_ms": 1e3 * dt,
                 "tokens_per_s": tok_s,
+                "tokens_per_s_per_device": tok_s / d.world,
                 "mfu": mfu,
             }
             line = None

@@ -219,6 +219,9 @@ def test_finetune_refuses_an_init_checkpoint_whose_digest_differs(random_shards,
 
 
 # ----------------------------------------------------------------------------- DDP
+PEAK = 1e12  # --peak-flops of the DDP run: any positive number makes its MFU checkable
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -276,6 +279,8 @@ def test_ddp_two_processes_match_one(random_shards, tmp_path, tiny_config):
         "cpu",
         "--log-every",
         "0",
+        "--peak-flops",
+        str(PEAK),
     ]
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     env["DDP_PROBE_OUT"] = str(tmp_path / "ddp-sync")
@@ -290,6 +295,13 @@ def test_ddp_two_processes_match_one(random_shards, tmp_path, tiny_config):
         "checkpoint": latest_checkpoint(tmp_path / "ddp"),
     }
     _assert_same_trajectory(single, ddp)
+    # throughput: tokens/s of both ranks together, MFU per device (2 devices' FLOP/s over 2 peaks)
+    fpt = flops_per_token(weights.GPT2Config.tiny(), 16)
+    steps_logged = [e for e in log if "loss" in e]
+    assert len(steps_logged) == steps
+    for e in steps_logged:
+        assert e["tokens_per_s_per_device"] == pytest.approx(e["tokens_per_s"] / 2)
+        assert e["mfu"] == pytest.approx(fpt * e["tokens_per_s"] / (2 * PEAK))
     for rank in range(2):
         probe = eval_json((tmp_path / f"ddp-sync.rank{rank}.json").read_text())
         assert probe["forwards"] == steps * 2, probe
