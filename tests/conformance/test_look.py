@@ -73,6 +73,12 @@ def test_an_outlier_is_counted():
     assert views.activation_stats(x).outliers == 1 / x.size
 
 
+@pytest.mark.parametrize("value, counted", [(5.5, False), (6.5, True)])
+def test_outliers_are_six_standard_deviations_out(value, counted):
+    x = np.concatenate([np.tile([1.0, -1.0], 5000), [value]])  # mean ~0, std ~1: `value` sits ~value std out
+    assert views.activation_stats(x[None, None]).outliers == (1 / x.size if counted else 0.0)
+
+
 # ----------------------------------------------------------------------------------- attention maps
 def test_attention_maps_are_causal_row_stochastic_and_the_references(model):
     params, config = model
@@ -110,6 +116,14 @@ def test_the_wrong_input_would_be_seen():
     att = acts["h.0.att"][0]
     from_qkv = views.attention_probs(acts["h.0.qkv"], VARIANT.n_head, VARIANT.kv_heads)[0]
     assert np.abs(from_qkv - att).max() > 1e-6
+
+
+def test_grouped_heads_read_their_own_key_head():
+    """4 query heads on 2 key/value heads: heads 0, 1 read key head 0 and heads 2, 3 key head 1."""
+    config = dataclasses.replace(TINY, n_head=4, n_kv_head=2)
+    acts = ref_acts(weights.synthetic(config, seed=5), config)
+    recomputed = views.attention_probs(acts["h.1.qkv"], config.n_head, config.kv_heads)[0]
+    np.testing.assert_allclose(recomputed, acts["h.1.att"][0], rtol=0, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------------- logit lens
