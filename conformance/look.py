@@ -395,7 +395,8 @@ def text_report(look: Look) -> str:
         for n in names:
             s = look.stats[n].as_dict()
             out.append(f"  {n:<16} {str(look.shapes[n]):<16}" + "".join(f"{fmt(s[c]):>11}" for c in STAT_COLUMNS))
-    out += ["", f"== attention: where each head looks ({look.attention_source}; means over query positions 1..T-1) =="]
+    out += ["", "== attention: where each head looks (mean probabilities over the query positions 1..T-1) =="]
+    out.append(f"probabilities: {look.attention_source}")
     for i in look.layers:
         out.append(
             f"layer {i}   {'head':>4} {'on pos 0':>9} {'previous':>9} {'itself':>9} {'entropy':>9}  "
@@ -582,7 +583,7 @@ def draw(look: Look, out: Path) -> list[Path]:
     from conformance import look_charts as charts
 
     charts.pyplot()  # fails here, before any file, without matplotlib
-    weights = "SYNTHETIC weights" if look.synthetic else look.label
+    weights = "SYNTHETIC weights" if look.synthetic else look.label or "weights given by the caller"
     title = f"{look.backend}, {weights}"
     drawn = [charts.activations_png(out / "activations.png", look.names, look.stats, title)]
     drawn.append(charts.lens_png(out / "logit-lens.png", look.lens, look.tokens, look.decode, title))

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 DPI = 100
-ZERO_FLOOR = 1e-18  # where an exact 0 is drawn on a log axis (labelled as 0)
+ZERO_FLOOR = 1e-18  # the least value drawn on a log axis (the activation chart's sizes)
 MAX_TICK_LABELS = 48  # longer prompts get no token labels on the attention axes (they would overlap)
 
 
@@ -138,11 +138,13 @@ def divergence_png(path: Path, errors: list[tuple[str, float]], first: str | Non
     values = np.array([v for _, v in errors])
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(max(8, 0.12 * len(names) + 4), 4.5))
-    ax.semilogy(x, np.maximum(values, ZERO_FLOOR), "o-", ms=3, color="tab:blue", label="max|a - b| / max|b|")
+    # An exact 0 has no place on a log axis: it is drawn as a grey x a factor 100 below the least value shown.
+    zero_at = min([v for v in values if v > 0] + list(lines.values()) + [1.0]) / 100
+    ax.semilogy(x, np.where(values > 0, values, zero_at), "o-", ms=3, color="tab:blue", label="max|a - b| / max|b|")
     zeros = values == 0
     if zeros.any():
         ax.semilogy(
-            x[zeros], np.full(zeros.sum(), ZERO_FLOOR), "x", color="gray", label=f"exactly 0 (at {ZERO_FLOOR:g})"
+            x[zeros], np.full(zeros.sum(), zero_at), "x", color="gray", label=f"exactly 0 (drawn at {zero_at:.0e})"
         )
     for (label, value), style in zip(lines.items(), ("--", ":"), strict=False):
         ax.axhline(value, linestyle=style, color="tab:red", label=f"{label} {value:g}")
@@ -153,7 +155,8 @@ def divergence_png(path: Path, errors: list[tuple[str, float]], first: str | Non
             f"first over the threshold: {first}",
             (i, values[i]),
             textcoords="offset points",
-            xytext=(8, 8),
+            xytext=(8, -16) if i < len(names) / 2 else (-8, -16),  # below the line, towards the middle
+            ha="left" if i < len(names) / 2 else "right",
             fontsize=8,
             color="tab:red",
         )
