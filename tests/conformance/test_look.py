@@ -238,6 +238,11 @@ def test_text_mode_without_matplotlib(tmp_path, monkeypatch, capsys):
     assert "h.1.resid_2" in out and "== logit lens" in out and "T o ␣ b e , ␣ o r ␣ n o t" in out
 
 
+def test_a_saved_synthetic_checkpoint_is_labelled(tmp_path):
+    folder = weights.save(weights.synthetic(TINY), TINY, tmp_path, metadata={"weights": weights.SYNTHETIC_LABEL})
+    assert look.load_weights(str(folder))[2].startswith(weights.SYNTHETIC_LABEL)
+
+
 # ----------------------------------------------------------------------------------- bad inputs
 @pytest.mark.parametrize(
     "args, flag",
