@@ -113,11 +113,11 @@ class CaseUnavailable(RuntimeError):
 # ------------------------------------------------------------------------------------ tokens
 # The character alphabet of the tiny (V=64) cases: Tiny Shakespeare's symbols except the rare '$' and '3'
 # (63 ids; id 63 is never used); any other character maps to id 0 (' ').
-_CHARS = " \n!&',-.:;?abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+CHAR_ALPHABET = " \n!&',-.:;?abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 def char_ids(text: str) -> np.ndarray:
-    table = {c: i for i, c in enumerate(_CHARS)}
+    table = {c: i for i, c in enumerate(CHAR_ALPHABET)}
     return np.array([table.get(c, 0) for c in text], dtype=np.int64)
 
 
