@@ -46,8 +46,7 @@ import numpy as np
 
 from conformance import look_views as views
 from conformance.backends import Backend, NumpyBackend, registry
-from conformance.cases import CHAR_ALPHABET
-from conformance.cases import LLAMA_OPTIONS, TINY, VARIANT_OPTIONS, char_ids
+from conformance.cases import CHAR_ALPHABET, LLAMA_OPTIONS, TINY, VARIANT_OPTIONS, char_ids
 from conformance.tolerances import LOCALIZE, ceiling
 from weights import SYNTHETIC_LABEL, GPT2Config, activation_names, atomic_write, load, num_params, read_metadata
 from weights import synthetic as synthetic_params
