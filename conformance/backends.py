@@ -30,7 +30,9 @@ import numpy as np
 
 from weights import GPT2Config
 
-ADAMW_DEFAULTS = dict(lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1)
+# The contract's AdamW (docs/contract.md). "decay" is the decay set: "matrices" (the 2-D tensors), "all"
+# (llm.c's choice), or a collection of parameter names; every backend's adamw takes it from `hp`.
+ADAMW_DEFAULTS = dict(lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, decay="matrices")
 
 # Beyond these sizes the CUDA simulator (one OS thread per CUDA thread) takes too long for CI.
 SIMULATOR_MAX_PARAMS = 50_000
@@ -41,15 +43,34 @@ def _simulator() -> bool:
     return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
 
 
-def torch_adamw(parameters, hp: dict):
-    """torch.optim.AdamW with the contract's hyperparameters; weight decay on 2-D tensors only."""
+def torch_decayed(named: list, decay="matrices") -> set[str]:
+    """The names, among (name, tensor) pairs, of the tensors a decay set names: "matrices" (the 2-D ones),
+    "all", or a collection of canonical parameter names (docs/contract.md)."""
+    if isinstance(decay, str):
+        if decay == "matrices":
+            return {n for n, p in named if p.dim() == 2}
+        if decay == "all":
+            return {n for n, _ in named}
+        raise ValueError(f"AdamW decay must be 'matrices', 'all' or a collection of names, got {decay!r}")
+    names = set(decay)
+    unknown = sorted(names - {n for n, _ in named})
+    if unknown:
+        raise ValueError(f"AdamW decay names tensor(s) the model does not have: {unknown[:3]}")
+    return names
+
+
+def torch_adamw(named_parameters, hp: dict):
+    """torch.optim.AdamW with the contract's hyperparameters over (canonical name, parameter) pairs: weight
+    decay on the tensors of hp["decay"] (default "matrices", the 2-D tensors), none on the others."""
     import torch
 
-    params = list(parameters)
+    named = list(named_parameters)
+    decayed = torch_decayed(named, hp.get("decay", "matrices"))
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": hp["weight_decay"]},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for n, p in named if n in decayed], "weight_decay": hp["weight_decay"]},
+        {"params": [p for n, p in named if n not in decayed], "weight_decay": 0.0},
     ]
+    groups = [g for g in groups if g["params"]]  # "all" leaves the second group empty
     return torch.optim.AdamW(groups, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"], foreach=False)
 
 
@@ -187,7 +208,7 @@ class TorchBackend(Backend):
         import torch
 
         model = self._model(params, config)
-        opt = torch_adamw(model.parameters(), hp)
+        opt = torch_adamw(model.named_parameters(), hp)  # torch_impl's names are the canonical ones
         x = torch.as_tensor(idx, device=self.device)
         y = torch.as_tensor(targets, device=self.device)
         losses = []
@@ -357,7 +378,8 @@ class HFBackend(Backend):
         from conformance.precision import tf32_off
 
         model = self._model(params, config)
-        opt = torch_adamw(model.transformer.parameters(), hp)  # the head is tied to wte: no parameter of its own
+        # the head is tied to wte: no parameter of its own; transformer's names are the canonical ones
+        opt = torch_adamw(model.transformer.named_parameters(), hp)
         x, y = torch.as_tensor(idx), torch.as_tensor(targets)
         losses = []
         with tf32_off():
@@ -449,10 +471,12 @@ class HFLlamaBackend(Backend):
         return logits.detach().numpy(), float(loss), self._grads(model, config)
 
     def adamw(self, params, config, idx, targets, steps, hp):
-        from weights.hf_llama import from_llama_state_dict
+        from weights.hf_llama import from_llama_state_dict, llama_to_ours
 
         model = self._model(params, config)
-        opt = torch_adamw(model.parameters(), hp)  # a tied head is the embedding's own tensor: stepped once
+        ours = llama_to_ours(config)  # Llama's tensor name -> the canonical name it is (a slice of)
+        # a tied head is the embedding's own tensor: named and stepped once
+        opt = torch_adamw([(ours[n], p) for n, p in model.named_parameters()], hp)
         losses = []
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)

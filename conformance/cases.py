@@ -6,6 +6,8 @@
     small-*    2 layers, C=64, the real 50,257-token vocabulary: real GPT-2 tokens of Tiny
                Shakespeare, synthetic and briefly trained weights.
     124m-*     the full GPT-2 124M shape with synthetic weights (opt in: --full).
+    *-llmc-*   llm.c's own test (test_gpt2.c): its AdamW hyperparameters, weight decay on every tensor
+               (LLMC_ADAMW; docs/llmc.md); tiny in CI, llm.c's shape B=4, T=64 at 124M with --full.
     tiny-<variant>, tiny-llama*, 124m-llama-*
                the variants (docs/variants.md) on the tiny shape, each option alone and all of the
                llama-style preset's options together, and the llama-style 124M preset (--full).
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from conformance.backends import ADAMW_DEFAULTS
 from weights import SYNTHETIC_LABEL, GPT2Config, synthetic
 from weights.paths import WHERE_TINYSHAKESPEARE, tinyshakespeare_path
 
@@ -47,6 +50,10 @@ FULL_LLAMA = GPT2Config.llama_style_124m()
 # GPT-2 XL's head count (25, odd) on the tiny scale: nothing may assume 12 heads or C = 768
 TINY_25_HEADS = GPT2Config(n_layer=1, n_head=25, n_embd=50, vocab_size=64, n_ctx=16)
 
+# llm.c's own test (test_gpt2.c): 10 steps of its gpt2_update(lr 1e-4, beta1 0.9, beta2 0.999, eps 1e-8,
+# weight_decay 0.01), which decays every parameter, biases and LayerNorms included (docs/llmc.md).
+LLMC_ADAMW = (("lr", 1e-4), ("beta1", 0.9), ("beta2", 0.999), ("eps", 1e-8), ("weight_decay", 0.01), ("decay", "all"))
+
 
 @dataclass(frozen=True)
 class Case:
@@ -58,6 +65,12 @@ class Case:
     T: int
     checks: tuple[str, ...] = ("forward_backward",)
     full: bool = False
+    adamw: tuple[tuple[str, object], ...] = ()  # AdamW hyperparameters that differ from ADAMW_DEFAULTS
+
+    @property
+    def adamw_hp(self) -> dict:
+        """The hyperparameters of the case's AdamW trajectory: ADAMW_DEFAULTS with the case's own."""
+        return dict(ADAMW_DEFAULTS, **dict(self.adamw))
 
     @property
     def label(self) -> str:
@@ -79,6 +92,19 @@ CASES: list[Case] = [
     Case("124m-B4-T64", FULL, "synthetic", "random", 4, 64, ("forward_backward",), full=True),
     Case("124m-B1-T1024", FULL, "synthetic", "shakespeare", 1, 1024, ("forward_backward",), full=True),
     Case("124m-adamw", FULL, "synthetic", "shakespeare", 1, 64, ("adamw",), full=True),
+    # llm.c's test: its AdamW (every tensor decayed), no ignored targets; at its own shape (B=4, T=64) with --full
+    Case("tiny-llmc-B2-T4", TINY, "synthetic", "random", 2, 4, ("forward_backward", "adamw"), adamw=LLMC_ADAMW),
+    Case(
+        "124m-llmc-B4-T64",
+        FULL,
+        "synthetic",
+        "shakespeare",
+        4,
+        64,
+        ("forward_backward", "adamw"),
+        full=True,
+        adamw=LLMC_ADAMW,
+    ),
     # the variants: each option alone (B*T = 8 tokens: the CUDA simulator runs them), the combination
     # also through 10 AdamW steps, and trained weights for greedy generation with and without the KV cache
     *[

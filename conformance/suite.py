@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from conformance import checks
-from conformance.backends import ADAMW_DEFAULTS, Backend, NumpyBackend
+from conformance.backends import Backend, NumpyBackend
 from conformance.cases import ADAMW_STEPS, GENERATE_TOKENS, Case, CaseUnavailable, batch, params_for
 from conformance.tolerances import CEILINGS
 
@@ -47,7 +47,7 @@ def _reference_run(case: Case, what: str, seed: int = 0):
     if what == "forward_backward":
         return ref.forward_backward(params, case.config, idx, targets)
     if what == "adamw":
-        return ref.adamw(params, case.config, idx, targets, ADAMW_STEPS, ADAMW_DEFAULTS)
+        return ref.adamw(params, case.config, idx, targets, ADAMW_STEPS, case.adamw_hp)
     if what == "generate":
         return ref.generate(params, case.config, idx, GENERATE_TOKENS)
     raise ValueError(what)
@@ -122,7 +122,7 @@ def run_case(case: Case, backend: Backend, seed: int = 0) -> list[Result]:
                 name, worst, per = checks.worst_tensor(grads, r_grads, checks.max_rel)
                 add("grad_max", worst, f"worst tensor {name}", per_tensor=per)
             elif what == "adamw":
-                losses, final = backend.adamw(params, case.config, idx, targets, ADAMW_STEPS, ADAMW_DEFAULTS)
+                losses, final = backend.adamw(params, case.config, idx, targets, ADAMW_STEPS, case.adamw_hp)
                 dt = time.perf_counter() - t0
                 r_losses, r_final = _reference_run(case, "adamw", seed)
                 worst_step = max(range(len(r_losses)), key=lambda i: checks.scalar_rel(losses[i], r_losses[i]))

@@ -4,6 +4,7 @@
     logits, loss = m.forward(idx, targets=None)          # numpy in, numpy out
     logits, loss, grads = m.forward_backward(idx, targets)
     m.adamw_step(lr=1e-3)                                 # uses the gradients of the last backward
+    m.adamw_step(lr=1e-4, decay="all")                    # weight decay on every tensor (llm.c's choice)
     params = m.to_params()
 
 Everything lives on the device and is allocated once, in the constructor, for
@@ -11,6 +12,12 @@ Everything lives on the device and is allocated once, in the constructor, for
 float32 buffers (each tensor a view into them, 2-D tensors first so that weight decay is one
 range), every activation the backward needs, and the backward's scratch. A call with a smaller
 (B, T) uses the leading part of each buffer.
+
+AdamW's decay set (docs/contract.md: "matrices", "all" or a collection of names). The kernel decays
+the leading n_decay values of the range it is launched on, so a decay set becomes a few launches,
+each over a run of tensors whose decayed ones come first (`_adamw_launches`): "matrices" is one
+launch over the whole buffer with n_decay = the 2-D tensors' values (exactly the launch of a model
+without decay sets), "all" one launch with n_decay = everything, any other set one launch per run.
 
 The forward pass, per block (x is the residual stream, (B, T, C); layer outputs kept for the backward):
 
@@ -162,6 +169,7 @@ class NumbaGPT2:
             offset += size
         self.n_params = offset
         self.n_decay = sum(self.offsets[n][1] for n in self.names if len(shapes[n]) == 2)
+        self._adamw_runs = ((0, self.n_params, self.n_decay),)  # the launches of the last AdamW step
         flat = np.empty(self.n_params, dtype=np.float32)
         for name in self.names:
             o, n = self.offsets[name]
@@ -431,15 +439,16 @@ class NumbaGPT2:
     def _run(self, kind: str, launches) -> None:
         """Queue `launches` (kernel launches only; the inputs are uploaded) on the model's stream.
 
-        Eager without cuda_graphs. With them, the first call for a (kind, B, T, kept targets) runs
-        eagerly (that compiles every kernel and is this call's work), then records the same launches
-        into a CUDA graph; later calls with that key replay the graph. A failed capture leaves the
+        Eager without cuda_graphs. With them, the first call for a (kind, B, T, kept targets; a step's key
+        adds its AdamW launches, which its decay set fixes) runs eagerly (that compiles every kernel and is
+        this call's work), then records the same launches into a CUDA graph; later calls with that key
+        replay the graph. A failed capture leaves the
         model eager and says why in `graph_note` (and a warning)."""
         with launch_stream(self.stream):
             if not self.cuda_graphs or self.graph_note is not None:
                 launches()
                 return
-            key = (kind, *self._shape, self._n_valid)
+            key = (kind, *self._shape, self._n_valid) + ((self._adamw_runs,) if kind == "step" else ())
             graph = self._graphs.get(key)
             if graph is not None:
                 graph.replay()
@@ -490,29 +499,70 @@ class NumbaGPT2:
         return {n: flat[o : o + s].reshape(self.shapes[n]).copy() for n, (o, s) in self.offsets.items()}
 
     # ------------------------------------------------------------------ optimizer
-    def _upload_adamw(self, lr, beta1, beta2, eps, weight_decay) -> None:
-        """Count the step and write its hyperparameters (and bias corrections) to the device."""
+    def _decayed(self, decay) -> set[str]:
+        """The tensor names a decay set names: "matrices" (the 2-D tensors), "all", or a collection of names."""
+        if isinstance(decay, str):
+            if decay == "matrices":
+                return {n for n in self.names if len(self.shapes[n]) == 2}
+            if decay == "all":
+                return set(self.names)
+            raise ValueError(f"adamw_step: decay must be 'matrices', 'all' or a collection of names, got {decay!r}")
+        names = set(decay)
+        unknown = sorted(names - set(self.names))
+        if unknown:
+            raise ValueError(f"adamw_step: decay names tensor(s) this model does not have: {unknown[:3]}")
+        return names
+
+    def _adamw_launches(self, decay) -> tuple[tuple[int, int, int], ...]:
+        """The AdamW launches of a decay set, as (start, stop, n_decay) ranges of the flat buffers: each
+        range is a run of tensors in buffer order, its decayed tensors first (the kernel decays the leading
+        n_decay values of what it is given). "matrices" is the one launch (0, N, n_decay)."""
+        if isinstance(decay, str) and decay == "matrices":
+            return ((0, self.n_params, self.n_decay),)
+        decayed = self._decayed(decay)
+        runs: list[list[int]] = []  # [start, stop, n_decay]
+        for name in self.names:
+            o, n = self.offsets[name]
+            if not runs or (name in decayed and runs[-1][1] - runs[-1][0] > runs[-1][2]):
+                runs.append([o, o, 0])  # a decayed tensor after an undecayed one starts a new launch
+            runs[-1][1] = o + n
+            if name in decayed:
+                runs[-1][2] += n
+        return tuple(tuple(r) for r in runs)
+
+    def _upload_adamw(self, lr, beta1, beta2, eps, weight_decay, decay="matrices") -> None:
+        """Count the step, write its hyperparameters (and bias corrections) to the device, fix its launches."""
+        runs = self._adamw_launches(decay)
         hyper = adamw_hyperparameters(self.step_count + 1, lr, beta1, beta2, eps, weight_decay)
         self.step_count += 1
         self.d_hyper.copy_to_device(hyper, stream=self.stream)
+        self._adamw_runs = runs
 
     def _launch_adamw(self) -> None:
-        adamw_launch(self.d_params, self.d_grads, self.d_m, self.d_v, self.n_params, self.n_decay, self.d_hyper)
+        for start, stop, n_decay in self._adamw_runs:
+            if (start, stop) == (0, self.n_params):
+                adamw_launch(self.d_params, self.d_grads, self.d_m, self.d_v, self.n_params, n_decay, self.d_hyper)
+            else:  # views of the run's range in the four buffers
+                params, grads, m, v = (b[start:stop] for b in (self.d_params, self.d_grads, self.d_m, self.d_v))
+                adamw_launch(params, grads, m, v, stop - start, n_decay, self.d_hyper)
 
-    def adamw_step(self, lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1) -> None:
+    def adamw_step(self, lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, decay="matrices") -> None:
         """One AdamW step on every parameter, with the gradients of the last backward (on the device).
-        Weight decay applies to the 2-D tensors only (wte, wpe and the weight matrices)."""
-        self._upload_adamw(lr, beta1, beta2, eps, weight_decay)
+        Weight decay applies to the tensors of `decay`: "matrices" (the 2-D tensors: wte, wpe and the
+        weight matrices; the default), "all", or a collection of parameter names."""
+        self._upload_adamw(lr, beta1, beta2, eps, weight_decay, decay)
         with launch_stream(self.stream):
             self._launch_adamw()
 
-    def step_device(self, idx, targets, lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1) -> None:
+    def step_device(
+        self, idx, targets, lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, decay="matrices"
+    ) -> None:
         """One training step (forward, backward, AdamW) queued on the device, nothing copied back;
         with cuda_graphs, one graph replay. Read the loss with `loss()`."""
         idx = self._check_idx(idx)
         targets = self._check_targets(targets, idx.shape)
         self._upload_inputs(idx, targets)
-        self._upload_adamw(lr, beta1, beta2, eps, weight_decay)
+        self._upload_adamw(lr, beta1, beta2, eps, weight_decay, decay)
         self._run("step", self._launch_step)
         self._last_targets = targets
 
@@ -520,9 +570,9 @@ class NumbaGPT2:
         self._launch_forward_backward()
         self._launch_adamw()
 
-    def step(self, idx, targets, lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1) -> float:
+    def step(self, idx, targets, lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, decay="matrices") -> float:
         """One training step: forward, backward, AdamW. Returns the loss before the update."""
-        self.step_device(idx, targets, lr, beta1, beta2, eps, weight_decay)
+        self.step_device(idx, targets, lr, beta1, beta2, eps, weight_decay, decay)
         return self.loss()
 
     def synchronize(self) -> None:

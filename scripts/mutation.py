@@ -189,8 +189,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "reference-adamw-decay-every-tensor",
         "reference/optimizer.py",
-        "        if p.ndim == 2:\n            p *= 1.0 - lr * weight_decay",
-        "        if True:\n            p *= 1.0 - lr * weight_decay",
+        "            return {name for name, p in params.items() if p.ndim == 2}",
+        "            return {name for name, p in params.items() if p.ndim >= 1}",
         (f"{T_OPT}::test_first_step_by_hand_and_decay_only_on_matrices",),
         "reference AdamW decays biases and LayerNorm parameters too",
     ),
@@ -462,10 +462,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "conformance-adamw-decay-every-tensor",
         "conformance/backends.py",
-        '        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},\n'
-        '    ]\n    return torch.optim.AdamW(groups, lr=hp["lr"]',
-        '        {"params": [p for p in params if p.dim() < 2], "weight_decay": hp["weight_decay"]},\n'
-        '    ]\n    return torch.optim.AdamW(groups, lr=hp["lr"]',
+        "            return {n for n, p in named if p.dim() == 2}",
+        "            return {n for n, p in named if p.dim() >= 1}",
         (CONF_TORCH_ADAMW,),
         "the torch backends' AdamW decays every tensor, biases and LayerNorm included",
     ),

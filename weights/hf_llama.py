@@ -120,6 +120,11 @@ def _pairs(config: GPT2Config):
     return out
 
 
+def llama_to_ours(config: GPT2Config) -> dict[str, str]:
+    """Llama's tensor name -> the canonical name of the tensor it is, or is a slice of (q/k/v of c_attn)."""
+    return {hf: ours for ours, _, _, hf in _pairs(config)}
+
+
 def to_llama_state_dict(params: Mapping[str, np.ndarray], config: GPT2Config) -> dict[str, np.ndarray]:
     """Our canonical params (or gradients) -> Llama's tensors by name (contiguous copies, same dtype).
 

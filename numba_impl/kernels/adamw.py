@@ -2,7 +2,9 @@
 
 For element i, with step t >= 1 and bias corrections c1 = 1 - beta1^t, c2 = 1 - beta2^t:
 
-    p = p * (1 - lr * wd)       only for i < n_decay (the 2-D tensors come first in the buffer)
+    p = p * (1 - lr * wd)       only for i < n_decay: a launch covers a range of the buffer whose
+                                decayed tensors come first (the model's default, one launch over the
+                                whole buffer with its 2-D tensors first; numba_impl/model.py)
     m = beta1 m + (1 - beta1) g
     v = beta2 v + (1 - beta2) g^2
     p = p - lr * (m / c1) / (sqrt(v / c2) + eps)
