@@ -84,7 +84,7 @@ def test_a_crash_of_an_available_backend_fails(monkeypatch, capsys, ckpt):
 def test_the_synthetic_fallback_is_labelled(monkeypatch, capsys):
     """Offline with --fallback-synthetic: a banner, the label on the weights line and at the end."""
 
-    def offline(source):
+    def offline(source, sha256=None):
         raise weights.hub.HubError("the hub (huggingface.co) cannot be reached")
 
     class Tiny:  # the 124M build takes ~15 s; the labelling is the same at any size
@@ -101,7 +101,7 @@ def test_the_synthetic_fallback_is_labelled(monkeypatch, capsys):
 
 
 def test_offline_without_fallback_is_one_line(monkeypatch, capsys):
-    def offline(source):
+    def offline(source, sha256=None):
         raise weights.hub.HubError("the hub (huggingface.co) cannot be reached; pass --weights synthetic")
 
     monkeypatch.setattr(compare, "load", offline)
