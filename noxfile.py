@@ -46,10 +46,16 @@ def _env() -> dict[str, str]:
     return env
 
 
+# A backend from an installed package (conformance/plugins.py): the tests session installs this example
+# so that the suite runs it like any built-in backend and tests/conformance/test_plugins.py finds it installed.
+EXAMPLE_PLUGIN = "examples/gpt2-conformance-plugin"
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The whole test suite (unit tests, conformance on small configs, benchmark smoke)."""
+    """The whole test suite (unit tests, conformance on small configs, benchmark smoke), with the example plugin."""
     _install(session)
+    session.install("-e", EXAMPLE_PLUGIN)
     session.run("python", "-m", "pytest", *session.posargs, env=_env())
 
 

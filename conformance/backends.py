@@ -7,17 +7,20 @@ Each `Backend` wraps one implementation's own entry points (docs/contract.md) an
     activations(params, config, idx)                  -> {activation name: array}
     adamw(params, config, idx, targets, steps, hp)    -> losses per step, params after the last step
     generate(params, config, idx, n, use_cache)       -> token ids (B, T + n), greedy
-    cached_logits(params, config, idx, n)             -> (logits with KV cache, logits recomputed)
 
 `available()` says whether the backend can run here and, if not, why: an unavailable backend is
-reported as skipped with that reason, never silently dropped.
+reported as skipped with that reason, never silently dropped. `supports(config, tokens)` says the same
+per case. A method a backend does not have raises NotImplementedError (the base class's do): the
+checks that need it are reported as skipped for that backend, with the message.
 
 Registry: numpy-f64 (ground truth), numpy-f32, torch-cpu-f32, torch-cuda-f32, torch-cuda-bf16,
 numba-cuda-f32 (a real GPU, or Numba's CUDA simulator on tiny configs), numba-cuda-3xtf32 (the same
 model with its matmuls on the tensor cores, 3xTF32; a real GPU), hf-transformers-f32
 (transformers' GPT2LMHeadModel: an oracle this project did not write; GPT-2 configs only) and
 hf-llama-f64 (transformers' LlamaForCausalLM in float64 through weights/hf_llama.py's name mapping:
-the oracle of the llama-style variants, every config with rotary positions, RMSNorm and SwiGLU).
+the oracle of the llama-style variants, every config with rotary positions, RMSNorm and SwiGLU);
+then every backend an installed package adds through the entry-point group
+`gpt2_three_ways.conformance_backends` (conformance/plugins.py; docs/conformance.md, "Adding a backend").
 """
 
 from __future__ import annotations
@@ -74,13 +77,38 @@ def torch_adamw(named_parameters, hp: dict):
     return torch.optim.AdamW(groups, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"], foreach=False)
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where a backend comes from: this project (every field None), or an installed distribution's entry point."""
+
+    distribution: str | None = None  # e.g. "gpt2-conformance-plugin"
+    version: str | None = None  # the distribution's version, e.g. "0.1.0"
+    entry_point: str | None = None  # "name = module:attr", as its entry_points.txt says
+
+    @property
+    def builtin(self) -> bool:
+        return self.distribution is None
+
+    def __str__(self) -> str:
+        if self.builtin:
+            return "built-in"
+        return f"{self.distribution} {self.version} (entry point {self.entry_point})"
+
+
+BUILTIN = Origin()
+
+
 @dataclass
 class Backend:
-    name: str
+    """One implementation under test. A subclass sets name, precision and device, implements
+    forward_backward, and whichever of the other methods it has (docs/conformance.md, "Adding a backend")."""
+
+    name: str  # unique; letters, digits and . _ + - (it is a pytest id and a --backends value)
     precision: str  # "fp32" or "bf16" (ceiling row); "fp64" for the reference itself
     device: str
     notes: str = ""
     _unavailable: str | None = field(default=None, repr=False)
+    origin: Origin = BUILTIN  # set by registry(): built-in, or the plugin's distribution and entry point
 
     def available(self) -> tuple[bool, str]:
         return True, ""
@@ -88,6 +116,28 @@ class Backend:
     def supports(self, config: GPT2Config, tokens: int = 1) -> tuple[bool, str]:
         """Whether this backend runs a case of `config` with `tokens` = B * T positions here."""
         return True, ""
+
+    # The methods the checks call. forward_backward is the one every backend must have; forward falls
+    # back on it; the others raise NotImplementedError here, and the checks that need them are skipped.
+    def forward_backward(self, params, config, idx, targets):
+        """-> logits (B, T, V), loss (mean over targets != -1), grads {canonical name: array of its shape}."""
+        raise NotImplementedError(f"{self.name} has no forward_backward")
+
+    def forward(self, params, config, idx):
+        """-> logits (B, T, V); by default forward_backward's logits (with idx itself as the targets)."""
+        return self.forward_backward(params, config, idx, np.asarray(idx))[0]
+
+    def activations(self, params, config, idx):
+        """-> {name: (B, T, .)} for every name of weights.activation_names(config): what the localizer compares."""
+        raise NotImplementedError(f"{self.name} exposes no named activations")
+
+    def adamw(self, params, config, idx, targets, steps, hp):
+        """`steps` AdamW steps from `params` on one batch, hp = ADAMW_DEFAULTS -> (losses, params after the last)."""
+        raise NotImplementedError(f"{self.name} has no AdamW")
+
+    def generate(self, params, config, idx, n, use_cache=False):
+        """-> (B, T + n) greedy tokens; the generate check takes the default use_cache, kv_cache asks for both."""
+        raise NotImplementedError(f"{self.name} has no generation")
 
 
 # --------------------------------------------------------------------------- NumPy reference
@@ -513,7 +563,18 @@ class HFLlamaBackend(Backend):
 
 
 def registry() -> list[Backend]:
-    """Every backend, ground truth first."""
+    """Every backend, ground truth first: the built-in ones, then the installed plugins' (conformance/plugins.py).
+
+    A plugin that fails to load, or offers a name already taken, is in the list too, as a
+    `plugins.PluginFailure` that is unavailable with its error as the reason."""
+    from conformance.plugins import plugin_backends
+
+    builtin = builtin_backends()
+    return builtin + plugin_backends(taken={b.name: b.origin for b in builtin})
+
+
+def builtin_backends() -> list[Backend]:
+    """This project's backends, ground truth first."""
     return [
         NumpyBackend(np.float64),
         NumpyBackend(np.float32),

@@ -4,9 +4,10 @@
     python -m conformance.report --full               # plus the full 124M-shape cases
     python -m conformance.report --backends numpy-f32,torch-cpu-f32 --cases tiny-B4-ctx
     python -m conformance.report --json report.json   # every number, machine-readable
+    python -m conformance.report --list               # every backend: where it came from, can it run here
 
-Exit status 1 if any check breaches its ceiling or crashes; the divergence localizer then says
-at which op the failing backend parts from the reference.
+Exit status 1 if any check breaches its ceiling or crashes, or an installed plugin failed to load;
+the divergence localizer then says at which op the failing backend parts from the reference.
 """
 
 from __future__ import annotations
@@ -18,14 +19,17 @@ import os
 import platform
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from conformance.backends import NumpyBackend, registry
 from conformance.cases import CASES, batch, params_for
 from conformance.localize import localize_backends
+from conformance.plugins import GROUP, PluginFailure
 from conformance.suite import REFERENCE, Result, run_case
 from conformance.tolerances import CEILINGS, LOCALIZE
+from weights.checkpoint import atomic_write
 from weights.errors import ArgumentParser, UsageError, UserError, run_cli
 from weights.provenance import provenance
 
@@ -85,12 +89,13 @@ def format_table(results: list[Result], backends) -> str:
     worst = summarize(results)
     checks = [c for c in CHECK_ORDER if any(k[1] == c for k in worst)]
     lines = []
-    header = f"{'backend':<22}" + "".join(f"{c:>22}" for c in checks)
+    width = max([22] + [len(b.name) + 1 for b in backends])  # a plugin's name may be longer than ours
+    header = f"{'backend':<{width}}" + "".join(f"{c:>22}" for c in checks)
     lines += [header, "-" * len(header)]
     for b in backends:
         if b.name == REFERENCE:
             continue
-        row = f"{b.name:<22}"
+        row = f"{b.name:<{width}}"
         ran = False
         for c in checks:
             r = worst.get((b.name, c))
@@ -126,6 +131,24 @@ def format_table(results: list[Result], backends) -> str:
     errors = [r for r in results if r.detail.startswith("error")]
     for r in errors:
         lines.append(f"ERROR {r.backend} / {r.case} / {r.check}: {r.detail}")
+    return "\n".join(lines)
+
+
+def format_list(backends) -> str:
+    """`--list`: one row per backend of the registry: precision, device, whether it runs here, where it came from."""
+    rows = [("backend", "precision", "device", "runs here", "origin")]
+    for b in backends:
+        ok, why = b.available()
+        rows.append((b.name, b.precision, b.device, "yes" if ok else f"no: {why}", str(b.origin)))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    plugins = [b for b in backends if not b.origin.builtin and not isinstance(b, PluginFailure)]
+    failures = [b for b in backends if isinstance(b, PluginFailure)]
+    lines.append(
+        f"{len(backends) - len(plugins) - len(failures)} built-in, {len(plugins)} from plugins "
+        f"(entry-point group {GROUP}), {len(failures)} plugin error(s)"
+    )
     return "\n".join(lines)
 
 
@@ -173,7 +196,13 @@ def _main(argv: list[str]) -> int:
     ap.add_argument(
         "--markdown-from", metavar="JSON", help="print the summary table of an existing JSON report, then exit"
     )
+    ap.add_argument(
+        "--list", action="store_true", help="list every backend (built-in and plugins) with its origin, then exit"
+    )
     args = ap.parse_args(argv)
+    if args.list:
+        print(format_list(registry()))
+        return 0
     if args.markdown_from:
         with open(args.markdown_from) as f:
             try:
@@ -209,9 +238,13 @@ def _main(argv: list[str]) -> int:
         raise UsageError(f"--json {args.json}: folder {json_dir} does not exist")
 
     results: list[Result] = []
+    for b in backends:  # a plugin that did not load: one failure, not a row per case
+        if isinstance(b, PluginFailure):
+            results.append(Result("-", b.name, "plugin", None, None, False, f"error: {b.error}"))
+            print(f"  {'-':<20} {b.name:<22} FAIL  plugin error: {b.error}", flush=True)
     for case in cases:
         for b in backends:
-            if b.name == REFERENCE:
+            if b.name == REFERENCE or isinstance(b, PluginFailure):
                 continue
             t0 = time.perf_counter()
             rs = run_case(case, b)
@@ -226,7 +259,7 @@ def _main(argv: list[str]) -> int:
 
     localizations = []
     failed = [r for r in results if r.passed is False]
-    for case_name, backend_name in sorted({(r.case, r.backend) for r in failed}):
+    for case_name, backend_name in sorted({(r.case, r.backend) for r in failed if r.check != "plugin"}):
         case = next(c for c in cases if c.name == case_name)
         backend = next(b for b in backends if b.name == backend_name)
         ceiling = LOCALIZE["fp32" if backend.precision == "fp64" else backend.precision]
@@ -264,14 +297,18 @@ def _main(argv: list[str]) -> int:
                 "notes": b.notes,
                 "available": b.available()[0],
                 "reason": b.available()[1],
+                "origin": str(b.origin),
+                "distribution": b.origin.distribution,  # None: built-in
+                "version": b.origin.version,
+                "entry_point": b.origin.entry_point,
             }
             for b in backends
         ],
         "results": [r.as_dict() for r in results],
         "localizations": localizations,
     }
-    with open(args.json, "w") as f:
-        json.dump(report, f, indent=1, default=float)
+    text = json.dumps(report, indent=1, default=float)
+    atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
     print(f"\nJSON report: {args.json}")
     n_fail = len(failed)
     print(f"{sum(r.passed is True for r in results)} passed, {n_fail} failed")

@@ -24,6 +24,7 @@ class _RecordingSession:
 
     def __init__(self):
         self.installs, self.runs = [], []
+        self.posargs: list[str] = []
 
     def install(self, *args, **kwargs):
         self.installs.append(args)
@@ -50,3 +51,18 @@ def test_lint_session_installs_the_pinned_ruff():
     session = _RecordingSession()
     _noxfile().lint.func(session)
     assert session.installs == [(pins[0],)]
+
+
+def test_tests_session_installs_the_example_plugin_after_the_project():
+    """CI runs the example plugin (examples/gpt2-conformance-plugin) through the suite: it must be installed,
+    after the project it depends on, from a folder that is a package with the plugin entry-point group."""
+    session = _RecordingSession()
+    _noxfile().tests.func(session)
+    example = ("-e", "examples/gpt2-conformance-plugin")
+    assert example in session.installs, session.installs
+    assert session.installs.index(("-e", ".[all]")) < session.installs.index(example)
+    with open(ROOT / example[1] / "pyproject.toml", "rb") as f:
+        entry_points = tomllib.load(f)["project"]["entry-points"]
+    from conformance.plugins import GROUP
+
+    assert GROUP in entry_points
