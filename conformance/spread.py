@@ -280,7 +280,8 @@ def main(argv=None) -> int:
 
     if args.seeds < 1:
         ap.error(f"--seeds must be >= 1, got {args.seeds}")
-    backends = [b for b in registry() if b.name != REFERENCE]
+    # the project's own backends set the ceilings; a plugin's (an installed package's) only when named
+    backends = [b for b in registry() if b.name != REFERENCE and (b.origin.builtin or args.backends)]
     if args.backends:
         wanted = set(args.backends.split(","))
         unknown = wanted - {b.name for b in backends}

@@ -28,7 +28,8 @@ from weights import param_shapes
 
 BROKEN_SWITCH = "GPT2_EXAMPLE_PLUGIN_BROKEN"
 # The hyperparameters the conformance suite passes to adamw() (conformance.backends.ADAMW_DEFAULTS).
-ADAMW_KEYS = {"lr", "beta1", "beta2", "eps", "weight_decay"}
+ADAMW_KEYS = {"lr", "beta1", "beta2", "eps", "weight_decay", "decay"}
+DECAY_SETS = ("matrices", "all")  # which tensors weight decay applies to (docs/contract.md's AdamW)
 
 
 class TorchAutogradBackend(Backend):
@@ -97,9 +98,13 @@ class TorchAutogradBackend(Backend):
         unknown = set(hp) - ADAMW_KEYS
         if unknown:  # a hyperparameter this example does not implement: the check is skipped, not faked
             raise NotImplementedError(f"the example's AdamW takes {sorted(ADAMW_KEYS)}, not {sorted(unknown)}")
+        decay_set = hp.get("decay", "matrices")
+        if decay_set not in DECAY_SETS:  # a set of named tensors: not implemented here, so skipped
+            raise NotImplementedError(f"the example's AdamW decays {DECAY_SETS}, not {decay_set!r}")
         p = self._tensors(params, config, requires_grad=True)
-        decay = [t for t in p.values() if t.dim() == 2]  # wte, wpe and every weight matrix
-        no_decay = [t for t in p.values() if t.dim() != 2]  # biases and LayerNorm gains
+        every = decay_set == "all"
+        decay = [t for t in p.values() if every or t.dim() == 2]  # "matrices": wte, wpe, every weight matrix
+        no_decay = [t for t in p.values() if not every and t.dim() != 2]  # biases and LayerNorm gains
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": hp["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
             lr=hp["lr"],
