@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from torch_impl.model import GPT2, apply_rope, attention_math, attention_sdpa
+from torch_impl.optim import adamw_groups
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 LR = 1e-4
@@ -224,11 +225,9 @@ def make_model(backend, params, config, idx, targets, task):
 
     if task == "forward-backward":
         return forward_backward, loss_of
-    # AdamW as the contract states it: weight decay on 2-D tensors only; fused kernel on CUDA.
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    # AdamW as the contract states it: weight decay on 2-D tensors only (torch_impl/optim.py); fused on CUDA.
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        adamw_groups(model.named_parameters(), 0.1),
         lr=LR, betas=(0.9, 0.95), eps=1e-8, fused=device == "cuda",
     )  # fmt: skip
 

@@ -46,34 +46,14 @@ def _simulator() -> bool:
     return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
 
 
-def torch_decayed(named: list, decay="matrices") -> set[str]:
-    """The names, among (name, tensor) pairs, of the tensors a decay set names: "matrices" (the 2-D ones),
-    "all", or a collection of canonical parameter names (docs/contract.md)."""
-    if isinstance(decay, str):
-        if decay == "matrices":
-            return {n for n, p in named if p.dim() == 2}
-        if decay == "all":
-            return {n for n, _ in named}
-        raise ValueError(f"AdamW decay must be 'matrices', 'all' or a collection of names, got {decay!r}")
-    names = set(decay)
-    unknown = sorted(names - {n for n, _ in named})
-    if unknown:
-        raise ValueError(f"AdamW decay names tensor(s) the model does not have: {unknown[:3]}")
-    return names
-
-
 def torch_adamw(named_parameters, hp: dict):
     """torch.optim.AdamW with the contract's hyperparameters over (canonical name, parameter) pairs: weight
     decay on the tensors of hp["decay"] (default "matrices", the 2-D tensors), none on the others."""
     import torch
 
-    named = list(named_parameters)
-    decayed = torch_decayed(named, hp.get("decay", "matrices"))
-    groups = [
-        {"params": [p for n, p in named if n in decayed], "weight_decay": hp["weight_decay"]},
-        {"params": [p for n, p in named if n not in decayed], "weight_decay": 0.0},
-    ]
-    groups = [g for g in groups if g["params"]]  # "all" leaves the second group empty
+    from torch_impl.optim import adamw_groups
+
+    groups = adamw_groups(named_parameters, hp["weight_decay"], hp.get("decay", "matrices"))
     return torch.optim.AdamW(groups, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"], foreach=False)
 
 

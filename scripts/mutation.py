@@ -411,16 +411,6 @@ MUTANTS: list[Mutant] = [
         "the trainer never clips the gradient norm",
     ),
     Mutant(
-        "trainer-decay-biases-and-layernorm",
-        "torch_impl/train.py",
-        '        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},\n'
-        '        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},',
-        '        {"params": [p for p in params if p.dim() >= 1], "weight_decay": cfg.weight_decay},\n'
-        '        {"params": [p for p in params if p.dim() < 1], "weight_decay": 0.0},',
-        (TRAINER_STEP,),
-        "the trainer's AdamW decays biases and LayerNorm parameters",
-    ),
-    Mutant(
         "trainer-lr-schedule-not-applied",
         "torch_impl/train.py",
         '            for group in optimizer.param_groups:\n                group["lr"] = lr',
@@ -462,12 +452,13 @@ MUTANTS: list[Mutant] = [
         "the torch backends' AdamW uses beta2 = 0.999 instead of 0.95",
     ),
     Mutant(
-        "conformance-adamw-decay-every-tensor",
-        "conformance/backends.py",
+        "torch-adamw-decay-every-tensor",
+        "torch_impl/optim.py",
         "            return {n for n, p in named if p.dim() == 2}",
         "            return {n for n, p in named if p.dim() >= 1}",
-        (CONF_TORCH_ADAMW,),
-        "the torch backends' AdamW decays every tensor, biases and LayerNorm included",
+        (TRAINER_STEP, CONF_TORCH_ADAMW),
+        "AdamW's default decay set (the trainer's and the torch backends') decays every tensor, biases and "
+        "LayerNorm included",
     ),
     Mutant(
         "conformance-adamw-eps",

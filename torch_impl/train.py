@@ -55,6 +55,7 @@ import weights
 from torch_impl.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from torch_impl.data import DataError, ShardLoader, shard_paths
 from torch_impl.lr_schedule import lr_at
+from torch_impl.optim import adamw_groups
 from weights.errors import ArgumentParser, UsageError, UserError, run_cli
 from weights.flops import mfu as flops_mfu
 from weights.flops import peak_tflops, training_flops_per_token
@@ -297,11 +298,8 @@ def build_model(cfg: TrainConfig, device: torch.device, params: dict | None, con
 def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, device: torch.device) -> torch.optim.AdamW:
     """AdamW, weight decay on 2-D tensors only (matrices, embeddings, an untied lm_head), none on biases
     and norm weights (LayerNorm or RMSNorm); fused on CUDA."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = adamw_groups(named, cfg.weight_decay)  # the default set: the 2-D tensors (torch_impl/optim.py)
     extra = {"fused": True} if device.type == "cuda" else {}
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **extra)
 
