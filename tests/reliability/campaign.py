@@ -55,6 +55,7 @@ COMMANDS = {
     "bench-report": ("python -m benchmarks.report", "benchmarks.report:main"),
     "throughput": ("python scripts/train_throughput.py", "scripts/train_throughput.py"),
     "plot": ("python -m torch_impl.plot", "torch_impl.plot:main"),
+    "kit": ("python -m conformance", "conformance.__main__:main"),
 }
 
 
@@ -267,6 +268,27 @@ def _corrupt_manifest(ws: Path) -> list[str]:
 def _text(ws: Path, name: str, data: bytes) -> str:
     (ws / name).write_bytes(data)
     return str(ws / name)
+
+
+def _swapped_after_save(ws: Path) -> Path:
+    """A checkpoint folder whose model.safetensors was replaced by another valid one after save: its
+    .sha256 sidecar no longer matches."""
+    folder = tiny_checkpoint(ws)
+    rewrite_tensors(folder, lambda t: t.__setitem__("ln_f.bias", t["ln_f.bias"] + 1.0))
+    return folder
+
+
+def _truncated_llmc(ws: Path) -> str:
+    """A valid llm.c model file of the tiny checkpoint, cut in half."""
+    import weights
+    from conformance import llmc
+
+    params, config = weights.load(tiny_checkpoint(ws))
+    path = ws / "model.bin"
+    llmc.write_model(params, config, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return str(path)
 
 
 def _set(name: str, fn: Callable[[np.ndarray], np.ndarray | None]) -> Callable[[dict], None]:
@@ -604,6 +626,38 @@ CASES: list[Case] = [
         "bench-report",
         lambda ws: [str(benchmark_json(ws, GOOD_BENCH)), "--stat", "max"],
         names="--stat",
+    ),
+    # --- the conformance kit (python -m conformance <command>)
+    Case("unknown kit command", "kit", lambda ws: ["frobnicate"], names="'frobnicate'"),
+    Case(
+        "weights whose sha256 sidecar disagrees",
+        "compare",
+        lambda ws: ["--weights", str(_swapped_after_save(ws)), "--backends", "numpy-f32"],
+        names="model.safetensors.sha256",
+    ),
+    Case(
+        "llm.c file with a wrong magic",
+        "kit",
+        lambda ws: ["llmc", "from-llmc", _text(ws, "m.bin", np.zeros(256, np.int32).tobytes()), str(ws / "out")],
+        names="m.bin",
+    ),
+    Case(
+        "truncated llm.c model file",
+        "kit",
+        lambda ws: ["llmc", "from-llmc", _truncated_llmc(ws), str(ws / "out")],
+        names="model.bin",
+    ),
+    Case(
+        "inspect: token id outside the vocabulary",
+        "kit",
+        lambda ws: ["inspect", "--weights", str(tiny_checkpoint(ws)), "--ids", "1,2,999"],
+        names="999",
+    ),
+    Case(
+        "inspect: unknown backend",
+        "kit",
+        lambda ws: ["inspect", "--weights", str(tiny_checkpoint(ws)), "--ids", "1,2", "--backend", "nosuch"],
+        names="nosuch",
     ),
     # --- training throughput
     Case(
