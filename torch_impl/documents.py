@@ -79,7 +79,7 @@ def iter_jsonl(path: str | os.PathLike, line: int = 0, offset: int = 0) -> Itera
                     where = f"{e.reason} at byte {e.start} of the line"
                     raise DataError(f"{path}: line {line}: not UTF-8 ({where})") from None
                 except json.JSONDecodeError as e:
-                    raise DataError(f"{path}: line {line}: not JSON ({e.msg} at column {e.colno})") from None
+                    raise DataError(f"{path}: line {line}: not JSON ({e.msg}: column {e.colno})") from None
                 if not isinstance(obj, dict):
                     raise DataError(f"{path}: line {line}: a JSON {_json_type(obj)}, not an object")
                 yield line, obj, offset

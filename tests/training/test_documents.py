@@ -177,7 +177,7 @@ def test_progress_bars_count_bytes_then_documents(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        (b'{"text": "a", }', r"bad.jsonl: line 3: not JSON \(Expecting property name enclosed in double quotes"),
+        (b'{"text": "a", }', r"bad.jsonl: line 3: not JSON \(Expecting property name enclosed in double quotes: col"),
         (b'{"body": "a"}', r"bad.jsonl: line 3: no 'text' field \(fields: body\); see --text-column"),
         (b'{"text": 7}', r"bad.jsonl: line 3: 'text' is a number \(7\), not a string"),
         (b'{"text": null}', r"bad.jsonl: line 3: 'text' is null, not a string"),
