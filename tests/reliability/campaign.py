@@ -266,9 +266,9 @@ def _corrupt_manifest(ws: Path) -> list[str]:
 
 
 def _pyarrow() -> str | None:
-    import importlib.util
-
-    if importlib.util.find_spec("pyarrow") is None:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
         return "needs pyarrow (the [data] extra) for Parquet inputs"
     return _tokenizer()
 
