@@ -8,8 +8,8 @@ Shard file format (the one llm.c uses, so shards move freely between the two pro
     int32[256] header    header[0] = 20240520 (magic), header[1] = 1 (version), header[2] = n_tokens
     uint16[n_tokens]     token ids, each < 65536 (GPT-2's ids are < 50257)
 
-Tokenising. Each input file is one document and starts with <|endoftext|> (id 50256), the
-separator GPT-2 was trained with. Files are read through mmap in chunks of about
+Tokenising text files. Each text file is one document and starts with <|endoftext|> (id 50256),
+the separator GPT-2 was trained with. Files are read through mmap in chunks of about
 `chunk_bytes`, and a chunk only ends just before a newline that follows printable ASCII: GPT-2's pre-tokeniser
 always splits there (no piece takes a newline after a non-space), so chunked tokenisation
 gives exactly the ids of whole-file tokenisation (tests/training check this).

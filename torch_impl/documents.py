@@ -3,11 +3,13 @@
     FILE.jsonl, FILE.jsonl.gz   one JSON object per line; the document is the object's `text_column`
                                 field, a string. Blank lines are skipped. .gz is decompressed on the fly.
     FILE.parquet                a table; each row is a document: its `text_column`, a string column
-                                (pyarrow's string or large_string), read one batch of rows at a time.
+                                (pyarrow's string or large_string), read one row group at a time (only
+                                that column) and handed out in batches of rows.
 
 The suffix decides (`document_format`, case-insensitive); torch_impl/data.py tokenises every other
-file as plain text. Nothing here holds more than one line (JSONL) or one batch of rows (Parquet) in
-memory, whatever the size of the file.
+file as plain text. Nothing here holds more than one line (JSONL) or one row group's text column
+(Parquet; pyarrow reads a row group's column chunk, then hands it out in batches of rows) in memory,
+whatever the size of the file.
 
 Positions. `read_documents` yields each document with the position just after it: (line, offset),
 where `line` is the number of lines (JSONL, blank ones included) or rows (Parquet) consumed and
