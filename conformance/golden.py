@@ -278,6 +278,9 @@ def open_golden(path: str | Path) -> Golden:
         _json_meta(path, meta, "generate", optional=True),
         _json_meta(path, meta, "provenance"),
     )
+    for check, value in (("adamw", g.adamw), ("generate", g.generate)):
+        if check in g.checks and value is None:
+            raise UserError(f"{path}: the case has the {check} check but no metadata {check!r}")
     _validate(g)
     return g
 

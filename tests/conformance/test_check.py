@@ -124,6 +124,14 @@ def test_the_checker_gives_the_suites_numbers(kit, tmp_path, capsys):
     assert all(mine[c] == pytest.approx(suite[c], rel=1e-12, abs=0) for c in suite), (mine, suite)
 
 
+def test_the_reference_itself_scores_zero(kit, tmp_path, capsys):
+    """numpy-f64 as a candidate is the golden file's own computation: every value 0, held to the fp32 row."""
+    cand = candidate(kit, ADAMW, NumpyBackend(np.float64))
+    rc, report, _, _ = run_check(capsys, tmp_path, golden_of(kit, ADAMW), cand, "--require", "all")
+    assert rc == 0 and report["precision"] == "fp32"
+    assert [r["value"] for r in report["results"]] == [0.0] * 7
+
+
 # ------------------------------------------------------------------------------ perturbed candidates fail
 def test_a_bug_from_one_activation_on_is_localised(kit, tmp_path, capsys):
     names = activation_names(CASE[ADAMW].config)
