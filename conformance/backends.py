@@ -247,7 +247,7 @@ class TorchBackend(Backend):
                 opt.zero_grad(set_to_none=True)
                 _, loss = model(x, y)
                 loss.backward()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 opt.step()
         return losses, model.to_params()
 
@@ -418,7 +418,7 @@ class HFBackend(Backend):
                 logits = model(x).logits
                 loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-1)
                 loss.backward()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 opt.step()
         return losses, {n: p.detach().numpy().copy() for n, p in model.transformer.named_parameters()}
 
@@ -512,7 +512,7 @@ class HFLlamaBackend(Backend):
             opt.zero_grad(set_to_none=True)
             _, loss = self._loss(model, idx, targets)
             loss.backward()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             opt.step()
         state = {n: p.detach().numpy() for n, p in model.named_parameters()}
         return losses, from_llama_state_dict(state, config)

@@ -81,9 +81,19 @@ def candidate_path(out: Path, case: str, implementation: str) -> Path:
     return Path(out) / f"{case}.{implementation}.candidate.safetensors"
 
 
-def decayed(config: GPT2Config) -> list[str]:
-    """The parameters AdamW decays: the 2-D ones (embeddings, weight matrices), as in docs/contract.md."""
-    return [name for name, shape in param_shapes(config).items() if len(shape) == 2]
+def decayed(config: GPT2Config, decay="matrices") -> list[str]:
+    """The parameters AdamW decays under the decay set `decay` (docs/contract.md): "matrices" the 2-D ones
+    (embeddings, weight matrices), "all" every one, or a list of names. Written into the golden file so that
+    an implementation outside this project needs no rule to read it."""
+    shapes = param_shapes(config)
+    if decay == "matrices":
+        return [name for name, shape in shapes.items() if len(shape) == 2]
+    if decay == "all":
+        return list(shapes)
+    unknown = sorted(set(decay) - set(shapes))
+    if isinstance(decay, str) or unknown:
+        raise ValueError(f"decay set {decay!r}: not 'matrices', 'all' or a list of parameter names {unknown}")
+    return [name for name in shapes if name in set(decay)]
 
 
 def params_sha256(params: dict[str, np.ndarray], config: GPT2Config) -> str:
@@ -114,6 +124,7 @@ def export_case(case: Case, out: Path, log=print) -> Path:
     """Write golden_path(out, case.name) (and, for large cases, weights_dir beside it); returns its path."""
     ref = NumpyBackend(np.float64)
     config = case.config
+    Path(out).mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     log(f"  {case.name}: weights ({case.weights}) and tokens", flush=True)
     params = params_for(case)  # float32 arrays; CaseUnavailable when data or torch are missing
@@ -151,15 +162,16 @@ def export_case(case: Case, out: Path, log=print) -> Path:
         tensors.update({f"act.{n}": acts[n] for n in activation_names(config)})
     if "adamw" in case.checks:
         step(f"{ADAMW_STEPS} AdamW steps")
-        losses, final = ref.adamw(params, config, idx, targets, ADAMW_STEPS, ADAMW_DEFAULTS)
+        hp = case.adamw_hp  # the contract's AdamW, or the case's own (llm.c's for *-llmc-*)
+        losses, final = ref.adamw(params, config, idx, targets, ADAMW_STEPS, hp)
         tensors["adamw.loss"] = np.asarray(losses, np.float64)
         tensors.update({f"adamw.param.{n}": final[n] for n in param_shapes(config)})
         stored = list(range(1, ADAMW_STEPS)) if inline else []
         for k in stored:  # the same call the suite makes, stopped after k steps: bitwise the same trajectory
-            _, p_k = ref.adamw(params, config, idx, targets, k, ADAMW_DEFAULTS)
+            _, p_k = ref.adamw(params, config, idx, targets, k, hp)
             tensors.update({f"adamw.step{k}.param.{n}": p_k[n] for n in param_shapes(config)})
         meta["adamw"] = json.dumps(
-            {**ADAMW_DEFAULTS, "steps": ADAMW_STEPS, "stored_steps": stored, "decayed": decayed(config)}
+            {**hp, "steps": ADAMW_STEPS, "stored_steps": stored, "decayed": decayed(config, hp["decay"])}
         )
     if "generate" in case.checks or "kv_cache" in case.checks:
         step(f"{GENERATE_TOKENS} greedy tokens, with and without the KV cache")
@@ -225,7 +237,12 @@ class Golden:
         want = self.weights.get("sha256")
         if want and sha256_of(path) != want:
             raise UserError(f"{path}: sha256 differs from the one in {self.path.name}'s metadata ({want[:12]}...)")
-        params, config = load(path, dtype=np.float32)
+        if str(self.weights.get("format", "")).startswith("llm.c model"):  # a debug state's golden file
+            from conformance.llmc import read_model
+
+            params, config = read_model(path)
+        else:
+            params, config = load(path, dtype=np.float32)
         if config != self.config:
             raise UserError(f"{path}: its config.json differs from the config in {self.path.name}'s metadata")
         return params
@@ -362,7 +379,8 @@ def candidate_tensors(golden: Golden, backend: Backend, checks=None, log=print) 
         except NotImplementedError as e:
             step(f"no activations ({e})")
     if "adamw" in todo:
-        hp = {k: golden.adamw[k] for k in ADAMW_DEFAULTS}
+        hp = {k: golden.adamw[k] for k in ADAMW_DEFAULTS if k != "decay"}
+        hp["decay"] = golden.adamw.get("decay", golden.adamw["decayed"])  # a set's name, else its names
         step(f"{golden.adamw['steps']} AdamW steps")
         losses, final = backend.adamw(params, config, idx, targets, int(golden.adamw["steps"]), hp)
         out["adamw.loss"] = np.asarray(losses, dtype)

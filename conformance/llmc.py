@@ -79,8 +79,6 @@ LLMC_TENSORS: tuple[tuple[str, str, bool, bool], ...] = (
     ("lnfb", "ln_f.bias", False, False),  # (C,)
 )
 
-GOLDEN_FORMAT, GOLDEN_FORMAT_VERSION = "gpt2-conformance-golden", "1"
-
 
 class LlmcError(UserError):
     """A file that is not what llm.c writes, or a model llm.c's format cannot hold; the message names it."""
@@ -411,70 +409,77 @@ def sha256_file(path) -> str:
 
 
 def write_golden(path, tensors: Mapping[str, np.ndarray], case: str, config: GPT2Config, weights: dict,
-                 adamw: dict | None) -> None:  # fmt: skip
-    """A golden file (docs/golden-format.md's names and metadata keys), atomically: floats as float64,
-    ids as int64. A minimal writer of our own: conformance/golden.py writes the reference's."""
-    from safetensors.numpy import save_file
-
-    from conformance.tolerances import CEILINGS
+                 adamw: dict | None, reference: str = "llm.c debug state (float32)") -> None:  # fmt: skip
+    """A golden file of format 1 (docs/golden-format.md), atomically, by conformance/golden.py's rules:
+    floats as float64, ids as int64, the checks its tensors allow ("forward_backward": a debug state has
+    no AdamW trajectory and no generated tokens), `weights` as given (where the model lives)."""
+    from conformance import golden, tensorfile
+    from conformance.tolerances import CEILINGS, LOCALIZE
     from weights.provenance import provenance
 
     out = {}
     for name, value in tensors.items():
         value = np.asarray(value)
         out[name] = np.array(value, dtype=np.int64 if value.dtype.kind in "iu" else np.float64, order="C")
-    meta = {"format": GOLDEN_FORMAT, "format_version": GOLDEN_FORMAT_VERSION, "case": case}
-    for key, value in (("config", config.to_hf_dict()), ("weights", weights), ("adamw", adamw),
-                       ("ceilings", CEILINGS), ("provenance", provenance())):  # fmt: skip
-        meta[key] = json.dumps(value)
-    atomic_write(Path(path), lambda tmp: save_file(out, tmp, metadata=meta))
+    B, T = out["input.idx"].shape
+    meta = {
+        "format": golden.FORMAT,
+        "format_version": golden.FORMAT_VERSION,
+        "case": case,
+        "config": json.dumps(config.to_hf_dict()),
+        "checks": json.dumps(["forward_backward"]),
+        "batch": json.dumps({"B": int(B), "T": int(T), "tokens": "llm.c debug state"}),
+        "reference": reference,
+        "weights": json.dumps(weights),
+        "ceilings": json.dumps(CEILINGS),
+        "localize": json.dumps(LOCALIZE),
+        "provenance": json.dumps(provenance()),
+    }
+    if adamw is not None:
+        meta["adamw"] = json.dumps(adamw)
+    tensorfile.write(Path(path), out, meta)
 
 
 def read_golden(path) -> tuple[dict[str, np.ndarray], dict[str, str], GPT2Config]:
-    """(tensors, metadata, config) of a golden file; anything else is an LlmcError naming the file."""
-    from safetensors import safe_open
+    """(tensors, metadata, config) of a golden file, read and validated by conformance/golden.py."""
+    from conformance.golden import open_golden
 
-    path = Path(path)
-    if not path.is_file():
-        raise LlmcError(f"{path}: no such golden file")
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors' own error types: a corrupt or foreign file
-        raise LlmcError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
-    if meta.get("format") != GOLDEN_FORMAT:
-        raise LlmcError(f"{path}: metadata format is {meta.get('format')!r}, not {GOLDEN_FORMAT!r}")
-    try:
-        config = GPT2Config.from_hf_dict(json.loads(meta["config"]), source=f"{path}: config")
-    except (KeyError, json.JSONDecodeError) as e:
-        raise LlmcError(f"{path}: metadata config is missing or not JSON ({e})") from None
-    return tensors, meta, config
+    g = open_golden(path)
+    return {name: np.array(g.array(name)) for name in g.names()}, dict(g.file.metadata), g.config
 
 
 def golden_from_debug_state(state_path, model_path, out_path, case: str | None = None,
                             with_weights: bool = False) -> dict[str, np.ndarray]:  # fmt: skip
     """Turn an llm.c debug state (and its model file) into a golden file: input.idx, input.targets, logits,
-    loss, grad.* (and weight.* with `with_weights`); the weights named by the model file's sha256."""
+    loss, grad.* (and weight.* with `with_weights`). The weights are named by the model file's path
+    (relative to the golden file) and sha256, and by their params_sha256, so a checker can load them."""
+    import os
+
     from conformance.cases import LLMC_ADAMW
+    from conformance.golden import decayed, params_sha256
 
     header = read_model_header(model_path)
     tensors = read_debug_state(state_path, header)
+    params, _ = read_model(model_path)
     if with_weights:
-        params, _ = read_model(model_path)
         tensors.update({f"weight.{name}": value for name, value in params.items()})
-    weights = {"source": "file", "sha256": sha256_file(model_path), "file": Path(model_path).name,
-               "format": f"llm.c model version {header.version}"}  # fmt: skip
+    relative = os.path.relpath(Path(model_path).resolve(), Path(out_path).resolve().parent)
+    weights = {"source": "file", "format": f"llm.c model version {header.version}",
+               "stored": "inline" if with_weights else "file", "file": Path(relative).as_posix(),
+               "sha256": sha256_file(model_path), "params_sha256": params_sha256(params, header.config)}  # fmt: skip
     # no adamw.* tensors here; the hyperparameters are those of llm.c's test that this state belongs to
-    adamw = dict(LLMC_ADAMW, steps=10)
+    hp = dict(LLMC_ADAMW)
+    adamw = dict(hp, steps=10, stored_steps=[], decayed=decayed(header.config, hp["decay"]))
     write_golden(out_path, tensors, case or Path(state_path).stem, header.config, weights, adamw)
     return tensors
 
 
 def _golden_weights(tensors, meta, config, path: Path) -> dict[str, np.ndarray]:
-    """The parameters of a golden file: its weight.* tensors, else the synthetic weights it names."""
-    params = {k.removeprefix("weight."): v for k, v in tensors.items() if k.startswith("weight.")}
-    if params:
+    """The parameters of a golden file: its weight.* tensors or weights file, else the synthetic weights it names."""
+    from conformance.golden import open_golden
+
+    params = open_golden(path).params()  # weight.* inside, or the file beside it (its sha256 checked)
+    if params is not None:
         return params
     weights = json.loads(meta.get("weights", "null") or "null")
     if isinstance(weights, dict) and weights.get("source") == "synthetic" and isinstance(weights.get("seed"), int):

@@ -4,6 +4,7 @@ name (exit 1); files that are not golden files, or of another format version, ar
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from weights import activation_names
 ROOT = Path(__file__).resolve().parents[2]
 CASE = {c.name: c for c in CASES}
 ADAMW, TRAINED = "tiny-B2-T4-adamw", "tiny-trained"  # 8 tokens each: the CUDA simulator runs them
+LLMC = "tiny-llmc-B2-T4"  # llm.c's AdamW: another lr and decay, every tensor decayed
 
 
 def quiet(*args, **kwargs):
@@ -30,7 +32,7 @@ def quiet(*args, **kwargs):
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory):
     out = tmp_path_factory.mktemp("kit")
-    for name in (ADAMW, TRAINED):
+    for name in (ADAMW, TRAINED, LLMC):
         try:
             golden.export_case(CASE[name], out, log=quiet)
         except CaseUnavailable:
@@ -130,6 +132,23 @@ def test_the_reference_itself_scores_zero(kit, tmp_path, capsys):
     rc, report, _, _ = run_check(capsys, tmp_path, golden_of(kit, ADAMW), cand, "--require", "all")
     assert rc == 0 and report["precision"] == "fp32"
     assert [r["value"] for r in report["results"]] == [0.0] * 7
+
+
+def test_a_case_of_its_own_adamw_is_checked_with_it(kit, tmp_path, capsys):
+    """The llm.c case's golden file carries its own AdamW (lr 1e-4, every tensor decayed): a candidate that
+    follows it passes; one that decays only the matrices, as the contract's default does, fails the
+    update check on a tensor that only the "all" set decays."""
+    gold = golden.open_golden(golden_of(kit, LLMC))
+    assert gold.adamw["decay"] == "all" and gold.adamw["lr"] == 1e-4
+    rc, report, out, _ = run_check(capsys, tmp_path, gold.path, candidate(kit, LLMC, NumpyBackend(np.float32)))
+    assert rc == 0 and report["verdict"] == "pass", out
+    wrong = dataclasses.replace(gold, adamw=dict(gold.adamw, decay="matrices"))
+    dest = tmp_path / "matrices.candidate.safetensors"
+    golden.write_candidate(wrong, NumpyBackend(np.float32), dest, ("adamw",), log=quiet)
+    rc, report, out, _ = run_check(capsys, tmp_path, gold.path, dest, "--require", "adamw")
+    failed = [r for r in report["results"] if r["passed"] is False]
+    assert rc == 1 and [r["check"] for r in failed] == ["adamw_update_l2"], out
+    assert "ln_" in out or ".bias" in out  # the worst tensor named is one the matrices set leaves alone
 
 
 # ------------------------------------------------------------------------------ perturbed candidates fail

@@ -19,8 +19,8 @@ from weights import GPT2Config, activation_names, param_shapes
 from weights.errors import UserError
 
 # a GPT-2 with the forward/backward and AdamW checks, a variant (the llama-style options together) with
-# both, and trained weights with greedy generation and the KV cache
-NAMES = ("tiny-B2-T4-adamw", "tiny-llama", "tiny-trained")
+# both, trained weights with greedy generation and the KV cache, and llm.c's AdamW (every tensor decayed)
+NAMES = ("tiny-B2-T4-adamw", "tiny-llama", "tiny-trained", "tiny-llmc-B2-T4")
 CASE = {c.name: c for c in CASES}
 
 
@@ -102,7 +102,7 @@ def test_values_are_the_suites_own_bit_for_bit(kit, name):
         losses, final = _reference_run(case, "adamw")
         assert g.array("adamw.loss").tolist() == losses
         assert all(np.array_equal(g.array(f"adamw.param.{n}"), final[n]) for n in final)
-        _, one = ref.adamw(params, case.config, idx, targets, 1, ADAMW_DEFAULTS)
+        _, one = ref.adamw(params, case.config, idx, targets, 1, case.adamw_hp)
         assert all(np.array_equal(g.array(f"adamw.step1.param.{n}"), one[n]) for n in one)
         assert not np.array_equal(g.array("adamw.step1.param.wte.weight"), params["wte.weight"])  # it moved
     if "generate" in case.checks:
@@ -124,9 +124,14 @@ def test_metadata(kit, name):
     assert g.weights["params_sha256"] == sha.hexdigest()
     assert "commit" in g.provenance["git"] and g.provenance["versions"]["numpy"] == np.__version__
     if "adamw" in case.checks:
-        assert {k: g.adamw[k] for k in ADAMW_DEFAULTS} == ADAMW_DEFAULTS and g.adamw["steps"] == ADAMW_STEPS
+        assert {k: g.adamw[k] for k in ADAMW_DEFAULTS} == case.adamw_hp and g.adamw["steps"] == ADAMW_STEPS
         assert "wte.weight" in g.adamw["decayed"] and "h.1.attn.c_attn.weight" in g.adamw["decayed"]
-        assert not [n for n in g.adamw["decayed"] if "ln_" in n or n.endswith(".bias")]
+        undecayed = [n for n in param_shapes(case.config) if n not in g.adamw["decayed"]]
+        if case.adamw_hp["decay"] == "all":  # llm.c's AdamW: biases and norms decayed too
+            assert undecayed == [] and g.adamw["weight_decay"] == 0.01 and g.adamw["lr"] == 1e-4
+        else:
+            assert not [n for n in g.adamw["decayed"] if "ln_" in n or n.endswith(".bias")]
+            assert undecayed and all(len(param_shapes(case.config)[n]) == 1 for n in undecayed)
     if "generate" in case.checks:
         assert g.generate["max_new_tokens"] == GENERATE_TOKENS
 

@@ -226,6 +226,43 @@ def test_debug_state_from_a_golden_file_reads_back_to_its_tensors(tmp_path, caps
     assert (tmp_path / "state2.bin").read_bytes() == (tmp_path / "state.bin").read_bytes()
 
 
+def test_a_debug_states_golden_file_scores_a_candidate(tmp_path, capsys):
+    """llm.c's debug state as a golden file is one the checker reads: the weights come from the model file
+    it names (path and sha256), a float32 candidate of ours passes, a candidate with one gradient scaled
+    by 1% fails naming it, and a model file changed after the fact is refused by its sha256."""
+    from conformance import check, golden, tensorfile
+    from conformance.backends import NumpyBackend
+
+    params, idx, targets, logits, loss, grads = reference_case(seed=3)
+    (tmp_path / "llmc").mkdir()
+    llmc.write_model(params, CFG, tmp_path / "llmc" / "model.bin")
+    llmc.write_debug_state(tmp_path / "llmc" / "state.bin", CFG, idx, targets, logits, loss, grads)
+    gold_path = tmp_path / "kit" / "debug.golden.safetensors"
+    gold_path.parent.mkdir()
+    assert run(capsys, "golden-from-debug-state", tmp_path / "llmc" / "state.bin", tmp_path / "llmc" / "model.bin",
+               gold_path)[0] == 0  # fmt: skip
+    g = golden.open_golden(gold_path)
+    assert g.checks == ["forward_backward"] and g.weights["file"] == "../llmc/model.bin"
+    assert all(np.array_equal(g.params()[k], v) for k, v in params.items())
+    assert g.weights["params_sha256"] == golden.params_sha256(params, CFG)
+    cand = golden.write_candidate(g, NumpyBackend(np.float32), tmp_path / "numpy.candidate.safetensors", log=print)
+    capsys.readouterr()
+    assert check.main([str(gold_path), str(cand), "--json", str(tmp_path / "r.json"), "--require", "grads"]) == 0
+    f = tensorfile.TensorFile(cand)
+    tensors = {n: np.array(f.array(n)) for n in f.names()}
+    tensors["grad.h.0.attn.c_attn.weight"] *= 1.01
+    bad = tmp_path / "bad.candidate.safetensors"
+    tensorfile.write(bad, tensors, f.metadata)
+    assert check.main([str(gold_path), str(bad), "--json", str(tmp_path / "r.json")]) == 1
+    assert "grad.h.0.attn.c_attn.weight" in capsys.readouterr().out
+    model = tmp_path / "llmc" / "model.bin"
+    data = bytearray(model.read_bytes())
+    data[-1] ^= 1
+    model.write_bytes(bytes(data))
+    assert_one_line_error(capsys, ["debug-state", gold_path, tmp_path / "s.bin", "--model", tmp_path / "m.bin"],
+                          "model.bin", "sha256")  # fmt: skip
+
+
 def test_cli_checkpoint_round_trip_and_info(tmp_path, capsys):
     from weights import load, save
 

@@ -322,6 +322,31 @@ def _truncated_llmc(ws: Path) -> str:
     return str(path)
 
 
+def _golden(ws: Path, case: str = "tiny-B1-T7") -> Path:
+    """A golden file of a tiny conformance case (conformance/golden.py), and nothing else."""
+    from conformance import golden
+    from conformance.cases import CASES
+
+    return golden.export_case(next(c for c in CASES if c.name == case), ws / "kit", log=lambda *a, **k: None)
+
+
+def _candidate(ws: Path, case: str = "tiny-B1-T7") -> Path:
+    """A float32 candidate (numpy) for the golden file of `case`."""
+    from conformance import golden
+    from conformance.backends import NumpyBackend
+
+    g = golden.open_golden(_golden(ws, case))
+    dest = golden.candidate_path(ws / "kit", case, "numpy-f32")
+    return golden.write_candidate(g, NumpyBackend(np.float32), dest, log=lambda *a, **k: None)
+
+
+def _truncated_golden(ws: Path) -> str:
+    path = _golden(ws)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return str(path)
+
+
 def _set(name: str, fn: Callable[[np.ndarray], np.ndarray | None]) -> Callable[[dict], None]:
     def change(t: dict) -> None:
         out = fn(t[name])
@@ -759,6 +784,62 @@ CASES: list[Case] = [
         "kit",
         lambda ws: ["inspect", "--weights", str(tiny_checkpoint(ws)), "--ids", "1,2", "--backend", "nosuch"],
         names="nosuch",
+    ),
+    Case(
+        "check: missing golden file",
+        "kit",
+        lambda ws: ["check", str(ws / "none.golden.safetensors"), str(_candidate(ws)), "--json", str(ws / "r.json")],
+        names="none.golden.safetensors",
+    ),
+    Case(
+        "check: a checkpoint given as the golden file",
+        "kit",
+        lambda ws: [
+            "check",
+            str(tiny_checkpoint(ws) / "model.safetensors"),
+            str(_candidate(ws)),
+            "--json",
+            str(ws / "r.json"),
+        ],  # fmt: skip
+        names="model.safetensors",
+    ),
+    Case(
+        "check: truncated golden file",
+        "kit",
+        lambda ws: ["check", _truncated_golden(ws), str(ws / "c.safetensors"), "--json", str(ws / "r.json")],
+        names="tiny-B1-T7.golden.safetensors",
+    ),
+    Case(
+        "check: candidate of another case",
+        "kit",
+        lambda ws: ["check", str(_golden(ws, "tiny-T1")), str(_candidate(ws)), "--json", str(ws / "r.json")],
+        names="tiny-B1-T7",
+    ),
+    Case(
+        "check: --require of an unknown group",
+        "kit",
+        lambda ws: [
+            "check",
+            str(_golden(ws)),
+            str(_candidate(ws)),
+            "--require",
+            "logitz",
+            "--json",
+            str(ws / "r.json"),
+        ],
+        names="logitz",
+    ),
+    Case(
+        "export: unknown case",
+        "kit",
+        lambda ws: ["export", "--cases", "tiny-nosuch", "--out", str(ws / "k")],
+        names="tiny-nosuch",
+    ),  # fmt: skip
+    Case(
+        "export: unknown candidate backend",
+        "kit",
+        lambda ws: ["export", "--candidate", "nosuch-f32", "--out", str(_golden(ws).parent)],
+        names="nosuch-f32",
     ),
     # --- training throughput
     Case(
