@@ -120,8 +120,10 @@ def weights_identity(case: Case, params: dict[str, np.ndarray]) -> dict:
     return ident
 
 
-def export_case(case: Case, out: Path, log=print) -> Path:
-    """Write golden_path(out, case.name) (and, for large cases, weights_dir beside it); returns its path."""
+def export_case(case: Case, out: Path, log=print, all_steps: bool = False) -> Path:
+    """Write golden_path(out, case.name) (and, for large cases, weights_dir beside it); returns its path.
+    `all_steps`: store the parameters after every AdamW step for large cases too (float64: ~1 GB a step
+    at 124M, and k AdamW steps recomputed for each k)."""
     ref = NumpyBackend(np.float64)
     config = case.config
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -166,7 +168,7 @@ def export_case(case: Case, out: Path, log=print) -> Path:
         losses, final = ref.adamw(params, config, idx, targets, ADAMW_STEPS, hp)
         tensors["adamw.loss"] = np.asarray(losses, np.float64)
         tensors.update({f"adamw.param.{n}": final[n] for n in param_shapes(config)})
-        stored = list(range(1, ADAMW_STEPS)) if inline else []
+        stored = list(range(1, ADAMW_STEPS)) if inline or all_steps else []
         for k in stored:  # the same call the suite makes, stopped after k steps: bitwise the same trajectory
             _, p_k = ref.adamw(params, config, idx, targets, k, hp)
             tensors.update({f"adamw.step{k}.param.{n}": p_k[n] for n in param_shapes(config)})
@@ -438,6 +440,12 @@ def _main(argv: list[str]) -> int:
     ap.add_argument("--full", action="store_true", help="include the 124M-shape cases (gigabytes each)")
     ap.add_argument("--out", default="conformance-golden", help="folder for the golden files (created)")
     ap.add_argument(
+        "--all-steps",
+        action="store_true",
+        help="store the parameters after every AdamW step for the large cases too (default: only the tiny "
+        "cases; float64, ~1 GB a step at 124M)",
+    )
+    ap.add_argument(
         "--candidate",
         metavar="BACKEND",
         help="instead: write a candidate file of this backend for each golden file in --out",
@@ -459,7 +467,7 @@ def _main(argv: list[str]) -> int:
     written = 0
     for case in cases:
         try:
-            export_case(case, out)
+            export_case(case, out, all_steps=args.all_steps)
             written += 1
         except CaseUnavailable as e:
             if named:

@@ -165,6 +165,18 @@ def test_large_cases_carry_their_weights_beside(tmp_path, monkeypatch):
         g.params()
 
 
+def test_all_steps_stores_the_trajectory_of_a_large_case(kit, tmp_path, monkeypatch):
+    """--all-steps: a case whose weights travel beside the file keeps every step's parameters too, the same
+    values the inline case stores."""
+    monkeypatch.setattr(golden, "INLINE_MAX_VALUES", 0)
+    g = golden.open_golden(golden.export_case(CASE["tiny-B2-T4-adamw"], tmp_path, log=quiet, all_steps=True))
+    inline = opened(kit, "tiny-B2-T4-adamw")
+    assert g.weights["stored"] == "file" and g.adamw["stored_steps"] == list(range(1, ADAMW_STEPS))
+    steps = [n for n in inline.names() if n.startswith("adamw.step")]
+    assert steps and sorted(n for n in g.names() if n.startswith("adamw.step")) == sorted(steps)
+    assert all(np.array_equal(g.array(n), inline.array(n)) for n in steps)
+
+
 def test_a_hand_made_golden_file_with_a_stray_name_is_refused(kit, tmp_path):
     g = opened(kit, "tiny-B2-T4-adamw")
     tensors = {n: g.array(n) for n in g.names()}
