@@ -67,8 +67,14 @@ SYNTHETIC_CONFIGS: dict[str, GPT2Config] = {
 }
 
 
+_HELD: list[str] | None = None  # progress lines held back while the inputs are checked (see _main)
+
+
 def say(text: str = "") -> None:
     """Progress, on stderr (stdout is the report)."""
+    if _HELD is not None:
+        _HELD.append(text)
+        return
     print(text, file=sys.stderr, flush=True)
 
 
@@ -661,6 +667,31 @@ def main(argv=None) -> int:
 
 
 def _main(argv: list[str]) -> int:
+    """The inputs are checked before any progress is printed: a user error is one line on stderr."""
+    global _HELD
+    _HELD = []
+    try:
+        args, backend, compare, params, config, label, ids, decode, layers, heads = _checked_inputs(argv)
+    finally:
+        held, _HELD = _HELD, None
+    for line in held:  # the setup went through: what it said
+        say(line)
+    if label.startswith(SYNTHETIC_LABEL):
+        say(f"NOTE: {SYNTHETIC_LABEL}")
+    look = look_inside(params, config, ids, backend, compare, layers, heads, args.top, decode, label)
+    sys.stdout.write(text_report(look))
+    if args.out is None:
+        say("(pass --out DIR for the pictures, summary.md and summary.json)")
+        return 0
+    written = write_outputs(look, Path(args.out))
+    say(
+        f"wrote {len(written)} files to {args.out}: {', '.join(p.name for p in written[:6])}"
+        + (" ..." if len(written) > 6 else "")
+    )
+    return 0
+
+
+def _checked_inputs(argv: list[str]):
     args = parse_args(argv)
     backend = pick_backend(args.backend, "--backend")
     compare = pick_backend(args.compare, "--compare") if args.compare else None
@@ -675,19 +706,7 @@ def _main(argv: list[str]) -> int:
         ok, why = b.supports(config, len(ids)) if b is not None else (True, "")
         if not ok:
             raise UsageError(f"{flag} {b.name}: cannot run this checkpoint here ({why})")
-    if label.startswith(SYNTHETIC_LABEL):
-        say(f"NOTE: {SYNTHETIC_LABEL}")
-    look = look_inside(params, config, ids, backend, compare, layers, heads, args.top, decode, label)
-    sys.stdout.write(text_report(look))
-    if args.out is None:
-        say("(pass --out DIR for the pictures, summary.md and summary.json)")
-        return 0
-    written = write_outputs(look, Path(args.out))
-    say(
-        f"wrote {len(written)} files to {args.out}: {', '.join(p.name for p in written[:6])}"
-        + (" ..." if len(written) > 6 else "")
-    )
-    return 0
+    return args, backend, compare, params, config, label, ids, decode, layers, heads
 
 
 if __name__ == "__main__":

@@ -72,6 +72,10 @@ T_TRAIN = "tests/training/test_trainer.py"
 T_STEP = "tests/training/test_optimizer_step.py"
 T_SHARD = "tests/training/test_sharding.py"
 T_CONF = "conformance/test_conformance.py"
+T_DOCS = "tests/training/test_documents.py"
+T_SHUF = "tests/training/test_shuffled_loader.py"
+T_EVT = "tests/training/test_eval_tokens.py"
+T_HS = "tests/training/test_hellaswag.py"
 
 CONF_TORCH_ADAMW = f"{T_CONF}::test_conformance[tiny-B2-T4-adamw-torch-cpu-f32]"
 CONF_HF_ADAMW = f"{T_CONF}::test_conformance[tiny-B2-T4-adamw-hf-transformers-f32]"
@@ -466,6 +470,71 @@ MUTANTS: list[Mutant] = [
         "                loss = loss / 1\n",
         (f"{T_TRAIN}::test_grad_accumulation_matches_one_big_batch",),
         "micro-step losses are not divided by grad_accum (gradients grad_accum times too big)",
+    ),
+    # ---- torch_impl: the data people train on (documents, the shuffled order, what evaluation measured)
+    Mutant(
+        "documents-resume-from-the-file-start",
+        "torch_impl/data.py",
+        'start = (cursor["line"], cursor["offset"]) if i == cursor["file"] else (0, 0)',
+        "start = (0, 0)",
+        (f"{T_DOCS}::test_resume_after_an_interruption_gives_the_same_shards",),
+        "a resumed tokenisation of JSONL/Parquet reads its file again from the start (documents twice)",
+    ),
+    Mutant(
+        "documents-val-one-late",
+        "torch_impl/data.py",
+        'split = "train" if after["document"] <= n_train else "val"',
+        'split = "train" if after["document"] < n_train else "val"',
+        (f"{T_DOCS}::test_every_document_starts_with_endoftext_and_the_last_tenth_is_val",),
+        "the last train document goes to the val split",
+    ),
+    Mutant(
+        "shuffle-same-order-every-epoch",
+        "torch_impl/shuffled_loader.py",
+        "np.random.SeedSequence([seed, epoch])",
+        "np.random.SeedSequence([seed, 0])",
+        (f"{T_SHUF}::test_every_window_appears_once_per_epoch_and_epochs_differ",),
+        "the shuffled loader reads every epoch in the same order",
+    ),
+    Mutant(
+        "shuffle-resume-restarts-the-epoch",
+        "torch_impl/shuffled_loader.py",
+        "        self._start(epoch, pos)\n",
+        "        self._start(epoch, 0)\n",
+        (f"{T_SHUF}::test_trainer_resume_mid_epoch_is_bit_exact",),
+        "a resumed shuffled run starts its epoch over (windows read twice, the trajectory changes)",
+    ),
+    Mutant(
+        "shuffle-ranks-overlap",
+        "torch_impl/shuffled_loader.py",
+        "mine = self.perm[self.pos + self.rank * self.B : self.pos + (self.rank + 1) * self.B]",
+        "mine = self.perm[self.pos + self.rank : self.pos + self.rank + self.B]",
+        (f"{T_SHUF}::test_ranks_partition_each_step_as_one_process_reads_it",),
+        "the ranks' shares of a shuffled step overlap (rank r starts r windows in, not r*B)",
+    ),
+    Mutant(
+        "eval-counts-repeated-batches",
+        "torch_impl/train.py",
+        "return _all_reduce_mean(total / batches, d).item(), len(steps) * loader.step_tokens",
+        "return _all_reduce_mean(total / batches, d).item(), batches * loader.step_tokens",
+        (f"{T_EVT}::test_repeated_val_batches_are_counted_once_and_warned_about_once",),
+        "validation reports the tokens it read, repeats included, as distinct (and never warns)",
+    ),
+    Mutant(
+        "hellaswag-scores-one-token-late",
+        "torch_impl/eval_hellaswag.py",
+        "mask[i, start - 1 : len(row) - 1] = True",
+        "mask[i, start : len(row) - 1] = True",
+        (f"{T_HS}::test_one_example_scored_by_hand",),
+        "the multiple-choice eval skips the loss of each ending's first token",
+    ),
+    Mutant(
+        "hellaswag-total-loss-as-accuracy",
+        "torch_impl/eval_hellaswag.py",
+        "correct += int(np.argmin(mean) == ex.label)",
+        "correct += int(np.argmin(total) == ex.label)",
+        (f"{T_HS}::test_accuracy_is_the_share_of_argmin_mean_loss_at_the_label",),
+        "the multiple-choice accuracy picks the ending of least summed loss, not least mean loss",
     ),
     # ---- conformance/: the AdamW trajectory check must catch optimizer bugs of a backend
     Mutant(

@@ -1,14 +1,15 @@
-"""Training data: text files -> GPT-2 token shards on disk -> (x, y) batches for every rank.
+"""Training data: text, JSONL or Parquet files -> GPT-2 token shards on disk -> (x, y) batches for every rank.
 
     python -m torch_impl.data INPUT.txt [INPUT2.txt ...] --out data-cache/shakespeare --val-fraction 0.1
+    python -m torch_impl.data fineweb/*.parquet --text-column text --out data-cache/fineweb
 
 Shard file format (the one llm.c uses, so shards move freely between the two projects):
 
     int32[256] header    header[0] = 20240520 (magic), header[1] = 1 (version), header[2] = n_tokens
     uint16[n_tokens]     token ids, each < 65536 (GPT-2's ids are < 50257)
 
-Tokenising. Each input file is one document and starts with <|endoftext|> (id 50256), the
-separator GPT-2 was trained with. Files are read through mmap in chunks of about
+Tokenising text files. Each text file is one document and starts with <|endoftext|> (id 50256),
+the separator GPT-2 was trained with. Files are read through mmap in chunks of about
 `chunk_bytes`, and a chunk only ends just before a newline that follows printable ASCII: GPT-2's pre-tokeniser
 always splits there (no piece takes a newline after a non-space), so chunked tokenisation
 gives exactly the ids of whole-file tokenisation (tests/training check this).
@@ -17,10 +18,21 @@ Train/val split. The last `val_fraction` of the input bytes (the stream of all f
 order) goes to the val split, cut at the first chunk boundary at or after the split point;
 the rest is train. With one input file this is nanoGPT's "first 90% train, last 10% val".
 
+Documents (.jsonl, .jsonl.gz, .parquet; torch_impl/documents.py reads them streamed). Many documents
+per file, FineWeb-style: each one is the `text_column` field of a JSON line or a Parquet row, and
+each starts with <|endoftext|>. Documents are tokenised whole (no chunking needed: one document is
+held in memory at a time). The split counts documents, not bytes: the last val_fraction of all the
+inputs' documents (at least one when val_fraction > 0) are val. A first pass counts them (the
+non-blank lines of a JSONL file, without parsing them; a Parquet file's row count from its
+metadata). Text files and document files are not mixed in one run.
+
 Resuming. `manifest.json` in the output folder is rewritten (atomically) after every shard;
 it records the inputs (path and size), the shards written so far and the input position
-just after the last token they hold. An interrupted run started again with the same
-arguments continues from that position; different inputs are refused.
+just after the last token they hold: [file, byte offset] for text files, and for documents
+{file, line, offset, document} (lines or rows consumed in that file, bytes consumed, documents
+consumed in all), plus the document counts, so a resume does not count again. An interrupted run
+started again with the same arguments continues from that position and writes the same shards as
+an uninterrupted run; different inputs are refused.
 
 Batches. `ShardLoader` reads a split as one stream of tokens (shard after shard, back to the
 first after the last) and hands out B rows of T+1 consecutive tokens. On step s of a
@@ -41,7 +53,8 @@ from pathlib import Path
 import numpy as np
 
 from torch_impl.checkpoint import atomic_write
-from weights.errors import ArgumentParser, UserError, run_cli
+from torch_impl.documents import count_documents, document_format, read_documents
+from weights.errors import ArgumentParser, DataError, run_cli
 
 SHARD_MAGIC = 20240520
 SHARD_VERSION = 1
@@ -50,10 +63,7 @@ HEADER_BYTES = HEADER_INTS * 4
 MAX_TOKEN_ID = 65535  # uint16
 EOT_ID = 50256
 MANIFEST = "manifest.json"
-
-
-class DataError(UserError):
-    """Shards or inputs that cannot be used as training data (a user error: one line, exit 2)."""
+DEFAULT_TEXT_COLUMN = "text"  # FineWeb's, and most JSONL corpora's
 
 
 # ----------------------------------------------------------------------------- shard files
@@ -176,13 +186,15 @@ def _atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def _progress(total: int, initial: int, desc: str, enabled: bool):
-    """A tqdm bar in bytes if tqdm is installed (and wanted), else a do-nothing stand-in."""
+def _progress(total: int, initial: int, desc: str, enabled: bool, unit: str = "B"):
+    """A tqdm bar (in bytes, or documents with unit="doc") if tqdm is installed (and wanted), else a
+    do-nothing stand-in."""
     if enabled:
         try:
             from tqdm import tqdm
 
-            return tqdm(total=total, initial=initial, unit="B", unit_scale=True, desc=desc, file=sys.stderr)
+            scale = unit == "B"
+            return tqdm(total=total, initial=initial, unit=unit, unit_scale=scale, desc=desc, file=sys.stderr)
         except ImportError:
             pass
 
@@ -206,18 +218,33 @@ def tokenize_files(
     progress: bool = True,
     tokenizer=None,
     threads: int = 0,
+    text_column: str | None = None,
 ) -> dict:
-    """Tokenise text files into train/val shards under `out`; resumable. Returns the manifest.
+    """Tokenise text or document files into train/val shards under `out`; resumable. Returns the manifest.
 
-    inputs        text files (UTF-8); each becomes one document starting with <|endoftext|>
-    val_fraction  share of the input bytes, taken from the end, that forms the val split
-    shard_tokens  a shard is closed once it holds at least this many tokens (cut between chunks)
+    inputs        text files (UTF-8; each is one document), or document files (.jsonl, .jsonl.gz,
+                  .parquet; each holds many), not both; every document starts with <|endoftext|>
+    val_fraction  share of the input, taken from the end, that forms the val split: of the bytes
+                  (text files) or of the documents (document files)
+    shard_tokens  a shard is closed once it holds at least this many tokens (cut between chunks or documents)
     threads       tokenizer threads (0: one per CPU core)
+    text_column   the field (JSONL) or column (Parquet) holding a document's text (default "text")
     """
     files = [Path(p) for p in inputs]
     for p in files:
         if not p.is_file():
             raise DataError(f"{p}: no such input file")
+    kinds = [document_format(p) for p in files]
+    documents = any(kinds)
+    if documents and not all(kinds):
+        text = next(p for p, k in zip(files, kinds, strict=True) if k is None)
+        doc = next(p for p, k in zip(files, kinds, strict=True) if k is not None)
+        raise DataError(
+            f"{text} is a text file and {doc} a document file (.jsonl, .jsonl.gz, .parquet): one run takes one "
+            "kind; tokenise them into two folders"
+        )
+    if text_column is not None and not documents:
+        raise DataError(f"--text-column {text_column}: only .jsonl, .jsonl.gz and .parquet inputs have columns")
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     if shard_tokens < 1:
@@ -239,8 +266,11 @@ def tokenize_files(
         raise DataError(f"{out}: --out exists and is not a folder")
     created = [p for p in (out, *out.parents) if not p.exists()]  # removed again if we fail before writing
     out.mkdir(parents=True, exist_ok=True)
+    column = (text_column or DEFAULT_TEXT_COLUMN) if documents else None
     try:
-        return _tokenize_into(files, out, val_fraction, shard_tokens, chunk_bytes, prefix, progress, tokenizer, threads)
+        return _tokenize_into(
+            files, out, val_fraction, shard_tokens, chunk_bytes, prefix, progress, tokenizer, threads, column
+        )
     except BaseException:
         for p in created:  # deepest first; only folders that are still empty
             if p.is_dir() and not any(p.iterdir()):
@@ -248,47 +278,139 @@ def tokenize_files(
         raise
 
 
-def _tokenize_into(files, out: Path, val_fraction, shard_tokens, chunk_bytes, prefix, progress, tokenizer, threads):
-    vocab = tokenizer.n_vocab
+def _read_manifest(path: Path, inputs_record: list, settings: dict) -> dict | None:
+    """The manifest of an earlier run on the same inputs and settings, None when there is none."""
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        manifest["inputs"], manifest["settings"], manifest["done"]  # noqa: B018 (the keys a resume needs)
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise DataError(
+            f"{path}: not a manifest of this tool ({type(e).__name__}: {e}); use a fresh --out folder"
+        ) from None
+    if manifest["inputs"] != inputs_record or manifest["settings"] != settings:
+        raise DataError(
+            f"{path}: this folder holds shards of other inputs or settings; "
+            "use a fresh --out folder (or delete this one) to start over"
+        )
+    return manifest
+
+
+def _tokenize_into(
+    files, out: Path, val_fraction, shard_tokens, chunk_bytes, prefix, progress, tokenizer, threads, column
+):
     prefix = prefix or out.name or "data"
     sizes = [p.stat().st_size for p in files]
-    total = sum(sizes)
-    split_at = total - int(round(total * val_fraction))
     inputs_record = [{"path": str(p.resolve()), "size": s} for p, s in zip(files, sizes, strict=True)]
-    settings = {
-        "val_fraction": val_fraction,
-        "shard_tokens": shard_tokens,
-        "chunk_bytes": chunk_bytes,
-        "prefix": prefix,
-    }
-
-    manifest_path = out / MANIFEST
-    if manifest_path.is_file():
-        try:
-            manifest = json.loads(manifest_path.read_text())
-            manifest["inputs"], manifest["settings"], manifest["done"]  # noqa: B018 (the keys a resume needs)
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise DataError(
-                f"{manifest_path}: not a manifest of this tool ({type(e).__name__}: {e}); use a fresh --out folder"
-            ) from None
-        if manifest["inputs"] != inputs_record or manifest["settings"] != settings:
-            raise DataError(
-                f"{manifest_path}: this folder holds shards of other inputs or settings; "
-                "use a fresh --out folder (or delete this one) to start over"
-            )
-        if manifest["done"]:
-            return manifest
+    settings = {"val_fraction": val_fraction, "shard_tokens": shard_tokens}
+    if column is None:
+        settings.update(chunk_bytes=chunk_bytes, prefix=prefix)
     else:
-        manifest = {"inputs": inputs_record, "settings": settings, "shards": [], "cursor": [0, 0], "done": False}
+        settings.update(prefix=prefix, text_column=column)
+    manifest_path = out / MANIFEST
+    manifest = _read_manifest(manifest_path, inputs_record, settings)
+    if manifest is not None and manifest["done"]:
+        return manifest
+    if column is None:  # text files: the split and the cursor in bytes
+        if manifest is None:
+            manifest = {"inputs": inputs_record, "settings": settings, "shards": [], "cursor": [0, 0], "done": False}
+        total = sum(sizes)
+        split_at = total - int(round(total * val_fraction))
+        cursor = tuple(manifest["cursor"])
+        done = sum(sizes[: cursor[0]]) + cursor[1]
+        bar = _progress(total, done, f"tokenising -> {out}", progress)
+        pieces = _text_pieces(files, sizes, split_at, chunk_bytes, cursor, tokenizer, threads)
+        end = [len(files), 0]
+    else:  # documents: the split and the cursor in documents
+        if manifest is None:
+            counts = _count(files, sizes, column, progress)
+            n_val = max(1, round(sum(counts) * val_fraction)) if val_fraction > 0 else 0
+            if sum(counts) - n_val < 1:
+                raise DataError(
+                    f"{files[0] if len(files) == 1 else 'the inputs'}: {sum(counts)} document(s) leave none for "
+                    f"train with --val-fraction {val_fraction} ({n_val} for val)"
+                )
+            cursor = {"file": 0, "line": 0, "offset": 0, "document": 0}
+            manifest = {"inputs": inputs_record, "settings": settings, "shards": [], "cursor": cursor, "done": False}
+            manifest["documents"] = {"per_file": counts, "train": sum(counts) - n_val, "val": n_val}
+        docs = manifest["documents"]
+        total = docs["train"] + docs["val"]
+        bar = _progress(total, manifest["cursor"]["document"], f"tokenising -> {out}", progress, unit="doc")
+        pieces = _document_pieces(files, column, docs["train"], manifest["cursor"], tokenizer, threads)
+        end = {"file": len(files), "line": 0, "offset": 0, "document": total}
+    try:
+        _write_shards(pieces, out, prefix, manifest, shard_tokens, tokenizer.n_vocab, files, bar)
+    finally:
+        bar.close()
+    manifest["cursor"] = end
+    manifest["done"] = True
+    _atomic_write_text(manifest_path, json.dumps(manifest, indent=1) + "\n")
+    return manifest
 
-    done_bytes = sum(sizes[: manifest["cursor"][0]]) + manifest["cursor"][1]
-    bar = _progress(total, done_bytes, f"tokenising -> {out}", progress)
+
+def _count(files: list[Path], sizes: list[int], column: str, progress: bool) -> list[int]:
+    """Documents per file (the first pass over document inputs), with a bar in bytes of the files."""
+    bar = _progress(sum(sizes), 0, "counting documents", progress)
+    counts = []
+    try:
+        for path in files:
+            counts.append(count_documents(path, column, bar.update))
+    finally:
+        bar.close()
+    return counts
+
+
+def _text_pieces(files, sizes, split_at, chunk_bytes, cursor, tokenizer, threads):
+    """(split, ids, cursor after, bytes read) for each chunk of the text files from `cursor` on."""
+    chunks = _plan_chunks(sizes, files, split_at, chunk_bytes, cursor)
+    for chunk, ids in _encoded_chunks(chunks, files, tokenizer, threads):
+        if chunk.start == 0:
+            ids = [EOT_ID] + ids
+        yield chunk.split, ids, files[chunk.file], [chunk.file, chunk.end], chunk.end - chunk.start
+
+
+def _document_pieces(files, column, n_train, cursor, tokenizer, threads, group: int = 256):
+    """(split, ids, cursor after, 1) for each document of the inputs after `cursor`; ids start with
+    <|endoftext|>. Groups of documents are encoded in parallel when the tokenizer can, which changes no id."""
+    batch = getattr(tokenizer, "encode_ordinary_batch", None)
+
+    def documents():
+        done = cursor["document"]
+        for i in range(cursor["file"], len(files)):
+            start = (cursor["line"], cursor["offset"]) if i == cursor["file"] else (0, 0)
+            for text, line, offset in read_documents(files[i], column, *start):
+                done += 1
+                yield text, {"file": i, "line": line, "offset": offset, "document": done}
+
+    def encode(items):
+        texts = [text for text, _ in items]
+        encoded = batch(texts, num_threads=threads) if batch and threads > 1 else map(tokenizer.encode_ordinary, texts)
+        for (_, after), ids in zip(items, encoded, strict=True):
+            split = "train" if after["document"] <= n_train else "val"
+            yield split, [EOT_ID] + ids, files[after["file"]], after, 1
+
+    pending: list = []
+    for item in documents():
+        pending.append(item)
+        if len(pending) == group:
+            yield from encode(pending)
+            pending = []
+    yield from encode(pending)
+
+
+def _write_shards(pieces, out: Path, prefix: str, manifest: dict, shard_tokens: int, vocab: int, files, bar) -> None:
+    """Append each piece's ids to the shard being filled; close it (write it, then the manifest with the
+    cursor after its last piece) once it holds shard_tokens tokens, and before the split changes.
+
+    pieces  (split, ids, source file, cursor after, progress units) in input order"""
+    manifest_path = out / MANIFEST
     buffer: list[np.ndarray] = []
     buffered = 0
     buffer_split = None
     next_index = {s: sum(1 for sh in manifest["shards"] if sh["split"] == s) for s in ("train", "val")}
 
-    def flush(cursor: tuple[int, int]) -> None:
+    def flush(cursor) -> None:
         nonlocal buffer, buffered
         if buffered == 0:
             return
@@ -296,35 +418,25 @@ def _tokenize_into(files, out: Path, val_fraction, shard_tokens, chunk_bytes, pr
         write_shard(out / name, np.concatenate(buffer))
         next_index[buffer_split] += 1
         manifest["shards"].append({"name": name, "split": buffer_split, "tokens": buffered})
-        manifest["cursor"] = list(cursor)
+        manifest["cursor"] = cursor
         _atomic_write_text(manifest_path, json.dumps(manifest, indent=1) + "\n")
         buffer, buffered = [], 0
 
-    cursor = tuple(manifest["cursor"])
-    try:
-        chunks = _plan_chunks(sizes, files, split_at, chunk_bytes, cursor)
-        for chunk, ids in _encoded_chunks(chunks, files, tokenizer, threads):
-            if buffer_split is not None and chunk.split != buffer_split:
-                flush(cursor)  # a shard never mixes the splits
-            buffer_split = chunk.split
-            if chunk.start == 0:
-                ids = [EOT_ID] + ids
-            arr = np.asarray(ids, dtype=np.int64)
-            if arr.size and (arr.min() < 0 or arr.max() >= vocab):
-                raise DataError(f"{files[chunk.file]}: tokenizer produced id {int(arr.max())} outside [0, {vocab})")
-            buffer.append(arr.astype(np.uint16))
-            buffered += arr.size
-            cursor = (chunk.file, chunk.end)
-            bar.update(chunk.end - chunk.start)
-            if buffered >= shard_tokens:
-                flush(cursor)
-        flush((len(files), 0))
-    finally:
-        bar.close()
-    manifest["cursor"] = [len(files), 0]
-    manifest["done"] = True
-    _atomic_write_text(manifest_path, json.dumps(manifest, indent=1) + "\n")
-    return manifest
+    cursor = manifest["cursor"]
+    for split, ids, source, after, units in pieces:
+        if buffer_split is not None and split != buffer_split:
+            flush(cursor)  # a shard never mixes the splits
+        buffer_split = split
+        arr = np.asarray(ids, dtype=np.int64)
+        if arr.size and (arr.min() < 0 or arr.max() >= vocab):
+            raise DataError(f"{source}: tokenizer produced id {int(arr.max())} outside [0, {vocab})")
+        buffer.append(arr.astype(np.uint16))
+        buffered += arr.size
+        cursor = after
+        bar.update(units)
+        if buffered >= shard_tokens:
+            flush(cursor)
+    flush(cursor)
 
 
 # ----------------------------------------------------------------------------- batches
@@ -335,7 +447,10 @@ class ShardLoader:
     p = pos + rank*B*T. After a step pos moves by world*B*T; when the next step would run past
     the shard's end the loader moves on to the next shard (after the last, back to the first)
     and pos = 0. The tail of a shard too short for a whole step is skipped.
+    (torch_impl/shuffled_loader.py reads the same rows in a seeded order, a new one each epoch.)
     """
+
+    order = "sequential"
 
     def __init__(self, paths: list[Path], B: int, T: int, rank: int = 0, world: int = 1):
         if B < 1 or T < 1:
@@ -367,6 +482,8 @@ class ShardLoader:
         return {"shard": self.shard, "pos": self.pos}
 
     def load_state(self, state: dict) -> None:
+        if state.get("order", self.order) != self.order:  # states of older checkpoints have no "order"
+            raise DataError(f"loader state {state} is not a sequential loader's (it reads {state['order']})")
         shard, pos = int(state["shard"]), int(state["pos"])
         if not 0 <= shard < len(self.paths) or not 0 <= pos <= self.lengths[shard]:
             raise DataError(f"loader state {state} does not fit these shards ({len(self.paths)} shards)")
@@ -396,11 +513,26 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str]) -> int:
     ap = ArgumentParser(
         prog="python -m torch_impl.data",
-        description="Tokenise text files with the GPT-2 tokenizer into uint16 train/val shards (resumable).",
+        description="Tokenise text, JSONL or Parquet files with the GPT-2 tokenizer into uint16 train/val shards "
+        "(resumable).",
     )
-    ap.add_argument("inputs", nargs="+", help="UTF-8 text files; each one is a document")
+    ap.add_argument(
+        "inputs",
+        nargs="+",
+        help="UTF-8 text files (each one is a document), or .jsonl / .jsonl.gz / .parquet files of many documents",
+    )
     ap.add_argument("--out", required=True, help="output folder for the shards and manifest.json")
-    ap.add_argument("--val-fraction", type=float, default=0.1, help="share of input bytes (from the end) for val")
+    ap.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="share of the input (from the end) for val: of the bytes of text files, of the documents of the others",
+    )
+    ap.add_argument(
+        "--text-column",
+        default=None,
+        help=f"the field (.jsonl) or column (.parquet) holding each document's text (default: {DEFAULT_TEXT_COLUMN})",
+    )
     ap.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard (about)")
     ap.add_argument("--prefix", default=None, help="shard file name prefix (default: the output folder's name)")
     ap.add_argument("--threads", type=int, default=0, help="tokenizer threads (0: one per CPU core)")
@@ -414,10 +546,12 @@ def _main(argv: list[str]) -> int:
         prefix=args.prefix,
         progress=not args.no_progress,
         threads=args.threads,
+        text_column=args.text_column,
     )
     for split in ("train", "val"):
         shards = [s for s in manifest["shards"] if s["split"] == split]
-        print(f"{split}: {sum(s['tokens'] for s in shards):,} tokens in {len(shards)} shard(s)")
+        docs = f"{manifest['documents'][split]:,} documents, " if "documents" in manifest else ""
+        print(f"{split}: {docs}{sum(s['tokens'] for s in shards):,} tokens in {len(shards)} shard(s)")
     return 0
 
 

@@ -68,6 +68,7 @@ from torch_impl.sharding import (
     set_grad_sync,
     wrap_model,
 )
+from torch_impl.shuffled_loader import ShuffledLoader
 from weights import CheckpointError
 from weights.errors import ArgumentParser, UsageError, UserError, one_line, run_cli
 from weights.flops import mfu as flops_mfu
@@ -103,6 +104,13 @@ MODEL_PRESETS = {
 class TrainConfig:
     # data and model
     data: str = _opt("", "folder of token shards (*_train_*.bin, *_val_*.bin) from `python -m torch_impl.data`")
+    data_order: str = _opt(
+        "sequential",
+        "how train batches are read: the shards in order, or a seeded permutation of windows of T+1 tokens, "
+        "a new one each epoch (val is always read in order)",
+        ("sequential", "shuffled"),
+    )
+    data_seed: int = _opt(0, "seed of the window permutations of --data-order shuffled")
     init: str = _opt("scratch", "'scratch' (GPT-2 init), a hub id ('gpt2') or a local checkpoint file/folder")
     init_sha256: str = _opt(
         "",
@@ -195,6 +203,7 @@ def _ranges(c: TrainConfig) -> list[tuple[str, bool, str]]:
         ("padded_vocab", c.padded_vocab >= 1, ">= 1"),
         ("batch_size", c.batch_size >= 1, ">= 1"),
         ("seq_len", c.seq_len >= 1, ">= 1"),
+        ("data_seed", c.data_seed >= 0, ">= 0"),
         ("total_batch_tokens", c.total_batch_tokens >= 0, ">= 0 (0: B*T*world)"),
         ("max_steps", c.max_steps >= 1, ">= 1"),
         ("stop_step", c.stop_step >= 0, ">= 0 (0: run on)"),
@@ -384,6 +393,17 @@ class RunLog:
         if line is not None:
             (self.bar.write if self.bar else print)(line)
 
+    def warn(self, step: int, text: str) -> None:
+        """A warning: one line on stderr (above the bar) and a {"step", "warning"} entry in log.jsonl."""
+        if not self.enabled:
+            return
+        self.file.write(json.dumps({"step": step, "warning": text}) + "\n")
+        self.file.flush()
+        if self.bar:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr)
+
     def advance(self, loss: float) -> None:
         if self.bar:
             self.bar.set_postfix(loss=f"{loss:.4f}")
@@ -398,18 +418,26 @@ class RunLog:
 
 # ----------------------------------------------------------------------------- evaluation and samples
 @torch.no_grad()
-def evaluate(model, loader: ShardLoader, batches: int, device, autocast, d: Dist) -> float:
-    """Mean loss over the first `batches` val batches of every rank (the same batches each time)."""
+def evaluate(model, loader: ShardLoader, batches: int, device, autocast, d: Dist) -> tuple[float, int]:
+    """(mean loss, distinct tokens) over the first `batches` val batches of every rank (the same batches
+    each time).
+
+    distinct tokens: the val targets those batches hold, all ranks together, each counted once. A split
+    smaller than batches * world*B*T (+ the skipped tails) makes the loader wrap around and read the same
+    batches again; they are then fewer than batches * world*B*T. A step is known by the loader's
+    state after it (the same on every rank), so the count needs no communication."""
     model.eval()
     loader.reset()
     total = torch.zeros((), device=device)
+    steps = set()
     for _ in range(batches):
         x, y = (torch.from_numpy(a).to(device) for a in loader.next_batch())
+        steps.add(tuple(sorted(loader.state().items())))
         with autocast:
             _, loss = model(x, y)
         total += loss.float()
     model.train()
-    return _all_reduce_mean(total / batches, d).item()
+    return _all_reduce_mean(total / batches, d).item(), len(steps) * loader.step_tokens
 
 
 @torch.no_grad()
@@ -512,7 +540,10 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
         )
     grad_accum = total // per_micro
 
-    train_loader = ShardLoader(shard_paths(cfg.data, "train"), B, T, d.rank, d.world)
+    if cfg.data_order == "shuffled":
+        train_loader = ShuffledLoader(shard_paths(cfg.data, "train"), B, T, d.rank, d.world, seed=cfg.data_seed)
+    else:
+        train_loader = ShardLoader(shard_paths(cfg.data, "train"), B, T, d.rank, d.world)
     val_loader = None
     if cfg.eval_every:
         val_loader = ShardLoader(shard_paths(cfg.data, "val"), B, T, d.rank, d.world)
@@ -536,7 +567,16 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
     start_step = 0
     if state is not None:  # the checkpoint's state is whole (gathered); each rank keeps its share
         load_optimizer_state(raw_model, optimizer, state["optimizer"], cfg.shard)
-        train_loader.load_state(state["loader"])
+        saved_order = state["loader"].get("order", "sequential")
+        if saved_order != cfg.data_order:
+            raise UsageError(
+                f"--data-order {cfg.data_order}: {resume_from} was trained with --data-order {saved_order}; "
+                f"resume with that order (or start a new --out-dir)"
+            )
+        try:
+            train_loader.load_state(state["loader"])
+        except DataError as e:
+            raise DataError(f"--resume from {resume_from}: {e}") from None
         _set_rng_state(state["rng"], device)
         start_step = int(state["step"])
 
@@ -561,6 +601,12 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
             + "".join(f" {k}={v}" for k, v in config.variant_options().items())
             + f"; world {d.world}; B={B} T={T} grad_accum={grad_accum} "
             f"({total:,} tokens/step); {device}, {'bf16' if use_bf16 else 'fp32'}{', compiled' if cfg.compile else ''}"
+            + (
+                f"; train data shuffled (--data-seed {cfg.data_seed}, {train_loader.windows:,} windows of T+1 per "
+                f"epoch, epoch {train_loader.epoch})"
+                if cfg.data_order == "shuffled"
+                else ""
+            )
             + (f"; --shard {cfg.shard}" if cfg.shard != "none" else ""),
         )
 
@@ -574,9 +620,21 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
     }
 
     def run_eval(step: int) -> None:
-        val = evaluate(model, val_loader, cfg.eval_batches, device, autocast, d)
+        val, distinct = evaluate(model, val_loader, cfg.eval_batches, device, autocast, d)
         summary["val_losses"][step] = val
-        log.record({"step": step, "val_loss": val}, f"step {step:6d} | val loss {val:.4f}")
+        read = cfg.eval_batches * val_loader.step_tokens
+        if distinct < read and "val_tokens" not in summary:  # once per run
+            log.warn(
+                step,
+                f"warning: the val split holds {distinct // val_loader.step_tokens} distinct batches of world*B*T = "
+                f"{d.world}*{B}*{T} tokens, fewer than --eval-batches {cfg.eval_batches}: evaluations repeat them "
+                f"and measure {distinct:,} distinct val tokens, not {read:,}",
+            )
+        summary["val_tokens"] = distinct
+        log.record(
+            {"step": step, "val_loss": val, "val_tokens": distinct},
+            f"step {step:6d} | val loss {val:.4f} | {distinct:,} val tokens",
+        )
 
     def run_sample(step: int) -> None:
         if d.master or cfg.shard == "fsdp":  # under fsdp every forward is a collective: every rank samples

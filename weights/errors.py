@@ -40,6 +40,11 @@ class UserError(ValueError):
     """Any other input the user can fix (a file, a shard, the machine); the message names it."""
 
 
+class DataError(UserError):
+    """Training or evaluation data that cannot be used (a shard, a text, JSONL or Parquet input, an eval
+    file); the message names the file and, where there is one, the line or row."""
+
+
 # Exception types whose message is the whole story for the user. OSError covers a missing file, a
 # folder where a file was expected, no permission, a full disk: its message names the path.
 USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -82,7 +87,7 @@ def run_cli(
     """Run `body(argv)`; a user error (USER_ERRORS + `extra`) becomes one line and exit status 2.
 
     body   the command, taking its argument list and returning its exit status (None: 0)
-    extra  the command's own user-error types (e.g. torch_impl.data.DataError)
+    extra  the command's own user-error types (DataError is a UserError already)
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--debug" in argv:  # the user asked for tracebacks: let everything through

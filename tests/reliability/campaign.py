@@ -55,6 +55,8 @@ COMMANDS = {
     "bench-report": ("python -m benchmarks.report", "benchmarks.report:main"),
     "throughput": ("python scripts/train_throughput.py", "scripts/train_throughput.py"),
     "plot": ("python -m torch_impl.plot", "torch_impl.plot:main"),
+    "kit": ("python -m conformance", "conformance.__main__:main"),
+    "hellaswag": ("python -m torch_impl.eval_hellaswag", "torch_impl.eval_hellaswag:main"),
 }
 
 
@@ -264,9 +266,60 @@ def _corrupt_manifest(ws: Path) -> list[str]:
     return argv
 
 
+def _pyarrow() -> str | None:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return "needs pyarrow (the [data] extra) for Parquet inputs"
+    return _tokenizer()
+
+
+def _parquet_without_text(ws: Path) -> list[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"body": ["a document", "another"]}), ws / "docs.parquet")
+    return [str(ws / "docs.parquet"), "--out", str(ws / "out"), "--no-progress"]
+
+
+def _sequential_run(ws: Path) -> list[str]:
+    """A real 1-step run (sequential data order, checkpointed), then its resume with --data-order shuffled."""
+    from torch_impl.train import main
+
+    data = shards(ws, 64)
+    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        assert main(train_args(ws, data, "--max-steps", "1")) == 0
+    return train_args(ws, data, "--resume", "--data-order", "shuffled")
+
+
+QUIET_DOCS = ["--val-fraction", "0", "--no-progress"]  # one document is enough: no val split
+HS_LINE = b'{"ctx": "A man sits.", "endings": ["he stands.", "he runs.", "he eats.", "he naps."], "label": 2}\n'
+
+
 def _text(ws: Path, name: str, data: bytes) -> str:
     (ws / name).write_bytes(data)
     return str(ws / name)
+
+
+def _swapped_after_save(ws: Path) -> Path:
+    """A checkpoint folder whose model.safetensors was replaced by another valid one after save: its
+    .sha256 sidecar no longer matches."""
+    folder = tiny_checkpoint(ws)
+    rewrite_tensors(folder, lambda t: t.__setitem__("ln_f.bias", t["ln_f.bias"] + 1.0))
+    return folder
+
+
+def _truncated_llmc(ws: Path) -> str:
+    """A valid llm.c model file of the tiny checkpoint, cut in half."""
+    import weights
+    from conformance import llmc
+
+    params, config = weights.load(tiny_checkpoint(ws))
+    path = ws / "model.bin"
+    llmc.write_model(params, config, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return str(path)
 
 
 def _set(name: str, fn: Callable[[np.ndarray], np.ndarray | None]) -> Callable[[dict], None]:
@@ -460,6 +513,8 @@ CASES: list[Case] = [
         names="run.toml",
     ),
     Case("--config file missing", "train", lambda ws: ["--config", str(ws / "none.toml")], names="none.toml"),
+    Case("--data-seed -1", "train", lambda ws: train_args(ws, shards(ws, 64), "--data-seed", "-1"), names="--data-see"),
+    Case("--resume with another --data-order", "train", _sequential_run, names="--data-order shuffled"),
     Case(
         "--config value a string, not a number",
         "train",
@@ -544,6 +599,41 @@ CASES: list[Case] = [
         needs=_tokenizer,
     ),
     Case("--out holds another dataset", "data", _other_manifest, names="manifest.json", needs=_tokenizer),
+    Case(
+        "JSONL line that is not JSON",
+        "data",
+        lambda ws: [_text(ws, "docs.jsonl", b'{"text": "ok"}\n{"text": "cut\n'), "--out", str(ws / "o"), *QUIET_DOCS],
+        names="docs.jsonl: line 2",
+        needs=_tokenizer,
+    ),
+    Case(
+        "JSONL line without the --text-column field",
+        "data",
+        lambda ws: [_text(ws, "docs.jsonl", b'{"body": "x"}\n'), "--out", str(ws / "out"), *QUIET_DOCS],
+        names="docs.jsonl: line 1",
+        needs=_tokenizer,
+    ),
+    Case(
+        "JSONL text that is not a string",
+        "data",
+        lambda ws: [_text(ws, "docs.jsonl", b'{"text": ["a"]}\n'), "--out", str(ws / "out"), *QUIET_DOCS],
+        names="docs.jsonl: line 1",
+        needs=_tokenizer,
+    ),
+    Case(
+        ".jsonl.gz that is not gzip",
+        "data",
+        lambda ws: [_text(ws, "d.jsonl.gz", b"{}\n"), "--out", str(ws / "o"), "--no-progress"],
+        names="d.jsonl.gz",
+        needs=_tokenizer,
+    ),
+    Case("Parquet file without the text column", "data", _parquet_without_text, names="docs.parquet", needs=_pyarrow),
+    Case(
+        "--text-column on a text file",
+        "data",
+        lambda ws: [_text(ws, "a.txt", b"hi\n"), "--out", str(ws / "out"), "--text-column", "body"],
+        names="--text-column",
+    ),
     Case("--out holds a cut-short manifest.json", "data", _corrupt_manifest, names="manifest.json", needs=_tokenizer),
     # --- the loss plot
     Case("missing log.jsonl", "plot", lambda ws: [str(ws / "log.jsonl")], names="log.jsonl"),
@@ -560,6 +650,39 @@ CASES: list[Case] = [
         lambda ws: [_text(ws, "log.jsonl", b'{"step": 0, "loss": 4.0, "lr": 1e-3}\n'), "--smooth", "0"],
         names="--smooth 0",
     ),
+    # --- the HellaSwag-format eval
+    Case(
+        "missing --data file",
+        "hellaswag",
+        lambda ws: ["--weights", str(tiny_checkpoint(ws)), "--data", str(ws / "none.jsonl")],
+        names="none.jsonl",
+    ),
+    Case(
+        "label outside the endings",
+        "hellaswag",
+        lambda ws: ["--weights", "x", "--data", _text(ws, "hs.jsonl", HS_LINE.replace(b'"label": 2', b'"label": 4'))],
+        names="hs.jsonl: line 1",
+    ),
+    Case(
+        "example without endings",
+        "hellaswag",
+        lambda ws: ["--weights", "x", "--data", _text(ws, "hs.jsonl", b'{"ctx": "c", "label": 0}\n')],
+        names="hs.jsonl: line 1",
+    ),
+    Case(
+        "missing --weights checkpoint",
+        "hellaswag",
+        lambda ws: ["--weights", str(ws / "nope"), "--data", _text(ws, "hs.jsonl", HS_LINE)],
+        names="nope",
+    ),
+    Case(
+        "checkpoint without GPT-2's vocabulary",
+        "hellaswag",
+        lambda ws: ["--weights", str(tiny_checkpoint(ws)), "--data", _text(ws, "hs.jsonl", HS_LINE)],
+        names="vocabulary of 64",
+        needs=_tokenizer,
+    ),
+    Case("--limit -1", "hellaswag", lambda ws: ["--weights", "x", "--data", "y", "--limit", "-1"], names="--limit -1"),
     # --- the conformance report
     Case("unknown --backends name", "report", lambda ws: ["--backends", "nosuch"], names="nosuch"),
     Case(
@@ -604,6 +727,38 @@ CASES: list[Case] = [
         "bench-report",
         lambda ws: [str(benchmark_json(ws, GOOD_BENCH)), "--stat", "max"],
         names="--stat",
+    ),
+    # --- the conformance kit (python -m conformance <command>)
+    Case("unknown kit command", "kit", lambda ws: ["frobnicate"], names="'frobnicate'"),
+    Case(
+        "weights whose sha256 sidecar disagrees",
+        "compare",
+        lambda ws: ["--weights", str(_swapped_after_save(ws)), "--backends", "numpy-f32"],
+        names="model.safetensors.sha256",
+    ),
+    Case(
+        "llm.c file with a wrong magic",
+        "kit",
+        lambda ws: ["llmc", "from-llmc", _text(ws, "m.bin", np.zeros(256, np.int32).tobytes()), str(ws / "out")],
+        names="m.bin",
+    ),
+    Case(
+        "truncated llm.c model file",
+        "kit",
+        lambda ws: ["llmc", "from-llmc", _truncated_llmc(ws), str(ws / "out")],
+        names="model.bin",
+    ),
+    Case(
+        "inspect: token id outside the vocabulary",
+        "kit",
+        lambda ws: ["inspect", "--weights", str(tiny_checkpoint(ws)), "--ids", "1,2,999"],
+        names="999",
+    ),
+    Case(
+        "inspect: unknown backend",
+        "kit",
+        lambda ws: ["inspect", "--weights", str(tiny_checkpoint(ws)), "--ids", "1,2", "--backend", "nosuch"],
+        names="nosuch",
     ),
     # --- training throughput
     Case(
