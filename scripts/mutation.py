@@ -70,6 +70,7 @@ T_TREF = "tests/torch_impl/test_vs_reference.py"
 T_TIO = "tests/torch_impl/test_weights_in_out.py"
 T_TRAIN = "tests/training/test_trainer.py"
 T_STEP = "tests/training/test_optimizer_step.py"
+T_SHARD = "tests/training/test_sharding.py"
 T_CONF = "conformance/test_conformance.py"
 T_DOCS = "tests/training/test_documents.py"
 T_SHUF = "tests/training/test_shuffled_loader.py"
@@ -432,11 +433,35 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "trainer-ddp-sync-every-micro-step",
-        "torch_impl/train.py",
-        "                    model.require_backward_grad_sync = micro == grad_accum - 1",
-        "                    model.require_backward_grad_sync = True",
+        "torch_impl/sharding.py",
+        "        model.require_backward_grad_sync = last_micro_step",
+        "        model.require_backward_grad_sync = True",
         (f"{T_TRAIN}::test_ddp_two_processes_match_one",),
         "DDP all-reduces on every micro-step (no_sync removed): same numbers, grad_accum times the traffic",
+    ),
+    Mutant(
+        "trainer-save-failure-not-shared",
+        "torch_impl/train.py",
+        "        dist.broadcast_object_list(message, src=0)\n",
+        "        dist.barrier()\n",
+        (f"{T_SHARD}::test_rank0_save_failure_stops_every_rank",),
+        "rank 0's failed checkpoint write is not told to the other ranks: they train on into a dead collective",
+    ),
+    Mutant(
+        "zero1-plain-adamw",
+        "torch_impl/sharding.py",
+        '    if shard == "zero1":\n        from torch.distributed.optim import ZeroRedundancyOptimizer',
+        '    if shard == "zero-1":\n        from torch.distributed.optim import ZeroRedundancyOptimizer',
+        (f"{T_SHARD}::test_each_rank_holds_its_share",),
+        "--shard zero1 builds a plain AdamW: the same numbers, but every rank keeps all of AdamW's state",
+    ),
+    Mutant(
+        "fsdp-resume-without-adamw-state",
+        "torch_impl/sharding.py",
+        "set_optimizer_state_dict(raw_model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))",
+        "pass",
+        (f"{T_SHARD}::test_sharded_resume_is_bit_exact",),
+        "--shard fsdp resumes the weights but starts AdamW's moments from zero",
     ),
     Mutant(
         "trainer-loss-not-scaled-by-accumulation",

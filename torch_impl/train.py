@@ -4,6 +4,7 @@
     python -m torch_impl.train --data data-cache/shakespeare --init gpt2 --max-steps 200 ...
     python -m torch_impl.train --data ... --init scratch --model llama-124m ...   # every variant on
     torchrun --standalone --nproc-per-node 8 -m torch_impl.train --data ... --compile
+    torchrun ... -m torch_impl.train --data ... --shard fsdp    # or zero1: torch_impl/sharding.py
 
 The model is GPT-2 or any of its variants (weights/config.py, docs/variants.md): `--model` picks a
 preset for --init scratch (`MODEL_PRESETS`; the llama-* ones have rotary positions, RMSNorm, SwiGLU,
@@ -23,7 +24,8 @@ One optimizer step ("step") is:
     grad_accum = total_batch_tokens / (B * T * world_size)
 
 Rank 0 logs (log.jsonl in the output folder, the console, a tqdm bar), writes checkpoints
-(torch_impl.checkpoint) and samples; every rank evaluates its share of the val batches.
+(torch_impl.checkpoint; gathered under --shard: one layout for every mode) and samples; every rank
+evaluates its share of the val batches. A failed write on rank 0 stops every rank with the error.
 Settings come from flags, optionally on top of a JSON or TOML file (--config); every flag
 is a field of `TrainConfig`.
 
@@ -56,8 +58,19 @@ from torch_impl.checkpoint import checkpoint_dir, latest_checkpoint, load_checkp
 from torch_impl.data import DataError, ShardLoader, shard_paths
 from torch_impl.lr_schedule import lr_at
 from torch_impl.optim import adamw_groups
+from torch_impl.sharding import (
+    SHARD_MODES,
+    gather_full_state,
+    held_numel,
+    load_optimizer_state,
+    local_grad_norm,
+    make_adamw,
+    set_grad_sync,
+    wrap_model,
+)
 from torch_impl.shuffled_loader import ShuffledLoader
-from weights.errors import ArgumentParser, UsageError, UserError, run_cli
+from weights import CheckpointError
+from weights.errors import ArgumentParser, UsageError, UserError, one_line, run_cli
 from weights.flops import mfu as flops_mfu
 from weights.flops import peak_tflops, training_flops_per_token
 
@@ -128,6 +141,13 @@ class TrainConfig:
     beta2: float = _opt(0.95, "AdamW beta2")
     eps: float = _opt(1e-8, "AdamW epsilon")
     grad_clip: float = _opt(1.0, "clip the global gradient norm to this (0: no clipping)")
+    # sharding (torchrun jobs; torch_impl/sharding.py)
+    shard: str = _opt(
+        "none",
+        "what the ranks split between them: none (DDP, all replicated), zero1 (AdamW's state), "
+        "fsdp (weights, gradients and AdamW's state); checkpoints are gathered either way",
+        SHARD_MODES,
+    )
     # precision and speed
     device: str = _opt("auto", "where to train (auto: CUDA if available)", ("auto", "cpu", "cuda"))
     dtype: str = _opt("auto", "autocast dtype (auto: bf16 on CUDA, fp32 on CPU)", ("auto", "bf16", "fp32"))
@@ -230,6 +250,8 @@ class Dist:
     world: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    group: bool = False  # in a process group (launched by torchrun, even with one process)
+    owns_group: bool = False  # setup_distributed created it (and train() destroys it at the end)
 
     @property
     def enabled(self) -> bool:
@@ -258,9 +280,10 @@ def setup_distributed(device_pref: str) -> Dist:
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()  # a caller that made the group itself keeps it (tests/training/shard_probe.py)
+    if owns:
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", rank=rank, world_size=world)
-    return Dist(rank=rank, world=world, local_rank=local_rank, device=device)
+    return Dist(rank=rank, world=world, local_rank=local_rank, device=device, group=True, owns_group=owns)
 
 
 def _all_reduce_mean(t: torch.Tensor, d: Dist) -> torch.Tensor:
@@ -304,23 +327,24 @@ def build_model(cfg: TrainConfig, device: torch.device, params: dict | None, con
     return GPT2(config, attention=cfg.attention, padded_vocab_size=padded).to(device)
 
 
-def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, device: torch.device) -> torch.optim.AdamW:
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
     """AdamW, weight decay on 2-D tensors only (matrices, embeddings, an untied lm_head), none on biases
-    and norm weights (LayerNorm or RMSNorm); fused on CUDA."""
+    and norm weights (LayerNorm or RMSNorm); fused on CUDA. Under --shard zero1 inside a
+    ZeroRedundancyOptimizer; under fsdp over the model's DTensor shards (torch_impl/sharding.py)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = adamw_groups(named, cfg.weight_decay)  # the default set: the 2-D tensors (torch_impl/optim.py)
     extra = {"fused": True} if device.type == "cuda" else {}
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **extra)
+    return make_adamw(groups, cfg.shard, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **extra)
 
 
-def _pad_rows(model: torch.nn.Module, vocab_size: int) -> dict[str, torch.Tensor]:
+def _pad_rows(tensors: dict[str, torch.Tensor], vocab_size: int) -> dict[str, torch.Tensor]:
     """Rows beyond vocab_size of every padded-vocab parameter (the head's matrix: wte when tied,
-    lm_head when untied; the params dict drops them)."""
+    lm_head when untied; the params dict drops them), from whole tensors by parameter name."""
     from torch_impl.model import VOCAB_MATRICES
 
     return {
         name: p.detach()[vocab_size:].cpu().clone()
-        for name, p in model.named_parameters()
+        for name, p in tensors.items()
         if p.dim() == 2 and p.shape[0] > vocab_size and name.endswith(VOCAB_MATRICES)
     }
 
@@ -432,6 +456,24 @@ def sample_text(raw_model, cfg: TrainConfig, device, step: int) -> str:
 
 
 # ----------------------------------------------------------------------------- the training loop
+def _share_save_outcome(failure: Exception | None, folder: Path, d: Dist) -> None:
+    """Rank 0 writes a checkpoint alone; its outcome goes to every rank, so that a failed write stops
+    every rank with the error (instead of leaving them waiting for rank 0 at the next collective, which
+    under NCCL is a hang until its timeout). Rank 0 raises its own error; the others a CheckpointError
+    quoting it. The broadcast also holds every rank back until rank 0 is done writing."""
+    if d.group:
+        import torch.distributed as dist
+
+        message = [None if failure is None else one_line(failure).removeprefix("error: ")]
+        dist.broadcast_object_list(message, src=0)
+        if failure is None and message[0] is not None:
+            raise CheckpointError(
+                f"rank 0 could not write checkpoint {folder}: {message[0]}; stopped on rank {d.rank} too"
+            )
+    if failure is not None:
+        raise failure
+
+
 def _rng_state(device: torch.device) -> dict:
     state = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
@@ -453,7 +495,7 @@ def train(cfg: TrainConfig) -> dict:
     try:
         return _train(cfg, d)
     finally:
-        if d.enabled:
+        if d.owns_group:
             import torch.distributed as dist
 
             dist.destroy_process_group()
@@ -462,6 +504,11 @@ def train(cfg: TrainConfig) -> dict:
 def _train(cfg: TrainConfig, d: Dist) -> dict:
     if not cfg.data:
         raise UsageError("--data is required: a folder of token shards (make them with `python -m torch_impl.data`)")
+    if cfg.shard != "none" and not d.group:
+        raise UsageError(
+            f"--shard {cfg.shard} splits state between the ranks of a torchrun job; launch with torchrun "
+            "(`torchrun --nproc-per-node N -m torch_impl.train ...`), or use --shard none for one process"
+        )
     device = d.device
     use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda")
     amp_dtype = torch.bfloat16 if use_bf16 else torch.float32
@@ -509,11 +556,17 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
                 f"{config.vocab_size} ids; tokenise for this vocabulary or use a model whose vocabulary covers the data"
             )
 
+    # The whole model on every rank first (the same seeded init or checkpoint as one process), then
+    # wrapped: DDP around it (none, zero1), or sharded in place (fsdp: each rank keeps its shard).
     raw_model = build_model(cfg, device, params, config)
+    if state is not None:
+        _restore_pad_rows(raw_model, state["pad_rows"], config.vocab_size)
+    compile_model = (lambda m: torch.compile(m, mode=cfg.compile_mode)) if cfg.compile else None
+    model = wrap_model(raw_model, cfg.shard, device, d.world, compile_model)
     optimizer = build_optimizer(cfg, raw_model, device)
     start_step = 0
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+    if state is not None:  # the checkpoint's state is whole (gathered); each rank keeps its share
+        load_optimizer_state(raw_model, optimizer, state["optimizer"], cfg.shard)
         saved_order = state["loader"].get("order", "sequential")
         if saved_order != cfg.data_order:
             raise UsageError(
@@ -524,15 +577,8 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
             train_loader.load_state(state["loader"])
         except DataError as e:
             raise DataError(f"--resume from {resume_from}: {e}") from None
-        _restore_pad_rows(raw_model, state["pad_rows"], config.vocab_size)
         _set_rng_state(state["rng"], device)
         start_step = int(state["step"])
-
-    model = torch.compile(raw_model, mode=cfg.compile_mode) if cfg.compile else raw_model
-    if d.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        model = DDP(model, device_ids=[d.local_rank] if device.type == "cuda" else None)
 
     fpt = flops_per_token(config, T)
     peak = cfg.peak_flops or device_peak_flops(device, amp_dtype)
@@ -546,6 +592,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
                 "config": dataclasses.asdict(cfg),
                 "model": dataclasses.asdict(config),
                 "world": d.world,
+                "shard": cfg.shard,
                 "grad_accum": grad_accum,
                 "device": str(device),
                 "flops_per_token": fpt,
@@ -559,7 +606,8 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
                 f"epoch, epoch {train_loader.epoch})"
                 if cfg.data_order == "shuffled"
                 else ""
-            ),
+            )
+            + (f"; --shard {cfg.shard}" if cfg.shard != "none" else ""),
         )
 
     summary: dict = {
@@ -589,26 +637,33 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
         )
 
     def run_sample(step: int) -> None:
-        if d.master:
-            text = sample_text(raw_model, cfg, device, step)
-            log.record({"step": step, "sample": text}, f"--- sample at step {step} ---\n{text}\n---")
+        if d.master or cfg.shard == "fsdp":  # under fsdp every forward is a collective: every rank samples
+            text = sample_text(raw_model, cfg, device, step)  # (the same seeded draw on every rank)
+            if d.master:
+                log.record({"step": step, "sample": text}, f"--- sample at step {step} ---\n{text}\n---")
 
     def checkpoint(step: int) -> None:
-        if d.master:
-            train_state = {
-                "step": step,
-                "optimizer": optimizer.state_dict(),
-                "loader": train_loader.state(),
-                "rng": _rng_state(device),
-                "pad_rows": _pad_rows(raw_model, config.vocab_size),
-                "config": json.dumps(dataclasses.asdict(cfg)),
-            }
-            save_checkpoint(out_dir, step, raw_model.to_params(), config, train_state, keep_last=cfg.keep_last)
-        summary["checkpoint"] = checkpoint_dir(out_dir, step)  # every rank knows the last good one
-        if d.enabled:
-            import torch.distributed as dist
+        from torch_impl.model import to_canonical_layout
 
-            dist.barrier()  # nobody runs ahead (or exits) while rank 0 writes
+        # Every rank takes part in gathering (zero1, fsdp); rank 0 then holds the whole state and writes it.
+        tensors, optimizer_state = gather_full_state(raw_model, optimizer, cfg.shard, d.master)
+        failure = None
+        if d.master:
+            try:
+                train_state = {
+                    "step": step,
+                    "optimizer": optimizer_state,
+                    "loader": train_loader.state(),  # the loader's own state, whatever it holds
+                    "rng": _rng_state(device),
+                    "pad_rows": _pad_rows(tensors, config.vocab_size),
+                    "config": json.dumps(dataclasses.asdict(cfg)),
+                }
+                params = to_canonical_layout(raw_model, tensors)
+                save_checkpoint(out_dir, step, params, config, train_state, keep_last=cfg.keep_last)
+            except Exception as e:  # raised again below, on rank 0 and (as a CheckpointError) on every other rank
+                failure = e
+        _share_save_outcome(failure, checkpoint_dir(out_dir, step), d)  # also: nobody runs ahead of the write
+        summary["checkpoint"] = checkpoint_dir(out_dir, step)  # every rank knows the last good one
 
     end_step = min(cfg.max_steps, cfg.stop_step) if cfg.stop_step else cfg.max_steps
     try:
@@ -625,8 +680,8 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
                 x, y = torch.from_numpy(x), torch.from_numpy(y)
                 if device.type == "cuda":
                     x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-                if d.enabled:  # all-reduce the gradients only in the backward of the last micro-step
-                    model.require_backward_grad_sync = micro == grad_accum - 1
+                # DDP: all-reduce the gradients only in the last micro-step's backward; fsdp: reduce-scatter in each
+                set_grad_sync(model, cfg.shard, d.enabled, last_micro_step=micro == grad_accum - 1)
                 with autocast:
                     _, loss = model(x, y)
                 loss = loss / grad_accum
@@ -634,7 +689,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
                 loss.backward()
             _all_reduce_mean(loss_sum, d)
             clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), clip)
+            grad_norm = local_grad_norm(torch.nn.utils.clip_grad_norm_(raw_model.parameters(), clip))
             loss_value, norm_value = loss_sum.item(), grad_norm.item()
             if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
                 last = summary["checkpoint"]
@@ -648,6 +703,10 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.step()
+            if step == start_step:  # what this rank holds, now that gradients and AdamW's state exist
+                summary["held"] = held_numel(raw_model, optimizer)
+                held = ", ".join(f"{k} {4 * v / 2**20:,.1f} MiB" for k, v in summary["held"].items())
+                log.record({"step": step, "event": "held", "held": summary["held"]}, f"rank 0 holds: {held}")
             optimizer.zero_grad(set_to_none=True)
             if device.type == "cuda":
                 torch.cuda.synchronize()
