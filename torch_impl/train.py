@@ -23,6 +23,13 @@ One optimizer step ("step") is:
 
     grad_accum = total_batch_tokens / (B * T * world_size)
 
+The code follows that order. `_train` is the outline of a run, each line a named function below
+it: set up (check_launch, set_precision, load_starting_point, batch_geometry, build_loaders,
+build_model_and_optimizer, restore_train_state, log_start), then for each step: validate, sample,
+train_step (forward_backward: the micro-steps; clip_gradients, check_finite, the schedule, AdamW),
+log_step, write_checkpoint; then a last validate and sample, and finish (the plot, the summary).
+What the steps share is a `Run`, passed to each explicitly.
+
 Rank 0 logs (log.jsonl in the output folder, the console, a tqdm bar), writes checkpoints
 (torch_impl.checkpoint; gathered under --shard: one layout for every mode) and samples; every rank
 evaluates its share of the val batches. A failed write on rank 0 stops every rank with the error.
@@ -455,7 +462,452 @@ def sample_text(raw_model, cfg: TrainConfig, device, step: int) -> str:
     return enc.decode(out[0].tolist())
 
 
+# ----------------------------------------------------------------------------- a run
+@dataclass
+class Run:
+    """What the steps of a run share, built once by `_train` and passed to each step explicitly.
+
+    model is what the forward and backward passes go through (sharding.wrap_model): raw_model,
+    compiled under --compile, in DDP when world > 1; under fsdp raw_model itself, sharded in place
+    (then compiled). raw_model is the GPT2 module underneath, whose parameters are clipped, gathered
+    into checkpoints and sampled from. summary is what train() returns: it grows by one entry per
+    step (losses, gradient norms, throughput) and per evaluation."""
+
+    cfg: TrainConfig
+    d: Dist
+    config: weights.GPT2Config  # the model's shape and variant
+    out_dir: Path  # log.jsonl, provenance.json, loss.png, step_* checkpoints
+    amp_dtype: torch.dtype  # bfloat16 under autocast, else float32
+    autocast: contextlib.AbstractContextManager  # torch.autocast(bf16), or a no-op for fp32
+    raw_model: torch.nn.Module
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    train_loader: ShardLoader | ShuffledLoader  # this rank's (B, T) train batches
+    val_loader: ShardLoader | None  # None without --eval-every
+    grad_accum: int  # micro-steps per optimizer step
+    tokens_per_step: int  # B * T * world * grad_accum: every rank's tokens of one optimizer step
+    start_step: int  # 0, or the step of the checkpoint resumed from
+    flops_per_token: int  # forward + backward (weights/flops.py)
+    peak_flops: float | None  # one device's peak FLOP/s for MFU (None: unknown, no MFU)
+    log: RunLog
+    summary: dict
+
+
+@dataclass
+class StepStats:
+    """One optimizer step, as logged: the same numbers on every rank except dt."""
+
+    loss: float  # mean training loss of the step: over its grad_accum micro-batches and every rank
+    grad_norm: float  # global gradient norm before clipping
+    lr: float  # the learning rate the step used
+    dt: float  # wall time of the step on this rank, seconds
+
+
 # ----------------------------------------------------------------------------- the training loop
+def train(cfg: TrainConfig) -> dict:
+    """Run training as configured; returns a summary (losses per step, val losses, last checkpoint).
+
+    Launched by torchrun, each process calls this and they train as one DDP job."""
+    d = setup_distributed(cfg.device)
+    try:
+        return _train(cfg, d)
+    finally:
+        if d.owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, d: Dist) -> dict:
+    """One run on this rank: set up, resume, then step by step (evaluate, sample, optimize, log,
+    checkpoint), then a last evaluation, sample and plot. What can refuse the run before it trains
+    (flags, data, the checkpoint) is checked before anything is written: RunLog makes out_dir."""
+    check_launch(cfg, d)
+    amp_dtype, autocast = set_precision(cfg, d.device)
+    out_dir = Path(cfg.out_dir)
+
+    # --- where the weights come from, what one step reads, the model and AdamW
+    resume_from, params, config, state = load_starting_point(cfg, d, out_dir)
+    tokens_per_step, grad_accum = batch_geometry(cfg, config, d.world)
+    train_loader, val_loader = build_loaders(cfg, d, config, model_from_checkpoint=params is not None)
+    pad_rows = state["pad_rows"] if state is not None else None
+    raw_model, model, optimizer = build_model_and_optimizer(cfg, d, params, config, pad_rows)
+    start_step = 0
+    if state is not None:  # the checkpoint's state is whole (gathered); each rank keeps its share
+        start_step = restore_train_state(cfg, d.device, raw_model, optimizer, train_loader, state, resume_from)
+
+    fpt = flops_per_token(config, cfg.seq_len)
+    peak = cfg.peak_flops or device_peak_flops(d.device, amp_dtype)
+    log = RunLog(out_dir, start_step, cfg.max_steps, d.master, cfg.progress)
+    run = Run(
+        cfg=cfg, d=d, config=config, out_dir=out_dir, amp_dtype=amp_dtype, autocast=autocast,
+        raw_model=raw_model, model=model, optimizer=optimizer, train_loader=train_loader, val_loader=val_loader,
+        grad_accum=grad_accum, tokens_per_step=tokens_per_step, start_step=start_step,
+        flops_per_token=fpt, peak_flops=peak, log=log, summary=new_summary(resume_from),
+    )  # fmt: skip
+    if d.master:
+        log_start(run, resume_from)
+
+    # --- the loop: steps start_step .. end_step - 1 (--stop-step ends it early, the schedule unchanged)
+    end_step = min(cfg.max_steps, cfg.stop_step) if cfg.stop_step else cfg.max_steps
+    try:
+        for step in range(start_step, end_step):
+            if val_loader is not None and step % cfg.eval_every == 0:
+                validate(run, step)
+            if cfg.sample_every and step % cfg.sample_every == 0 and step > start_step:
+                sample(run, step)
+            stats = train_step(run, step)
+            log_step(run, step, stats)
+            done = step + 1
+            if cfg.save and ((cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == end_step):
+                write_checkpoint(run, done)
+
+        if end_step == cfg.max_steps > start_step:  # the run's end (not a --stop-step pause)
+            if val_loader is not None:
+                validate(run, cfg.max_steps)
+            if cfg.sample_every:
+                sample(run, cfg.max_steps)
+    finally:
+        log.close()
+    return finish(run)
+
+
+# ----------------------------------------------------------------------------- setting up a run
+def check_launch(cfg: TrainConfig, d: Dist) -> None:
+    """Refuse a run that cannot start: no --data, or a --shard mode outside a torchrun job."""
+    if not cfg.data:
+        raise UsageError("--data is required: a folder of token shards (make them with `python -m torch_impl.data`)")
+    if cfg.shard != "none" and not d.group:
+        raise UsageError(
+            f"--shard {cfg.shard} splits state between the ranks of a torchrun job; launch with torchrun "
+            "(`torchrun --nproc-per-node N -m torch_impl.train ...`), or use --shard none for one process"
+        )
+
+
+def set_precision(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype, contextlib.AbstractContextManager]:
+    """(autocast dtype, the context every forward pass runs in): bf16 autocast for --dtype bf16, or auto
+    on CUDA; else float32 and a no-op context. On CUDA also sets TF32 for float32 matmuls (--tf32)."""
+    use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda")
+    amp_dtype = torch.bfloat16 if use_bf16 else torch.float32
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.tf32
+    return amp_dtype, autocast
+
+
+def load_starting_point(
+    cfg: TrainConfig, d: Dist, out_dir: Path
+) -> tuple[Path | None, dict | None, weights.GPT2Config, dict | None]:
+    """Where the weights come from: (resume_from, params, config, state).
+
+    With --resume and a checkpoint in out_dir: that checkpoint (resume_from), its params, config and
+    train state (step, AdamW, loader, RNG, pad rows). Else --init: a checkpoint or hub id to fine-tune
+    (params, config; no state), or 'scratch' (params None: the --model preset, initialised later)."""
+    resume_from = latest_checkpoint(out_dir) if cfg.resume else None
+    if cfg.resume and resume_from is None and d.master:
+        print(f"--resume: no checkpoint in {out_dir} yet; starting from --init {cfg.init}", file=sys.stderr)
+    state = None
+    if resume_from is not None:
+        params, config, state = load_checkpoint(resume_from)
+    elif cfg.init != "scratch":
+        params, config = weights.load(cfg.init, sha256=cfg.init_sha256 or None, sha256_from="--init-sha256")
+    else:
+        params, config = None, model_config(cfg)
+    return resume_from, params, config, state
+
+
+def batch_geometry(cfg: TrainConfig, config: weights.GPT2Config, world: int) -> tuple[int, int]:
+    """(tokens per optimizer step, grad_accum): --total-batch-tokens (default B*T*world) in micro-steps of
+    B*T tokens on each of the world ranks; grad_accum = total / (B*T*world), which must divide."""
+    B, T = cfg.batch_size, cfg.seq_len
+    if not 1 <= T <= config.n_ctx:
+        raise UsageError(f"--seq-len {T} must be in [1, n_ctx={config.n_ctx}]")
+    per_micro = B * T * world
+    total = cfg.total_batch_tokens or per_micro
+    if total % per_micro:
+        raise UsageError(f"--total-batch-tokens {total} is not a multiple of B*T*world = {B}*{T}*{world} = {per_micro}")
+    return total, total // per_micro
+
+
+def build_loaders(
+    cfg: TrainConfig, d: Dist, config: weights.GPT2Config, model_from_checkpoint: bool
+) -> tuple[ShardLoader | ShuffledLoader, ShardLoader | None]:
+    """(train loader, val loader or None without --eval-every): this rank's (B, T) batches of the shards,
+    train in --data-order, val in order. Refuses shards holding a token id the model cannot embed."""
+    B, T = cfg.batch_size, cfg.seq_len
+    if cfg.data_order == "shuffled":
+        train_loader = ShuffledLoader(shard_paths(cfg.data, "train"), B, T, d.rank, d.world, seed=cfg.data_seed)
+    else:
+        train_loader = ShardLoader(shard_paths(cfg.data, "train"), B, T, d.rank, d.world)
+    val_loader = None
+    if cfg.eval_every:
+        val_loader = ShardLoader(shard_paths(cfg.data, "val"), B, T, d.rank, d.world)
+    for split, loader in (("train", train_loader), ("val", val_loader)):
+        top = loader.max_token_id() if loader is not None else -1
+        if top >= config.vocab_size:  # an embedding lookup out of range would fail (or read pad rows) later
+            model_from = "the checkpoint" if model_from_checkpoint else f"--model {cfg.model}"
+            raise UserError(
+                f"{cfg.data}: the {split} shards hold token id {top}, but {model_from} has a vocabulary of "
+                f"{config.vocab_size} ids; tokenise for this vocabulary or use a model whose vocabulary covers the data"
+            )
+    return train_loader, val_loader
+
+
+def build_model_and_optimizer(
+    cfg: TrainConfig, d: Dist, params: dict | None, config: weights.GPT2Config, pad_rows: dict | None
+) -> tuple[torch.nn.Module, torch.nn.Module, torch.optim.Optimizer]:
+    """(raw_model, model, optimizer). The whole model on every rank first (the same seeded init or
+    checkpoint as one process, with a resumed checkpoint's pad rows), then wrapped (see Run.model): DDP
+    around it when world > 1 (--shard none, zero1), or sharded in place (fsdp: each rank keeps its
+    shard); AdamW over raw_model's parameters (build_optimizer)."""
+    raw_model = build_model(cfg, d.device, params, config)
+    if pad_rows is not None:
+        _restore_pad_rows(raw_model, pad_rows, config.vocab_size)
+    compile_model = (lambda m: torch.compile(m, mode=cfg.compile_mode)) if cfg.compile else None
+    model = wrap_model(raw_model, cfg.shard, d.device, d.world, compile_model)
+    optimizer = build_optimizer(cfg, raw_model, d.device)
+    return raw_model, model, optimizer
+
+
+def restore_train_state(
+    cfg: TrainConfig,
+    device: torch.device,
+    raw_model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_loader: ShardLoader | ShuffledLoader,
+    state: dict,
+    resume_from: Path,
+) -> int:
+    """Put the checkpoint's train state back: AdamW's state (each rank its share), the train loader's
+    position (same --data-order required), the RNG. Returns the step to continue from."""
+    load_optimizer_state(raw_model, optimizer, state["optimizer"], cfg.shard)
+    saved_order = state["loader"].get("order", "sequential")
+    if saved_order != cfg.data_order:
+        raise UsageError(
+            f"--data-order {cfg.data_order}: {resume_from} was trained with --data-order {saved_order}; "
+            f"resume with that order (or start a new --out-dir)"
+        )
+    try:
+        train_loader.load_state(state["loader"])
+    except DataError as e:
+        raise DataError(f"--resume from {resume_from}: {e}") from None
+    _set_rng_state(state["rng"], device)
+    return int(state["step"])
+
+
+def new_summary(resume_from: Path | None) -> dict:
+    """The summary train() returns, before the first step: losses and grad_norms (step -> float), val_losses
+    (step -> float), tokens_per_s and mfu (one per step), checkpoint (the last good one: resume_from
+    until this run writes one). Later: val_tokens, held (what rank 0 holds), plot, grad_accum, world,
+    flops_per_token, peak_flops."""
+    return {
+        "losses": {},
+        "grad_norms": {},
+        "val_losses": {},
+        "tokens_per_s": [],
+        "mfu": [],
+        "checkpoint": resume_from,
+    }
+
+
+def log_start(run: Run, resume_from: Path | None) -> None:
+    """The run's first log.jsonl entry (every setting, the model, world, grad_accum, device, FLOPs per
+    token) and its console line (rank 0)."""
+    cfg, d, config, train_loader = run.cfg, run.d, run.config, run.train_loader
+    B, T, total, grad_accum = cfg.batch_size, cfg.seq_len, run.tokens_per_step, run.grad_accum
+    where = f"resumed from {resume_from}" if resume_from else f"init {cfg.init}"
+    run.log.record(
+        {
+            "step": run.start_step,
+            "event": "start",
+            "config": dataclasses.asdict(cfg),
+            "model": dataclasses.asdict(config),
+            "world": d.world,
+            "shard": cfg.shard,
+            "grad_accum": grad_accum,
+            "device": str(d.device),
+            "flops_per_token": run.flops_per_token,
+        },
+        f"{where}; {weights.num_params(config):,} params"
+        + "".join(f" {k}={v}" for k, v in config.variant_options().items())
+        + f"; world {d.world}; B={B} T={T} grad_accum={grad_accum} ({total:,} tokens/step); {d.device}, "
+        f"{'bf16' if run.amp_dtype == torch.bfloat16 else 'fp32'}{', compiled' if cfg.compile else ''}"
+        + (
+            f"; train data shuffled (--data-seed {cfg.data_seed}, {train_loader.windows:,} windows of T+1 per "
+            f"epoch, epoch {train_loader.epoch})"
+            if cfg.data_order == "shuffled"
+            else ""
+        )
+        + (f"; --shard {cfg.shard}" if cfg.shard != "none" else ""),
+    )
+
+
+# ----------------------------------------------------------------------------- the steps of the loop
+def validate(run: Run, step: int) -> None:
+    """The val loss at `step` (evaluate: every rank its share of --eval-batches batches), into the summary
+    and the log with the distinct val tokens it measured; warns once per run when the batches repeat."""
+    cfg, d, val_loader = run.cfg, run.d, run.val_loader
+    summary = run.summary
+    val, distinct = evaluate(run.model, val_loader, cfg.eval_batches, d.device, run.autocast, d)
+    summary["val_losses"][step] = val
+    read = cfg.eval_batches * val_loader.step_tokens
+    if distinct < read and "val_tokens" not in summary:  # once per run
+        run.log.warn(
+            step,
+            f"warning: the val split holds {distinct // val_loader.step_tokens} distinct batches of world*B*T = "
+            f"{d.world}*{cfg.batch_size}*{cfg.seq_len} tokens, fewer than --eval-batches {cfg.eval_batches}: "
+            f"evaluations repeat them and measure {distinct:,} distinct val tokens, not {read:,}",
+        )
+    summary["val_tokens"] = distinct
+    run.log.record(
+        {"step": step, "val_loss": val, "val_tokens": distinct},
+        f"step {step:6d} | val loss {val:.4f} | {distinct:,} val tokens",
+    )
+
+
+def sample(run: Run, step: int) -> None:
+    """A sample of --sample-tokens from --sample-prompt (sample_text: its own seeded generator), logged by
+    rank 0. Under fsdp every forward is a collective, so every rank samples (the same seeded draw)."""
+    cfg, d = run.cfg, run.d
+    if d.master or cfg.shard == "fsdp":
+        text = sample_text(run.raw_model, cfg, d.device, step)
+        if d.master:
+            run.log.record({"step": step, "sample": text}, f"--- sample at step {step} ---\n{text}\n---")
+
+
+def train_step(run: Run, step: int) -> StepStats:
+    """One optimizer step: grad_accum micro-steps (forward_backward), the loss averaged over the ranks,
+    the gradient norm clipped to --grad-clip, a stop if either is not finite (before the weights change),
+    the learning rate of `step` (warmup + cosine), AdamW, the gradients zeroed. On the run's first step
+    also logs what this rank holds, while gradients and AdamW's state exist."""
+    cfg, device = run.cfg, run.d.device
+    t0 = time.perf_counter()
+    loss_sum = forward_backward(run)
+    _all_reduce_mean(loss_sum, run.d)
+    grad_norm = clip_gradients(run)
+    loss_value, norm_value = loss_sum.item(), grad_norm.item()
+    check_finite(step, loss_value, norm_value, run.summary["checkpoint"])
+    lr = lr_at(step, cfg.lr, cfg.lr * cfg.min_lr_frac, cfg.warmup_steps, cfg.max_steps)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    run.optimizer.step()
+    if step == run.start_step:
+        log_held(run, step)
+    run.optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return StepStats(loss_value, norm_value, lr, time.perf_counter() - t0)
+
+
+def forward_backward(run: Run) -> torch.Tensor:
+    """grad_accum micro-steps, each: this rank's next (B, T) batch x, y (int64), loss = model(x, y) /
+    grad_accum under autocast, loss.backward(); the gradients of the step's mean loss accumulate in
+    .grad. Returns this rank's mean loss of the step (a 0-d float32 tensor, detached).
+
+    DDP all-reduces the gradients only in the last micro-step's backward, decided before its forward
+    (set_grad_sync); fsdp reduce-scatters in each."""
+    cfg, d, device = run.cfg, run.d, run.d.device
+    loss_sum = torch.zeros((), device=device)
+    for micro in range(run.grad_accum):
+        x, y = run.train_loader.next_batch()
+        x, y = torch.from_numpy(x), torch.from_numpy(y)
+        if device.type == "cuda":
+            x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+        set_grad_sync(run.model, cfg.shard, d.enabled, last_micro_step=micro == run.grad_accum - 1)
+        with run.autocast:
+            _, loss = run.model(x, y)
+        loss = loss / run.grad_accum
+        loss_sum += loss.detach()
+        loss.backward()
+    return loss_sum
+
+
+def clip_gradients(run: Run) -> torch.Tensor:
+    """The global gradient norm before clipping (a 0-d tensor, the same on every rank); the gradients are
+    scaled down to norm --grad-clip when above it (--grad-clip 0: never)."""
+    cfg = run.cfg
+    clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+    return local_grad_norm(torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), clip))
+
+
+def check_finite(step: int, loss: float, grad_norm: float, last_checkpoint: Path | None) -> None:
+    """Raise NonFiniteError, naming the step, what broke and the last good checkpoint, unless the step's
+    loss and gradient norm are both finite (every rank sees the same reduced numbers: all stop)."""
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        raise NonFiniteError(
+            f"step {step}: {'loss' if not math.isfinite(loss) else 'gradient norm'} is not finite "
+            f"(loss {loss}, grad norm {grad_norm}); stopped before updating the weights. "
+            f"Last good checkpoint: {last_checkpoint if last_checkpoint else 'none written in this run'} (untouched). "
+            "Try a lower --lr, more --warmup-steps, --grad-clip, or check the data."
+        )
+
+
+def log_held(run: Run, step: int) -> None:
+    """What this rank holds (held_numel: parameters, gradients, AdamW's m and v, in elements), into the
+    summary; rank 0 logs it in MiB of float32."""
+    run.summary["held"] = held_numel(run.raw_model, run.optimizer)
+    held = ", ".join(f"{k} {4 * v / 2**20:,.1f} MiB" for k, v in run.summary["held"].items())
+    run.log.record({"step": step, "event": "held", "held": run.summary["held"]}, f"rank 0 holds: {held}")
+
+
+def log_step(run: Run, step: int, stats: StepStats) -> None:
+    """The step into the summary and log.jsonl (loss, lr, grad norm, time, tokens/s of all ranks and per
+    device, MFU per device), a console line every --log-every steps and at the last, the bar moved on."""
+    cfg, d = run.cfg, run.d
+    tok_s = run.tokens_per_step / stats.dt  # every rank's tokens of the step
+    mfu = flops_mfu(run.flops_per_token, tok_s, run.peak_flops, d.world)  # per device
+    run.summary["losses"][step] = stats.loss
+    run.summary["grad_norms"][step] = stats.grad_norm
+    run.summary["tokens_per_s"].append(tok_s)
+    run.summary["mfu"].append(mfu)
+    entry = {
+        "step": step,
+        "loss": stats.loss,
+        "lr": stats.lr,
+        "grad_norm": stats.grad_norm,
+        "dt_ms": 1e3 * stats.dt,
+        "tokens_per_s": tok_s,
+        "tokens_per_s_per_device": tok_s / d.world,
+        "mfu": mfu,
+    }
+    line = None
+    if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.max_steps - 1):
+        line = (
+            f"step {step:6d} | loss {stats.loss:.4f} | lr {stats.lr:.3e} | norm {stats.grad_norm:.3f} | "
+            f"{1e3 * stats.dt:7.1f} ms | {tok_s:,.0f} tok/s" + (f" | MFU {100 * mfu:.1f}%" if mfu else "")
+        )
+    run.log.record(entry, line)
+    run.log.advance(stats.loss)
+
+
+def write_checkpoint(run: Run, step: int) -> None:
+    """Checkpoint `step` (torch_impl.checkpoint: the canonical weights, AdamW's state, the loader's state,
+    the RNG, the pad rows, the settings). Every rank takes part in gathering the state (zero1, fsdp); rank
+    0 then holds it whole and writes it; its outcome goes to every rank (_share_save_outcome)."""
+    from torch_impl.model import to_canonical_layout
+
+    cfg, d, raw_model = run.cfg, run.d, run.raw_model
+    tensors, optimizer_state = gather_full_state(raw_model, run.optimizer, cfg.shard, d.master)
+    failure = None
+    if d.master:
+        try:
+            train_state = {
+                "step": step,
+                "optimizer": optimizer_state,
+                "loader": run.train_loader.state(),  # the loader's own state, whatever it holds
+                "rng": _rng_state(d.device),
+                "pad_rows": _pad_rows(tensors, run.config.vocab_size),
+                "config": json.dumps(dataclasses.asdict(cfg)),
+            }
+            params = to_canonical_layout(raw_model, tensors)
+            save_checkpoint(run.out_dir, step, params, run.config, train_state, keep_last=cfg.keep_last)
+        except Exception as e:  # raised again below, on rank 0 and (as a CheckpointError) on every other rank
+            failure = e
+    _share_save_outcome(failure, checkpoint_dir(run.out_dir, step), d)  # also: nobody runs ahead of the write
+    run.summary["checkpoint"] = checkpoint_dir(run.out_dir, step)  # every rank knows the last good one
+
+
 def _share_save_outcome(failure: Exception | None, folder: Path, d: Dist) -> None:
     """Rank 0 writes a checkpoint alone; its outcome goes to every rank, so that a failed write stops
     every rank with the error (instead of leaving them waiting for rank 0 at the next collective, which
@@ -487,277 +939,22 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Run training as configured; returns a summary (losses per step, val losses, last checkpoint).
-
-    Launched by torchrun, each process calls this and they train as one DDP job."""
-    d = setup_distributed(cfg.device)
-    try:
-        return _train(cfg, d)
-    finally:
-        if d.owns_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-
-
-def _train(cfg: TrainConfig, d: Dist) -> dict:
-    if not cfg.data:
-        raise UsageError("--data is required: a folder of token shards (make them with `python -m torch_impl.data`)")
-    if cfg.shard != "none" and not d.group:
-        raise UsageError(
-            f"--shard {cfg.shard} splits state between the ranks of a torchrun job; launch with torchrun "
-            "(`torchrun --nproc-per-node N -m torch_impl.train ...`), or use --shard none for one process"
-        )
-    device = d.device
-    use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda")
-    amp_dtype = torch.bfloat16 if use_bf16 else torch.float32
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
-        torch.backends.cudnn.allow_tf32 = cfg.tf32
-    out_dir = Path(cfg.out_dir)
-
-    # --- where the weights come from: a checkpoint of this run, a checkpoint to fine-tune, or nothing
-    resume_from = latest_checkpoint(out_dir) if cfg.resume else None
-    if cfg.resume and resume_from is None and d.master:
-        print(f"--resume: no checkpoint in {out_dir} yet; starting from --init {cfg.init}", file=sys.stderr)
-    state = None
-    if resume_from is not None:
-        params, config, state = load_checkpoint(resume_from)
-    elif cfg.init != "scratch":
-        params, config = weights.load(cfg.init, sha256=cfg.init_sha256 or None, sha256_from="--init-sha256")
-    else:
-        params, config = None, model_config(cfg)
-    B, T = cfg.batch_size, cfg.seq_len
-    if not 1 <= T <= config.n_ctx:
-        raise UsageError(f"--seq-len {T} must be in [1, n_ctx={config.n_ctx}]")
-    per_micro = B * T * d.world
-    total = cfg.total_batch_tokens or per_micro
-    if total % per_micro:
-        raise UsageError(
-            f"--total-batch-tokens {total} is not a multiple of B*T*world = {B}*{T}*{d.world} = {per_micro}"
-        )
-    grad_accum = total // per_micro
-
-    if cfg.data_order == "shuffled":
-        train_loader = ShuffledLoader(shard_paths(cfg.data, "train"), B, T, d.rank, d.world, seed=cfg.data_seed)
-    else:
-        train_loader = ShardLoader(shard_paths(cfg.data, "train"), B, T, d.rank, d.world)
-    val_loader = None
-    if cfg.eval_every:
-        val_loader = ShardLoader(shard_paths(cfg.data, "val"), B, T, d.rank, d.world)
-    for split, loader in (("train", train_loader), ("val", val_loader)):
-        top = loader.max_token_id() if loader is not None else -1
-        if top >= config.vocab_size:  # an embedding lookup out of range would fail (or read pad rows) later
-            model_from = f"--model {cfg.model}" if params is None else "the checkpoint"
-            raise UserError(
-                f"{cfg.data}: the {split} shards hold token id {top}, but {model_from} has a vocabulary of "
-                f"{config.vocab_size} ids; tokenise for this vocabulary or use a model whose vocabulary covers the data"
-            )
-
-    # The whole model on every rank first (the same seeded init or checkpoint as one process), then
-    # wrapped: DDP around it (none, zero1), or sharded in place (fsdp: each rank keeps its shard).
-    raw_model = build_model(cfg, device, params, config)
-    if state is not None:
-        _restore_pad_rows(raw_model, state["pad_rows"], config.vocab_size)
-    compile_model = (lambda m: torch.compile(m, mode=cfg.compile_mode)) if cfg.compile else None
-    model = wrap_model(raw_model, cfg.shard, device, d.world, compile_model)
-    optimizer = build_optimizer(cfg, raw_model, device)
-    start_step = 0
-    if state is not None:  # the checkpoint's state is whole (gathered); each rank keeps its share
-        load_optimizer_state(raw_model, optimizer, state["optimizer"], cfg.shard)
-        saved_order = state["loader"].get("order", "sequential")
-        if saved_order != cfg.data_order:
-            raise UsageError(
-                f"--data-order {cfg.data_order}: {resume_from} was trained with --data-order {saved_order}; "
-                f"resume with that order (or start a new --out-dir)"
-            )
-        try:
-            train_loader.load_state(state["loader"])
-        except DataError as e:
-            raise DataError(f"--resume from {resume_from}: {e}") from None
-        _set_rng_state(state["rng"], device)
-        start_step = int(state["step"])
-
-    fpt = flops_per_token(config, T)
-    peak = cfg.peak_flops or device_peak_flops(device, amp_dtype)
-    log = RunLog(out_dir, start_step, cfg.max_steps, d.master, cfg.progress)
-    if d.master:
-        where = f"resumed from {resume_from}" if resume_from else f"init {cfg.init}"
-        log.record(
-            {
-                "step": start_step,
-                "event": "start",
-                "config": dataclasses.asdict(cfg),
-                "model": dataclasses.asdict(config),
-                "world": d.world,
-                "shard": cfg.shard,
-                "grad_accum": grad_accum,
-                "device": str(device),
-                "flops_per_token": fpt,
-            },
-            f"{where}; {weights.num_params(config):,} params"
-            + "".join(f" {k}={v}" for k, v in config.variant_options().items())
-            + f"; world {d.world}; B={B} T={T} grad_accum={grad_accum} "
-            f"({total:,} tokens/step); {device}, {'bf16' if use_bf16 else 'fp32'}{', compiled' if cfg.compile else ''}"
-            + (
-                f"; train data shuffled (--data-seed {cfg.data_seed}, {train_loader.windows:,} windows of T+1 per "
-                f"epoch, epoch {train_loader.epoch})"
-                if cfg.data_order == "shuffled"
-                else ""
-            )
-            + (f"; --shard {cfg.shard}" if cfg.shard != "none" else ""),
-        )
-
-    summary: dict = {
-        "losses": {},
-        "grad_norms": {},
-        "val_losses": {},
-        "tokens_per_s": [],
-        "mfu": [],
-        "checkpoint": resume_from,
-    }
-
-    def run_eval(step: int) -> None:
-        val, distinct = evaluate(model, val_loader, cfg.eval_batches, device, autocast, d)
-        summary["val_losses"][step] = val
-        read = cfg.eval_batches * val_loader.step_tokens
-        if distinct < read and "val_tokens" not in summary:  # once per run
-            log.warn(
-                step,
-                f"warning: the val split holds {distinct // val_loader.step_tokens} distinct batches of world*B*T = "
-                f"{d.world}*{B}*{T} tokens, fewer than --eval-batches {cfg.eval_batches}: evaluations repeat them "
-                f"and measure {distinct:,} distinct val tokens, not {read:,}",
-            )
-        summary["val_tokens"] = distinct
-        log.record(
-            {"step": step, "val_loss": val, "val_tokens": distinct},
-            f"step {step:6d} | val loss {val:.4f} | {distinct:,} val tokens",
-        )
-
-    def run_sample(step: int) -> None:
-        if d.master or cfg.shard == "fsdp":  # under fsdp every forward is a collective: every rank samples
-            text = sample_text(raw_model, cfg, device, step)  # (the same seeded draw on every rank)
-            if d.master:
-                log.record({"step": step, "sample": text}, f"--- sample at step {step} ---\n{text}\n---")
-
-    def checkpoint(step: int) -> None:
-        from torch_impl.model import to_canonical_layout
-
-        # Every rank takes part in gathering (zero1, fsdp); rank 0 then holds the whole state and writes it.
-        tensors, optimizer_state = gather_full_state(raw_model, optimizer, cfg.shard, d.master)
-        failure = None
-        if d.master:
-            try:
-                train_state = {
-                    "step": step,
-                    "optimizer": optimizer_state,
-                    "loader": train_loader.state(),  # the loader's own state, whatever it holds
-                    "rng": _rng_state(device),
-                    "pad_rows": _pad_rows(tensors, config.vocab_size),
-                    "config": json.dumps(dataclasses.asdict(cfg)),
-                }
-                params = to_canonical_layout(raw_model, tensors)
-                save_checkpoint(out_dir, step, params, config, train_state, keep_last=cfg.keep_last)
-            except Exception as e:  # raised again below, on rank 0 and (as a CheckpointError) on every other rank
-                failure = e
-        _share_save_outcome(failure, checkpoint_dir(out_dir, step), d)  # also: nobody runs ahead of the write
-        summary["checkpoint"] = checkpoint_dir(out_dir, step)  # every rank knows the last good one
-
-    end_step = min(cfg.max_steps, cfg.stop_step) if cfg.stop_step else cfg.max_steps
-    try:
-        for step in range(start_step, end_step):
-            if val_loader is not None and step % cfg.eval_every == 0:
-                run_eval(step)
-            if cfg.sample_every and step % cfg.sample_every == 0 and step > start_step:
-                run_sample(step)
-
-            t0 = time.perf_counter()
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(grad_accum):
-                x, y = train_loader.next_batch()
-                x, y = torch.from_numpy(x), torch.from_numpy(y)
-                if device.type == "cuda":
-                    x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-                # DDP: all-reduce the gradients only in the last micro-step's backward; fsdp: reduce-scatter in each
-                set_grad_sync(model, cfg.shard, d.enabled, last_micro_step=micro == grad_accum - 1)
-                with autocast:
-                    _, loss = model(x, y)
-                loss = loss / grad_accum
-                loss_sum += loss.detach()
-                loss.backward()
-            _all_reduce_mean(loss_sum, d)
-            clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-            grad_norm = local_grad_norm(torch.nn.utils.clip_grad_norm_(raw_model.parameters(), clip))
-            loss_value, norm_value = loss_sum.item(), grad_norm.item()
-            if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
-                last = summary["checkpoint"]
-                raise NonFiniteError(
-                    f"step {step}: {'loss' if not math.isfinite(loss_value) else 'gradient norm'} is not finite "
-                    f"(loss {loss_value}, grad norm {norm_value}); stopped before updating the weights. "
-                    f"Last good checkpoint: {last if last else 'none written in this run'} (untouched). "
-                    "Try a lower --lr, more --warmup-steps, --grad-clip, or check the data."
-                )
-            lr = lr_at(step, cfg.lr, cfg.lr * cfg.min_lr_frac, cfg.warmup_steps, cfg.max_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.step()
-            if step == start_step:  # what this rank holds, now that gradients and AdamW's state exist
-                summary["held"] = held_numel(raw_model, optimizer)
-                held = ", ".join(f"{k} {4 * v / 2**20:,.1f} MiB" for k, v in summary["held"].items())
-                log.record({"step": step, "event": "held", "held": summary["held"]}, f"rank 0 holds: {held}")
-            optimizer.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            dt = time.perf_counter() - t0
-            tok_s = total / dt  # every rank's tokens of the step
-            mfu = flops_mfu(fpt, tok_s, peak, d.world)  # per device
-            summary["losses"][step] = loss_value
-            summary["grad_norms"][step] = norm_value
-            summary["tokens_per_s"].append(tok_s)
-            summary["mfu"].append(mfu)
-            entry = {
-                "step": step,
-                "loss": loss_value,
-                "lr": lr,
-                "grad_norm": norm_value,
-                "dt_ms": 1e3 * dt,
-                "tokens_per_s": tok_s,
-                "tokens_per_s_per_device": tok_s / d.world,
-                "mfu": mfu,
-            }
-            line = None
-            if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.max_steps - 1):
-                line = (
-                    f"step {step:6d} | loss {loss_value:.4f} | lr {lr:.3e} | norm {norm_value:.3f} | "
-                    f"{1e3 * dt:7.1f} ms | {tok_s:,.0f} tok/s" + (f" | MFU {100 * mfu:.1f}%" if mfu else "")
-                )
-            log.record(entry, line)
-            log.advance(loss_value)
-            done = step + 1
-            if cfg.save and ((cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == end_step):
-                checkpoint(done)
-
-        if end_step == cfg.max_steps > start_step:
-            if val_loader is not None:
-                run_eval(cfg.max_steps)
-            if cfg.sample_every:
-                run_sample(cfg.max_steps)
-    finally:
-        log.close()
-    trained = bool(summary["losses"]) or start_step > 0  # else the log holds no loss to draw
-    if d.master and cfg.plot and trained and (out_dir / "log.jsonl").exists():
+def finish(run: Run) -> dict:
+    """After the loop: rank 0 draws out_dir/loss.png from log.jsonl (when this run or an earlier one trained
+    and matplotlib is there); returns the summary with grad_accum, world, flops_per_token, peak_flops."""
+    cfg, d, summary = run.cfg, run.d, run.summary
+    trained = bool(summary["losses"]) or run.start_step > 0  # else the log holds no loss to draw
+    if d.master and cfg.plot and trained and (run.out_dir / "log.jsonl").exists():
         try:
             from torch_impl.plot import plot_log
 
-            summary["plot"] = plot_log(out_dir / "log.jsonl", out_dir / "loss.png")
+            summary["plot"] = plot_log(run.out_dir / "log.jsonl", run.out_dir / "loss.png")
         except ImportError as e:  # matplotlib is optional
             print(f"(no loss plot: {e})", file=sys.stderr)
-    summary["grad_accum"] = grad_accum
+    summary["grad_accum"] = run.grad_accum
     summary["world"] = d.world
-    summary["flops_per_token"] = fpt
-    summary["peak_flops"] = peak
+    summary["flops_per_token"] = run.flops_per_token
+    summary["peak_flops"] = run.peak_flops
     return summary
 
 
