@@ -529,6 +529,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
     # --- where the weights come from, what one step reads, the model and AdamW
     resume_from, params, config, state = load_starting_point(cfg, d, out_dir)
     tokens_per_step, grad_accum = batch_geometry(cfg, config, d.world)
+    check_sample_prompt(cfg, config)
     train_loader, val_loader = build_loaders(cfg, d, config, model_from_checkpoint=params is not None)
     pad_rows = state["pad_rows"] if state is not None else None
     raw_model, model, optimizer = build_model_and_optimizer(cfg, d, params, config, pad_rows)
@@ -581,6 +582,24 @@ def check_launch(cfg: TrainConfig, d: Dist) -> None:
         raise UsageError(
             f"--shard {cfg.shard} splits state between the ranks of a torchrun job; launch with torchrun "
             "(`torchrun --nproc-per-node N -m torch_impl.train ...`), or use --shard none for one process"
+        )
+
+
+def check_sample_prompt(cfg: TrainConfig, config: weights.GPT2Config) -> None:
+    """With --sample-every, refuse before training a --sample-prompt whose GPT-2 tokens the model's
+    vocabulary does not hold (a tiny model of 64 ids and the default prompt "\\n", token 198), and load
+    the tokenizer now: a missing tokenizer would otherwise stop the run at its first sample."""
+    if not cfg.sample_every:
+        return
+    from weights.tokenizer import get_tokenizer
+
+    enc = get_tokenizer()
+    prompt = enc.encode_ordinary(cfg.sample_prompt) or [enc.eot_token]
+    outside = sorted({t for t in prompt if t >= config.vocab_size})
+    if outside:
+        raise UsageError(
+            f"--sample-prompt {cfg.sample_prompt!r}: GPT-2 token(s) {outside[:5]} are outside the model's "
+            f"vocabulary of {config.vocab_size} ids; use --sample-every 0 for this model"
         )
 
 

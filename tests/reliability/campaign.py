@@ -517,6 +517,13 @@ CASES: list[Case] = [
         lambda ws: train_args(ws, shards(ws, 50257)),
         names="vocabulary of 64",
     ),
+    Case(
+        "--sample-every on a model whose vocabulary lacks the prompt's tokens",
+        "train",
+        lambda ws: train_args(ws, shards(ws, 64), "--sample-every", "1"),
+        names="--sample-prompt",
+        needs=_tokenizer,
+    ),
     Case("--data folder without shards", "train", lambda ws: train_args(ws, ws / "nothing-here"), names="nothing-here"),
     Case(
         "shard with a bad magic number",

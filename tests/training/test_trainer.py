@@ -218,6 +218,22 @@ def test_finetune_refuses_an_init_checkpoint_whose_digest_differs(random_shards,
     assert not (tmp_path / "ft" / "log.jsonl").exists()  # nothing trained, nothing logged
 
 
+def test_a_sample_prompt_outside_the_vocabulary_is_refused_before_training(random_shards, tmp_path, tiny_config):
+    """--sample-every on a 64-id model with the default prompt "\\n" (GPT-2 token 198): refused up front,
+    naming the flag and the token, not a crash at the first sample after steps have run."""
+    from weights.tokenizer import tokenizer_dir
+
+    if tokenizer_dir() is None:
+        pytest.skip("needs the GPT-2 tokenizer files (GPT2_SHARED_DIR or ../shared/gpt2-tokenizer)")
+    cfg = tiny_config(random_shards, tmp_path / "run", max_steps=3, sample_every=1)
+    with pytest.raises(ValueError, match=r"--sample-prompt '\\n': GPT-2 token\(s\) \[198\] are outside"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+    out = train(tiny_config(random_shards, tmp_path / "ok", max_steps=3, sample_every=1, sample_prompt="!"))
+    assert len(out["losses"]) == 3  # "!" is GPT-2 token 0: inside the vocabulary, sampled
+    assert '"sample"' in (tmp_path / "ok" / "log.jsonl").read_text()
+
+
 # ----------------------------------------------------------------------------- DDP
 PEAK = 1e12  # --peak-flops of the DDP run: any positive number makes its MFU checkable
 
