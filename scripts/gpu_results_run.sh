@@ -25,13 +25,15 @@ OUT="${OUT:?set OUT to the folder the results go to}"
 WORK="$OUT/work"
 mkdir -p "$WORK"
 export NUMBA_ENABLE_CUDASIM=0 PYTHONUNBUFFERED=1 PYTHONHASHSEED=0
-GPU_BACKENDS="torch-cuda-f32,torch-cuda-bf16,numba-cuda-f32,numba-cuda-3xtf32"
+GPU_BACKENDS="${GPU_BACKENDS:-torch-cuda-f32,torch-cuda-bf16,numba-cuda-f32,numba-cuda-3xtf32}"
 FULL_BACKENDS="torch-cuda-f32,numba-cuda-f32,numba-cuda-3xtf32"
-SMALL_CASES="tiny-rope,tiny-rmsnorm,tiny-swiglu,tiny-gqa,tiny-nobias,tiny-untied,tiny-llama,tiny-llama-trained"
-SMALL_CASES="$SMALL_CASES,tiny-B2-T4-adamw,small-trained"
+SMALL_CASES="${SMALL_CASES:-tiny-rope,tiny-rmsnorm,tiny-swiglu,tiny-gqa,tiny-nobias,tiny-untied,tiny-llama,tiny-llama-trained,\
+tiny-B2-T4-adamw,small-trained}"
 # seconds per step: conformance full, benchmarks (the deadline; run_gpu.sh kills at +70), conformance small,
 # training, tests
 STEP_S=(${STEP_S:-140 180 60 45 30})
+# GPU_BACKENDS, SMALL_CASES, FULL_CASES, BENCH_SELECT (a pytest -k expression), BENCH_FILES: override the
+# defaults below, e.g. for a second call that measures what the first one ran out of time for.
 # ONLY: a comma-separated subset of the steps (conformance-full, benchmarks, conformance-small, train-llama,
 # gpu-tests). The GPT-2 family's other sizes, in a second call of their own:
 #   ONLY=conformance-full FULL_CASES=medium-B1-T128,xl-B1-T128 STEP_S="500 0 0 0 0" bash scripts/gpu_results_run.sh
@@ -56,9 +58,9 @@ python3 -m weights.provenance > "$WORK/provenance.json" 2>&1
 
 step conformance-full "${STEP_S[0]}" "$WORK/conformance-full.txt" python3 -m conformance.report --only-full \
     --backends "$FULL_BACKENDS" --cases "$FULL_CASES" --json "$WORK/conformance-full.json"
-BENCH_SELECT="not tiny and not bf16 and not attention-naive and not (test_op and 124m-cpu) and not (test_model \
-and 124m-cpu and not forward-backward) and not (test_model and 124m-cpu and 3xtf32)"
-BENCH_FILES="benchmarks/test_bench_matmul.py benchmarks/test_bench_ops.py benchmarks/test_bench_model.py"
+BENCH_SELECT="${BENCH_SELECT:-not tiny and not bf16 and not attention-naive and not (test_op and 124m-cpu) and not (test_model \
+and 124m-cpu and not forward-backward) and not (test_model and 124m-cpu and 3xtf32)}"
+BENCH_FILES="${BENCH_FILES:-benchmarks/test_bench_matmul.py benchmarks/test_bench_ops.py benchmarks/test_bench_model.py}"
 step benchmarks $((${STEP_S[1]} + 80)) "$WORK/bench.log" env BENCH_DEADLINE="${STEP_S[1]}" \
     BENCH_SELECT="$BENCH_SELECT" BENCH_FILES="$BENCH_FILES" OUT="$WORK/bench" bash benchmarks/run_gpu.sh
 step conformance-small "${STEP_S[2]}" "$WORK/conformance-small.txt" python3 -m conformance.report \
