@@ -9,6 +9,13 @@
 #   3. the conformance suite's CI-sized variant cases (and two GPT-2 ones) on the GPU backends
 #   4. the trainer on the llama-style 124M preset: 50 steps of B=16, T=1024 on Tiny Shakespeare, bf16
 #   5. the GPU-only tests of numba_impl and torch_impl, with the time that is left
+#   6. (only when ONLY names it: train-throughput) GPT-2 124M training throughput, bf16 + compile, 524,288
+#      tokens per step: the plain loss profiled over 3 steps, then --loss-impl chunked, then chunked at
+#      micro-batch 128 (scripts/train_throughput.py --profile --try; docs/training.md "Measured"):
+#        ONLY=train-throughput STEP_S="0 0 0 0 0 560" bash scripts/gpu_results_run.sh
+#   7. (only when ONLY names it: memory) the memory of one training step per GPT-2 size on the GPU backends,
+#      B=1, T=1024 (scripts/memory_per_size.py; docs/sizes.md):
+#        ONLY=memory STEP_S="0 0 0 0 0 0 400" bash scripts/gpu_results_run.sh
 #
 #   OUT=/some/folder GPT2_GIT_COMMIT=<commit> GPT2_GIT_DIRTY=<0|1> GPT2_SHARED_DIR=<absolute path> \
 #       bash scripts/gpu_results_run.sh
@@ -30,12 +37,12 @@ FULL_BACKENDS="torch-cuda-f32,numba-cuda-f32,numba-cuda-3xtf32"
 SMALL_CASES="${SMALL_CASES:-tiny-rope,tiny-rmsnorm,tiny-swiglu,tiny-gqa,tiny-nobias,tiny-untied,tiny-llama,tiny-llama-trained,\
 tiny-B2-T4-adamw,small-trained}"
 # seconds per step: conformance full, benchmarks (the deadline; run_gpu.sh kills at +70), conformance small,
-# training, tests
-STEP_S=(${STEP_S:-140 180 60 45 30})
+# training, tests, training throughput, memory
+STEP_S=(${STEP_S:-140 180 60 45 30 560 400})
 # GPU_BACKENDS, SMALL_CASES, FULL_CASES, BENCH_SELECT (a pytest -k expression), BENCH_FILES: override the
 # defaults below, e.g. for a second call that measures what the first one ran out of time for.
 # ONLY: a comma-separated subset of the steps (conformance-full, benchmarks, conformance-small, train-llama,
-# gpu-tests). The GPT-2 family's other sizes, in a second call of their own:
+# gpu-tests, train-throughput, memory; the default is all but the last two). The GPT-2 family's other sizes, in a second call of their own:
 #   ONLY=conformance-full FULL_CASES=medium-B1-T128,xl-B1-T128 STEP_S="500 0 0 0 0" bash scripts/gpu_results_run.sh
 FULL_CASES="${FULL_CASES:-124m-B4-T64,124m-B1-T1024,124m-llama-B4-T64}"
 ONLY="${ONLY:-conformance-full,benchmarks,conformance-small,train-llama,gpu-tests}"
@@ -74,7 +81,15 @@ step gpu-tests "${STEP_S[4]}" "$WORK/gpu-tests.log" python3 -m pytest -q -p no:c
     tests/numba_impl/test_graph.py tests/numba_impl/test_variants.py tests/torch_impl/test_cuda.py \
     tests/torch_impl/test_cuda_variants.py
 
-cp "$WORK/bench/bench-gpu.md" "$OUT/" 2>/dev/null
+step train-throughput "${STEP_S[5]:-560}" "$WORK/train-throughput.log" bash -c "python3 -m torch_impl.data \
+    $GPT2_SHARED_DIR/data/tinyshakespeare.txt --out $WORK/shakespeare && python3 scripts/train_throughput.py \
+    --data $WORK/shakespeare --gpus 1 --steps 20 --skip 8 --batch-size 64 --profile 3 --out $WORK/throughput-runs \
+    --json $WORK/training-throughput.json --try '--loss-impl chunked' --try '--loss-impl chunked --batch-size 128'"
+rm -rf "$WORK/shakespeare" "$WORK/throughput-runs"
+step memory "${STEP_S[6]:-400}" "$WORK/memory.log" python3 scripts/memory_per_size.py \
+    --backends torch-cuda-f32,torch-cuda-bf16,torch-cuda-bf16-chunked,numba-cuda-f32 --json "$WORK/memory-per-size.json"
+
+cp "$WORK/bench/bench-gpu.md" "$WORK/training-throughput.json" "$WORK/memory-per-size.json" "$OUT/" 2>/dev/null
 cp "$WORK/conformance-small.txt" "$WORK/conformance-full.txt" "$WORK/gpu-tests.log" "$WORK/status.txt" "$OUT/" 2>/dev/null
 rm -f "$WORK"/bench/*.png  # the charts are drawn again from the JSON on the development machine
 tar -czf "$OUT/results.tar.gz" -C "$WORK" .

@@ -1,6 +1,16 @@
 """Training throughput of GPT-2 124M on this machine: 1 GPU, then N GPUs through DDP, and the scaling.
 
     python scripts/train_throughput.py --data data-cache/shakespeare --gpus 2 [--steps 30] [--batch-size 64]
+    python scripts/train_throughput.py --data ... --gpus 1 --profile 3 \
+        --try "--loss-impl chunked" --try "--loss-impl chunked --batch-size 128"
+
+Each `--try FLAGS` is one more single-GPU run with those trainer flags added to the first run's (a flag
+given again wins), e.g. another --loss-impl, --compile-mode or --batch-size: what each change buys is
+its tokens/s against the first run's, measured one after the other on the same GPU; its losses beside
+the first run's show that the numerics did not move (beyond bf16's noise). `--profile N` has the first
+run profile N steps (torch_impl/profiling.py: its profile.json and profile.txt are copied beside
+--json); they come before --skip, so the medians leave them out. The JSON is rewritten after every run,
+so a run that fails or a time limit keeps what was measured before it.
 
 Each run is `python -m torch_impl.train` (torchrun for N > 1) from scratch at T=1024, bf16,
 torch.compile, 524,288 tokens per step, no checkpoints. Tokens/s and MFU are the medians over
@@ -12,6 +22,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -26,12 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from weights.provenance import provenance  # noqa: E402
 
 
-def run(gpus: int, args, out_dir: Path) -> dict:
+def run(gpus: int, args, out_dir: Path, extra: list[str] = ()) -> dict:
     flags = [
         "--data", args.data, "--model", "124m", "--batch-size", str(args.batch_size), "--seq-len", "1024",
         "--total-batch-tokens", "524288", "--max-steps", str(args.steps), "--warmup-steps", "10",
         "--eval-every", "0", "--no-save", "--no-progress", "--no-plot", "--log-every", "5", "--compile",
-        "--out-dir", str(out_dir),
+        "--out-dir", str(out_dir), *extra,
     ]  # fmt: skip
     env = {**os.environ, "NCCL_NVLS_ENABLE": "0", "PYTHONUNBUFFERED": "1"}
     if gpus == 1:
@@ -51,7 +63,8 @@ def run(gpus: int, args, out_dir: Path) -> dict:
     losses = [r for r in rows if "loss" in r]
     return {
         "gpus": gpus,
-        "micro_batch": args.batch_size,
+        "extra_flags": list(extra),
+        "micro_batch": _last_value(extra, "--batch-size", args.batch_size),
         "tokens_per_s": statistics.median(r["tokens_per_s"] for r in steps),
         "ms_per_step": statistics.median(r["dt_ms"] for r in steps),
         "mfu": statistics.median(mfus) if mfus else None,
@@ -62,9 +75,26 @@ def run(gpus: int, args, out_dir: Path) -> dict:
     }
 
 
+def _last_value(flags, name: str, default):
+    """The value of the last `name VALUE` in flags (the trainer's parser keeps the last), else default."""
+    value = default
+    for i, f in enumerate(flags[:-1]):
+        if f == name:
+            value = type(default)(flags[i + 1])
+    return value
+
+
+def loss_difference(a: dict, b: dict) -> float | None:
+    """max |loss_a - loss_b| over the steps both runs logged (None if they share none)."""
+    la = {r["step"]: r["loss"] for r in a["per_step"]}
+    common = [(la[r["step"]], r["loss"]) for r in b["per_step"] if r["step"] in la]
+    return max(abs(x - y) for x, y in common) if common else None
+
+
 def write_json(path: Path, args, results: list[dict]) -> None:
     """The results file: the provenance record (commit, versions, GPUs, date), the settings, every run."""
-    settings = {k: v for k, v in vars(args).items() if k not in ("json", "out")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("json", "out", "tries")}
+    settings["tries"] = [" ".join(t) for t in args.tries]
     settings.update(seq_len=1024, total_batch_tokens=524288, warmup_steps=10, dtype="bf16 autocast", compile=True)
     doc = {
         "what": "GPT-2 124M training throughput: torch_impl.train from scratch, 1 GPU then N GPUs (DDP)",
@@ -85,6 +115,11 @@ def check_args(args) -> None:
             raise UsageError(f"{flag} {value}: must be >= {lowest}")
     if args.skip >= args.steps:
         raise UsageError(f"--skip {args.skip} leaves none of --steps {args.steps} to measure")
+    if args.profile < 0 or (args.profile and args.profile + 2 > args.skip):
+        raise UsageError(
+            f"--profile {args.profile}: the profiled steps (2..{args.profile + 1}) must end before --skip {args.skip}, "
+            "so that the medians leave them out"
+        )
     if 524288 % (args.batch_size * 1024 * args.gpus):
         raise UsageError(f"--batch-size {args.batch_size} x 1024 x --gpus {args.gpus} does not divide 524,288 tokens")
     from torch_impl.data import shard_paths
@@ -116,17 +151,33 @@ def _main(argv: list[str]) -> int:
     ap.add_argument("--batch-size", type=int, default=64, help="micro-batch per GPU")
     ap.add_argument("--out", default="runs/throughput", help="folder for the runs' logs")
     ap.add_argument("--json", default="throughput.json")
+    ap.add_argument("--profile", type=int, default=0, help="profile this many steps of the first run (0: off)")
+    ap.add_argument("--try", dest="tries", action="append", default=[], metavar="FLAGS",
+                    help="one more single-GPU run with these trainer flags added (repeatable)")  # fmt: skip
     args = ap.parse_args(argv)
+    args.tries = [shlex.split(t) for t in args.tries]
     check_args(args)
-    results = [run(1, args, Path(args.out) / "gpu1")]
+    out, json_path = Path(args.out), Path(args.json)
+    results = [run(1, args, out / "gpu1", ["--profile-steps", str(args.profile)] if args.profile else [])]
+    write_json(json_path, args, results)
+    if args.profile:
+        for name in ("profile.json", "profile.txt"):
+            shutil.copyfile(out / "gpu1" / name, json_path.with_name(f"{json_path.stem}-{name}"))
+    for i, flags in enumerate(args.tries):
+        results.append(run(1, args, out / f"try{i + 1}", flags))
+        results[-1]["vs_first_run"] = results[-1]["tokens_per_s"] / results[0]["tokens_per_s"]
+        results[-1]["loss_max_abs_difference_vs_first_run"] = loss_difference(results[0], results[-1])
+        write_json(json_path, args, results)
     if args.gpus > 1:
-        results.append(run(args.gpus, args, Path(args.out) / f"gpu{args.gpus}"))
+        results.append(run(args.gpus, args, out / f"gpu{args.gpus}"))
         results[-1]["scaling"] = results[-1]["tokens_per_s"] / results[0]["tokens_per_s"]
+        write_json(json_path, args, results)
     for r in results:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] else "n/a"
         scaling = f"  scaling {r['scaling']:.2f}x" if "scaling" in r else ""
-        print(f"{r['gpus']} GPU(s): {r['tokens_per_s']:,.0f} tokens/s  MFU {mfu}{scaling}")
-    write_json(Path(args.json), args, results)
+        vs = f"  {r['vs_first_run']:.3f}x the first run" if "vs_first_run" in r else ""
+        flags = f"  [{' '.join(r['extra_flags'])}]" if r["extra_flags"] else ""
+        print(f"{r['gpus']} GPU(s): {r['tokens_per_s']:,.0f} tokens/s  MFU {mfu}{scaling}{vs}{flags}")
     return 0
 
 

@@ -45,6 +45,11 @@ GPU-friendly shape. The pad rows start at zero, are never looked up (ids are che
 < vocab_size), and their logits are cut off before anything sees them, so they are never scored
 or sampled and get exactly zero gradient.
 
+The loss. `model(idx, targets)` computes the (B, T, V) logits and F.cross_entropy over them in float32
+(loss_impl "full", the default), or, with `set_loss_impl("chunked")`, the head and the cross-entropy
+together over chunks of rows without ever holding all the logits (torch_impl/chunked_loss.py; for
+training at large B*T: the same loss and gradients to rounding).
+
 No dropout: GPT-2's 0.1 dropout is a training choice that conformance runs switch off anyway;
 leaving it out keeps every forward pass deterministic.
 """
@@ -59,10 +64,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from torch_impl.chunked_loss import DEFAULT_CHUNK_ROWS, chunked_linear_cross_entropy
 from weights import GPT2Config, param_shapes, tensor_kind, validate_params
 from weights.layout import RESIDUAL_PROJECTIONS
 
 ATTENTION_KINDS = ("math", "sdpa")
+LOSS_IMPLS = ("full", "chunked")
 
 # The four nn.Linear layers of a block; their canonical (Conv1D) weights are stored (in, out).
 LINEAR_LAYERS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
@@ -398,7 +405,13 @@ class GPT2(nn.Module):
     """GPT-2, or one of its variants (weights/config.py). See the module docstring for the math and the
     weight layout."""
 
-    def __init__(self, config: GPT2Config, attention: str = "sdpa", padded_vocab_size: int | None = None):
+    def __init__(
+        self,
+        config: GPT2Config,
+        attention: str = "sdpa",
+        padded_vocab_size: int | None = None,
+        loss_impl: str = "full",
+    ):
         super().__init__()
         if not isinstance(config, GPT2Config):
             raise ValueError(f"config must be a weights.GPT2Config, got {type(config).__name__}")
@@ -419,6 +432,7 @@ class GPT2(nn.Module):
         if not tied:
             self.lm_head = nn.Linear(C, Vp, bias=False)  # weight (Vp, C): the canonical (V, C) plus pad rows
         self.set_attention(attention)
+        self.set_loss_impl(loss_impl)
         if self.wte.weight.device.type != "meta":  # built on "meta": shapes only, call reset_parameters later
             self.reset_parameters()
 
@@ -439,6 +453,16 @@ class GPT2(nn.Module):
         self._attention = attention
         for block in self.h:
             block.attn.attention = attention
+
+    def set_loss_impl(self, loss_impl: str, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
+        """How forward(idx, targets) computes the loss: "full" (the (B, T, V) logits, then F.cross_entropy;
+        the logits are returned) or "chunked" (the head and the cross-entropy in row chunks of
+        `chunk_rows`, torch_impl/chunked_loss.py: the logits are never all held, None is returned for them)."""
+        if loss_impl not in LOSS_IMPLS:
+            raise ValueError(f"loss_impl must be one of {LOSS_IMPLS}, got {loss_impl!r}")
+        if not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be an int >= 1, got {chunk_rows!r}")
+        self.loss_impl, self.loss_chunk_rows = loss_impl, chunk_rows
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -478,6 +502,16 @@ class GPT2(nn.Module):
         With `last_only`, only the last position goes through ln_f and the head: (B, 1, V),
         all that generation needs (the head is the widest matmul of a small GPT-2).
         """
+        x = self.final_hidden(idx, cache, acts, last_only)  # (B, T, C)
+        # The head (wte when tied, lm_head when not) over all Vp rows (the padded shape is the fast one);
+        # pad columns are cut off here, so they are never scored, never sampled, and send no gradient
+        # back to the pad rows.
+        logits = F.linear(x, self.head_weight)[..., : self.config.vocab_size]  # (B, T, V)
+        _record(acts, "logits", logits)
+        return logits
+
+    def final_hidden(self, idx: torch.Tensor, cache: KVCache | None = None, acts=None, last_only=False) -> torch.Tensor:
+        """ln_f's output (B, T, C) for idx (B, T) (B, 1, C with `last_only`): everything before the head."""
         start = 0 if cache is None else cache.length
         check_idx(idx, self.config, start, device=self.wte.weight.device)
         T = idx.size(1)
@@ -497,18 +531,21 @@ class GPT2(nn.Module):
             x = x[:, -1:, :]  # (B, 1, C): ln_f and the head act on each position separately
         x = self.ln_f(x)
         _record(acts, "ln_f", x)
-        # The head (wte when tied, lm_head when not) over all Vp rows (the padded shape is the fast one);
-        # pad columns are cut off here, so they are never scored, never sampled, and send no gradient
-        # back to the pad rows.
-        logits = F.linear(x, self.head_weight)[..., : self.config.vocab_size]  # (B, T, V)
-        _record(acts, "logits", logits)
-        return logits
+        return x
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        """idx (B, T) -> (logits (B, T, V), loss or None).
+        """idx (B, T) -> (logits (B, T, V), loss or None); with targets and loss_impl "chunked",
+        (None, loss): the logits are never all held (set_loss_impl).
 
         loss = mean cross-entropy over positions whose target is not -1 (computed in float32 at least).
         """
+        if targets is not None and self.loss_impl == "chunked":
+            check_targets(targets, idx, self.config)
+            h = self.final_hidden(idx)  # (B, T, C)
+            loss = chunked_linear_cross_entropy(
+                h, self.head_weight, targets, self.config.vocab_size, self.loss_chunk_rows
+            )
+            return None, loss
         logits = self.forward_step(idx)
         if targets is None:
             return logits, None

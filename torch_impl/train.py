@@ -65,6 +65,7 @@ from torch_impl.checkpoint import checkpoint_dir, latest_checkpoint, load_checkp
 from torch_impl.data import DataError, ShardLoader, shard_paths
 from torch_impl.lr_schedule import lr_at
 from torch_impl.optim import adamw_groups
+from torch_impl.profiling import StepProfiler
 from torch_impl.sharding import (
     SHARD_MODES,
     gather_full_state,
@@ -134,6 +135,12 @@ class TrainConfig:
     untied_head: bool = _opt(False, "give the model an output head of its own (lm_head.weight) instead of wte")
     padded_vocab: int = _opt(50304, "embedding/head rows, padded for fast matmuls; pad ids never scored or sampled")
     attention: str = _opt("sdpa", "attention kernel (sdpa: flash on CUDA)", ("sdpa", "math"))
+    loss_impl: str = _opt(
+        "full",
+        "the head + cross-entropy: full (all B*T x V logits) or chunked (in row chunks, never all the logits)",
+        ("full", "chunked"),
+    )
+    loss_chunk_rows: int = _opt(8192, "rows (of B*T) per chunk of --loss-impl chunked")
     # batch and optimizer
     batch_size: int = _opt(8, "micro-batch size B per rank")
     seq_len: int = _opt(1024, "sequence length T")
@@ -165,6 +172,9 @@ class TrainConfig:
     tf32: bool = _opt(True, "allow TF32 matmuls for float32 work on CUDA")
     seed: int = _opt(1337, "seed of the initialisation (same on every rank)")
     peak_flops: float = _opt(0.0, "device peak FLOP/s for MFU (0: look the device up)")
+    profile_steps: int = _opt(
+        0, "torch.profiler over this many steps from the third on: out_dir/profile.txt and profile.json (0: off)"
+    )
     # evaluation, samples, logging, checkpoints
     eval_every: int = _opt(250, "validation loss every N steps and at the end (0: never)")
     eval_batches: int = _opt(20, "validation batches per rank per evaluation")
@@ -209,6 +219,8 @@ def _ranges(c: TrainConfig) -> list[tuple[str, bool, str]]:
         ("mlp_hidden", c.mlp_hidden >= 0, ">= 0 (0 keeps the preset)"),
         ("padded_vocab", c.padded_vocab >= 1, ">= 1"),
         ("batch_size", c.batch_size >= 1, ">= 1"),
+        ("loss_chunk_rows", c.loss_chunk_rows >= 1, ">= 1"),
+        ("profile_steps", c.profile_steps >= 0, ">= 0 (0: off)"),
         ("seq_len", c.seq_len >= 1, ">= 1"),
         ("data_seed", c.data_seed >= 0, ">= 0"),
         ("total_batch_tokens", c.total_batch_tokens >= 0, ">= 0 (0: B*T*world)"),
@@ -327,11 +339,14 @@ def build_model(cfg: TrainConfig, device: torch.device, params: dict | None, con
 
     padded = max(cfg.padded_vocab, config.vocab_size)
     if params is not None:
-        return GPT2.from_params(
+        model = GPT2.from_params(
             params, config, device=device, dtype=torch.float32, attention=cfg.attention, padded_vocab_size=padded
         )
-    torch.manual_seed(cfg.seed)
-    return GPT2(config, attention=cfg.attention, padded_vocab_size=padded).to(device)
+    else:
+        torch.manual_seed(cfg.seed)
+        model = GPT2(config, attention=cfg.attention, padded_vocab_size=padded).to(device)
+    model.set_loss_impl(cfg.loss_impl, cfg.loss_chunk_rows)
+    return model
 
 
 def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
@@ -537,6 +552,8 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
     if state is not None:  # the checkpoint's state is whole (gathered); each rank keeps its share
         start_step = restore_train_state(cfg, d.device, raw_model, optimizer, train_loader, state, resume_from)
 
+    end_step = min(cfg.max_steps, cfg.stop_step) if cfg.stop_step else cfg.max_steps
+    check_profile_steps(cfg, start_step, end_step)
     fpt = flops_per_token(config, cfg.seq_len)
     peak = cfg.peak_flops or device_peak_flops(d.device, amp_dtype)
     log = RunLog(out_dir, start_step, cfg.max_steps, d.master, cfg.progress)
@@ -550,14 +567,16 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
         log_start(run, resume_from)
 
     # --- the loop: steps start_step .. end_step - 1 (--stop-step ends it early, the schedule unchanged)
-    end_step = min(cfg.max_steps, cfg.stop_step) if cfg.stop_step else cfg.max_steps
+    profiler = StepProfiler(out_dir, start_step, cfg.profile_steps, d.device, d.master)
     try:
         for step in range(start_step, end_step):
             if val_loader is not None and step % cfg.eval_every == 0:
                 validate(run, step)
             if cfg.sample_every and step % cfg.sample_every == 0 and step > start_step:
                 sample(run, step)
+            profiler.before(step)
             stats = train_step(run, step)
+            profiler.after(step)
             log_step(run, step, stats)
             done = step + 1
             if cfg.save and ((cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == end_step):
@@ -574,6 +593,16 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
 
 
 # ----------------------------------------------------------------------------- setting up a run
+def check_profile_steps(cfg: TrainConfig, start_step: int, end_step: int) -> None:
+    """Refuse --profile-steps N when this invocation ends before the N steps from its third step on."""
+    first = start_step + 2
+    if cfg.profile_steps and first + cfg.profile_steps > end_step:
+        raise UsageError(
+            f"--profile-steps {cfg.profile_steps}: this run does steps {start_step}..{end_step - 1}, and profiling "
+            f"covers steps {first}..{first + cfg.profile_steps - 1}; raise --max-steps or lower --profile-steps"
+        )
+
+
 def check_launch(cfg: TrainConfig, d: Dist) -> None:
     """Refuse a run that cannot start: no --data, or a --shard mode outside a torchrun job."""
     if not cfg.data:

@@ -51,8 +51,29 @@ def test_docs_table_is_the_generated_one():
         (["-m", "conformance.compare"], ["--top", "0"], "--top 0"),
         (["-m", "torch_impl.data"], ["missing.txt", "--out", "OUT"], "missing.txt"),
         (["scripts/train_throughput.py"], ["--data", "DATA", "--steps", "3", "--skip", "3"], "--skip 3"),
+        (["scripts/train_throughput.py"], ["--data", "DATA", "--profile", "7"], "--profile 7"),
+        (
+            ["-m", "torch_impl.train"],
+            [
+                "--data",
+                "DATA",
+                "--out-dir",
+                "OUT",
+                "--max-steps",
+                "3",
+                "--profile-steps",
+                "2",
+                "--model",
+                "tiny",
+                "--seq-len",
+                "8",
+                "--device",
+                "cpu",
+            ],
+            "--profile-steps 2",
+        ),  # fmt: skip
     ],
-    ids=["compare", "data", "train_throughput"],
+    ids=["compare", "data", "train_throughput", "train_throughput_profile", "train_profile_steps"],
 )
 def test_commands_as_processes_print_one_line_and_exit_2(tmp_path, module, args, names):
     """The same errors through `python -m` / the script path: the __main__ wiring passes the status on."""

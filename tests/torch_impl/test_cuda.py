@@ -137,3 +137,33 @@ def test_124m_shape_step_on_cuda_in_bf16():
     with torch.no_grad(), contract.tf32_disabled():
         _, loss32 = model(idx, targets)
     assert loss.item() == pytest.approx(loss32.item(), rel=0.01)
+
+
+def _loss_grads(model, idx, targets, autocast: bool, run=None):
+    """(loss, {canonical name: gradient}) of one forward/backward; `run` (e.g. torch.compile(model)) does
+    the forward when given (its parameters are model's, under a prefix)."""
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        _, loss = (run or model)(idx, targets)
+    loss.backward()
+    return float(loss.detach()), {n: p.grad.detach().double().cpu() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bf16-autocast"])
+def test_compiled_chunked_loss_on_cuda_within_the_suite_ceilings(cfg, params, params64, ids, autocast):
+    """torch.compile of --loss-impl chunked (torch_impl/chunked_loss.py, a custom autograd Function with
+    a loop over row chunks) against the float64 CPU model, by the suite's ceilings (FP32 or BF16 of
+    conformance/tolerances.py: loss, and each gradient's max error relative to its largest entry)."""
+    from conformance.tolerances import BF16, FP32
+
+    ceilings = BF16 if autocast else FP32
+    idx, targets = ids(B=4, T=cfg.n_ctx, seed=33)
+    ref = GPT2.from_params(params64, cfg, dtype=torch.float64)
+    ref_loss, ref_grads = _loss_grads(ref, torch.from_numpy(idx), torch.from_numpy(targets), autocast=False)
+    model = GPT2.from_params(params, cfg, device="cuda")
+    model.set_loss_impl("chunked", chunk_rows=24)
+    idx, targets = torch.from_numpy(idx).cuda(), torch.from_numpy(targets).cuda()
+    loss, grads = _loss_grads(model, idx, targets, autocast, run=torch.compile(model))
+    assert abs(loss - ref_loss) / abs(ref_loss) <= ceilings["loss"]
+    for name, g in ref_grads.items():
+        assert float((grads[name] - g).abs().max() / g.abs().max()) <= ceilings["grad_max"], name

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import os
 import socket
@@ -98,6 +99,42 @@ def test_grad_accumulation_matches_one_big_batch(random_shards, tmp_path, tiny_c
     acc = train(tiny_config(random_shards, tmp_path / "acc", batch_size=2, total_batch_tokens=8 * 16, max_steps=4))
     assert big["grad_accum"] == 1 and acc["grad_accum"] == 4
     _assert_same_trajectory(big, acc)
+
+
+def test_chunked_loss_trains_the_same_trajectory(random_shards, tmp_path, tiny_config):
+    """--loss-impl chunked (the head and cross-entropy in row chunks, torch_impl/chunked_loss.py) makes the
+    same updates as the plain path: only dW's summation order differs (chunks of 24 of the 128 rows)."""
+    full = train(tiny_config(random_shards, tmp_path / "full", batch_size=8, max_steps=4))
+    chunked = train(
+        tiny_config(random_shards, tmp_path / "chunked", batch_size=8, max_steps=4, loss_impl="chunked",
+                    loss_chunk_rows=24)
+    )  # fmt: skip
+    _assert_same_trajectory(full, chunked)
+
+
+def test_profile_steps_write_where_the_time_goes(random_shards, tmp_path, tiny_config):
+    """--profile-steps 2 profiles steps 2 and 3 (torch_impl/profiling.py): the table and the JSON, whose
+    operators are the step's own (the matmuls among them) with shares of the host time that sum to <= 1."""
+    out = tmp_path / "prof"
+    train(tiny_config(random_shards, out, max_steps=5, profile_steps=2))
+    doc = json.loads((out / "profile.json").read_text())
+    assert doc["steps"] == [2, 3] and doc["provenance"]["git"]
+    assert doc["kernels"]["device_us_per_step"] is None  # no GPU: no device events
+    names = [r["name"] for r in doc["operators"]["top"]]
+    assert any(n in ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear") for n in names), names
+    shares = [r["share"] for r in doc["operators"]["top"]]
+    assert all(s >= 0 for s in shares) and sum(shares) <= 1 + 1e-9
+    assert doc["operators"]["self_cpu_us_per_step"] > 0
+    assert "steps 2..3" in (out / "profile.txt").read_text()
+
+
+def test_profile_steps_past_the_end_are_refused_before_training(random_shards, tmp_path, tiny_config):
+    out = tmp_path / "prof"
+    with pytest.raises(
+        ValueError, match=r"--profile-steps 4: this run does steps 0..4, and profiling covers steps 2..5"
+    ):
+        train(tiny_config(random_shards, out, max_steps=5, profile_steps=4))
+    assert not out.exists()  # refused before anything was written
 
 
 # ----------------------------------------------------------------------------- checkpoints and resume
@@ -357,6 +394,8 @@ def test_help_lists_every_setting(capsys):
         ({"total_batch_tokens": 100}, "not a multiple of B\\*T\\*world"),
         ({"data": ""}, "--data is required"),
         ({"dtype": "fp16"}, "--dtype must be"),
+        ({"loss_impl": "fused"}, "--loss-impl must be"),
+        ({"loss_chunk_rows": 0}, "--loss-chunk-rows 0: must be >= 1"),
     ],
 )
 def test_bad_settings_are_named(random_shards, tmp_path, tiny_config, overrides, message):

@@ -129,7 +129,9 @@ def test_the_training_throughput_json_records_the_commit(tmp_path):
     spec = importlib.util.spec_from_file_location("train_throughput", PROJECT_ROOT / "scripts" / "train_throughput.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    args = argparse.Namespace(data="d", gpus=1, steps=30, skip=8, batch_size=64, out="o", json="t.json")
+    args = argparse.Namespace(
+        data="d", gpus=1, steps=30, skip=8, batch_size=64, out="o", json="t.json", profile=0, tries=[]
+    )
     out = tmp_path / "throughput.json"
     mod.write_json(out, args, [{"gpus": 1, "tokens_per_s": 1.0}])
     doc = json.loads(out.read_text())
