@@ -562,6 +562,30 @@ MUTANTS: list[Mutant] = [
         (CONF_HF_ADAMW,),
         "the torch backends' AdamW uses epsilon 1e-6 instead of 1e-8",
     ),
+    Mutant(
+        "chunked-loss-scores-pad-columns",
+        "torch_impl/chunked_loss.py",
+        '            z[:, vocab_size:] = float("-inf")\n',
+        "",
+        ("tests/torch_impl/test_chunked_loss.py::test_the_function_alone_matches_cross_entropy_of_the_logits",),
+        "the chunked cross-entropy leaves the pad columns in the softmax (they are scored and get gradient)",
+    ),
+    Mutant(
+        "chunked-loss-ignored-rows-get-gradient",
+        "torch_impl/chunked_loss.py",
+        "            dz *= (ok.to(acc) / n_valid)[:, None]  # ignored rows: no gradient",
+        "            dz /= n_valid",
+        ("tests/torch_impl/test_chunked_loss.py::test_every_target_ignored_in_a_chunk_and_a_mean_over_the_valid_rows",),
+        "the chunked cross-entropy sends gradient from positions whose target is -1 (ignored)",
+    ),
+    Mutant(
+        "trainer-ignores-loss-impl",
+        "torch_impl/train.py",
+        "    model.set_loss_impl(cfg.loss_impl, cfg.loss_chunk_rows)\n",
+        "",
+        ("tests/training/test_trainer.py::test_chunked_loss_trains_the_same_trajectory",),
+        "--loss-impl chunked is accepted but the trainer keeps the plain loss",
+    ),
 ]
 
 
