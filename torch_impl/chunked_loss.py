@@ -26,6 +26,7 @@ forward, dh, dW), the softmax in float32; dz is cast to the matmul dtype for the
 matmuls as autocast does in the plain path's backward. Only the order of summation in dW (chunk by
 chunk, in float32) differs, so the two paths agree to rounding (tests/torch_impl/test_chunked_loss.py).
 
+Under torch.no_grad (evaluation) only the loss is computed: one matmul per chunk, no dz, dh, dW.
 The gradient is computed in the forward, so the loss may be differentiated once (as a training step
 does): the backward of a second .backward() on the same graph would reuse the same dh, dW, which is
 right, but a double backward (gradients of gradients) is not supported.
@@ -42,15 +43,16 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
     """mean cross-entropy of h W^T against targets (see the module docstring), gradients computed in the forward."""
 
     @staticmethod
-    def forward(ctx, h, W, targets, vocab_size: int, chunk_rows: int):
-        # h (N, C), W (Vp, C) in the matmul dtype; targets (N,) int64 with -1 = ignored
+    def forward(ctx, h, W, targets, vocab_size: int, chunk_rows: int, need_grad: bool):
+        # h (N, C), W (Vp, C) in the matmul dtype; targets (N,) int64 with -1 = ignored; need_grad False
+        # (evaluation under torch.no_grad): the loss alone, one matmul per chunk instead of three
         N = h.shape[0]
         acc = torch.promote_types(h.dtype, torch.float32)  # the softmax and the sums: float32 at least
         valid = targets != -1  # (N,)
         n_valid = valid.sum().clamp(min=1).to(acc)
         loss_sum = torch.zeros((), dtype=acc, device=h.device)
-        dh = torch.empty_like(h)  # (N, C)
-        dW = torch.zeros(W.shape, dtype=acc, device=W.device)  # (Vp, C)
+        dh = torch.empty_like(h) if need_grad else None  # (N, C)
+        dW = torch.zeros(W.shape, dtype=acc, device=W.device) if need_grad else None  # (Vp, C)
         for r0 in range(0, N, chunk_rows):
             h_r, t_r, ok = h[r0 : r0 + chunk_rows], targets[r0 : r0 + chunk_rows], valid[r0 : r0 + chunk_rows]
             z = (h_r @ W.t()).to(acc)  # (R, Vp)
@@ -59,19 +61,22 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             safe_t = torch.where(ok, t_r, 0)  # a gather index for every row; ignored rows drop out below
             z_target = z.gather(1, safe_t[:, None])[:, 0]  # (R,)
             loss_sum += torch.where(ok, lse - z_target, 0.0).sum()
+            if not need_grad:
+                continue
             dz = torch.exp(z - lse[:, None])  # softmax (R, Vp); exactly 0 on the pad columns
             dz.scatter_add_(1, safe_t[:, None], torch.full_like(lse[:, None], -1.0))  # - onehot(target)
             dz *= (ok.to(acc) / n_valid)[:, None]  # ignored rows: no gradient
             dz = dz.to(h.dtype)
             dh[r0 : r0 + chunk_rows] = dz @ W  # (R, C)
             dW += (dz.t() @ h_r).to(acc)  # (Vp, C)
-        ctx.save_for_backward(dh, dW.to(W.dtype))
+        if need_grad:
+            ctx.save_for_backward(dh, dW.to(W.dtype))
         return loss_sum / n_valid
 
     @staticmethod
     def backward(ctx, grad_loss):
         dh, dW = ctx.saved_tensors
-        return dh * grad_loss.to(dh.dtype), dW * grad_loss.to(dW.dtype), None, None, None
+        return dh * grad_loss.to(dh.dtype), dW * grad_loss.to(dW.dtype), None, None, None, None
 
 
 def chunked_linear_cross_entropy(
@@ -93,5 +98,6 @@ def chunked_linear_cross_entropy(
         h, W = h.to(dtype), W.to(dtype)
     elif h.dtype != W.dtype:
         raise ValueError(f"h is {h.dtype} but W is {W.dtype}: the head's matmul needs one dtype")
+    need_grad = torch.is_grad_enabled() and (h.requires_grad or W.requires_grad)
     with torch.autocast(device_type, enabled=False):
-        return ChunkedLinearCrossEntropy.apply(h, W, targets, vocab_size, chunk_rows)
+        return ChunkedLinearCrossEntropy.apply(h, W, targets, vocab_size, chunk_rows, need_grad)

@@ -113,3 +113,15 @@ def test_bad_settings_are_refused():
         model.set_loss_impl("chunked", 0)
     with pytest.raises(ValueError, match="h is torch.float32 but W is torch.float64"):
         chunked_linear_cross_entropy(torch.zeros(2, 4), torch.zeros(3, 4, dtype=torch.float64), torch.zeros(2), 3)
+
+
+def test_under_no_grad_the_loss_alone_is_the_same():
+    """Evaluation (torch.no_grad): the chunked path computes the loss without the gradient matmuls; same value."""
+    model = _model(CFG, torch.float64)
+    idx, targets = _batch()
+    model.set_loss_impl("chunked", 7)
+    with torch.no_grad():
+        _, loss_eval = model(idx, targets)
+    _, loss_train = model(idx, targets)
+    assert not loss_eval.requires_grad and loss_train.requires_grad
+    assert float(abs(loss_eval - loss_train.detach())) <= 1e-12 * float(loss_eval)
