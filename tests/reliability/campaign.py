@@ -57,6 +57,7 @@ COMMANDS = {
     "plot": ("python -m torch_impl.plot", "torch_impl.plot:main"),
     "kit": ("python -m conformance", "conformance.__main__:main"),
     "hellaswag": ("python -m torch_impl.eval_hellaswag", "torch_impl.eval_hellaswag:main"),
+    "memory": ("python scripts/memory_per_size.py", "scripts/memory_per_size.py"),
 }
 
 
@@ -506,6 +507,24 @@ CASES: list[Case] = [
         names="--dtype",
     ),
     Case(
+        "--loss-impl fused (not a choice)",
+        "train",
+        lambda ws: train_args(ws, shards(ws, 64), "--loss-impl", "fused"),
+        names="--loss-impl",
+    ),
+    Case(
+        "--loss-chunk-rows 0",
+        "train",
+        lambda ws: train_args(ws, shards(ws, 64), "--loss-impl", "chunked", "--loss-chunk-rows", "0"),
+        names="--loss-chunk-rows 0",
+    ),
+    Case(
+        "--profile-steps past the run's last step",
+        "train",
+        lambda ws: train_args(ws, shards(ws, 64), "--max-steps", "4", "--profile-steps", "3"),
+        names="--profile-steps 3",
+    ),
+    Case(
         "--seq-len beyond n_ctx",
         "train",
         lambda ws: train_args(ws, shards(ws, 64), "--seq-len", "17"),
@@ -857,9 +876,26 @@ CASES: list[Case] = [
     ),
     Case("--data folder without shards", "throughput", lambda ws: ["--data", str(ws / "none")], names="none"),
     Case(
+        "--profile reaching into the measured steps",
+        "throughput",
+        lambda ws: ["--data", str(shards(ws, 64)), "--profile", "7"],
+        names="--profile 7",
+    ),
+    Case(
         "no CUDA on this machine",
         "throughput",
         lambda ws: ["--data", str(shards(ws, 64))],
+        names="CUDA",
+        needs=_no_cuda,
+    ),
+    # --- memory per size
+    Case("unknown --sizes name", "memory", lambda ws: ["--sizes", "gpt2,gpt2-huge"], names="gpt2-huge"),
+    Case("unknown --backends name", "memory", lambda ws: ["--backends", "jax-f32"], names="jax-f32"),
+    Case("--seq beyond n_ctx", "memory", lambda ws: ["--backends", "numpy-f32", "--seq", "2048"], names="--seq 2048"),
+    Case(
+        "GPU backends on a machine without CUDA",
+        "memory",
+        lambda ws: ["--backends", "torch-cuda-f32"],
         names="CUDA",
         needs=_no_cuda,
     ),
@@ -892,7 +928,7 @@ class Outcome:
 def _entry(command: str) -> Callable[[list[str]], int]:
     target = COMMANDS[command][1]
     if target.endswith(".py"):
-        spec = importlib.util.spec_from_file_location("train_throughput", REPO / target)
+        spec = importlib.util.spec_from_file_location(Path(target).stem, REPO / target)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module.main
