@@ -7,7 +7,8 @@
 Each `--try FLAGS` is one more single-GPU run with those trainer flags added to the first run's (a flag
 given again wins), e.g. another --loss-impl, --compile-mode or --batch-size: what each change buys is
 its tokens/s against the first run's, measured one after the other on the same GPU; its losses beside
-the first run's show that the numerics did not move (beyond bf16's noise). `--profile N` has the first
+the first run's show that the numerics did not move (beyond bf16's noise). A try that fails is
+recorded with its error and the others still run; the exit status is then 1. `--profile N` has the first
 run profile N steps (torch_impl/profiling.py: its profile.json and profile.txt are copied beside
 --json); they come before --skip, so the medians leave them out. The JSON is rewritten after every run,
 so a run that fails or a time limit keeps what was measured before it.
@@ -163,8 +164,15 @@ def _main(argv: list[str]) -> int:
     if args.profile:
         for name in ("profile.json", "profile.txt"):
             shutil.copyfile(out / "gpu1" / name, json_path.with_name(f"{json_path.stem}-{name}"))
+    failed = 0
     for i, flags in enumerate(args.tries):
-        results.append(run(1, args, out / f"try{i + 1}", flags))
+        try:
+            results.append(run(1, args, out / f"try{i + 1}", flags))
+        except UserError as e:  # a try that fails (out of memory, a compile mode that breaks) is a result too
+            failed += 1
+            results.append({"gpus": 1, "extra_flags": list(flags), "error": str(e)})
+            write_json(json_path, args, results)
+            continue
         results[-1]["vs_first_run"] = results[-1]["tokens_per_s"] / results[0]["tokens_per_s"]
         results[-1]["loss_max_abs_difference_vs_first_run"] = loss_difference(results[0], results[-1])
         write_json(json_path, args, results)
@@ -173,12 +181,15 @@ def _main(argv: list[str]) -> int:
         results[-1]["scaling"] = results[-1]["tokens_per_s"] / results[0]["tokens_per_s"]
         write_json(json_path, args, results)
     for r in results:
+        if "error" in r:
+            print(f"{r['gpus']} GPU(s): failed  [{' '.join(r['extra_flags'])}]")
+            continue
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] else "n/a"
         scaling = f"  scaling {r['scaling']:.2f}x" if "scaling" in r else ""
         vs = f"  {r['vs_first_run']:.3f}x the first run" if "vs_first_run" in r else ""
         flags = f"  [{' '.join(r['extra_flags'])}]" if r["extra_flags"] else ""
         print(f"{r['gpus']} GPU(s): {r['tokens_per_s']:,.0f} tokens/s  MFU {mfu}{scaling}{vs}{flags}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
