@@ -12,7 +12,8 @@ block) and exits 1 when a kernel breaks a rule:
 
 Which kernels, with which argument types: the ones the model launches at GPT-2 124M (B=4, T=1024),
 and those the variants add at the llama-style 124M (GPT2Config.llama_style_124m(): RoPE, RMSNorm,
-SwiGLU of hidden 2304, 4 kv heads for 12 query heads, no biases; same B, T), found by running the
+SwiGLU of hidden 2304, 4 kv heads for 12 query heads, no biases; same B, T), and those GPT-2 medium,
+large and xl build for their widths and head counts (B=1, T=1024; group `sizes`), found by running the
 launchers themselves (`LAUNCHES` below) with kernel launches recorded instead of run. So a kernel
 that changes its signature, tile or launch configuration is checked as launched, and a new launcher
 only needs a line in `LAUNCHES`. The recorded argument types are those a real launch would type
@@ -136,6 +137,35 @@ def _launch_variants():
     matmul.matmul_forward(f(), f(), f(), None, BT, C, C, residual=f(), residual_out=f())
 
 
+# The released family's other sizes (weights.GPT2Config.preset): (C, NH) of gpt2-medium, -large, -xl.
+FAMILY = ((1024, 16), (1280, 20), (1600, 25))
+
+
+def _launch_sizes():
+    """What GPT-2 medium, large and xl launch that 124M does not (B=1, T=1024): the kernels built per
+    width (LayerNorm's row in registers, the matmuls' tiles chosen per shape, the embedding) and the
+    flash kernels at 16, 20 and 25 heads of 64 (a kernel with 124M's argument types is compiled once)."""
+    from numba_impl.kernels import attention, encoder, layernorm, matmul
+
+    f = _arr
+    i32 = _arr(1, np.int32)
+    bt = T  # B = 1
+    for c, nh in FAMILY:
+        layernorm.layernorm_forward(f(), f(), f(), f(), f(), f(), bt, c, 1e-5)
+        layernorm.layernorm_backward(f(), f(), f(), f(), f(), f(), f(), f(), bt, c)
+        encoder.encoder_backward_chained(f(), f(), f(), i32, i32, i32, 1, T, c)
+        attention.attention_forward_flash(f(), f(), f(), 1, T, c, nh)
+        attention.attention_backward_flash(f(), f(), f(), f(), f(), f(), 1, T, c, nh)
+        for oc, ic in ((3 * c, c), (c, c), (4 * c, c), (c, 4 * c)):
+            matmul.matmul_forward(f(), f(), f(), f(), bt, ic, oc)
+            matmul.matmul_backward(f(), f(), f(), f(), f(), f(), bt, ic, oc)
+        matmul.matmul_forward(f(), f(), f(), f(), bt, c, 4 * c, gelu_out=f())
+        matmul.matmul_forward(f(), f(), f(), f(), bt, 4 * c, c, residual=f(), residual_out=f())
+        matmul.matmul(f(), f(), f(), bt, V, c, "NT")  # logits
+        matmul.matmul(f(), f(), f(), bt, c, V, "NN", k_chunk=1024)  # dlnf
+        matmul.matmul(f(), f(), f(), V, c, bt, "TN", accumulate=True)  # dwte
+
+
 # What the model launches, grouped by file. A launcher that fails here (a changed signature) is
 # reported as a failed row, not skipped.
 LAUNCHES = {
@@ -144,6 +174,7 @@ LAUNCHES = {
     "attention": _launch_attention,
     "memory-bound": _launch_memory_bound,
     "variants": _launch_variants,
+    "sizes": _launch_sizes,
 }
 
 

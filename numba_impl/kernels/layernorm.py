@@ -147,13 +147,15 @@ def _row_vectorized(C: int, *arrays) -> bool:
 
 
 @functools.cache
-def layernorm_warp_kernels(C: int, vec: bool = False, bias: bool = True):
+def layernorm_warp_kernels(C: int, vec: bool = False, bias: bool = True, dbias_shared: bool | None = None):
     """(forward, backward, param_reduce) for rows of C channels, each row held in registers by one warp.
 
     Lane `lane` holds the row's channels `channel(lane, k)`, k < VPL: with vec, runs of 4 (k = 4j + u:
     channel 4 lane + 128 j + u, one 16-byte access per run); without, channel lane + 32 k (numba_impl/rows.py).
     bias=False (config.bias False): no bias in the forward, no dbias in the backward; the kernels take the
-    same arguments (the bias / dbias array is not read), the per-block partials are C floats instead of 2C."""
+    same arguments (the bias / dbias array is not read), the per-block partials are C floats instead of 2C.
+    dbias_shared: where the backward keeps its running dbias sums above 32 values per lane (below: always
+    registers); None = in shared memory where both sums' rows fit the static 48 KiB (the tests force both)."""
     row = warp_row(C, vec)
     VPL, CP = row.VPL, row.CP  # values per lane; C rounded up to whole lanes: the shared rows' length
     channel, load_row, store_row = row.channel, row.load_row, row.store_row
@@ -161,6 +163,17 @@ def layernorm_warp_kernels(C: int, vec: bool = False, bias: bool = True):
     NS = 2 if BIAS else 1  # parameter sums per channel: dweight (and dbias)
     WB = block_size(LN_WARPS_BACKWARD, 1)
     RW = block_size(LN_REDUCE_WARPS, 1)
+    # The backward holds six rows of VPL values per lane (norm, dout, dinp, weight, the two running sums):
+    # 144 registers at C = 768, past ptxas' 255 (spills) from C = 1280 on (GPT-2 large and xl). Above 32
+    # values per lane it keeps three: dinp's row is read only when its new terms are ready (into the norm's
+    # registers, no longer needed), the weights are read from global memory (L1) where they are used, and
+    # the running dweight sums live in the warp's row of the shared reduction buffer (each lane owns its
+    # channels there: no barrier in the loop). The arithmetic and its order, and so every result, are the
+    # same; at C <= 1024 the kernel is the six-row one.
+    LEAN = VPL > 32
+    if dbias_shared is None:
+        dbias_shared = 2 * WB * CP * 4 <= 0xC000  # dbias's sums in shared too, where they fit (not at xl)
+    DB_SHARED = LEAN and BIAS and bool(dbias_shared)
 
     @kernel(lineinfo=True)
     def layernorm_forward_warp_kernel(out, mean, rstd, inp, weight, bias, N, C, eps):
@@ -197,21 +210,30 @@ def layernorm_warp_kernels(C: int, vec: bool = False, bias: bool = True):
     @kernel(lineinfo=True)
     def layernorm_backward_warp_kernel(dinp, partials, dout, inp, weight, mean, rstd, N, C):
         """Blocks of WB warps; warp w of the grid takes rows w, w + (all warps), ... Each lane sums its
-        channels' dbias and dweight terms over those rows in registers; the block's warps then combine
-        theirs in shared memory, and the block writes partials[block] = (dweight sums (C), dbias sums (C))."""
+        channels' dbias and dweight terms over those rows in registers (LEAN: in its warp's row of shared
+        memory, dbias's too where DB_SHARED); the block's warps then combine theirs in shared memory, and
+        the block writes partials[block] = (dweight sums (C), dbias sums (C))."""
         red = cuda.shared.array((WB, CP), float32)
-        xn = cuda.local.array(VPL, float32)  # norm of the row
-        g = cuda.local.array(VPL, float32)  # dout of the row, then the new dinp
-        d = cuda.local.array(VPL, float32)  # dinp of the row (accumulated into)
-        w = cuda.local.array(VPL, float32)
-        dw = cuda.local.array(VPL, float32)  # this lane's running sums over its warp's rows
-        db = cuda.local.array(VPL, float32)
+        red_db = cuda.shared.array((WB, CP) if DB_SHARED else (1, 1), float32)
+        xn = cuda.local.array(VPL, float32)  # norm of the row (LEAN: then dinp's row, accumulated into)
+        g = cuda.local.array(VPL, float32)  # dout of the row (LEAN: then dout * weight, then the new dinp terms)
+        d = cuda.local.array(1 if LEAN else VPL, float32)  # dinp of the row (accumulated into)
+        w = cuda.local.array(1 if LEAN else VPL, float32)
+        dw = cuda.local.array(1 if LEAN else VPL, float32)  # this lane's running sums over its warp's rows
+        db = cuda.local.array(VPL, float32)  # (LEAN: dweight's are red[warp, its channels])
         lane = cuda.threadIdx.x % WARP
         warp = cuda.threadIdx.x // WARP
-        load_row(w, weight, 0, lane, True)
+        if not LEAN:
+            load_row(w, weight, 0, lane, True)
         for k in range(VPL):
-            dw[k] = float32(0.0)
-            db[k] = float32(0.0)
+            if LEAN:
+                red[warp, channel(lane, k)] = float32(0.0)
+            else:
+                dw[k] = float32(0.0)
+            if DB_SHARED:
+                red_db[warp, channel(lane, k)] = float32(0.0)
+            else:
+                db[k] = float32(0.0)
         n_warps = cuda.gridDim.x * WB
         for row in range(cuda.blockIdx.x * WB + warp, N, n_warps):  # the same trip count for the warp's lanes
             base = row * C
@@ -219,31 +241,52 @@ def layernorm_warp_kernels(C: int, vec: bool = False, bias: bool = True):
             r = rstd[row]
             load_row(xn, inp, base, lane, True)
             load_row(g, dout, base, lane, True)
-            load_row(d, dinp, base, lane, True)
+            if not LEAN:
+                load_row(d, dinp, base, lane, True)
             g_sum = float32(0.0)
             gn_sum = float32(0.0)
             for k in range(VPL):
                 xn[k] = (xn[k] - m) * r
-                wg = g[k] * w[k]
+                if LEAN:
+                    c = channel(lane, k)
+                    wk = weight[c] if c < C else float32(0.0)
+                else:
+                    wk = w[k]
+                wg = g[k] * wk
                 g_sum += wg
                 gn_sum += wg * xn[k]
-                if BIAS:
+                if DB_SHARED:
+                    red_db[warp, channel(lane, k)] += g[k]
+                elif BIAS:
                     db[k] += g[k]
-                dw[k] += g[k] * xn[k]
+                if LEAN:
+                    red[warp, channel(lane, k)] += g[k] * xn[k]
+                    g[k] = wg  # the weights are not needed again: dout * weight is what the dinp terms use
+                else:
+                    dw[k] += g[k] * xn[k]
             g_mean = warp_sum(g_sum) / float32(C)
             gn_mean = warp_sum(gn_sum) / float32(C)
-            for k in range(VPL):
-                d[k] += r * (g[k] * w[k] - g_mean - xn[k] * gn_mean)
-            store_row(dinp, base, lane, d)
+            if LEAN:
+                for k in range(VPL):
+                    g[k] = r * (g[k] - g_mean - xn[k] * gn_mean)  # g[k] = dout * weight, the same product
+                load_row(xn, dinp, base, lane, True)
+                for k in range(VPL):
+                    xn[k] += g[k]
+                store_row(dinp, base, lane, xn)
+            else:
+                for k in range(VPL):
+                    d[k] += r * (g[k] * w[k] - g_mean - xn[k] * gn_mean)
+                store_row(dinp, base, lane, d)
         # the block's totals per channel: each warp's lane sums through shared memory, dweight then dbias
         for half in range(NS):
-            for k in range(VPL):
-                red[warp, channel(lane, k)] = dw[k] if half == 0 else db[k]
+            if (half == 1 and not DB_SHARED) or (half == 0 and not LEAN):  # (else the sums are in shared)
+                for k in range(VPL):
+                    red[warp, channel(lane, k)] = dw[k] if half == 0 else db[k]
             cuda.syncthreads()
             for c in range(cuda.threadIdx.x, C, cuda.blockDim.x):
                 total = float32(0.0)
                 for wi in range(WB):
-                    total += red[wi, c]
+                    total += red_db[wi, c] if DB_SHARED and half == 1 else red[wi, c]
                 partials[cuda.blockIdx.x * NS * C + half * C + c] = total
             cuda.syncthreads()
 

@@ -52,16 +52,25 @@ def test_residual_ilp_matches_naive_twin():
 
 
 @pytest.mark.parametrize(
-    "C, vec",
+    "C, vec, dbias_shared",
     [
-        (70, False),  # 3 values per lane, the last lane slice partial
-        (72, True),  # runs of 4: one per lane, 18 lanes of 32 hold one
-        (136, True),  # two runs per lane, the second one on 2 lanes only
+        (70, False, None),  # 3 values per lane, the last lane slice partial
+        (72, True, None),  # runs of 4: one per lane, 18 lanes of 32 hold one
+        (136, True, None),  # two runs per lane, the second one on 2 lanes only
+        # above 32 values per lane (GPT-2 large and xl) the backward keeps fewer rows in registers:
+        (1100, True, True),  # 36 per lane: the parameter sums in shared memory (as at large, C = 1280)
+        (1100, True, False),  # dbias's sums in registers (as at xl, C = 1600, where both rows do not fit)
+        (1061, False, None),  # 34 per lane, scalar accesses, the last lane slice partial
     ],
 )
-def test_layernorm_registers_version_matches_naive_twin(C, vec):
+def test_layernorm_registers_version_matches_naive_twin(C, vec, dbias_shared, monkeypatch):
     N, eps = 13, 1e-5  # 13 rows over the backward's 2 blocks (of one warp in the simulator)
     assert layernorm._row_vectorized(C, dev(np.zeros(4))) == vec
+    if dbias_shared is not None:
+        build = layernorm.layernorm_warp_kernels
+        monkeypatch.setattr(
+            layernorm, "layernorm_warp_kernels", lambda *a, **k: build(*a, **k, dbias_shared=dbias_shared)
+        )
     r = rng(42)
     x = 2.0 + r.standard_normal((N, C))
     w, b = 1.0 + 0.1 * r.standard_normal(C), 0.1 * r.standard_normal(C)

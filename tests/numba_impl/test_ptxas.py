@@ -1,12 +1,13 @@
 """Every hot kernel compiled for sm_90 and judged on ptxas' resource report, on a CPU (CI has no GPU).
 
-numba_impl/ptx_report.py does the work: it runs the model's launchers at GPT-2 124M with the
-launches recorded instead of run, compiles each kernel with numba.cuda.compile_ptx(cc=(9, 0)),
-assembles it with `ptxas -arch=sm_90 -v` and checks: ptxas accepts it, 0 bytes of spills, static
-shared memory <= 0xc000 bytes, registers that the block's launch configuration can have. That
-needs numba's real CUDA target, so it runs in a subprocess with NUMBA_ENABLE_CUDASIM=0 (this test
-session runs the simulator). The same subprocess compiles a flash-attention forward with 128-query
-tiles, which ptxas refuses (too much shared data), to show that the check catches it.
+numba_impl/ptx_report.py does the work: it runs the model's launchers at GPT-2 124M (and at the
+llama-style 124M and at GPT-2 medium, large and xl) with the launches recorded instead of run,
+compiles each kernel with numba.cuda.compile_ptx(cc=(9, 0)), assembles it with `ptxas -arch=sm_90 -v`
+and checks: ptxas accepts it, 0 bytes of spills, static shared memory <= 0xc000 bytes, registers
+that the block's launch configuration can have. That needs numba's real CUDA target, so it runs in a
+subprocess with NUMBA_ENABLE_CUDASIM=0 (this test session runs the simulator). The same subprocess
+compiles a flash-attention forward with 128-query tiles, which ptxas refuses (too much shared data),
+to show that the check catches it.
 """
 
 from __future__ import annotations
