@@ -64,6 +64,10 @@ def sharded(random_shards, tmp_path_factory):
         plan[shard] = _flags(random_shards, tmp / shard, shard)
         plan[f"{shard}-stop"] = _flags(random_shards, tmp / f"{shard}-split", shard, "--stop-step", str(STOP))
         plan[f"{shard}-resume"] = _flags(random_shards, tmp / f"{shard}-split", shard, "--resume")
+    # the chunked head + cross-entropy (torch_impl/chunked_loss.py) under FSDP2: the head's weight is
+    # gathered for the forward, and the gradient the Function returns is reduce-scattered like any other
+    plan["fsdp-chunked"] = _flags(random_shards, tmp / "fsdp-chunked", "fsdp", "--loss-impl", "chunked",
+                                  "--loss-chunk-rows", "8")  # fmt: skip
     (tmp / "plan.json").write_text(json.dumps(plan))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2"]
     cmd += ["--master-addr", "127.0.0.1", "--master-port", str(_free_port())]
@@ -105,6 +109,12 @@ def test_zero1_is_ddp_bit_for_bit_and_matches_one_process(sharded, single):
     _assert_identical_weights(zero1["checkpoint"], ddp["checkpoint"])
     assert rank1["zero1"]["losses"] == zero1["losses"]  # both ranks log the same all-reduced numbers
     _assert_close_to(single, zero1, PARAMS_L2)
+
+
+def test_fsdp_with_the_chunked_loss_matches_one_process(sharded, single):
+    """--shard fsdp --loss-impl chunked against the plain loss in one process: FSDP's tolerances (the module
+    docstring); the chunked loss only sums the head's gradient in another order (chunks of 8 rows)."""
+    _assert_close_to(single, sharded[0]["fsdp-chunked"], FSDP_PARAMS_L2)
 
 
 def test_fsdp_matches_one_process(sharded, single):
