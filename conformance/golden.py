@@ -59,7 +59,7 @@ FORMAT_VERSION = "1"
 
 # Cases of at most this many parameter values (the tiny configs: ~10k) carry their weights inside the
 # golden file and the parameters after every AdamW step; larger ones (the real 50,257-token vocabulary:
-# 3.4M values, 124M) carry their weights beside it and only the parameters after the last step. In
+# 3.3M values, 124M) carry their weights beside it and only the parameters after the last step. In
 # float64 the trajectory of 124M would be 10 x 1 GB; the last step is what the ceilings judge.
 INLINE_MAX_VALUES = 1_000_000
 
@@ -285,12 +285,23 @@ def open_golden(path: str | Path) -> Golden:
     ceilings = _json_meta(path, meta, "ceilings")
     if not (isinstance(ceilings, dict) and all(isinstance(ceilings.get(p), dict) for p in ("fp32", "bf16"))):
         raise UserError(f"{path}: metadata 'ceilings' must hold the rows 'fp32' and 'bf16'")
+    for row, values in ceilings.items():
+        for check, value in values.items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise UserError(f"{path}: metadata 'ceilings' {row}.{check}: {value!r} is not a number or null")
+    checks = _json_meta(path, meta, "checks")
+    if not (isinstance(checks, list) and all(isinstance(c, str) for c in checks)):
+        raise UserError(f"{path}: metadata 'checks' must be a list of check names, got {checks!r}")
+    for key in ("adamw", "generate"):
+        value = _json_meta(path, meta, key, optional=True)
+        if value is not None and not isinstance(value, dict):
+            raise UserError(f"{path}: metadata {key!r} must be an object, got {value!r}")
     g = Golden(
         path,
         f,
         meta["case"],
         config,
-        _json_meta(path, meta, "checks"),
+        checks,
         _json_meta(path, meta, "weights"),
         ceilings,
         _json_meta(path, meta, "adamw", optional=True),

@@ -32,7 +32,6 @@ the variants (docs/variants.md) are refused by name.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from collections.abc import Mapping
@@ -43,6 +42,7 @@ import numpy as np
 
 from weights import GPT2Config, atomic_write, param_shapes, tensor_kind, validate_params
 from weights.errors import ArgumentParser, UsageError, UserError, run_cli
+from weights.hub import sha256_of
 
 MODEL_MAGIC = 20240326
 STATE_MAGIC = 20240327
@@ -400,14 +400,6 @@ def read_debug_state(path, model) -> dict[str, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------------ golden files
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_golden(path, tensors: Mapping[str, np.ndarray], case: str, config: GPT2Config, weights: dict,
                  adamw: dict | None, reference: str = "llm.c debug state (float32)") -> None:  # fmt: skip
     """A golden file of format 1 (docs/golden-format.md), atomically, by conformance/golden.py's rules:
@@ -466,7 +458,8 @@ def golden_from_debug_state(state_path, model_path, out_path, case: str | None =
     relative = os.path.relpath(Path(model_path).resolve(), Path(out_path).resolve().parent)
     weights = {"source": "file", "format": f"llm.c model version {header.version}",
                "stored": "inline" if with_weights else "file", "file": Path(relative).as_posix(),
-               "sha256": sha256_file(model_path), "params_sha256": params_sha256(params, header.config)}  # fmt: skip
+               "sha256": sha256_of(Path(model_path)),
+               "params_sha256": params_sha256(params, header.config)}  # fmt: skip
     # no adamw.* tensors here; the hyperparameters are those of llm.c's test that this state belongs to
     hp = dict(LLMC_ADAMW)
     adamw = dict(hp, steps=10, stored_steps=[], decayed=decayed(header.config, hp["decay"]))
@@ -579,7 +572,7 @@ def _main(argv: list[str]) -> int:
         from weights import save
 
         params, config = read_model(args.model)
-        meta = {"source": f"llm.c model {Path(args.model).name}", "sha256": sha256_file(args.model)}
+        meta = {"source": f"llm.c model {Path(args.model).name}", "sha256": sha256_of(Path(args.model))}
         print(f"wrote {save(params, config, args.outdir, metadata=meta)} (+ config.json)")
     elif args.command == "debug-state":
         out = _out_path(args.out, "OUT")

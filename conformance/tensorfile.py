@@ -96,6 +96,8 @@ class TensorFile:
         for name, info in header.items():
             try:
                 dtype, shape, (begin, end) = info["dtype"], tuple(int(s) for s in info["shape"]), info["data_offsets"]
+                if not all(isinstance(v, int) and not isinstance(v, bool) for v in (begin, end)):
+                    raise TypeError("data_offsets must be two integers")
             except (KeyError, TypeError, ValueError):
                 raise UserError(f"{self.path}: tensor {name!r}: malformed header entry {info!r}") from None
             if not (0 <= begin <= end <= data_len) or any(s < 0 for s in shape):

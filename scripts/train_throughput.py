@@ -136,9 +136,7 @@ def check_args(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """The command line; bad flags, data or a machine without CUDA are one line and exit status 2."""
-    from torch_impl.data import DataError
-
-    return run_cli(_main, argv, extra=(DataError,))
+    return run_cli(_main, argv)
 
 
 def _main(argv: list[str]) -> int:

@@ -507,7 +507,7 @@ class ShardLoader:
 # ----------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
     """The command line; bad inputs or flags are one line (`error: ...`) and exit status 2."""
-    return run_cli(_main, argv, extra=(DataError,))
+    return run_cli(_main, argv)
 
 
 def _main(argv: list[str]) -> int:

@@ -15,7 +15,8 @@ One optimizer step ("step") is:
 
     for each of `grad_accum` micro-steps:
         x, y = this rank's next (B, T) batch
-        (DDP: all-reduce gradients only on the last micro-step, decided before its forward)
+        (DDP: all-reduce gradients only on the last micro-step, decided before its forward; fsdp reduce-scatters
+        in every micro-step)
         loss = model(x, y) / grad_accum  under bf16 autocast;  loss.backward()
     grad_norm = clip_grad_norm_(params, grad_clip)
     stop if loss or grad_norm is not finite (before touching the weights)
@@ -62,7 +63,8 @@ import torch
 
 import weights
 from torch_impl.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
-from torch_impl.data import DataError, ShardLoader, shard_paths
+from torch_impl.chunked_loss import DEFAULT_CHUNK_ROWS
+from torch_impl.data import ShardLoader, shard_paths
 from torch_impl.lr_schedule import lr_at
 from torch_impl.optim import adamw_groups
 from torch_impl.profiling import StepProfiler
@@ -78,7 +80,7 @@ from torch_impl.sharding import (
 )
 from torch_impl.shuffled_loader import ShuffledLoader
 from weights import CheckpointError
-from weights.errors import ArgumentParser, UsageError, UserError, one_line, run_cli
+from weights.errors import ArgumentParser, DataError, UsageError, UserError, one_line, run_cli
 from weights.flops import mfu as flops_mfu
 from weights.flops import peak_tflops, training_flops_per_token
 
@@ -140,7 +142,7 @@ class TrainConfig:
         "the head + cross-entropy: full (all B*T x V logits) or chunked (in row chunks, never all the logits)",
         ("full", "chunked"),
     )
-    loss_chunk_rows: int = _opt(8192, "rows (of B*T) per chunk of --loss-impl chunked")
+    loss_chunk_rows: int = _opt(DEFAULT_CHUNK_ROWS, "rows (of B*T) per chunk of --loss-impl chunked")
     # batch and optimizer
     batch_size: int = _opt(8, "micro-batch size B per rank")
     seq_len: int = _opt(1024, "sequence length T")
@@ -462,19 +464,25 @@ def evaluate(model, loader: ShardLoader, batches: int, device, autocast, d: Dist
     return _all_reduce_mean(total / batches, d).item(), len(steps) * loader.step_tokens
 
 
+def sample_prompt_ids(cfg: TrainConfig) -> list[int]:
+    """--sample-prompt's GPT-2 token ids (an empty prompt: <|endoftext|> alone)."""
+    from weights.tokenizer import get_tokenizer
+
+    enc = get_tokenizer()
+    return enc.encode_ordinary(cfg.sample_prompt) or [enc.eot_token]
+
+
 @torch.no_grad()
 def sample_text(raw_model, cfg: TrainConfig, device, step: int) -> str:
     """A sample from the prompt, with its own seeded generator (the training RNG is untouched)."""
     from weights.tokenizer import get_tokenizer
 
-    enc = get_tokenizer()
-    prompt = enc.encode_ordinary(cfg.sample_prompt) or [enc.eot_token]
-    idx = torch.tensor([prompt], dtype=torch.long, device=device)
+    idx = torch.tensor([sample_prompt_ids(cfg)], dtype=torch.long, device=device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed + step)
     raw_model.eval()
     out = raw_model.generate(idx, cfg.sample_tokens, temperature=1.0, top_k=40, generator=gen)
     raw_model.train()
-    return enc.decode(out[0].tolist())
+    return get_tokenizer().decode(out[0].tolist())
 
 
 # ----------------------------------------------------------------------------- a run
@@ -620,10 +628,7 @@ def check_sample_prompt(cfg: TrainConfig, config: weights.GPT2Config) -> None:
     the tokenizer now: a missing tokenizer would otherwise stop the run at its first sample."""
     if not cfg.sample_every:
         return
-    from weights.tokenizer import get_tokenizer
-
-    enc = get_tokenizer()
-    prompt = enc.encode_ordinary(cfg.sample_prompt) or [enc.eot_token]
+    prompt = sample_prompt_ids(cfg)
     outside = sorted({t for t in prompt if t >= config.vocab_size})
     if outside:
         raise UsageError(
@@ -1063,7 +1068,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """The command line; a user error (a bad flag, file, shard or checkpoint) is one line and exit status 2."""
-    return run_cli(_main, argv, extra=(DataError,))
+    return run_cli(_main, argv)
 
 
 def _main(argv: list[str]) -> int:

@@ -148,7 +148,8 @@ def test_a_case_of_its_own_adamw_is_checked_with_it(kit, tmp_path, capsys):
     rc, report, out, _ = run_check(capsys, tmp_path, gold.path, dest, "--require", "adamw")
     failed = [r for r in report["results"] if r["passed"] is False]
     assert rc == 1 and [r["check"] for r in failed] == ["adamw_update_l2"], out
-    assert "ln_" in out or ".bias" in out  # the worst tensor named is one the matrices set leaves alone
+    over = {o["tensor"] for o in report["over_ceiling"] if o["check"] == "adamw_update_l2"}
+    assert over and all("ln_" in t or t.endswith(".bias") for t in over), over  # the tensors "matrices" leaves alone
 
 
 # ------------------------------------------------------------------------------ perturbed candidates fail
@@ -275,13 +276,19 @@ def test_file_and_flag_errors_are_one_line_and_exit_2(kit, tmp_path, capsys):
     g = tensorfile.TensorFile(gold)
     v2 = tmp_path / "v2.golden.safetensors"
     tensorfile.write(v2, {n: g.array(n) for n in g.names()}, {**g.metadata, "format_version": "2"})
+    bad_meta = {}  # metadata of the right types only, each broken once: one-line errors, not tracebacks
+    for key, value in (("checks", '"5"'), ("adamw", "[1]"), ("ceilings", '{"fp32": {"logits": "x"}, "bf16": {}}')):
+        bad_meta[key] = tmp_path / f"bad-{key}.golden.safetensors"
+        tensorfile.write(bad_meta[key], {n: g.array(n) for n in g.names()}, {**g.metadata, key: value})
     other = tmp_path / "other-case.safetensors"
-    edited(cand, other, lambda t: None)
     tensorfile.write(other, {"logits": np.zeros(1)}, {"case": "tiny-T1"})
     cases = [
         ([tmp_path / "nope.safetensors", cand], "nope.safetensors: no such golden file"),
         ([cand, gold], "not a golden file (metadata 'format' is 'gpt2-conformance-candidate'"),
         ([v2, cand], "golden format_version '2' is not readable here"),
+        ([bad_meta["checks"], cand], "metadata 'checks' must be a list of check names"),
+        ([bad_meta["adamw"], cand], "metadata 'adamw' must be an object"),
+        ([bad_meta["ceilings"], cand], "metadata 'ceilings' fp32.logits: 'x' is not a number or null"),
         ([gold, other], "a candidate for case 'tiny-T1', but"),
         ([gold, cand, "--require", "grads,nonsense"], "--require nonsense"),
         ([gold, cand, "--json", str(tmp_path / "no" / "r.json")], "--json"),

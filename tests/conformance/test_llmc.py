@@ -17,6 +17,7 @@ import pytest
 from conformance import llmc
 from conformance.backends import by_name
 from weights import GPT2Config, param_shapes, synthetic
+from weights.hub import sha256_of
 
 CFG = GPT2Config.tiny()  # L 2, NH 2, C 16, V 64, maxT 16 -> Vp 128
 L, NH, C, V, MAXT, VP = 2, 2, 16, 64, 16, 128
@@ -218,7 +219,7 @@ def test_debug_state_from_a_golden_file_reads_back_to_its_tensors(tmp_path, caps
         assert again[name].dtype == (np.int64 if name.startswith("input.") else np.float64), name
         np.testing.assert_array_equal(again[name], value, err_msg=name)
     assert (meta["format"], meta["format_version"], meta["case"]) == ("gpt2-conformance-golden", "1", "tiny-again")
-    assert json.loads(meta["weights"])["sha256"] == llmc.sha256_file(tmp_path / "model.bin")
+    assert json.loads(meta["weights"])["sha256"] == sha256_of(tmp_path / "model.bin")
     assert json.loads(meta["adamw"])["decay"] == "all"
     assert {"ceilings", "provenance", "config"} <= set(meta)
     code, _, err = run(capsys, "debug-state", tmp_path / "again.safetensors", tmp_path / "state2.bin")
