@@ -11,12 +11,11 @@
 #   5. the GPU-only tests of numba_impl and torch_impl, with the time that is left
 #   6. (only when ONLY names it: train-throughput) GPT-2 124M training throughput, bf16 + compile, 524,288
 #      tokens per step: the plain loss profiled over 3 steps, then --loss-impl chunked, chunked at micro-batch
-#      128, chunked with CUDA graphs (--compile-mode reduce-overhead), the plain loss with CUDA graphs, at
-#      micro-batch 32, and without gradient clipping (what clipping costs; its losses differ by design)
-#      (scripts/train_throughput.py --profile --try; docs/training.md "Measured"):
+#      128, chunked with CUDA graphs (--compile-mode reduce-overhead), the plain loss with CUDA graphs
+#      (scripts/train_throughput.py --profile --try; the chunked run profiled too; docs/training.md "Measured"):
 #        ONLY=train-throughput STEP_S="0 0 0 0 0 560" bash scripts/gpu_results_run.sh
 #   7. (only when ONLY names it: memory) the memory of one training step per GPT-2 size on the GPU backends,
-#      B=1, T=1024 (scripts/memory_per_size.py; docs/sizes.md):
+#      B=1, T=1024 (scripts/memory_per_size.py; docs/sizes.md; MEMORY_SIZES: a comma-separated subset):
 #        ONLY=memory STEP_S="0 0 0 0 0 0 400" bash scripts/gpu_results_run.sh
 #
 #   OUT=/some/folder GPT2_GIT_COMMIT=<commit> GPT2_GIT_DIRTY=<0|1> GPT2_SHARED_DIR=<absolute path> \
@@ -86,11 +85,11 @@ step gpu-tests "${STEP_S[4]}" "$WORK/gpu-tests.log" python3 -m pytest -q -p no:c
 step train-throughput "${STEP_S[5]:-560}" "$WORK/train-throughput.log" bash -c "python3 -m torch_impl.data \
     $GPT2_SHARED_DIR/data/tinyshakespeare.txt --out $WORK/shakespeare && python3 scripts/train_throughput.py \
     --data $WORK/shakespeare --gpus 1 --steps 20 --skip 8 --batch-size 64 --profile 3 --out $WORK/throughput-runs \
-    --json $WORK/training-throughput.json --try '--loss-impl chunked' --try '--loss-impl chunked --batch-size 128' \
-    --try '--loss-impl chunked --compile-mode reduce-overhead' --try '--compile-mode reduce-overhead' \
-    --try '--batch-size 32' --try '--grad-clip 0'"
+    --json $WORK/training-throughput.json --try '--loss-impl chunked --profile-steps 3' --try '--loss-impl chunked --batch-size 128' \
+    --try '--loss-impl chunked --compile-mode reduce-overhead' --try '--compile-mode reduce-overhead'"
 rm -rf "$WORK/shakespeare" "$WORK/throughput-runs"
 step memory "${STEP_S[6]:-400}" "$WORK/memory.log" python3 scripts/memory_per_size.py \
+    --sizes "${MEMORY_SIZES:-gpt2,gpt2-medium,gpt2-large,gpt2-xl}" \
     --backends torch-cuda-f32,torch-cuda-bf16,torch-cuda-bf16-chunked,numba-cuda-f32 --json "$WORK/memory-per-size.json"
 
 cp "$WORK/bench/bench-gpu.md" "$WORK/training-throughput.json" "$WORK/memory-per-size.json" "$OUT/" 2>/dev/null

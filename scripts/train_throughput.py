@@ -171,6 +171,9 @@ def _main(argv: list[str]) -> int:
             results.append({"gpus": 1, "extra_flags": list(flags), "error": str(e)})
             write_json(json_path, args, results)
             continue
+        for name in ("profile.json", "profile.txt"):  # a try that profiles (--profile-steps N among its flags)
+            if (out / f"try{i + 1}" / name).exists():
+                shutil.copyfile(out / f"try{i + 1}" / name, json_path.with_name(f"{json_path.stem}-try{i + 1}-{name}"))
         results[-1]["vs_first_run"] = results[-1]["tokens_per_s"] / results[0]["tokens_per_s"]
         results[-1]["loss_max_abs_difference_vs_first_run"] = loss_difference(results[0], results[-1])
         write_json(json_path, args, results)

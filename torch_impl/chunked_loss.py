@@ -53,20 +53,23 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         loss_sum = torch.zeros((), dtype=acc, device=h.device)
         dh = torch.empty_like(h) if need_grad else None  # (N, C)
         dW = torch.zeros(W.shape, dtype=acc, device=W.device) if need_grad else None  # (Vp, C)
+        cols = torch.arange(W.shape[0], device=h.device)  # (Vp,)
         for r0 in range(0, N, chunk_rows):
             h_r, t_r, ok = h[r0 : r0 + chunk_rows], targets[r0 : r0 + chunk_rows], valid[r0 : r0 + chunk_rows]
-            z = (h_r @ W.t()).to(acc)  # (R, Vp)
-            z[:, vocab_size:] = float("-inf")
-            lse = torch.logsumexp(z, dim=1)  # (R,)
+            z = h_r @ W.t()  # (R, Vp) in the matmul dtype
+            # Written without in-place steps so that torch.compile fuses what follows into two passes
+            # over z (the logsumexp reduction, then dz), z never copied to float32 in memory.
+            zf = torch.where(cols < vocab_size, z.to(acc), float("-inf"))  # (R, Vp) pad columns: -inf
+            lse = torch.logsumexp(zf, dim=1)  # (R,)
             safe_t = torch.where(ok, t_r, 0)  # a gather index for every row; ignored rows drop out below
-            z_target = z.gather(1, safe_t[:, None])[:, 0]  # (R,)
+            z_target = zf.gather(1, safe_t[:, None])[:, 0]  # (R,)
             loss_sum += torch.where(ok, lse - z_target, 0.0).sum()
             if not need_grad:
                 continue
-            dz = torch.exp(z - lse[:, None])  # softmax (R, Vp); exactly 0 on the pad columns
-            dz.scatter_add_(1, safe_t[:, None], torch.full_like(lse[:, None], -1.0))  # - onehot(target)
-            dz *= (ok.to(acc) / n_valid)[:, None]  # ignored rows: no gradient
-            dz = dz.to(h.dtype)
+            p = torch.exp(zf - lse[:, None])  # softmax (R, Vp); exactly 0 on the pad columns
+            onehot = (cols == safe_t[:, None]).to(acc)  # (R, Vp)
+            scale = (ok.to(acc) / n_valid)[:, None]  # (R, 1) ignored rows: no gradient
+            dz = ((p - onehot) * scale).to(h.dtype)  # (R, Vp)
             dh[r0 : r0 + chunk_rows] = dz @ W  # (R, C)
             dW += (dz.t() @ h_r).to(acc)  # (Vp, C)
         if need_grad:

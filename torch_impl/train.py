@@ -868,6 +868,10 @@ def forward_backward(run: Run) -> torch.Tensor:
         if device.type == "cuda":
             x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
         set_grad_sync(run.model, cfg.shard, d.enabled, last_micro_step=micro == run.grad_accum - 1)
+        if cfg.compile and cfg.compile_mode == "reduce-overhead":
+            # CUDA graphs replay into the same output buffers: tell them that a new forward begins, or the
+            # next micro-step's replay overwrites tensors this one's backward still reads (torch refuses)
+            torch.compiler.cudagraph_mark_step_begin()
         with run.autocast:
             _, loss = run.model(x, y)
         loss = loss / run.grad_accum

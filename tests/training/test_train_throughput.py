@@ -58,6 +58,18 @@ def test_tries_run_after_the_first_and_are_compared_with_it(script, monkeypatch,
     assert (tmp_path / "t-profile.json").read_text() == "{}" and (tmp_path / "t-profile.txt").exists()
 
 
+def test_a_try_that_profiles_keeps_its_profile_beside_the_json(script, monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(script, "run", _fake_run(script, calls, [100.0, 120.0, 90.0]))
+    out = tmp_path / "t.json"
+    argv = ["--data", "d", "--gpus", "1", "--out", str(tmp_path / "runs"), "--json", str(out),
+            "--try", "--loss-impl chunked", "--try", "--loss-impl chunked --profile-steps 3"]  # fmt: skip
+    assert script._main(argv) == 0
+    assert not (tmp_path / "t-profile.json").exists() and not (tmp_path / "t-try1-profile.json").exists()
+    assert (tmp_path / "t-try2-profile.json").read_text() == "{}"
+    assert (tmp_path / "t-try2-profile.txt").read_text() == "table"
+
+
 def test_a_failing_try_is_recorded_and_the_others_still_run(script, monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(script, "run", _fake_run(script, calls, [100.0, 120.0, None, 90.0], fail_at=3))

@@ -14,6 +14,7 @@ wrong loss scale) moves the losses or the gradient norms by far more than these 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -465,3 +466,30 @@ def test_bf16_compiled_training_on_gpu(shakespeare_shards, tmp_path, run_config)
     assert out["val_losses"][40] <= out["val_losses"][0] - 2.5
     params, _ = weights.load(out["checkpoint"])
     assert all(np.isfinite(v).all() for v in params.values())
+
+
+@pytest.mark.parametrize("mode, marks_expected", [("reduce-overhead", True), ("default", False)])
+def test_cuda_graphs_mode_marks_a_new_step_before_each_micro_step(monkeypatch, mode, marks_expected):
+    """Under --compile-mode reduce-overhead each micro-step's forward is announced to CUDA graphs
+    (torch.compiler.cudagraph_mark_step_begin): without it the next replay overwrites outputs that the
+    previous backward still reads, and torch refuses the run (seen on an H200). Other modes never call it."""
+    from types import SimpleNamespace
+
+    from torch_impl.train import forward_backward
+
+    events = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: events.append("mark"))
+    w = torch.ones((), requires_grad=True)
+
+    def model(x, y):
+        events.append("forward")
+        return None, w * 2.0
+
+    loader = SimpleNamespace(next_batch=lambda: (np.zeros((1, 4), np.int64), np.zeros((1, 4), np.int64)))
+    run = SimpleNamespace(
+        cfg=TrainConfig(compile=True, compile_mode=mode), d=SimpleNamespace(device=torch.device("cpu"), enabled=False),
+        model=model, train_loader=loader, grad_accum=3, autocast=contextlib.nullcontext(),
+    )  # fmt: skip
+    loss = forward_backward(run)
+    assert float(loss) == pytest.approx(2.0) and float(w.grad) == pytest.approx(2.0)
+    assert events == (["mark", "forward"] * 3 if marks_expected else ["forward"] * 3)
