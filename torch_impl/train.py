@@ -110,6 +110,9 @@ MODEL_PRESETS = {
 }
 
 
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the torch.compile modes that capture CUDA graphs
+
+
 @dataclass
 class TrainConfig:
     # data and model
@@ -680,7 +683,18 @@ def batch_geometry(cfg: TrainConfig, config: weights.GPT2Config, world: int) -> 
     total = cfg.total_batch_tokens or per_micro
     if total % per_micro:
         raise UsageError(f"--total-batch-tokens {total} is not a multiple of B*T*world = {B}*{T}*{world} = {per_micro}")
-    return total, total // per_micro
+    grad_accum = total // per_micro
+    if cfg.compile and cfg.compile_mode in CUDA_GRAPH_MODES and grad_accum > 1:
+        # torch.compile's CUDA graphs hand a backward's output buffer to .grad and overwrite it in the next
+        # micro-step's replay: torch then refuses the run (seen on an H200 with torch 2.11, even with
+        # cudagraph_mark_step_begin before each micro-step), and has been shown to accumulate wrong
+        # gradients silently (pytorch/pytorch#169545)
+        raise UsageError(
+            f"--compile-mode {cfg.compile_mode} uses CUDA graphs, which torch cannot combine with gradient "
+            f"accumulation ({grad_accum} micro-steps here; pytorch/pytorch#169545): use --compile-mode default or "
+            f"max-autotune-no-cudagraphs, or --total-batch-tokens {per_micro} (one micro-step)"
+        )
+    return total, grad_accum
 
 
 def build_loaders(
@@ -869,8 +883,8 @@ def forward_backward(run: Run) -> torch.Tensor:
             x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
         set_grad_sync(run.model, cfg.shard, d.enabled, last_micro_step=micro == run.grad_accum - 1)
         if cfg.compile and cfg.compile_mode == "reduce-overhead":
-            # CUDA graphs replay into the same output buffers: tell them that a new forward begins, or the
-            # next micro-step's replay overwrites tensors this one's backward still reads (torch refuses)
+            # CUDA graphs replay into the same output buffers: each forward is announced as a new step, the
+            # documented way to call such a model again (gradient accumulation is refused: batch_geometry)
             torch.compiler.cudagraph_mark_step_begin()
         with run.autocast:
             _, loss = run.model(x, y)

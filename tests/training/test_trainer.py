@@ -429,11 +429,33 @@ def test_help_lists_every_setting(capsys):
         ({"dtype": "fp16"}, "--dtype must be"),
         ({"loss_impl": "fused"}, "--loss-impl must be"),
         ({"loss_chunk_rows": 0}, "--loss-chunk-rows 0: must be >= 1"),
+        (
+            {"compile": True, "compile_mode": "reduce-overhead", "total_batch_tokens": 128},
+            r"--compile-mode reduce-overhead uses CUDA graphs.*\(2 micro-steps here",
+        ),
+        (
+            {"compile": True, "compile_mode": "max-autotune", "total_batch_tokens": 256},
+            r"--compile-mode max-autotune uses CUDA graphs.*\(4 micro-steps here.*--total-batch-tokens 64",
+        ),
     ],
 )
 def test_bad_settings_are_named(random_shards, tmp_path, tiny_config, overrides, message):
     with pytest.raises(ValueError, match=message):
         train(dataclasses.replace(tiny_config(random_shards, tmp_path / "r"), **overrides))
+
+
+@pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "default"])
+def test_cuda_graph_modes_are_allowed_without_gradient_accumulation(mode):
+    from torch_impl.train import batch_geometry
+
+    cfg = TrainConfig(data="d", model="tiny", batch_size=4, seq_len=16, compile=True, compile_mode=mode)
+    assert batch_geometry(cfg, weights.GPT2Config.tiny(), world=1) == (64, 1)
+    accumulating = dataclasses.replace(cfg, total_batch_tokens=128)
+    if mode in ("reduce-overhead", "max-autotune"):
+        with pytest.raises(ValueError, match="CUDA graphs"):
+            batch_geometry(accumulating, weights.GPT2Config.tiny(), world=1)
+    else:
+        assert batch_geometry(accumulating, weights.GPT2Config.tiny(), world=1) == (128, 2)
 
 
 def test_flops_per_token_of_gpt2_124m():
@@ -470,9 +492,10 @@ def test_bf16_compiled_training_on_gpu(shakespeare_shards, tmp_path, run_config)
 
 @pytest.mark.parametrize("mode, marks_expected", [("reduce-overhead", True), ("default", False)])
 def test_cuda_graphs_mode_marks_a_new_step_before_each_micro_step(monkeypatch, mode, marks_expected):
-    """Under --compile-mode reduce-overhead each micro-step's forward is announced to CUDA graphs
-    (torch.compiler.cudagraph_mark_step_begin): without it the next replay overwrites outputs that the
-    previous backward still reads, and torch refuses the run (seen on an H200). Other modes never call it."""
+    """Under --compile-mode reduce-overhead each forward is announced to CUDA graphs as a new step
+    (torch.compiler.cudagraph_mark_step_begin, the documented way to call a CUDA-graph model again and
+    again); other modes never call it. (Gradient accumulation under CUDA graphs is refused:
+    test_cuda_graph_modes_are_allowed_without_gradient_accumulation.)"""
     from types import SimpleNamespace
 
     from torch_impl.train import forward_backward
