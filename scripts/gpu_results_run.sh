@@ -15,7 +15,8 @@
 #      accumulation) (scripts/train_throughput.py --profile --try; docs/training.md "Measured"):
 #        ONLY=train-throughput STEP_S="0 0 0 0 0 560" bash scripts/gpu_results_run.sh
 #   7. (only when ONLY names it: memory) the memory of one training step per GPT-2 size on the GPU backends,
-#      B=1, T=1024 (scripts/memory_per_size.py; docs/sizes.md; MEMORY_SIZES: a comma-separated subset):
+#      B=1, T=1024 (scripts/memory_per_size.py; docs/sizes.md; MEMORY_SIZES, MEMORY_BACKENDS: comma-separated
+#      subsets, e.g. MEMORY_SIZES=gpt2-xl MEMORY_BACKENDS=torch-cuda-bf16-chunked,numba-cuda-f32):
 #        ONLY=memory STEP_S="0 0 0 0 0 0 400" bash scripts/gpu_results_run.sh
 #
 #   OUT=/some/folder GPT2_GIT_COMMIT=<commit> GPT2_GIT_DIRTY=<0|1> GPT2_SHARED_DIR=<absolute path> \
@@ -90,7 +91,7 @@ step train-throughput "${STEP_S[5]:-560}" "$WORK/train-throughput.log" bash -c "
 rm -rf "$WORK/shakespeare" "$WORK/throughput-runs"
 step memory "${STEP_S[6]:-400}" "$WORK/memory.log" python3 scripts/memory_per_size.py \
     --sizes "${MEMORY_SIZES:-gpt2,gpt2-medium,gpt2-large,gpt2-xl}" \
-    --backends torch-cuda-f32,torch-cuda-bf16,torch-cuda-bf16-chunked,numba-cuda-f32 --json "$WORK/memory-per-size.json"
+    --backends "${MEMORY_BACKENDS:-torch-cuda-f32,torch-cuda-bf16,torch-cuda-bf16-chunked,numba-cuda-f32}" --json "$WORK/memory-per-size.json"
 
 cp "$WORK/bench/bench-gpu.md" "$WORK/training-throughput.json" "$WORK/memory-per-size.json" "$OUT/" 2>/dev/null
 cp "$WORK/conformance-small.txt" "$WORK/conformance-full.txt" "$WORK/gpu-tests.log" "$WORK/status.txt" "$OUT/" 2>/dev/null
