@@ -484,6 +484,8 @@ def _main(argv: list[str]) -> int:
             if named:
                 raise UserError(f"--cases {case.name}: cannot be made on this machine ({e})") from None
             print(f"  {case.name}: skipped ({e})", flush=True)
+    if not written:  # nothing to check against: say so, not "0 golden file(s)" and exit status 0
+        raise UserError(f"--out {out}: no golden file written, every case was skipped on this machine (above)")
     print(f"{written} golden file(s) in {out}/", flush=True)
     return 0
 
@@ -521,6 +523,10 @@ def _candidates(args, out: Path, cases: list[Case], named: bool) -> int:
             continue
         write_candidate(golden, backend, candidate_path(out, case.name, backend.name), checks)
         written += 1
+    if not written:
+        raise UserError(
+            f"--candidate {backend.name}: no candidate file written, {backend.name} can run none of the cases (above)"
+        )
     print(f"{written} candidate file(s) of {backend.name} in {out}/", flush=True)
     return 0
 

@@ -80,6 +80,7 @@ from torch_impl.sharding import (
 )
 from torch_impl.shuffled_loader import ShuffledLoader
 from weights import CheckpointError
+from weights.checkpoint import atomic_write
 from weights.errors import ArgumentParser, DataError, UsageError, UserError, one_line, run_cli
 from weights.flops import mfu as flops_mfu
 from weights.flops import peak_tflops, training_flops_per_token
@@ -384,6 +385,31 @@ def _restore_pad_rows(model: torch.nn.Module, rows: dict[str, torch.Tensor], voc
 
 
 # ----------------------------------------------------------------------------- logging
+def log_lines_before(path: Path, start_step: int) -> list[str]:
+    """The lines of a log.jsonl whose step is before start_step (what a resume keeps).
+
+    A last line that is not JSON is half a line, from a run that stopped while writing it: dropped. Any
+    other line that is not a JSON object with an integer "step" is a DataError naming the file and line."""
+    lines = path.read_text().splitlines()
+    kept = []
+    for i, ln in enumerate(lines):
+        if not ln:
+            continue
+        try:
+            entry = json.loads(ln)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            entry = None
+        step = entry.get("step") if isinstance(entry, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool):
+            what = "a JSON object with an integer step"
+            raise DataError(f"{path}: line {i + 1} is not a log entry ({what}): {ln[:60]!r}")
+        if step < start_step:
+            kept.append(ln)
+    return kept
+
+
 class RunLog:
     """Rank 0's record: out_dir/log.jsonl (one JSON object per line), out_dir/provenance.json (commit,
     versions, device, date of the run that wrote it), console lines, a tqdm bar."""
@@ -396,14 +422,14 @@ class RunLog:
         out_dir.mkdir(parents=True, exist_ok=True)
         self.path = out_dir / "log.jsonl"
         if self.path.exists():  # keep only the history before the step we (re)start from
-            kept = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] < start_step]
-            self.path.write_text("".join(ln + "\n" for ln in kept))
+            text = "".join(ln + "\n" for ln in log_lines_before(self.path, start_step))
+            atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))  # a crash here keeps the old log
         self.file = open(self.path, "a")
         # Which code, libraries and GPUs made these numbers (weights/provenance.py), rewritten at every (re)start.
         from weights.provenance import provenance
 
-        record = {"start_step": start_step, **provenance()}
-        (out_dir / "provenance.json").write_text(json.dumps(record, indent=1) + "\n")
+        record = json.dumps({"start_step": start_step, **provenance()}, indent=1) + "\n"
+        atomic_write(out_dir / "provenance.json", lambda tmp: Path(tmp).write_text(record))
         if progress:
             try:
                 from tqdm import tqdm

@@ -310,6 +310,27 @@ def test_export_flag_errors_exit_2(kit, tmp_path, capsys):
         assert rc == 2 and err.startswith("error: ") and message in err, (argv, err)
 
 
+def test_export_that_writes_nothing_is_an_error(kit, tmp_path, capsys, monkeypatch):
+    """Every case skipped (unavailable here, or the backend runs none of them): exit 2 and a line that
+    says nothing was written, never a success that leaves an empty folder."""
+
+    def unavailable(case, out, **kwargs):
+        raise CaseUnavailable("Tiny Shakespeare not found")
+
+    monkeypatch.setattr(golden, "export_case", unavailable)
+    rc = golden.main(["--out", str(tmp_path / "g")])
+    out, err = capsys.readouterr()
+    assert rc == 2 and err.startswith("error: ") and "no golden file written" in err, err
+    assert "skipped (Tiny Shakespeare not found)" in out
+    assert not list((tmp_path / "g").iterdir())
+
+    monkeypatch.setattr(NumpyBackend, "supports", lambda self, config, tokens: (False, "too big for this test"))
+    rc = golden.main(["--candidate", "numpy-f32", "--out", str(kit)])
+    out, err = capsys.readouterr()
+    assert rc == 2 and "--candidate numpy-f32: no candidate file written" in err, err
+    assert "skipped (too big for this test)" in out
+
+
 def test_the_cli_through_a_subprocess(kit, tmp_path):
     gold, cand = golden_of(kit, ADAMW), candidate(kit, ADAMW, NumpyBackend(np.float32))
     proc = subprocess.run(

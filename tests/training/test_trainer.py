@@ -32,6 +32,7 @@ import weights
 from conformance.tolerances import FP32
 from torch_impl.checkpoint import latest_checkpoint, load_checkpoint
 from torch_impl.train import NonFiniteError, TrainConfig, flops_per_token, parse_args, train
+from weights.errors import DataError
 
 REPO = weights.paths.PROJECT_ROOT
 PARAMS_L2 = 5e-6  # the module docstring says where this number comes from
@@ -170,6 +171,34 @@ def test_resume_continues_the_exact_trajectory(random_shards, tmp_path, tiny_con
         if '"loss"' in line
     ]
     assert steps == list(range(8))  # the log reads as one run
+
+
+def test_resume_after_a_crash_mid_log_line(random_shards, tmp_path, tiny_config):
+    """A run stopped while appending to log.jsonl leaves half a line at its end: a resume drops it and
+    reads as one run; the log is cut back by an atomic write (no temp file left)."""
+    train(tiny_config(random_shards, tmp_path / "r", max_steps=6, stop_step=3))
+    log = tmp_path / "r" / "log.jsonl"
+    log.write_text(log.read_text() + '{"step": 3, "loss": 4.')  # the crash, mid-line
+    second = train(tiny_config(random_shards, tmp_path / "r", max_steps=6, resume=True))
+    assert sorted(second["losses"]) == [3, 4, 5]
+    rows = [json.loads(line) for line in log.read_text().splitlines()]  # every line is whole JSON again
+    assert [r["step"] for r in rows if "loss" in r] == list(range(6))
+    assert not list((tmp_path / "r").glob(".log.jsonl.*"))
+
+
+def test_a_corrupt_log_line_is_named_on_resume(random_shards, tmp_path, tiny_config):
+    from torch_impl.train import log_lines_before
+
+    train(tiny_config(random_shards, tmp_path / "r", max_steps=6, stop_step=3))
+    log = tmp_path / "r" / "log.jsonl"
+    lines = log.read_text().splitlines()
+    before = log.read_text()
+    for bad in ("not json", '["a list"]', '{"step": "3"}', '{"loss": 1.0}'):
+        log.write_text("\n".join([lines[0], bad, *lines[1:]]) + "\n")
+        with pytest.raises(DataError, match=r"log.jsonl: line 2 is not a log entry"):
+            train(tiny_config(random_shards, tmp_path / "r", max_steps=6, resume=True))
+    log.write_text(before)
+    assert log_lines_before(log, 2) == [ln for ln in lines if json.loads(ln)["step"] < 2]
 
 
 def test_checkpoint_contents(random_shards, tmp_path, tiny_config):
