@@ -157,29 +157,38 @@ def _plan_chunks(sizes: list[int], files: list[Path], split_at: int, chunk_bytes
         base += size
 
 
-def _encoded_chunks(chunks, files: list[Path], tokenizer, threads: int, group: int = 64):
-    """(chunk, ids) for each chunk, in order; groups of chunks are encoded in parallel when the
-    tokenizer can (tiktoken's encode_ordinary_batch), which changes no id."""
+def _encode_grouped(items, text_of, tokenizer, threads: int, group: int):
+    """(item, ids) for each item, in order: text_of(item) encoded, `group` items at a time in parallel
+    when the tokenizer can (tiktoken's encode_ordinary_batch), which changes no id."""
     batch = getattr(tokenizer, "encode_ordinary_batch", None)
-    pending: list = []
 
-    def encode(items):
-        texts = []
-        for chunk, raw in items:
-            try:
-                texts.append(raw.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                where = chunk.start + e.start
-                raise DataError(f"{files[chunk.file]}: not UTF-8 text (bad byte at offset {where})") from None
+    def encode(pending):
+        texts = [text_of(item) for item in pending]
         encoded = batch(texts, num_threads=threads) if batch and threads > 1 else map(tokenizer.encode_ordinary, texts)
-        return [(chunk, ids) for (chunk, _), ids in zip(items, encoded, strict=True)]
+        return zip(pending, encoded, strict=True)
 
-    for item in chunks:
+    pending: list = []
+    for item in items:
         pending.append(item)
         if len(pending) == group:
             yield from encode(pending)
             pending = []
     yield from encode(pending)
+
+
+def _encoded_chunks(chunks, files: list[Path], tokenizer, threads: int, group: int = 64):
+    """(chunk, ids) for each (chunk, raw bytes) of the text files, in order."""
+
+    def text_of(item) -> str:
+        chunk, raw = item
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            where = chunk.start + e.start
+            raise DataError(f"{files[chunk.file]}: not UTF-8 text (bad byte at offset {where})") from None
+
+    for (chunk, _), ids in _encode_grouped(chunks, text_of, tokenizer, threads, group):
+        yield chunk, ids
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -371,9 +380,8 @@ def _text_pieces(files, sizes, split_at, chunk_bytes, cursor, tokenizer, threads
 
 
 def _document_pieces(files, column, n_train, cursor, tokenizer, threads, group: int = 256):
-    """(split, ids, cursor after, 1) for each document of the inputs after `cursor`; ids start with
-    <|endoftext|>. Groups of documents are encoded in parallel when the tokenizer can, which changes no id."""
-    batch = getattr(tokenizer, "encode_ordinary_batch", None)
+    """(split, ids, source file, cursor after, 1) for each document of the inputs after `cursor`; ids
+    start with <|endoftext|>."""
 
     def documents():
         done = cursor["document"]
@@ -383,20 +391,9 @@ def _document_pieces(files, column, n_train, cursor, tokenizer, threads, group: 
                 done += 1
                 yield text, {"file": i, "line": line, "offset": offset, "document": done}
 
-    def encode(items):
-        texts = [text for text, _ in items]
-        encoded = batch(texts, num_threads=threads) if batch and threads > 1 else map(tokenizer.encode_ordinary, texts)
-        for (_, after), ids in zip(items, encoded, strict=True):
-            split = "train" if after["document"] <= n_train else "val"
-            yield split, [EOT_ID] + ids, files[after["file"]], after, 1
-
-    pending: list = []
-    for item in documents():
-        pending.append(item)
-        if len(pending) == group:
-            yield from encode(pending)
-            pending = []
-    yield from encode(pending)
+    for (_, after), ids in _encode_grouped(documents(), lambda item: item[0], tokenizer, threads, group):
+        split = "train" if after["document"] <= n_train else "val"
+        yield split, [EOT_ID] + ids, files[after["file"]], after, 1
 
 
 def _write_shards(pieces, out: Path, prefix: str, manifest: dict, shard_tokens: int, vocab: int, files, bar) -> None:
@@ -440,7 +437,32 @@ def _write_shards(pieces, out: Path, prefix: str, manifest: dict, shard_tokens: 
 
 
 # ----------------------------------------------------------------------------- batches
-class ShardLoader:
+class SplitShards:
+    """What every loader of one split starts from: its shards (paths and token counts) and the batch
+    geometry B, T of rank `rank` of `world` ranks, checked. ShardLoader reads the shards in order,
+    ShuffledLoader (torch_impl/shuffled_loader.py) in a seeded order of windows."""
+
+    def __init__(self, paths: list[Path], B: int, T: int, rank: int = 0, world: int = 1):
+        if B < 1 or T < 1:
+            raise DataError(f"batch size B={B} and sequence length T={T} must be positive")
+        if not 0 <= rank < world:
+            raise DataError(f"rank {rank} is not in [0, {world})")
+        self.paths = [Path(p) for p in paths]
+        self.B, self.T, self.rank, self.world = B, T, rank, world
+        self.step_tokens = world * B * T
+        self.lengths = [read_shard(p).size for p in self.paths]
+
+    @classmethod
+    def from_folder(cls, folder, split: str, *args, **kwargs):
+        """The loader of `split` ("train" or "val") of a shard folder; the other arguments are the constructor's."""
+        return cls(shard_paths(folder, split), *args, **kwargs)
+
+    def max_token_id(self) -> int:
+        """The largest token id in any of this split's shards (-1 if they are empty); reads every shard once."""
+        return max((int(read_shard(p).max()) for p, n in zip(self.paths, self.lengths, strict=True) if n), default=-1)
+
+
+class ShardLoader(SplitShards):
     """(x, y) batches of shape (B, T) from one split, for rank `rank` of `world` ranks.
 
     x[b] = tokens[p + b*T : p + (b+1)*T] and y[b] the same shifted by one, with
@@ -453,14 +475,7 @@ class ShardLoader:
     order = "sequential"
 
     def __init__(self, paths: list[Path], B: int, T: int, rank: int = 0, world: int = 1):
-        if B < 1 or T < 1:
-            raise DataError(f"batch size B={B} and sequence length T={T} must be positive")
-        if not 0 <= rank < world:
-            raise DataError(f"rank {rank} is not in [0, {world})")
-        self.paths = [Path(p) for p in paths]
-        self.B, self.T, self.rank, self.world = B, T, rank, world
-        self.step_tokens = world * B * T
-        self.lengths = [read_shard(p).size for p in self.paths]
+        super().__init__(paths, B, T, rank, world)
         need = self.step_tokens + 1
         short = [f"{p.name} ({n} tokens)" for p, n in zip(self.paths, self.lengths, strict=True) if n < need]
         if short:
@@ -469,14 +484,6 @@ class ShardLoader:
             )
         self.shard, self.pos = 0, 0
         self._tokens = read_shard(self.paths[0])
-
-    @classmethod
-    def from_folder(cls, folder, split: str, B: int, T: int, rank: int = 0, world: int = 1) -> ShardLoader:
-        return cls(shard_paths(folder, split), B, T, rank, world)
-
-    def max_token_id(self) -> int:
-        """The largest token id in any of this split's shards (-1 if they are empty); reads every shard once."""
-        return max((int(read_shard(p).max()) for p, n in zip(self.paths, self.lengths, strict=True) if n), default=-1)
 
     def state(self) -> dict:
         return {"shard": self.shard, "pos": self.pos}

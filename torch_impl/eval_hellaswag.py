@@ -44,6 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from torch_impl.devices import choose_device, wants_bf16
 from torch_impl.documents import iter_jsonl
 from weights.errors import ArgumentParser, DataError, UsageError, UserError, run_cli
 
@@ -127,10 +128,14 @@ def ending_losses(model, context: list[int], endings: list[list[int]], autocast=
     return (total / mask.sum(dim=1)).numpy(), total.numpy()
 
 
-def evaluate_file(model, path, tokenizer, limit: int = 0, progress: bool = False, autocast=None) -> dict:
+def evaluate_file(
+    model, path, tokenizer, limit: int = 0, progress: bool = False, autocast=None, examples: list | None = None
+) -> dict:
     """Accuracy of `model` on the HellaSwag-format file (see the module docstring): a dict with examples,
-    correct, accuracy, correct_total_loss, accuracy_total_loss, chance (the mean of 1 / endings)."""
-    examples = read_examples(path, limit)
+    correct, accuracy, correct_total_loss, accuracy_total_loss, chance (the mean of 1 / endings).
+    examples: read_examples(path, limit) when the caller has read them already (the file is read once)."""
+    if examples is None:
+        examples = read_examples(path, limit)
     vocab = model.config.vocab_size
     bar = None
     if progress:
@@ -191,16 +196,12 @@ def _main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     if args.limit < 0:
         raise UsageError(f"--limit {args.limit}: must be >= 0 (0: all)")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: torch sees no CUDA device on this machine (use --device cpu or auto)")
-    device = torch.device(
-        "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
-    )
-    bf16 = args.dtype == "bf16" or (args.dtype == "auto" and device.type == "cuda")
+    device = choose_device(args.device)
+    bf16 = wants_bf16(args.dtype, device)
     if bf16 and device.type != "cuda":
         raise UsageError("--dtype bf16 needs --device cuda (on CPU this command evaluates in float32)")
     examples_path = Path(args.data)
-    read_examples(examples_path, args.limit)  # a bad file is named before the model is loaded
+    examples = read_examples(examples_path, args.limit)  # a bad file is named before the model is loaded
 
     import weights
     from torch_impl.model import GPT2
@@ -215,7 +216,7 @@ def _main(argv: list[str]) -> int:
         )
     model = GPT2.from_params(params, config, device=device).eval()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else None
-    result = evaluate_file(model, examples_path, tokenizer, args.limit, not args.no_progress, autocast)
+    result = evaluate_file(model, examples_path, tokenizer, args.limit, not args.no_progress, autocast, examples)
     result.update(weights=str(args.weights), dtype="bf16" if bf16 else "fp32", device=str(device))
     print(
         f"hellaswag: {result['examples']:,} examples of {args.data}: accuracy {result['accuracy']:.4f} "

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from torch_impl.data import read_shard, shard_paths
+from torch_impl.data import SplitShards, read_shard
 from weights.errors import DataError
 
 
@@ -44,24 +44,18 @@ def window_order(n_windows: int, seed: int, epoch: int) -> np.ndarray:
     return np.argsort(keys, kind="stable")
 
 
-class ShuffledLoader:
+class ShuffledLoader(SplitShards):
     """(x, y) batches of shape (B, T) of this rank, from a per-epoch permutation of the split's windows
     (see the module docstring)."""
 
     order = "shuffled"
 
     def __init__(self, paths: list[Path], B: int, T: int, rank: int = 0, world: int = 1, seed: int = 0):
-        if B < 1 or T < 1:
-            raise DataError(f"batch size B={B} and sequence length T={T} must be positive")
-        if not 0 <= rank < world:
-            raise DataError(f"rank {rank} is not in [0, {world})")
+        super().__init__(paths, B, T, rank, world)
         if seed < 0:
             raise DataError(f"--data-seed must be >= 0, got {seed}")
-        self.paths = [Path(p) for p in paths]
-        self.B, self.T, self.rank, self.world, self.seed = B, T, rank, world, seed
+        self.seed = seed
         self.step_windows = world * B
-        self.step_tokens = world * B * T
-        self.lengths = [read_shard(p).size for p in self.paths]
         per_shard = np.array([max(0, (n - 1) // T) for n in self.lengths], dtype=np.int64)
         self.first_window = np.concatenate([[0], np.cumsum(per_shard)])  # window ids of shard s: [first[s], first[s+1])
         self.windows = int(self.first_window[-1])
@@ -73,17 +67,9 @@ class ShuffledLoader:
         self._tokens: dict[int, np.ndarray] = {}
         self._start(epoch=0, pos=0)
 
-    @classmethod
-    def from_folder(cls, folder, split: str, B: int, T: int, rank: int = 0, world: int = 1, seed: int = 0):
-        return cls(shard_paths(folder, split), B, T, rank, world, seed)
-
     def _start(self, epoch: int, pos: int) -> None:
         self.epoch, self.pos = epoch, pos
         self.perm = window_order(self.windows, self.seed, epoch)
-
-    def max_token_id(self) -> int:
-        """The largest token id in any of this split's shards (-1 if they are empty); reads every shard once."""
-        return max((int(read_shard(p).max()) for p, n in zip(self.paths, self.lengths, strict=True) if n), default=-1)
 
     def state(self) -> dict:
         return {"order": self.order, "seed": self.seed, "epoch": self.epoch, "pos": self.pos, "windows": self.windows}

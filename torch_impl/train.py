@@ -65,6 +65,7 @@ import weights
 from torch_impl.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from torch_impl.chunked_loss import DEFAULT_CHUNK_ROWS
 from torch_impl.data import ShardLoader, shard_paths
+from torch_impl.devices import choose_device, wants_bf16
 from torch_impl.lr_schedule import lr_at
 from torch_impl.optim import adamw_groups
 from torch_impl.profiling import StepProfiler
@@ -291,9 +292,7 @@ def setup_distributed(device_pref: str) -> Dist:
     """Join the process group when launched by torchrun (RANK/WORLD_SIZE set), else one process.
 
     NCCL on CUDA, gloo on CPU. Each rank owns the GPU of its LOCAL_RANK."""
-    use_cuda = torch.cuda.is_available() if device_pref == "auto" else device_pref == "cuda"
-    if device_pref == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: torch sees no CUDA device on this machine (use --device cpu or auto)")
+    use_cuda = choose_device(device_pref).type == "cuda"
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return Dist(device=torch.device("cuda" if use_cuda else "cpu"))
     import torch.distributed as dist
@@ -669,7 +668,7 @@ def check_sample_prompt(cfg: TrainConfig, config: weights.GPT2Config) -> None:
 def set_precision(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype, contextlib.AbstractContextManager]:
     """(autocast dtype, the context every forward pass runs in): bf16 autocast for --dtype bf16, or auto
     on CUDA; else float32 and a no-op context. On CUDA also sets TF32 for float32 matmuls (--tf32)."""
-    use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda")
+    use_bf16 = wants_bf16(cfg.dtype, device)
     amp_dtype = torch.bfloat16 if use_bf16 else torch.float32
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
     if device.type == "cuda":

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import weights
+from torch_impl import eval_hellaswag
 from torch_impl.eval_hellaswag import Example, ending_losses, evaluate_file, main, read_examples, render
 from torch_impl.model import GPT2
 from weights.errors import DataError
@@ -168,7 +169,7 @@ SENTENCES = [
 
 
 @needs_tokenizer
-def test_a_trained_model_picks_the_ending_it_was_trained_on(tmp_path, tiny_config):
+def test_a_trained_model_picks_the_ending_it_was_trained_on(tmp_path, tiny_config, monkeypatch):
     """Train a 1-layer GPT-2 (C=32, GPT-2's vocabulary) on the 12 sentences (JSONL -> shards -> the
     trainer, shuffled windows); then each example offers the trained ending and three shuffles of its
     words (the same tokens, another order, so no unigram preference can choose). Chance is 0.25; at least
@@ -209,7 +210,10 @@ def test_a_trained_model_picks_the_ending_it_was_trained_on(tmp_path, tiny_confi
     (tmp_path / "hs.jsonl").write_text("\n".join(lines) + "\n")
     hs, result_file = tmp_path / "hs.jsonl", tmp_path / "r.json"
     argv = ["--weights", str(out["checkpoint"]), "--data", str(hs), "--out", str(result_file)]
+    reads = []
+    monkeypatch.setattr(eval_hellaswag, "read_examples", lambda *a: reads.append(a) or read_examples(*a))
     assert main([*argv, "--no-progress", "--device", "cpu"]) == 0
+    assert len(reads) == 1  # the file is read once: checked before the model loads, then evaluated
     result = json.loads(result_file.read_text())
     assert result["examples"] == 12 and result["chance"] == 0.25
     assert result["correct"] >= 9, result

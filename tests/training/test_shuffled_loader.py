@@ -62,6 +62,14 @@ def test_every_window_appears_once_per_epoch_and_epochs_differ(shards):
     assert other_seed != first and sorted(other_seed) == sorted(windows)
 
 
+def test_from_folder_is_the_constructor_on_the_splits_shards(shards):
+    a = ShuffledLoader.from_folder(shards[0].parent, "train", 2, 8, rank=1, world=2, seed=3)
+    b = ShuffledLoader(shards, 2, 8, rank=1, world=2, seed=3)
+    assert a.state() == b.state() and a.max_token_id() == 1099
+    for _ in range(10):  # across an epoch's end
+        np.testing.assert_array_equal(a.next_batch(), b.next_batch())
+
+
 def test_an_epoch_ends_before_a_step_it_cannot_fill(shards):
     """32 windows, 5 per step: 6 steps per epoch (30 windows, none twice), then epoch 1 from pos 0."""
     loader = ShuffledLoader(shards, B=5, T=T, seed=0)
