@@ -293,6 +293,19 @@ def _sequential_run(ws: Path) -> list[str]:
     return train_args(ws, data, "--resume", "--data-order", "shuffled")
 
 
+def _corrupt_log_run(ws: Path) -> list[str]:
+    """A real 1-step run, then a line of its log.jsonl replaced by one that is not JSON, then its resume."""
+    from torch_impl.train import main
+
+    data = shards(ws, 64)
+    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        assert main(train_args(ws, data, "--max-steps", "1")) == 0
+    log = ws / "run" / "log.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(["not json", *lines]) + "\n")
+    return train_args(ws, data, "--resume")
+
+
 QUIET_DOCS = ["--val-fraction", "0", "--no-progress"]  # one document is enough: no val split
 HS_LINE = b'{"ctx": "A man sits.", "endings": ["he stands.", "he runs.", "he eats.", "he naps."], "label": 2}\n'
 
@@ -589,6 +602,15 @@ CASES: list[Case] = [
         "train",
         lambda ws: _resume(ws, b"\x80\x02junk", "step_0000001"),
         names="train_state.pt",
+    ),
+    Case("--resume: a log.jsonl line is not JSON", "train", _corrupt_log_run, names="log.jsonl: line 1"),
+    Case(
+        "--compile-mode reduce-overhead with gradient accumulation",
+        "train",
+        lambda ws: train_args(
+            ws, shards(ws, 64), "--compile", "--compile-mode", "reduce-overhead", "--total-batch-tokens", "32"
+        ),
+        names="--compile-mode reduce-overhead",
     ),
     Case(
         "--resume: latest names a missing folder",
