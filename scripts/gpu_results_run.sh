@@ -11,8 +11,8 @@
 #   5. the GPU-only tests of numba_impl and torch_impl, with the time that is left
 #   6. (only when ONLY names it: train-throughput) GPT-2 124M training throughput, bf16 + compile, 524,288
 #      tokens per step: the plain loss profiled over 3 steps, then --loss-impl chunked (profiled too), chunked
-#      at micro-batch 128, chunked in chunks of 16,384 rows (CUDA graphs are refused with gradient
-#      accumulation) (scripts/train_throughput.py --profile --try; docs/training.md "Measured"):
+#      at micro-batch 128, chunked in chunks of 16,384 rows, chunked with the flash attention kernel instead of
+#      cuDNN's (CUDA graphs are refused with gradient accumulation) (scripts/train_throughput.py --profile --try; docs/training.md "Measured"):
 #        ONLY=train-throughput STEP_S="0 0 0 0 0 560" bash scripts/gpu_results_run.sh
 #   7. (only when ONLY names it: memory) the memory of one training step per GPT-2 size on the GPU backends,
 #      B=1, T=1024 (scripts/memory_per_size.py; docs/sizes.md; MEMORY_SIZES, MEMORY_BACKENDS: comma-separated
@@ -87,7 +87,7 @@ step train-throughput "${STEP_S[5]:-560}" "$WORK/train-throughput.log" bash -c "
     $GPT2_SHARED_DIR/data/tinyshakespeare.txt --out $WORK/shakespeare && python3 scripts/train_throughput.py \
     --data $WORK/shakespeare --gpus 1 --steps 20 --skip 8 --batch-size 64 --profile 3 --out $WORK/throughput-runs \
     --json $WORK/training-throughput.json --try '--loss-impl chunked --profile-steps 3' --try '--loss-impl chunked --batch-size 128' \
-    --try '--loss-impl chunked --loss-chunk-rows 16384'"
+    --try '--loss-impl chunked --loss-chunk-rows 16384' --try '--loss-impl chunked --sdpa-backend flash'"
 rm -rf "$WORK/shakespeare" "$WORK/throughput-runs"
 step memory "${STEP_S[6]:-400}" "$WORK/memory.log" python3 scripts/memory_per_size.py \
     --sizes "${MEMORY_SIZES:-gpt2,gpt2-medium,gpt2-large,gpt2-xl}" \

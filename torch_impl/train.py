@@ -65,7 +65,7 @@ import weights
 from torch_impl.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from torch_impl.chunked_loss import DEFAULT_CHUNK_ROWS
 from torch_impl.data import ShardLoader, shard_paths
-from torch_impl.devices import choose_device, wants_bf16
+from torch_impl.devices import SDPA_BACKENDS, choose_device, sdpa_backend, wants_bf16
 from torch_impl.lr_schedule import lr_at
 from torch_impl.optim import adamw_groups
 from torch_impl.profiling import StepProfiler
@@ -141,7 +141,13 @@ class TrainConfig:
     mlp_hidden: int = _opt(0, "override the preset's MLP hidden width (0: keep)")
     untied_head: bool = _opt(False, "give the model an output head of its own (lm_head.weight) instead of wte")
     padded_vocab: int = _opt(50304, "embedding/head rows, padded for fast matmuls; pad ids never scored or sampled")
-    attention: str = _opt("sdpa", "attention kernel (sdpa: flash on CUDA)", ("sdpa", "math"))
+    attention: str = _opt("sdpa", "attention: F.scaled_dot_product_attention, or the explicit masked softmax",
+                          ("sdpa", "math"))  # fmt: skip
+    sdpa_backend: str = _opt(
+        "auto",
+        "the kernel --attention sdpa uses (auto: torch's choice, cuDNN's on an H200; cudnn and efficient need CUDA)",
+        SDPA_BACKENDS,
+    )
     loss_impl: str = _opt(
         "full",
         "the head + cross-entropy: full (all B*T x V logits) or chunked (in row chunks, never all the logits)",
@@ -561,7 +567,12 @@ def train(cfg: TrainConfig) -> dict:
     Launched by torchrun, each process calls this and they train as one DDP job."""
     d = setup_distributed(cfg.device)
     try:
-        return _train(cfg, d)
+        if cfg.sdpa_backend != "auto" and cfg.attention != "sdpa":
+            raise UsageError(
+                f"--sdpa-backend {cfg.sdpa_backend} chooses a kernel of --attention sdpa, not {cfg.attention}"
+            )
+        with sdpa_backend(cfg.sdpa_backend, d.device):
+            return _train(cfg, d)
     finally:
         if d.owns_group:
             import torch.distributed as dist

@@ -605,6 +605,12 @@ CASES: list[Case] = [
     ),
     Case("--resume: a log.jsonl line is not JSON", "train", _corrupt_log_run, names="log.jsonl: line 1"),
     Case(
+        "--sdpa-backend cudnn on the CPU",
+        "train",
+        lambda ws: train_args(ws, shards(ws, 64), "--sdpa-backend", "cudnn"),
+        names="--sdpa-backend cudnn",
+    ),
+    Case(
         "--compile-mode reduce-overhead with gradient accumulation",
         "train",
         lambda ws: train_args(

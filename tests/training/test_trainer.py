@@ -458,6 +458,9 @@ def test_help_lists_every_setting(capsys):
         ({"dtype": "fp16"}, "--dtype must be"),
         ({"loss_impl": "fused"}, "--loss-impl must be"),
         ({"loss_chunk_rows": 0}, "--loss-chunk-rows 0: must be >= 1"),
+        ({"sdpa_backend": "cudnn"}, "--sdpa-backend cudnn: a CUDA kernel, and this run is on cpu"),
+        ({"sdpa_backend": "flash", "attention": "math"}, "--sdpa-backend flash chooses a kernel of --attention sdpa"),
+        ({"sdpa_backend": "fastest"}, "--sdpa-backend must be one of"),
         (
             {"compile": True, "compile_mode": "reduce-overhead", "total_batch_tokens": 128},
             r"--compile-mode reduce-overhead uses CUDA graphs.*\(2 micro-steps here",
@@ -485,6 +488,17 @@ def test_cuda_graph_modes_are_allowed_without_gradient_accumulation(mode):
             batch_geometry(accumulating, weights.GPT2Config.tiny(), world=1)
     else:
         assert batch_geometry(accumulating, weights.GPT2Config.tiny(), world=1) == (128, 2)
+
+
+def test_sdpa_backend_flash_trains_as_torchs_own_choice_on_cpu(random_shards, tmp_path, tiny_config):
+    """--sdpa-backend flash limits SDPA to its flash kernel for the whole run; on the CPU (fp32) that kernel
+    computes what torch's own choice does, to rounding."""
+    auto = train(tiny_config(random_shards, tmp_path / "auto", max_steps=4))
+    flash = train(tiny_config(random_shards, tmp_path / "flash", max_steps=4, sdpa_backend="flash"))
+    assert sorted(flash["losses"]) == [0, 1, 2, 3]
+    for step, loss in auto["losses"].items():
+        assert flash["losses"][step] == pytest.approx(loss, rel=1e-5)
+    assert torch.backends.cuda.cudnn_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()  # restored after
 
 
 def test_flops_per_token_of_gpt2_124m():
