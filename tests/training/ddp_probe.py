@@ -20,7 +20,7 @@ import sys
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from torch_impl.train import main
+from torch_impl.train import exit_process, main
 
 record = {"forwards": 0, "synced_at": []}
 _ddp_init, _ddp_forward = DDP.__init__, DDP.forward
@@ -47,4 +47,4 @@ if __name__ == "__main__":
     code = main(sys.argv[1:])
     with open(f"{os.environ['DDP_PROBE_OUT']}.rank{os.environ['RANK']}.json", "w") as f:
         json.dump(record, f)
-    raise SystemExit(code)
+    exit_process(code)  # as `python -m torch_impl.train` ends

@@ -4,7 +4,8 @@
 
 On rank 0 the N-th torch.save raises OSError(ENOSPC): the N-th checkpoint's train_state.pt, after its
 model.safetensors was written (as a full disk would). The other ranks run unchanged. The exit status is
-main()'s: 2 for a user error, which a full disk is.
+main()'s: 2 for a user error, which a full disk is. The process ends as the trainer's program does
+(torch_impl.train.exit_process).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 
 import torch
 
-from torch_impl.train import main
+from torch_impl.train import exit_process, main
 
 if __name__ == "__main__":
     fail_at, flags = int(sys.argv[1]), sys.argv[2:]
@@ -29,4 +30,4 @@ if __name__ == "__main__":
             return real_save(*args, **kwargs)
 
         torch.save = save
-    raise SystemExit(main(flags))
+    exit_process(main(flags))  # as `python -m torch_impl.train` ends

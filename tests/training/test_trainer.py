@@ -559,3 +559,27 @@ def test_cuda_graphs_mode_marks_a_new_step_before_each_micro_step(monkeypatch, m
     loss = forward_backward(run)
     assert float(loss) == pytest.approx(2.0) and float(w.grad) == pytest.approx(2.0)
     assert events == (["mark", "forward"] * 3 if marks_expected else ["forward"] * 3)
+
+
+def test_exit_process_skips_the_interpreter_shutdown_only_in_a_process_group_member(tmp_path):
+    """A torchrun worker ends by os._exit once stdout and stderr are flushed (gloo's threads outlive the
+    group and can abort the interpreter's shutdown: torch_impl.train.exit_process); any other process
+    by sys.exit, shutdown included."""
+    from torch_impl.train import exit_process
+
+    with pytest.raises(SystemExit) as e:
+        exit_process(3)
+    assert e.value.code == 3
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import atexit, sys\n"
+        "from torch_impl import train\n"
+        "atexit.register(lambda: print('shutdown ran'))\n"
+        "train._JOINED_GROUP.append(True)\n"
+        "print('last line', end='')\n"
+        "sys.stderr.write('error: x')\n"
+        "train.exit_process(5)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (5, "last line", "error: x")
