@@ -12,7 +12,8 @@
 #   6. (only when ONLY names it: train-throughput) GPT-2 124M training throughput, bf16 + compile, 524,288
 #      tokens per step: the plain loss profiled over 3 steps, then --loss-impl chunked (profiled too), chunked
 #      at micro-batch 128, chunked in chunks of 16,384 rows, chunked with the flash attention kernel instead of
-#      cuDNN's (CUDA graphs are refused with gradient accumulation) (scripts/train_throughput.py --profile --try; docs/training.md "Measured"):
+#      cuDNN's (CUDA graphs are refused with gradient accumulation) (scripts/train_throughput.py --profile
+#      --try; docs/training.md "Measured"):
 #        ONLY=train-throughput STEP_S="0 0 0 0 0 560" bash scripts/gpu_results_run.sh
 #   7. (only when ONLY names it: memory) the memory of one training step per GPT-2 size on the GPU backends,
 #      B=1, T=1024 (scripts/memory_per_size.py; docs/sizes.md; MEMORY_SIZES, MEMORY_BACKENDS: comma-separated

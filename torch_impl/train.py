@@ -313,7 +313,8 @@ def setup_distributed(device_pref: str) -> Dist:
     owns = not dist.is_initialized()  # a caller that made the group itself keeps it (tests/training/shard_probe.py)
     if owns:
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", rank=rank, world_size=world)
-        _JOINED_GROUP.append(True)  # the program then ends by exit_process
+        global _JOINED_GROUP
+        _JOINED_GROUP = True  # the program then ends by exit_process
     return Dist(rank=rank, world=world, local_rank=local_rank, device=device, group=True, owns_group=owns)
 
 
@@ -1127,20 +1128,21 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(_main, argv)
 
 
-_JOINED_GROUP: list[bool] = []  # setup_distributed appends True when it made the process group
+_JOINED_GROUP = False  # set by setup_distributed when it made the process group
 
 
 def exit_process(code: int) -> None:
     """End the program with exit status `code`: sys.exit, or in a process that made a process group (a
     torchrun worker) flush stdout and stderr and os._exit, skipping the interpreter's shutdown.
 
-    Why: gloo's worker threads outlive destroy_process_group (DTensor's caches keep the device mesh and
-    its group alive), and a worker may still be releasing the tensors of the last collective when the
-    interpreter shuts down. That release needs the GIL; a thread asking for the GIL during shutdown is
-    ended by Python from inside a C++ destructor, and the process aborts ("terminate called without an
-    active exception", exit status -6 instead of 0 or 2). Measured on the 2-core box: 1 abort in 160
-    runs of tests/training/test_sharding.py's save-failure pair before this. Every file the run writes
-    is closed (and checkpoints fsynced) before main returns, so nothing is lost by skipping the shutdown."""
+    Why: gloo's worker threads outlive destroy_process_group (DTensor's objects hold the device mesh and
+    with it the group, even after gc.collect()), and a worker may still be releasing the tensors of the
+    last collective when the interpreter shuts down. That release needs the GIL; a thread asking for the
+    GIL during shutdown is ended by Python from inside a C++ destructor, and the process aborts
+    ("terminate called without an active exception", exit status -6 instead of 0 or 2). Measured on the
+    2-core box: 1 abort in 160 runs of tests/training/test_sharding.py's save-failure pair before this.
+    Every file the run writes is closed (and checkpoints fsynced) before main returns, so nothing is
+    lost by skipping the shutdown."""
     if not _JOINED_GROUP:
         sys.exit(code)
     sys.stdout.flush()

@@ -575,7 +575,7 @@ def test_exit_process_skips_the_interpreter_shutdown_only_in_a_process_group_mem
         "import atexit, sys\n"
         "from torch_impl import train\n"
         "atexit.register(lambda: print('shutdown ran'))\n"
-        "train._JOINED_GROUP.append(True)\n"
+        "train._JOINED_GROUP = True\n"
         "print('last line', end='')\n"
         "sys.stderr.write('error: x')\n"
         "train.exit_process(5)\n"
