@@ -13,7 +13,7 @@
 #      tokens per step: the plain loss profiled over 3 steps, then --loss-impl chunked (profiled too), chunked
 #      at micro-batch 128, chunked in chunks of 16,384 rows, chunked with the flash attention kernel instead of
 #      cuDNN's (CUDA graphs are refused with gradient accumulation) (scripts/train_throughput.py --profile
-#      --try; docs/training.md "Measured"):
+#      --try; THROUGHPUT_RUNS below picks others; docs/training.md "Measured"):
 #        ONLY=train-throughput STEP_S="0 0 0 0 0 560" bash scripts/gpu_results_run.sh
 #   7. (only when ONLY names it: memory) the memory of one training step per GPT-2 size on the GPU backends,
 #      B=1, T=1024 (scripts/memory_per_size.py; docs/sizes.md; MEMORY_SIZES, MEMORY_BACKENDS: comma-separated
@@ -84,11 +84,14 @@ step gpu-tests "${STEP_S[4]}" "$WORK/gpu-tests.log" python3 -m pytest -q -p no:c
     tests/numba_impl/test_graph.py tests/numba_impl/test_variants.py tests/torch_impl/test_cuda.py \
     tests/torch_impl/test_cuda_variants.py
 
+# THROUGHPUT_RUNS: --profile N and the tries of scripts/train_throughput.py (the first run is always the plain
+# loss), e.g. THROUGHPUT_RUNS="--try '--loss-impl chunked' --try '--loss-impl chunked --compile-mode max-autotune-no-cudagraphs'"
+THROUGHPUT_RUNS="${THROUGHPUT_RUNS:---profile 3 --try '--loss-impl chunked --profile-steps 3' --try '--loss-impl chunked \
+--batch-size 128' --try '--loss-impl chunked --loss-chunk-rows 16384' --try '--loss-impl chunked --sdpa-backend flash'}"
 step train-throughput "${STEP_S[5]:-560}" "$WORK/train-throughput.log" bash -c "python3 -m torch_impl.data \
     $GPT2_SHARED_DIR/data/tinyshakespeare.txt --out $WORK/shakespeare && python3 scripts/train_throughput.py \
-    --data $WORK/shakespeare --gpus 1 --steps 20 --skip 8 --batch-size 64 --profile 3 --out $WORK/throughput-runs \
-    --json $WORK/training-throughput.json --try '--loss-impl chunked --profile-steps 3' --try '--loss-impl chunked --batch-size 128' \
-    --try '--loss-impl chunked --loss-chunk-rows 16384' --try '--loss-impl chunked --sdpa-backend flash'"
+    --data $WORK/shakespeare --gpus 1 --steps 20 --skip 8 --batch-size 64 --out $WORK/throughput-runs \
+    --json $WORK/training-throughput.json $THROUGHPUT_RUNS"
 rm -rf "$WORK/shakespeare" "$WORK/throughput-runs"
 step memory "${STEP_S[6]:-400}" "$WORK/memory.log" python3 scripts/memory_per_size.py \
     --sizes "${MEMORY_SIZES:-gpt2,gpt2-medium,gpt2-large,gpt2-xl}" \
