@@ -182,6 +182,11 @@ class TrainConfig:
     compile_mode: str = _opt(
         "default", "torch.compile mode", ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
     )
+    coordinate_descent_tuning: bool = _opt(
+        False,
+        "torch.compile tunes the block sizes of each kernel it generates by coordinate descent (a longer compile; "
+        "--compile-mode default: the max-autotune modes tune this way already)",
+    )
     tf32: bool = _opt(True, "allow TF32 matmuls for float32 work on CUDA")
     seed: int = _opt(1337, "seed of the initialisation (same on every rank)")
     peak_flops: float = _opt(0.0, "device peak FLOP/s for MFU (0: look the device up)")
@@ -759,6 +764,21 @@ def build_loaders(
     return train_loader, val_loader
 
 
+def compiler(cfg: TrainConfig):
+    """torch.compile as --compile, --compile-mode and --coordinate-descent-tuning ask, or None (eager)."""
+    if cfg.coordinate_descent_tuning and not (cfg.compile and cfg.compile_mode == "default"):
+        raise UsageError(
+            "--coordinate-descent-tuning tunes the kernels torch.compile generates: it needs --compile with "
+            f"--compile-mode default (here {'--compile-mode ' + cfg.compile_mode if cfg.compile else 'no --compile'}; "
+            "the max-autotune modes tune this way already)"
+        )
+    if not cfg.compile:
+        return None
+    if cfg.coordinate_descent_tuning:  # torch.compile takes a mode or options, not both
+        return lambda m: torch.compile(m, options={"coordinate_descent_tuning": True})
+    return lambda m: torch.compile(m, mode=cfg.compile_mode)
+
+
 def build_model_and_optimizer(
     cfg: TrainConfig, d: Dist, params: dict | None, config: weights.GPT2Config, pad_rows: dict | None
 ) -> tuple[torch.nn.Module, torch.nn.Module, torch.optim.Optimizer]:
@@ -769,8 +789,7 @@ def build_model_and_optimizer(
     raw_model = build_model(cfg, d.device, params, config)
     if pad_rows is not None:
         _restore_pad_rows(raw_model, pad_rows, config.vocab_size)
-    compile_model = (lambda m: torch.compile(m, mode=cfg.compile_mode)) if cfg.compile else None
-    model = wrap_model(raw_model, cfg.shard, d.device, d.world, compile_model)
+    model = wrap_model(raw_model, cfg.shard, d.device, d.world, compiler(cfg))
     optimizer = build_optimizer(cfg, raw_model, d.device)
     return raw_model, model, optimizer
 

@@ -461,6 +461,11 @@ def test_help_lists_every_setting(capsys):
         ({"sdpa_backend": "cudnn"}, "--sdpa-backend cudnn: a CUDA kernel, and this run is on cpu"),
         ({"sdpa_backend": "flash", "attention": "math"}, "--sdpa-backend flash chooses a kernel of --attention sdpa"),
         ({"sdpa_backend": "fastest"}, "--sdpa-backend must be one of"),
+        ({"coordinate_descent_tuning": True}, r"--coordinate-descent-tuning .*needs --compile .*\(here no --compile"),
+        (
+            {"coordinate_descent_tuning": True, "compile": True, "compile_mode": "max-autotune-no-cudagraphs"},
+            r"\(here --compile-mode max-autotune-no-cudagraphs; the max-autotune modes tune this way already",
+        ),
         (
             {"compile": True, "compile_mode": "reduce-overhead", "total_batch_tokens": 128},
             r"--compile-mode reduce-overhead uses CUDA graphs.*\(2 micro-steps here",
@@ -488,6 +493,26 @@ def test_cuda_graph_modes_are_allowed_without_gradient_accumulation(mode):
             batch_geometry(accumulating, weights.GPT2Config.tiny(), world=1)
     else:
         assert batch_geometry(accumulating, weights.GPT2Config.tiny(), world=1) == (128, 2)
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({"compile_mode": "max-autotune-no-cudagraphs"}, {"mode": "max-autotune-no-cudagraphs"}),
+        ({"coordinate_descent_tuning": True}, {"options": {"coordinate_descent_tuning": True}}),
+    ],
+)
+def test_compile_settings_reach_torch_compile(random_shards, tmp_path, tiny_config, monkeypatch, overrides, expected):
+    """What --compile-mode and --coordinate-descent-tuning hand to torch.compile (recorded; the model runs eager)."""
+    calls = []
+
+    def record(model, **kwargs):
+        calls.append(kwargs)
+        return model
+
+    monkeypatch.setattr(torch, "compile", record)
+    out = train(tiny_config(random_shards, tmp_path / "r", max_steps=1, compile=True, **overrides))
+    assert calls == [expected] and sorted(out["losses"]) == [0]
 
 
 def test_sdpa_backend_flash_trains_as_torchs_own_choice_on_cpu(random_shards, tmp_path, tiny_config):
