@@ -111,6 +111,15 @@ def device(fn):
     return cuda.jit(device=True)(fn)
 
 
+def zero_fill(arr, n: int, stream) -> None:
+    """``arr[:n] = 0`` on `stream`: a memset, which CUDA graphs capture like a kernel, so no buffer of
+    zeros (one as large as every parameter, for the gradients) has to live on the device to copy from.
+    The simulator's driver has the same call (a fill of its host memory)."""
+    from numba.cuda.cudadrv.driver import device_memset
+
+    device_memset(arr[:n], 0, n * arr.dtype.itemsize, stream=stream)
+
+
 def block_size(gpu: int, sim: int) -> int:
     """Threads per block: `gpu` on a real device, `sim` in the simulator."""
     return sim if SIMULATOR else gpu

@@ -67,7 +67,7 @@ import warnings
 
 import numpy as np
 
-from numba_impl._compat import cuda, launch_stream
+from numba_impl._compat import cuda, launch_stream, zero_fill
 from numba_impl.graph import CapturedGraph, graphs_unavailable
 from numba_impl.kernels import matmul as matmul_fp32
 from numba_impl.kernels import matmul_3xtf32
@@ -234,7 +234,6 @@ class NumbaGPT2:
             self.dpreatt = empty(max_batch * NH * max_seq * max_seq)
         else:
             self.delta = empty(max_batch * NH * max_seq)
-        self._zeros = cuda.to_device(np.zeros(max(N * C, self.n_params), dtype=np.float32))
         self._shape = None  # (B, T) of the last forward
         self._n_valid = 0
 
@@ -382,8 +381,8 @@ class NumbaGPT2:
         C, NH, NKV, HS, V, N = cfg.n_embd, cfg.n_head, cfg.kv_heads, cfg.head_size, cfg.vocab_size, B * T
         W, H, FW = cfg.qkv_width, cfg.hidden, cfg.fc_width
         naive, mm = self.naive, self.mm
-        self.d_grads.copy_to_device(self._zeros[: self.n_params], stream=self.stream)
-        self.dresidual[: N * C].copy_to_device(self._zeros[: N * C], stream=self.stream)
+        zero_fill(self.d_grads, self.n_params, self.stream)
+        zero_fill(self.dresidual, N * C, self.stream)
 
         # lm head: logits = lnf @ head^T  ->  dlnf = dlogits @ head (NN), dhead += dlogits^T @ lnf (TN); the
         # head is wte (tied: its gradient also gets the embedding's scatter-add below) or lm_head.

@@ -595,6 +595,22 @@ MUTANTS: list[Mutant] = [
         "CUDA graph compile modes are accepted with gradient accumulation (torch refuses or corrupts the gradients)",
     ),
     Mutant(
+        "numba-gradients-not-zeroed",
+        "numba_impl/model.py",
+        "        zero_fill(self.d_grads, self.n_params, self.stream)\n",
+        "",
+        ("tests/numba_impl/test_model.py::test_adamw_steps_follow_reference_trajectory",),
+        "the Numba backward adds into the last step's gradients instead of zeroed ones",
+    ),
+    Mutant(
+        "trainer-coordinate-descent-dropped",
+        "torch_impl/train.py",
+        '        return lambda m: torch.compile(m, options={"coordinate_descent_tuning": True})',
+        "        return lambda m: torch.compile(m, mode=cfg.compile_mode)",
+        ("tests/training/test_trainer.py::test_compile_settings_reach_torch_compile",),
+        "--coordinate-descent-tuning is accepted and never reaches torch.compile",
+    ),
+    Mutant(
         "trainer-resume-chokes-on-half-a-log-line",
         "torch_impl/train.py",
         "            if i == len(lines) - 1:\n                break\n",

@@ -1,4 +1,5 @@
-"""The toolchain shims of numba_impl/_compat.py: the NumPy alias, the jit wrapper, the warp reductions."""
+"""The toolchain shims of numba_impl/_compat.py: the NumPy alias, the jit wrapper, the warp reductions, the
+zero fill."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from numba_impl._compat import (
     shfl_xor,
     warp_max,
     warp_sum,
+    zero_fill,
 )
 from tests.numba_impl.helpers import dev, needs_cuda
 
@@ -131,3 +133,11 @@ def test_a_failing_thread_fails_the_launch_instead_of_hanging_it():
     out = cuda.to_device(np.zeros(8, dtype=np.float32))
     with pytest.raises(IndexError, match="tid=\\[3, 0, 0\\]"):
         _failing_kernel[1, 8](out, 3)
+
+
+def test_zero_fill_zeroes_the_first_n_values_on_the_stream_and_nothing_else():
+    stream = cuda.stream()
+    arr = dev(np.arange(1, 11, dtype=np.float32))
+    zero_fill(arr, 7, stream)
+    stream.synchronize()
+    np.testing.assert_array_equal(arr.copy_to_host(), [0, 0, 0, 0, 0, 0, 0, 8, 9, 10])

@@ -619,6 +619,12 @@ CASES: list[Case] = [
         names="--compile-mode reduce-overhead",
     ),
     Case(
+        "--coordinate-descent-tuning without --compile",
+        "train",
+        lambda ws: train_args(ws, shards(ws, 64), "--coordinate-descent-tuning"),
+        names="--coordinate-descent-tuning",
+    ),
+    Case(
         "--resume: latest names a missing folder",
         "train",
         lambda ws: _resume(ws, None, "step_0000099"),
