@@ -1150,9 +1150,10 @@ def main(argv: list[str] | None = None) -> int:
 _JOINED_GROUP = False  # set by setup_distributed when it made the process group
 
 
-def exit_process(code: int) -> None:
+def exit_process(code: int, made_group: bool = False) -> None:
     """End the program with exit status `code`: sys.exit, or in a process that made a process group (a
-    torchrun worker) flush stdout and stderr and os._exit, skipping the interpreter's shutdown.
+    torchrun worker: setup_distributed made it, or the caller did and says so with `made_group`) flush
+    stdout and stderr and os._exit, skipping the interpreter's shutdown.
 
     Why: gloo's worker threads outlive destroy_process_group (DTensor's objects hold the device mesh and
     with it the group, even after gc.collect()), and a worker may still be releasing the tensors of the
@@ -1162,7 +1163,7 @@ def exit_process(code: int) -> None:
     2-core box: 1 abort in 160 runs of tests/training/test_sharding.py's save-failure pair before this.
     Every file the run writes is closed (and checkpoints fsynced) before main returns, so nothing is
     lost by skipping the shutdown."""
-    if not _JOINED_GROUP:
+    if not (_JOINED_GROUP or made_group):
         sys.exit(code)
     sys.stdout.flush()
     sys.stderr.flush()

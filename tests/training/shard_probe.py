@@ -7,7 +7,9 @@ import, the rendezvous) costs more on a 2-core machine than a tiny run, so one l
 each rank joins the group once, then calls train() per run; train() leaves a group it did not create
 alone. Each rank writes OUT.rank<RANK>.json: per run, the losses and gradient norms per step, the last
 checkpoint, and what the rank held (torch_impl.sharding.held_numel). A run that raises stops the probe
-(exit 1, the traceback on stderr).
+(exit 1, the traceback on stderr). The probe made the group, so it ends as a torchrun worker of
+`python -m torch_impl.train` does: exit_process, without the interpreter's shutdown that gloo's
+threads can abort.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import sys
 
 import torch.distributed as dist
 
-from torch_impl.train import parse_args, train
+from torch_impl.train import exit_process, parse_args, train
 
 if __name__ == "__main__":
     plan_path, out = sys.argv[1], sys.argv[2]
@@ -37,3 +39,4 @@ if __name__ == "__main__":
     dist.destroy_process_group()
     with open(f"{out}.rank{os.environ['RANK']}.json", "w") as f:
         json.dump(results, f)
+    exit_process(0, made_group=True)

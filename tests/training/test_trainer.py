@@ -586,7 +586,11 @@ def test_cuda_graphs_mode_marks_a_new_step_before_each_micro_step(monkeypatch, m
     assert events == (["mark", "forward"] * 3 if marks_expected else ["forward"] * 3)
 
 
-def test_exit_process_skips_the_interpreter_shutdown_only_in_a_process_group_member(tmp_path):
+@pytest.mark.parametrize(
+    "mark_line, call",
+    [("train._JOINED_GROUP = True\n", "train.exit_process(5)"), ("", "train.exit_process(5, made_group=True)")],
+)
+def test_exit_process_skips_the_interpreter_shutdown_only_in_a_process_group_member(tmp_path, mark_line, call):
     """A torchrun worker ends by os._exit once stdout and stderr are flushed (gloo's threads outlive the
     group and can abort the interpreter's shutdown: torch_impl.train.exit_process); any other process
     by sys.exit, shutdown included."""
@@ -600,10 +604,10 @@ def test_exit_process_skips_the_interpreter_shutdown_only_in_a_process_group_mem
         "import atexit, sys\n"
         "from torch_impl import train\n"
         "atexit.register(lambda: print('shutdown ran'))\n"
-        "train._JOINED_GROUP = True\n"
+        f"{mark_line}"
         "print('last line', end='')\n"
         "sys.stderr.write('error: x')\n"
-        "train.exit_process(5)\n"
+        f"{call}\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
