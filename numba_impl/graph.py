@@ -11,7 +11,7 @@ How (CUDA driver API through cuda-python's ``cuda.bindings.driver``; nothing els
 
     cuStreamBeginCapture(stream)     from here on, work queued on `stream` is recorded, not run
     ... every kernel of the step, launched on `stream` (numba_impl._compat.launch_stream) ...
-    cuStreamEndCapture(stream)       -> graph (its nodes: one per kernel launch / memcpy)
+    cuStreamEndCapture(stream)       -> graph (its nodes: one per kernel launch / memcpy / memset)
     cuGraphInstantiate(graph)        -> executable graph
     cuGraphLaunch(exec, stream)      replay: the same kernels, the same arguments
 

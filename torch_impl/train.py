@@ -658,9 +658,16 @@ def check_profile_steps(cfg: TrainConfig, start_step: int, end_step: int) -> Non
 
 
 def check_launch(cfg: TrainConfig, d: Dist) -> None:
-    """Refuse a run that cannot start: no --data, or a --shard mode outside a torchrun job."""
+    """Refuse a run that cannot start: no --data, a --shard mode outside a torchrun job, or
+    --coordinate-descent-tuning without the compile mode it tunes."""
     if not cfg.data:
         raise UsageError("--data is required: a folder of token shards (make them with `python -m torch_impl.data`)")
+    if cfg.coordinate_descent_tuning and not (cfg.compile and cfg.compile_mode == "default"):
+        raise UsageError(
+            "--coordinate-descent-tuning tunes the kernels torch.compile generates: it needs --compile with "
+            f"--compile-mode default (here {'--compile-mode ' + cfg.compile_mode if cfg.compile else 'no --compile'}; "
+            "the max-autotune modes tune this way already)"
+        )
     if cfg.shard != "none" and not d.group:
         raise UsageError(
             f"--shard {cfg.shard} splits state between the ranks of a torchrun job; launch with torchrun "
@@ -766,12 +773,6 @@ def build_loaders(
 
 def compiler(cfg: TrainConfig):
     """torch.compile as --compile, --compile-mode and --coordinate-descent-tuning ask, or None (eager)."""
-    if cfg.coordinate_descent_tuning and not (cfg.compile and cfg.compile_mode == "default"):
-        raise UsageError(
-            "--coordinate-descent-tuning tunes the kernels torch.compile generates: it needs --compile with "
-            f"--compile-mode default (here {'--compile-mode ' + cfg.compile_mode if cfg.compile else 'no --compile'}; "
-            "the max-autotune modes tune this way already)"
-        )
     if not cfg.compile:
         return None
     if cfg.coordinate_descent_tuning:  # torch.compile takes a mode or options, not both
