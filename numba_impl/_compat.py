@@ -117,7 +117,8 @@ def zero_fill(arr, n: int, stream) -> None:
     The simulator's driver has the same call (a fill of its host memory)."""
     from numba.cuda.cudadrv.driver import device_memset
 
-    device_memset(arr[:n], 0, n * arr.dtype.itemsize, stream=stream)
+    head = arr[:n]  # never past the array's end, whatever n is
+    device_memset(head, 0, head.nbytes, stream=stream)
 
 
 def block_size(gpu: int, sim: int) -> int:

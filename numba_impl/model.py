@@ -375,7 +375,7 @@ class NumbaGPT2:
     # ------------------------------------------------------------------ backward
     def _launch_backward(self) -> None:
         """Queue the backward: fills the gradient buffer from the dlogits of the last forward
-        (gradients are overwritten). Kernel launches and device-to-device copies only."""
+        (gradients are overwritten). Kernel launches, memsets and device-to-device copies only."""
         cfg = self.config
         B, T = self._shape
         C, NH, NKV, HS, V, N = cfg.n_embd, cfg.n_head, cfg.kv_heads, cfg.head_size, cfg.vocab_size, B * T
