@@ -8,7 +8,8 @@ torch: sessions install ``torch==2.13.0`` unless TORCH_SPEC says otherwise (e.g.
 ``TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu128"`` for a CUDA build).
 
 Numba: on a machine without a GPU the sessions set NUMBA_ENABLE_CUDASIM=1, so every
-kernel runs (slowly) in Numba's CUDA simulator on tiny configs.
+kernel runs (slowly) in Numba's CUDA simulator on tiny configs; likewise TRITON_INTERPRET=1 runs
+the one Triton kernel (torch_impl/cross_entropy_triton.py) in Triton's interpreter.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def _env() -> dict[str, str]:
     env = {"PYTHONHASHSEED": "0", "OMP_WAIT_POLICY": "PASSIVE"}
     if not _has_nvidia_gpu():
         env["NUMBA_ENABLE_CUDASIM"] = "1"
+        env["TRITON_INTERPRET"] = "1"  # Triton kernels (torch_impl/cross_entropy_triton.py) run interpreted
     return env
 
 

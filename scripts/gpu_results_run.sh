@@ -19,6 +19,8 @@
 #      B=1, T=1024 (scripts/memory_per_size.py; docs/sizes.md; MEMORY_SIZES, MEMORY_BACKENDS: comma-separated
 #      subsets, e.g. MEMORY_SIZES=gpt2-xl MEMORY_BACKENDS=torch-cuda-bf16-chunked,numba-cuda-f32):
 #        ONLY=memory STEP_S="0 0 0 0 0 0 400" bash scripts/gpu_results_run.sh
+#   8. (only when ONLY names it: loss-kernel) one loss chunk's kernels timed: torch.compile's against the Triton
+#      kernel of --loss-impl chunked-triton at several block sizes and warp counts (scripts/loss_kernel_sweep.py)
 #
 #   OUT=/some/folder GPT2_GIT_COMMIT=<commit> GPT2_GIT_DIRTY=<0|1> GPT2_SHARED_DIR=<absolute path> \
 #       bash scripts/gpu_results_run.sh
@@ -40,12 +42,12 @@ FULL_BACKENDS="torch-cuda-f32,numba-cuda-f32,numba-cuda-3xtf32"
 SMALL_CASES="${SMALL_CASES:-tiny-rope,tiny-rmsnorm,tiny-swiglu,tiny-gqa,tiny-nobias,tiny-untied,tiny-llama,tiny-llama-trained,\
 tiny-B2-T4-adamw,small-trained}"
 # seconds per step: conformance full, benchmarks (the deadline; run_gpu.sh kills at +70), conformance small,
-# training, tests, training throughput, memory
-STEP_S=(${STEP_S:-140 180 60 45 30 560 400})
+# training, tests, training throughput, memory, loss kernel
+STEP_S=(${STEP_S:-140 180 60 45 30 560 400 120})
 # GPU_BACKENDS, SMALL_CASES, FULL_CASES, BENCH_SELECT (a pytest -k expression), BENCH_FILES: override the
 # defaults below, e.g. for a second call that measures what the first one ran out of time for.
 # ONLY: a comma-separated subset of the steps (conformance-full, benchmarks, conformance-small, train-llama,
-# gpu-tests, train-throughput, memory; the default is all but the last two). The GPT-2 family's other sizes, in a second call of their own:
+# gpu-tests, train-throughput, memory, loss-kernel; the default is all but the last three). The GPT-2 family's other sizes, in a second call of their own:
 #   ONLY=conformance-full FULL_CASES=medium-B1-T128,xl-B1-T128 STEP_S="500 0 0 0 0" bash scripts/gpu_results_run.sh
 FULL_CASES="${FULL_CASES:-124m-B4-T64,124m-B1-T1024,124m-llama-B4-T64}"
 ONLY="${ONLY:-conformance-full,benchmarks,conformance-small,train-llama,gpu-tests}"
@@ -82,7 +84,7 @@ step train-llama "${STEP_S[3]}" "$WORK/train-llama.log" bash -c "python3 -m torc
 rm -rf "$WORK/shakespeare"  # (absent when train-llama was not run)
 step gpu-tests "${STEP_S[4]}" "$WORK/gpu-tests.log" python3 -m pytest -q -p no:cacheprovider -rs \
     tests/numba_impl/test_graph.py tests/numba_impl/test_variants.py tests/torch_impl/test_cuda.py \
-    tests/torch_impl/test_cuda_variants.py
+    tests/torch_impl/test_cuda_variants.py tests/torch_impl/test_cross_entropy_triton.py
 
 # THROUGHPUT_RUNS: --profile N and the tries of scripts/train_throughput.py (the first run is always the plain
 # loss), e.g. THROUGHPUT_RUNS="--try '--loss-impl chunked' --try '--loss-impl chunked --compile-mode max-autotune-no-cudagraphs'"
@@ -96,8 +98,11 @@ rm -rf "$WORK/shakespeare" "$WORK/throughput-runs"
 step memory "${STEP_S[6]:-400}" "$WORK/memory.log" python3 scripts/memory_per_size.py \
     --sizes "${MEMORY_SIZES:-gpt2,gpt2-medium,gpt2-large,gpt2-xl}" \
     --backends "${MEMORY_BACKENDS:-torch-cuda-f32,torch-cuda-bf16,torch-cuda-bf16-chunked,numba-cuda-f32}" --json "$WORK/memory-per-size.json"
+step loss-kernel "${STEP_S[7]:-120}" "$WORK/loss-kernel.log" python3 scripts/loss_kernel_sweep.py \
+    --json "$WORK/loss-kernel-sweep.json"
 
 cp "$WORK/bench/bench-gpu.md" "$WORK/training-throughput.json" "$WORK/memory-per-size.json" "$OUT/" 2>/dev/null
+cp "$WORK/loss-kernel-sweep.json" "$WORK/loss-kernel.log" "$OUT/" 2>/dev/null
 cp "$WORK/conformance-small.txt" "$WORK/conformance-full.txt" "$WORK/gpu-tests.log" "$WORK/status.txt" "$OUT/" 2>/dev/null
 rm -f "$WORK"/bench/*.png  # the charts are drawn again from the JSON on the development machine
 tar -czf "$OUT/results.tar.gz" -C "$WORK" .

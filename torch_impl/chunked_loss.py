@@ -26,6 +26,11 @@ forward, dh, dW), the softmax in float32; dz is cast to the matmul dtype for the
 matmuls as autocast does in the plain path's backward. Only the order of summation in dW (chunk by
 chunk, in float32) differs, so the two paths agree to rounding (tests/torch_impl/test_chunked_loss.py).
 
+Who computes each chunk's loss and dz (rows_kernel): "torch", the lines of _cross_entropy_rows_torch,
+which torch.compile fuses into its own kernels; or "triton", one kernel of our own that reads each row of
+z once from memory (torch_impl/cross_entropy_triton.py; --loss-impl chunked-triton). Both compute the
+same float32 formulas; only the order of the logsumexp's sums differs (rounding).
+
 Under torch.no_grad (evaluation) only the loss is computed: one matmul per chunk, no dz, dh, dW.
 The gradient is computed in the forward, so the loss may be differentiated once (as a training step
 does): the backward of a second .backward() on the same graph would reuse the same dh, dW, which is
@@ -36,6 +41,9 @@ from __future__ import annotations
 
 import torch
 
+from torch_impl.cross_entropy_triton import cross_entropy_rows
+
+ROWS_KERNELS = ("torch", "triton")  # who computes each chunk's loss and dz (the forward's rows_kernel)
 DEFAULT_CHUNK_ROWS = 8192  # rows per chunk: (8192 x 50304) float32 scratch = 1.6 GB on a GPT-2 head
 
 
@@ -43,9 +51,11 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
     """mean cross-entropy of h W^T against targets (see the module docstring), gradients computed in the forward."""
 
     @staticmethod
-    def forward(ctx, h, W, targets, vocab_size: int, chunk_rows: int, need_grad: bool):
+    def forward(ctx, h, W, targets, vocab_size: int, chunk_rows: int, need_grad: bool, rows_kernel: str):
         # h (N, C), W (Vp, C) in the matmul dtype; targets (N,) int64 with -1 = ignored; need_grad False
-        # (evaluation under torch.no_grad): the loss alone, one matmul per chunk instead of three
+        # (evaluation under torch.no_grad): the loss alone, one matmul per chunk instead of three;
+        # rows_kernel: "torch" (the chunk's loss and dz written in torch ops, fused by torch.compile) or
+        # "triton" (one kernel of our own, torch_impl/cross_entropy_triton.py)
         N = h.shape[0]
         acc = torch.promote_types(h.dtype, torch.float32)  # the softmax and the sums: float32 at least
         valid = targets != -1  # (N,)
@@ -57,19 +67,14 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         for r0 in range(0, N, chunk_rows):
             h_r, t_r, ok = h[r0 : r0 + chunk_rows], targets[r0 : r0 + chunk_rows], valid[r0 : r0 + chunk_rows]
             z = h_r @ W.t()  # (R, Vp) in the matmul dtype
-            # Written without in-place steps so that torch.compile fuses what follows into two passes
-            # over z (the logsumexp reduction, then dz), z never copied to float32 in memory.
-            zf = torch.where(cols < vocab_size, z.to(acc), float("-inf"))  # (R, Vp) pad columns: -inf
-            lse = torch.logsumexp(zf, dim=1)  # (R,)
-            safe_t = torch.where(ok, t_r, 0)  # a gather index for every row; ignored rows drop out below
-            z_target = zf.gather(1, safe_t[:, None])[:, 0]  # (R,)
-            loss_sum += torch.where(ok, lse - z_target, 0.0).sum()
+            if rows_kernel == "triton":
+                loss_rows, dz = cross_entropy_rows(z, t_r, n_valid, vocab_size, need_grad)  # (R,), (R, Vp)
+                loss_sum += loss_rows.sum()
+            else:
+                loss_rows, dz = _cross_entropy_rows_torch(z, t_r, ok, n_valid, cols, vocab_size, acc, need_grad)
+                loss_sum += loss_rows.sum()
             if not need_grad:
                 continue
-            p = torch.exp(zf - lse[:, None])  # softmax (R, Vp); exactly 0 on the pad columns
-            onehot = (cols == safe_t[:, None]).to(acc)  # (R, Vp)
-            scale = (ok.to(acc) / n_valid)[:, None]  # (R, 1) ignored rows: no gradient
-            dz = ((p - onehot) * scale).to(h.dtype)  # (R, Vp)
             dh[r0 : r0 + chunk_rows] = dz @ W  # (R, C)
             dW += (dz.t() @ h_r).to(acc)  # (Vp, C)
         if need_grad:
@@ -79,11 +84,34 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         dh, dW = ctx.saved_tensors
-        return dh * grad_loss.to(dh.dtype), dW * grad_loss.to(dW.dtype), None, None, None, None
+        return dh * grad_loss.to(dh.dtype), dW * grad_loss.to(dW.dtype), None, None, None, None, None
+
+
+def _cross_entropy_rows_torch(z, t_r, ok, n_valid, cols, vocab_size: int, acc: torch.dtype, need_grad: bool):
+    """One chunk's (loss per row (R,), dz (R, Vp) in z's dtype or None), in torch ops: the formulas of the
+    module docstring; z (R, Vp) logits, t_r (R,) targets, ok (R,) t_r != -1, cols (Vp,) 0..Vp-1."""
+    # Written without in-place steps so that torch.compile fuses what follows into two passes
+    # over z (the logsumexp reduction, then dz), z never copied to float32 in memory.
+    zf = torch.where(cols < vocab_size, z.to(acc), float("-inf"))  # (R, Vp) pad columns: -inf
+    lse = torch.logsumexp(zf, dim=1)  # (R,)
+    safe_t = torch.where(ok, t_r, 0)  # a gather index for every row; ignored rows drop out below
+    z_target = zf.gather(1, safe_t[:, None])[:, 0]  # (R,)
+    loss_rows = torch.where(ok, lse - z_target, 0.0)
+    if not need_grad:
+        return loss_rows, None
+    p = torch.exp(zf - lse[:, None])  # softmax (R, Vp); exactly 0 on the pad columns
+    onehot = (cols == safe_t[:, None]).to(acc)  # (R, Vp)
+    scale = (ok.to(acc) / n_valid)[:, None]  # (R, 1) ignored rows: no gradient
+    return loss_rows, ((p - onehot) * scale).to(z.dtype)  # (R, Vp)
 
 
 def chunked_linear_cross_entropy(
-    h: torch.Tensor, W: torch.Tensor, targets: torch.Tensor, vocab_size: int, chunk_rows: int = DEFAULT_CHUNK_ROWS
+    h: torch.Tensor,
+    W: torch.Tensor,
+    targets: torch.Tensor,
+    vocab_size: int,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    rows_kernel: str = "torch",
 ) -> torch.Tensor:
     """Mean cross-entropy of the head's logits h W^T (pad columns >= vocab_size excluded) against targets
     (-1 = ignored), without materialising the (N, Vp) logits. h (..., C), W (Vp, C), targets (...).
@@ -92,6 +120,8 @@ def chunked_linear_cross_entropy(
     runs outside autocast with the dtypes made explicit."""
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    if rows_kernel not in ROWS_KERNELS:
+        raise ValueError(f"rows_kernel must be one of {ROWS_KERNELS}, got {rows_kernel!r}")
     C = h.shape[-1]
     h = h.reshape(-1, C)
     targets = targets.reshape(-1).long()
@@ -103,4 +133,4 @@ def chunked_linear_cross_entropy(
         raise ValueError(f"h is {h.dtype} but W is {W.dtype}: the head's matmul needs one dtype")
     need_grad = torch.is_grad_enabled() and (h.requires_grad or W.requires_grad)
     with torch.autocast(device_type, enabled=False):
-        return ChunkedLinearCrossEntropy.apply(h, W, targets, vocab_size, chunk_rows, need_grad)
+        return ChunkedLinearCrossEntropy.apply(h, W, targets, vocab_size, chunk_rows, need_grad, rows_kernel)

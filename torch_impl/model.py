@@ -48,7 +48,8 @@ or sampled and get exactly zero gradient.
 The loss. `model(idx, targets)` computes the (B, T, V) logits and F.cross_entropy over them in float32
 (loss_impl "full", the default), or, with `set_loss_impl("chunked")`, the head and the cross-entropy
 together over chunks of rows without ever holding all the logits (torch_impl/chunked_loss.py; for
-training at large B*T: the same loss and gradients to rounding).
+training at large B*T: the same loss and gradients to rounding); "chunked-triton" is the same with
+each chunk's softmax and gradient in one Triton kernel (torch_impl/cross_entropy_triton.py).
 
 No dropout: GPT-2's 0.1 dropout is a training choice that conformance runs switch off anyway;
 leaving it out keeps every forward pass deterministic.
@@ -69,7 +70,7 @@ from weights import GPT2Config, param_shapes, tensor_kind, validate_params
 from weights.layout import RESIDUAL_PROJECTIONS
 
 ATTENTION_KINDS = ("math", "sdpa")
-LOSS_IMPLS = ("full", "chunked")
+LOSS_IMPLS = ("full", "chunked", "chunked-triton")
 
 # The four nn.Linear layers of a block; their canonical (Conv1D) weights are stored (in, out).
 LINEAR_LAYERS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
@@ -456,8 +457,9 @@ class GPT2(nn.Module):
 
     def set_loss_impl(self, loss_impl: str, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
         """How forward(idx, targets) computes the loss: "full" (the (B, T, V) logits, then F.cross_entropy;
-        the logits are returned) or "chunked" (the head and the cross-entropy in row chunks of
-        `chunk_rows`, torch_impl/chunked_loss.py: the logits are never all held, None is returned for them)."""
+        the logits are returned), "chunked" (the head and the cross-entropy in row chunks of
+        `chunk_rows`, torch_impl/chunked_loss.py: the logits are never all held, None is returned for them)
+        or "chunked-triton" (the same, each chunk's softmax and gradient in one Triton kernel)."""
         if loss_impl not in LOSS_IMPLS:
             raise ValueError(f"loss_impl must be one of {LOSS_IMPLS}, got {loss_impl!r}")
         if not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows < 1:
@@ -534,17 +536,18 @@ class GPT2(nn.Module):
         return x
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        """idx (B, T) -> (logits (B, T, V), loss or None); with targets and loss_impl "chunked",
+        """idx (B, T) -> (logits (B, T, V), loss or None); with targets and a chunked loss_impl,
         (None, loss): the logits are never all held (set_loss_impl).
 
         loss = mean cross-entropy over positions whose target is not -1 (computed in float32 at least).
         """
-        if targets is not None and self.loss_impl == "chunked":
+        if targets is not None and self.loss_impl != "full":
             check_targets(targets, idx, self.config)
             h = self.final_hidden(idx)  # (B, T, C)
             loss = chunked_linear_cross_entropy(
-                h, self.head_weight, targets, self.config.vocab_size, self.loss_chunk_rows
-            )
+                h, self.head_weight, targets, self.config.vocab_size, self.loss_chunk_rows,
+                rows_kernel="triton" if self.loss_impl == "chunked-triton" else "torch",
+            )  # fmt: skip
             return None, loss
         logits = self.forward_step(idx)
         if targets is None:

@@ -62,6 +62,7 @@ from pathlib import Path
 import torch
 
 import weights
+from torch_impl import cross_entropy_triton
 from torch_impl.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from torch_impl.chunked_loss import DEFAULT_CHUNK_ROWS
 from torch_impl.data import ShardLoader, shard_paths
@@ -150,10 +151,11 @@ class TrainConfig:
     )
     loss_impl: str = _opt(
         "full",
-        "the head + cross-entropy: full (all B*T x V logits) or chunked (in row chunks, never all the logits)",
-        ("full", "chunked"),
+        "the head + cross-entropy: full (all B*T x V logits), chunked (in row chunks, never all the logits), "
+        "or chunked-triton (chunked, each chunk's softmax and gradient in one Triton kernel; CUDA)",
+        ("full", "chunked", "chunked-triton"),
     )
-    loss_chunk_rows: int = _opt(DEFAULT_CHUNK_ROWS, "rows (of B*T) per chunk of --loss-impl chunked")
+    loss_chunk_rows: int = _opt(DEFAULT_CHUNK_ROWS, "rows (of B*T) per chunk of the chunked --loss-impl")
     # batch and optimizer
     batch_size: int = _opt(8, "micro-batch size B per rank")
     seq_len: int = _opt(1024, "sequence length T")
@@ -658,10 +660,13 @@ def check_profile_steps(cfg: TrainConfig, start_step: int, end_step: int) -> Non
 
 
 def check_launch(cfg: TrainConfig, d: Dist) -> None:
-    """Refuse a run that cannot start: no --data, a --shard mode outside a torchrun job, or
-    --coordinate-descent-tuning without the compile mode it tunes."""
+    """Refuse a run that cannot start: no --data, a --shard mode outside a torchrun job,
+    --coordinate-descent-tuning without the compile mode it tunes, or --loss-impl chunked-triton where
+    its kernel cannot run."""
     if not cfg.data:
         raise UsageError("--data is required: a folder of token shards (make them with `python -m torch_impl.data`)")
+    if cfg.loss_impl == "chunked-triton" and (reason := cross_entropy_triton.unavailable_reason(d.device)):
+        raise UsageError(reason)
     if cfg.coordinate_descent_tuning and not (cfg.compile and cfg.compile_mode == "default"):
         raise UsageError(
             "--coordinate-descent-tuning tunes the kernels torch.compile generates: it needs --compile with "

@@ -14,8 +14,15 @@ import torch
 
 import weights
 from conformance.tolerances import BF16, FP32
+from torch_impl import cross_entropy_triton
 from torch_impl.chunked_loss import chunked_linear_cross_entropy
 from torch_impl.model import GPT2
+
+# chunked-triton: each chunk's softmax and gradient in the Triton kernel (torch_impl/cross_entropy_triton.py),
+# on the CPU in Triton's interpreter (TRITON_INTERPRET=1, set by noxfile.py); float32 and bf16 only
+TRITON_REASON = cross_entropy_triton.unavailable_reason("cpu")
+needs_triton = pytest.mark.skipif(TRITON_REASON is not None, reason=str(TRITON_REASON))
+CHUNKED_IMPLS = ["chunked", pytest.param("chunked-triton", marks=needs_triton)]
 
 CFG = weights.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_ctx=16, vocab_size=100)
 UNTIED_LLAMA = weights.GPT2Config(
@@ -68,12 +75,13 @@ def test_float64_chunked_equals_the_plain_loss_and_gradients(config, chunk_rows)
 
 @pytest.mark.parametrize(("dtype", "autocast", "ceilings"), [(torch.float32, False, FP32), (torch.float32, True, BF16)],
                          ids=["float32", "bf16-autocast"])  # fmt: skip
-def test_float32_and_bf16_chunked_within_the_suite_ceilings(dtype, autocast, ceilings):
+@pytest.mark.parametrize("chunked", CHUNKED_IMPLS)
+def test_float32_and_bf16_chunked_within_the_suite_ceilings(dtype, autocast, ceilings, chunked):
     ref_model = _model(CFG, torch.float64)
     idx, targets = _batch(B=4)
     _, loss_ref, g_ref = _loss_and_grads(ref_model, idx, targets, "full")
     model = _model(CFG, dtype)
-    for impl in ("full", "chunked"):  # the plain path passes too: the comparison is fair
+    for impl in ("full", chunked):  # the plain path passes too: the comparison is fair
         _, loss, grads = _loss_and_grads(model, idx, targets, impl, chunk_rows=24, autocast=autocast)
         assert float(abs(loss - loss_ref) / abs(loss_ref)) <= ceilings["loss"], impl
         assert _worst_grad(grads, g_ref) <= ceilings["grad_max"], impl
@@ -105,12 +113,45 @@ def test_the_function_alone_matches_cross_entropy_of_the_logits():
     assert torch.count_nonzero(dW[10:]) == 0
 
 
+@needs_triton
+def test_the_triton_rows_kernel_gives_the_torch_rows_loss_and_gradients():
+    """rows_kernel "triton" against "torch" in float32 on the same model and batch, ignored rows included:
+    the same float32 formulas, so the same loss and gradients to float32 rounding (1e-6 relative). Under
+    bf16 autocast the gradients of the layers below differ by bf16 roundings that the backward carries
+    and grows, so there each path is judged against float64 by the suite's BF16 ceilings instead (above)."""
+    model = _model(CFG, torch.float32)
+    idx, targets = _batch(B=4, ignored=9)
+    _, loss_torch, g_torch = _loss_and_grads(model, idx, targets, "chunked", chunk_rows=24)
+    _, loss_triton, g_triton = _loss_and_grads(model, idx, targets, "chunked-triton", chunk_rows=24)
+    assert float(abs(loss_triton - loss_torch)) <= 1e-6 * float(loss_torch)
+    assert _worst_grad(g_triton, g_torch) <= 1e-6
+    assert torch.count_nonzero(g_triton["wte.weight"][CFG.vocab_size :]) == 0  # pad rows: no gradient
+
+
+@needs_triton
+def test_the_triton_rows_kernel_refuses_a_float64_model_and_evaluates_without_gradient():
+    model = _model(CFG, torch.float64)
+    idx, targets = _batch()
+    model.set_loss_impl("chunked-triton", 7)
+    with pytest.raises(ValueError, match="not torch.float64; use --loss-impl chunked"):
+        model(idx, targets)
+    model = _model(CFG, torch.float32)
+    model.set_loss_impl("chunked-triton", 7)
+    with torch.no_grad():
+        _, loss_eval = model(idx, targets)
+    _, loss_train = model(idx, targets)
+    assert not loss_eval.requires_grad and loss_train.requires_grad
+    assert float(abs(loss_eval - loss_train.detach())) <= 1e-6 * float(loss_eval)
+
+
 def test_bad_settings_are_refused():
     model = _model(CFG, torch.float32)
     with pytest.raises(ValueError, match="loss_impl must be one of"):
         model.set_loss_impl("fused")
     with pytest.raises(ValueError, match="chunk_rows must be an int >= 1"):
         model.set_loss_impl("chunked", 0)
+    with pytest.raises(ValueError, match="rows_kernel must be one of"):
+        chunked_linear_cross_entropy(torch.zeros(2, 4), torch.zeros(3, 4), torch.zeros(2), 3, rows_kernel="cuda")
     with pytest.raises(ValueError, match="h is torch.float32 but W is torch.float64"):
         chunked_linear_cross_entropy(torch.zeros(2, 4), torch.zeros(3, 4, dtype=torch.float64), torch.zeros(2), 3)
 

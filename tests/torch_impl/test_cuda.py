@@ -149,10 +149,13 @@ def _loss_grads(model, idx, targets, autocast: bool, run=None):
     return float(loss.detach()), {n: p.grad.detach().double().cpu() for n, p in model.named_parameters()}
 
 
+@pytest.mark.parametrize("loss_impl", ["chunked", "chunked-triton"])
 @pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bf16-autocast"])
-def test_compiled_chunked_loss_on_cuda_within_the_suite_ceilings(cfg, params, params64, ids, autocast):
+def test_compiled_chunked_loss_on_cuda_within_the_suite_ceilings(cfg, params, params64, ids, autocast, loss_impl):
     """torch.compile of --loss-impl chunked (torch_impl/chunked_loss.py, a custom autograd Function with
-    a loop over row chunks) against the float64 CPU model, by the suite's ceilings (FP32 or BF16 of
+    a loop over row chunks) and of chunked-triton (the same with each chunk's softmax and gradient in the
+    Triton kernel of torch_impl/cross_entropy_triton.py, a torch.library triton_op that torch.compile
+    traces) against the float64 CPU model, by the suite's ceilings (FP32 or BF16 of
     conformance/tolerances.py: loss, and each gradient's max error relative to its largest entry)."""
     from conformance.tolerances import BF16, FP32
 
@@ -161,7 +164,7 @@ def test_compiled_chunked_loss_on_cuda_within_the_suite_ceilings(cfg, params, pa
     ref = GPT2.from_params(params64, cfg, dtype=torch.float64)
     ref_loss, ref_grads = _loss_grads(ref, torch.from_numpy(idx), torch.from_numpy(targets), autocast=False)
     model = GPT2.from_params(params, cfg, device="cuda")
-    model.set_loss_impl("chunked", chunk_rows=24)
+    model.set_loss_impl(loss_impl, chunk_rows=24)
     idx, targets = torch.from_numpy(idx).cuda(), torch.from_numpy(targets).cuda()
     loss, grads = _loss_grads(model, idx, targets, autocast, run=torch.compile(model))
     assert abs(loss - ref_loss) / abs(ref_loss) <= ceilings["loss"]

@@ -30,6 +30,7 @@ import torch
 
 import weights
 from conformance.tolerances import FP32
+from torch_impl import cross_entropy_triton
 from torch_impl.checkpoint import latest_checkpoint, load_checkpoint
 from torch_impl.train import NonFiniteError, TrainConfig, flops_per_token, parse_args, train
 from weights.errors import DataError
@@ -103,27 +104,36 @@ def test_grad_accumulation_matches_one_big_batch(random_shards, tmp_path, tiny_c
     _assert_same_trajectory(big, acc)
 
 
-def test_chunked_loss_trains_the_same_trajectory(random_shards, tmp_path, tiny_config, monkeypatch):
+@pytest.mark.parametrize(("loss_impl", "rows_kernel"), [
+    ("chunked", "torch"),
+    pytest.param("chunked-triton", "triton", marks=pytest.mark.skipif(
+        cross_entropy_triton.unavailable_reason("cpu") is not None,
+        reason=str(cross_entropy_triton.unavailable_reason("cpu")))),
+])  # fmt: skip
+def test_chunked_loss_trains_the_same_trajectory(random_shards, tmp_path, tiny_config, monkeypatch, loss_impl,
+                                                 rows_kernel):  # fmt: skip
     """--loss-impl chunked (the head and cross-entropy in row chunks, torch_impl/chunked_loss.py) makes the
     same updates as the plain path: only dW's summation order differs (chunks of 24 of the 128 rows).
-    The chunked function is counted: the run with the flag calls it, the plain run does not."""
+    So does chunked-triton (each chunk's softmax and gradient in the Triton kernel, interpreted on the CPU).
+    The chunked function is counted: the run with the flag calls it with its rows kernel, the plain run
+    does not."""
     import torch_impl.model
 
     calls = []
     chunked_ce = torch_impl.model.chunked_linear_cross_entropy
 
-    def counted(h, W, targets, vocab_size, chunk_rows):
-        calls.append(chunk_rows)
-        return chunked_ce(h, W, targets, vocab_size, chunk_rows)
+    def counted(h, W, targets, vocab_size, chunk_rows, rows_kernel):
+        calls.append((chunk_rows, rows_kernel))
+        return chunked_ce(h, W, targets, vocab_size, chunk_rows, rows_kernel)
 
     monkeypatch.setattr(torch_impl.model, "chunked_linear_cross_entropy", counted)
     full = train(tiny_config(random_shards, tmp_path / "full", batch_size=8, max_steps=4))
     assert calls == []
     chunked = train(
-        tiny_config(random_shards, tmp_path / "chunked", batch_size=8, max_steps=4, loss_impl="chunked",
+        tiny_config(random_shards, tmp_path / "chunked", batch_size=8, max_steps=4, loss_impl=loss_impl,
                     loss_chunk_rows=24)
     )  # fmt: skip
-    assert calls == [24] * 4  # one forward per step (grad_accum 1; no evaluation in this config)
+    assert calls == [(24, rows_kernel)] * 4  # one forward per step (grad_accum 1; no evaluation in this config)
     _assert_same_trajectory(full, chunked)
 
 

@@ -1,0 +1,115 @@
+"""Time one chunk's cross-entropy and gradient on the GPU: torch.compile's kernels against the Triton kernel.
+
+    python scripts/loss_kernel_sweep.py [--rows 8192] [--json loss-kernel-sweep.json]
+
+The chunk is what the trainer's chunked loss hands over at its defaults: (8192, 50304) bf16 logits of
+GPT-2's head (V = 50,257), random targets. Timed, each by triton.testing.do_bench (which clears the L2
+cache before every run and reports the median):
+
+  torch-compiled    torch_impl/chunked_loss.py's _cross_entropy_rows_torch under torch.compile
+                    (--loss-impl chunked: the kernels inductor generates for it)
+  triton B/W        torch_impl/cross_entropy_triton.py's kernel with BLOCK=B columns and W warps
+                    (--loss-impl chunked-triton runs it at the module's BLOCK and NUM_WARPS)
+
+Every configuration's loss and dz are checked against the module's own configuration (they do the same
+arithmetic, BLOCK only changes the order of the log-sum-exp's sums: 1e-5 relative on the loss, one bf16
+step on dz) and against torch-compiled (the suite's BF16 loss ceiling). GB/s counts the bytes a kernel
+must move at least: the bf16 logits read once and dz written once. Writes --json with the provenance
+record (commit, versions, GPU, date). Exits 1 when a check fails, 2 without a CUDA GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repository's packages
+
+import torch  # noqa: E402
+
+from conformance.tolerances import BF16  # noqa: E402
+from torch_impl import cross_entropy_triton as ce  # noqa: E402
+from torch_impl.chunked_loss import _cross_entropy_rows_torch  # noqa: E402
+from weights.errors import ArgumentParser, UsageError, run_cli  # noqa: E402
+from weights.provenance import provenance  # noqa: E402
+
+V, VP = 50257, 50304
+CONFIGS = [(b, w) for b in (1024, 2048, 4096, 8192, 16384) for w in (4, 8, 16, 32) if b // (32 * w) >= 1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=int, default=8192, help="rows of the chunk (the trainer's --loss-chunk-rows)")
+    ap.add_argument("--json", type=Path, default=Path("loss-kernel-sweep.json"))
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise UsageError("no CUDA GPU here: the sweep times GPU kernels")
+    if args.rows < 1:
+        raise UsageError(f"--rows {args.rows}: must be >= 1")
+    import triton
+    from triton.testing import do_bench
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    R = args.rows
+    z = (3 * torch.randn(R, VP, device="cuda", generator=g)).to(torch.bfloat16)
+    targets = torch.randint(0, V, (R,), device="cuda", generator=g)
+    targets[::97] = -1  # a few ignored rows
+    ok = targets != -1
+    n_valid = ok.sum().float()
+    cols = torch.arange(VP, device="cuda")
+    least_bytes = 2 * R * VP * z.element_size()
+    rows = []
+
+    def record(name, fn, block=None, warps=None):
+        ms = do_bench(fn, warmup=25, rep=200)
+        rows.append({"name": name, "block": block, "num_warps": warps, "ms": ms, "GB/s": least_bytes / ms / 1e6})
+        print(f"{name:>18}  {ms:8.3f} ms  {least_bytes / ms / 1e6:8.0f} GB/s", flush=True)
+
+    torch_rows = torch.compile(_cross_entropy_rows_torch)
+    ref_loss, ref_dz = torch_rows(z, targets, ok, n_valid, cols, V, torch.float32, True)
+    record("torch-compiled", lambda: torch_rows(z, targets, ok, n_valid, cols, V, torch.float32, True))
+
+    base_loss, base_dz = ce.cross_entropy_rows(z, targets, n_valid, V)
+    failures = []
+    loss_err = float((base_loss.sum() - ref_loss.sum()).abs() / ref_loss.sum().abs())
+    if loss_err > BF16["loss"]:
+        failures.append(f"the Triton kernel's loss is {loss_err:.2e} from torch-compiled's (ceiling {BF16['loss']})")
+    for block, warps in CONFIGS:
+        loss = torch.empty(R, device="cuda")
+        dz = torch.empty_like(z)
+
+        def launch(block=block, warps=warps, loss=loss, dz=dz):
+            ce._cross_entropy_rows_kernel[(R,)](z, targets, n_valid, loss, dz, z.stride(0), dz.stride(0), V, VP,
+                                                BLOCK=block, WRITE_GRAD=True, num_warps=warps)  # fmt: skip
+
+        launch()
+        torch.cuda.synchronize()
+        if not torch.allclose(loss, base_loss, rtol=1e-5, atol=1e-5) or not torch.allclose(
+            dz.float(), base_dz.float(), rtol=2.0**-7, atol=1e-9
+        ):
+            failures.append(f"BLOCK={block} num_warps={warps}: loss or dz differs from the module's configuration")
+        record(f"triton {block}/{warps}", launch, block, warps)
+
+    doc = {
+        "what": f"one chunk's cross-entropy and gradient, ({R}, {VP}) bf16 logits, V = {V}",
+        "measured_by": "scripts/loss_kernel_sweep.py",
+        "provenance": provenance(),
+        "timer": "triton.testing.do_bench (median, L2 cleared before each run)",
+        "least_bytes": least_bytes,
+        "module_config": {"block": ce.BLOCK, "num_warps": ce.NUM_WARPS},
+        "triton_version": triton.__version__,
+        "rows": rows,
+        "failures": failures,
+    }
+    args.json.write_text(json.dumps(doc, indent=1) + "\n")
+    best = min((r for r in rows if r["block"]), key=lambda r: r["ms"])
+    print(f"fastest Triton configuration: BLOCK={best['block']} num_warps={best['num_warps']}, {best['ms']:.3f} ms; "
+          f"torch-compiled {rows[0]['ms']:.3f} ms")  # fmt: skip
+    for f in failures:
+        print(f"error: {f}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,148 @@
+"""The softmax cross-entropy of a chunk of logits and its gradient, one Triton kernel per chunk.
+
+    z        (R, Vp)  a chunk of the head's logits (bf16 under autocast, or float32); row stride
+                      free, columns contiguous; columns V.. are the vocabulary's padding
+    targets  (R,)     int64 ids in [0, V), or -1: the row is ignored
+    n_valid  ()       float32: the number of scored rows in the whole batch (the mean's divisor)
+  ->
+    loss     (R,)     float32: logsumexp(z[r, :V]) - z[r, t_r] on scored rows, 0 on ignored ones
+    dz       (R, Vp)  z's dtype: (softmax(z[r, :V]) - onehot(t_r)) / n_valid, computed in float32;
+                      0 on ignored rows and on the pad columns
+
+This is the per-chunk step of torch_impl/chunked_loss.py (--loss-impl chunked-triton). There,
+torch.compile fuses the same arithmetic into its own kernels, which run at about 1.4 TB/s on an H200
+(docs/training.md, "Measured"). This kernel gives each row one program and goes over the row twice:
+
+    pass 1   m, s = running max and running sum of exp(z - m), BLOCK columns at a time
+             (when the max grows from m to m', the sum so far is rescaled by exp(m - m'))
+             lse = m + log(s)
+    pass 2   dz = (exp(z - lse) - onehot) * scale, written BLOCK columns at a time
+
+A row of 50,304 bf16 logits is 100 KB, so the second pass reads it back from L2, not from memory,
+as long as the rows in flight on the whole GPU fit there. With one or two programs of NUM_WARPS warps
+per SM, that is at most 264 rows (26 MB), inside an H200's 50 MB of L2.
+
+Triton compiles the kernel for the GPU that runs it. On a machine without one, TRITON_INTERPRET=1
+(set before triton is imported; the tests session of noxfile.py sets it there) runs the same kernel
+in Triton's interpreter on CPU tensors, which is how CI tests it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:  # CUDA builds of torch ship triton; CPU builds do not need it
+    import triton
+    import triton.language as tl
+    from torch.library import triton_op, wrap_triton
+except ImportError as e:  # pragma: no cover - the message says what to install
+    triton = None
+    _IMPORT_ERROR = f"{type(e).__name__}: {e}"
+
+BLOCK = 4096  # columns a program holds at a time (a power of two); measured on an H200, docs/training.md
+NUM_WARPS = 16  # warps per program
+DTYPES = (torch.bfloat16, torch.float16, torch.float32)  # the logits' dtypes the kernel takes
+
+
+def unavailable_reason(device: torch.device | str) -> str | None:
+    """None when the kernel can run on `device`; else why not (one line, for an error message)."""
+    if triton is None:
+        return f"--loss-impl chunked-triton needs the triton package (CUDA builds of torch include it): {_IMPORT_ERROR}"
+    device = torch.device(device)
+    if device.type == "cuda" or (device.type == "cpu" and _interpreting()):
+        return None
+    return (
+        f"--loss-impl chunked-triton runs on a CUDA GPU, not on {device.type} "
+        "(on the CPU only under TRITON_INTERPRET=1, Triton's interpreter, set before triton is imported)"
+    )
+
+
+def _interpreting() -> bool:
+    # triton.jit returns an InterpretedFunction when TRITON_INTERPRET=1 was set at decoration time
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(_cross_entropy_rows_kernel, InterpretedFunction)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _cross_entropy_rows_kernel(
+        z_ptr,  # (R, Vp) logits
+        targets_ptr,  # (R,) int64, -1 = ignored
+        n_valid_ptr,  # () float32
+        loss_ptr,  # (R,) float32, out
+        dz_ptr,  # (R, Vp) out, z's dtype (not touched unless WRITE_GRAD)
+        z_row_stride,
+        dz_row_stride,
+        V,  # real columns
+        Vp,  # all columns, V <= Vp
+        BLOCK: tl.constexpr,
+        WRITE_GRAD: tl.constexpr,
+    ):
+        row = tl.program_id(0).to(tl.int64)
+        z_row = z_ptr + row * z_row_stride
+        target = tl.load(targets_ptr + row)
+        valid = target != -1
+
+        # pass 1: the log-sum-exp of the V real columns (the pad columns are left out: probability 0)
+        m = float("-inf")  # running max
+        s = 0.0  # running sum of exp(z - m)
+        for start in range(0, V, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            x = tl.load(z_row + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
+            m_new = tl.maximum(m, tl.max(x, axis=0))
+            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
+            m = m_new
+        lse = m + tl.log(s)
+
+        z_target = tl.load(z_row + tl.where(valid, target, 0)).to(tl.float32)
+        tl.store(loss_ptr + row, tl.where(valid, lse - z_target, 0.0))
+
+        if WRITE_GRAD:
+            # pass 2: d loss / d z = (softmax - onehot) / n_valid; ignored rows and pad columns get 0
+            scale = tl.where(valid, 1.0 / tl.load(n_valid_ptr), 0.0)
+            dz_row = dz_ptr + row * dz_row_stride
+            for start in range(0, Vp, BLOCK):
+                cols = start + tl.arange(0, BLOCK)
+                x = tl.load(z_row + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
+                p = tl.exp(x - lse)  # exactly 0 on the pad columns (x = -inf)
+                g = (p - tl.where(cols == target, 1.0, 0.0)) * scale
+                tl.store(dz_row + cols, g.to(dz_ptr.dtype.element_ty), mask=cols < Vp)
+
+    @triton_op("gpt2_three_ways::cross_entropy_rows", mutates_args={})
+    def _cross_entropy_rows(
+        z: torch.Tensor, targets: torch.Tensor, n_valid: torch.Tensor, vocab_size: int, need_grad: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        R, Vp = z.shape
+        loss = torch.empty(R, dtype=torch.float32, device=z.device)
+        dz = torch.empty_like(z) if need_grad else z.new_empty((0, Vp))
+        wrap_triton(_cross_entropy_rows_kernel)[(R,)](
+            z, targets, n_valid, loss, dz, z.stride(0), dz.stride(0) if need_grad else 0, vocab_size, Vp,
+            BLOCK=BLOCK, WRITE_GRAD=need_grad, num_warps=NUM_WARPS,
+        )  # fmt: skip
+        return loss, dz
+
+
+def cross_entropy_rows(
+    z: torch.Tensor, targets: torch.Tensor, n_valid: torch.Tensor, vocab_size: int, need_grad: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(loss (R,) float32, dz (R, Vp) in z's dtype, or None without need_grad) for one chunk of logits;
+    shapes and formulas in the module docstring."""
+    reason = unavailable_reason(z.device)
+    if reason:
+        raise RuntimeError(reason)
+    if z.dtype not in DTYPES:
+        raise ValueError(
+            f"--loss-impl chunked-triton computes in float32 and takes {[str(d) for d in DTYPES]} logits, "
+            f"not {z.dtype}; use --loss-impl chunked for a {z.dtype} model"
+        )
+    if z.dim() != 2 or targets.shape != z.shape[:1] or not 0 < vocab_size <= z.shape[1]:
+        raise ValueError(f"z {tuple(z.shape)}, targets {tuple(targets.shape)}, vocab_size {vocab_size}: need "
+                         "z (R, Vp), targets (R,) and 0 < vocab_size <= Vp")  # fmt: skip
+    if z.stride(1) != 1:
+        z = z.contiguous()
+    loss, dz = _cross_entropy_rows(
+        z, targets.long(), n_valid.to(device=z.device, dtype=torch.float32), vocab_size, need_grad
+    )
+    return loss, (dz if need_grad else None)
