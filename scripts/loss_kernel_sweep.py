@@ -8,8 +8,9 @@ cache before every run and reports the median):
 
   torch-compiled    torch_impl/chunked_loss.py's _cross_entropy_rows_torch under torch.compile
                     (--loss-impl chunked: the kernels inductor generates for it)
-  triton B/W        torch_impl/cross_entropy_triton.py's kernel with BLOCK=B columns and W warps
-                    (--loss-impl chunked-triton runs it at the module's BLOCK and NUM_WARPS)
+  triton B/W/P      torch_impl/cross_entropy_triton.py's kernel with BLOCK=B columns, W warps and P
+                    programs per SM (P = 0: one program per row); --loss-impl chunked-triton runs it
+                    at the module's BLOCK, NUM_WARPS and PROGRAMS_PER_SM
 
 Every configuration's loss and dz are checked against the module's own configuration (they do the same
 arithmetic, BLOCK only changes the order of the log-sum-exp's sums: 1e-5 relative on the loss, one bf16
@@ -35,7 +36,9 @@ from weights.errors import ArgumentParser, UsageError, run_cli  # noqa: E402
 from weights.provenance import provenance  # noqa: E402
 
 V, VP = 50257, 50304
-CONFIGS = [(b, w) for b in (1024, 2048, 4096, 8192, 16384) for w in (4, 8, 16, 32) if b // (32 * w) >= 1]
+# (BLOCK, num_warps, programs per SM; 0: one program per row)
+CONFIGS = [(b, w, p) for b in (2048, 4096, 8192, 16384) for w in (4, 8, 16, 32) for p in (1, 2, 4, 8, 0)
+           if b // (32 * w) >= 1]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,9 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     least_bytes = 2 * R * VP * z.element_size()
     rows = []
 
-    def record(name, fn, block=None, warps=None):
-        ms = do_bench(fn, warmup=25, rep=200)
-        rows.append({"name": name, "block": block, "num_warps": warps, "ms": ms, "GB/s": least_bytes / ms / 1e6})
+    def record(name, fn, block=None, warps=None, per_sm=None):
+        ms = do_bench(fn, warmup=25, rep=100)
+        rows.append({"name": name, "block": block, "num_warps": warps, "programs_per_sm": per_sm, "ms": ms,
+                     "GB/s": least_bytes / ms / 1e6})  # fmt: skip
         print(f"{name:>18}  {ms:8.3f} ms  {least_bytes / ms / 1e6:8.0f} GB/s", flush=True)
 
     torch_rows = torch.compile(_cross_entropy_rows_torch)
@@ -75,12 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     loss_err = float((base_loss.sum() - ref_loss.sum()).abs() / ref_loss.sum().abs())
     if loss_err > BF16["loss"]:
         failures.append(f"the Triton kernel's loss is {loss_err:.2e} from torch-compiled's (ceiling {BF16['loss']})")
-    for block, warps in CONFIGS:
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for block, warps, per_sm in CONFIGS:
         loss = torch.empty(R, device="cuda")
         dz = torch.empty_like(z)
+        grid = (min(R, per_sm * sms) if per_sm else R,)
 
-        def launch(block=block, warps=warps, loss=loss, dz=dz):
-            ce._cross_entropy_rows_kernel[(R,)](z, targets, n_valid, loss, dz, z.stride(0), dz.stride(0), V, VP,
+        def launch(block=block, warps=warps, grid=grid, loss=loss, dz=dz):
+            ce._cross_entropy_rows_kernel[grid](z, targets, n_valid, loss, dz, z.stride(0), dz.stride(0), R, V, VP,
                                                 BLOCK=block, WRITE_GRAD=True, num_warps=warps)  # fmt: skip
 
         launch()
@@ -88,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.allclose(loss, base_loss, rtol=1e-5, atol=1e-5) or not torch.allclose(
             dz.float(), base_dz.float(), rtol=2.0**-7, atol=1e-9
         ):
-            failures.append(f"BLOCK={block} num_warps={warps}: loss or dz differs from the module's configuration")
-        record(f"triton {block}/{warps}", launch, block, warps)
+            failures.append(f"BLOCK={block} num_warps={warps} programs/SM={per_sm}: loss or dz differs from the "
+                            "module's configuration")  # fmt: skip
+        record(f"triton {block}/{warps}/{per_sm}", launch, block, warps, per_sm)
 
     doc = {
         "what": f"one chunk's cross-entropy and gradient, ({R}, {VP}) bf16 logits, V = {V}",
@@ -97,14 +104,16 @@ def main(argv: list[str] | None = None) -> int:
         "provenance": provenance(),
         "timer": "triton.testing.do_bench (median, L2 cleared before each run)",
         "least_bytes": least_bytes,
-        "module_config": {"block": ce.BLOCK, "num_warps": ce.NUM_WARPS},
+        "module_config": {"block": ce.BLOCK, "num_warps": ce.NUM_WARPS, "programs_per_sm": ce.PROGRAMS_PER_SM},
+        "sm_count": sms,
         "triton_version": triton.__version__,
         "rows": rows,
         "failures": failures,
     }
     args.json.write_text(json.dumps(doc, indent=1) + "\n")
     best = min((r for r in rows if r["block"]), key=lambda r: r["ms"])
-    print(f"fastest Triton configuration: BLOCK={best['block']} num_warps={best['num_warps']}, {best['ms']:.3f} ms; "
+    print(f"fastest Triton configuration: BLOCK={best['block']} num_warps={best['num_warps']} programs/SM="
+          f"{best['programs_per_sm']}, {best['ms']:.3f} ms; "
           f"torch-compiled {rows[0]['ms']:.3f} ms")  # fmt: skip
     for f in failures:
         print(f"error: {f}", file=sys.stderr)

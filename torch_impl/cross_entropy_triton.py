@@ -11,16 +11,19 @@
 
 This is the per-chunk step of torch_impl/chunked_loss.py (--loss-impl chunked-triton). There,
 torch.compile fuses the same arithmetic into its own kernels, which run at about 1.4 TB/s on an H200
-(docs/training.md, "Measured"). This kernel gives each row one program and goes over the row twice:
+(docs/training.md, "Measured"). In this kernel one program takes one row at a time and goes over it
+twice:
 
     pass 1   m, s = running max and running sum of exp(z - m), BLOCK columns at a time
              (when the max grows from m to m', the sum so far is rescaled by exp(m - m'))
              lse = m + log(s)
     pass 2   dz = (exp(z - lse) - onehot) * scale, written BLOCK columns at a time
 
-A row of 50,304 bf16 logits is 100 KB, so the second pass reads it back from L2, not from memory,
-as long as the rows in flight on the whole GPU fit there. With one or two programs of NUM_WARPS warps
-per SM, that is at most 264 rows (26 MB), inside an H200's 50 MB of L2.
+A row of 50,304 bf16 logits is 100 KB, so the second pass can read it back from L2 instead of memory,
+as long as the rows in flight on the whole GPU fit there. A program per row would put as many rows in
+flight as fit in the SMs' registers (4096 rows per chunk; with NUM_WARPS = 4, 16 programs on each of an
+H200's 132 SMs, 2,112 rows or 211 MB, four times its 50 MB of L2). So the grid is persistent:
+PROGRAMS_PER_SM programs per SM, each looping over every P-th row, keep P rows in flight.
 
 Triton compiles the kernel for the GPU that runs it. On a machine without one, TRITON_INTERPRET=1
 (set before triton is imported; the tests session of noxfile.py sets it there) runs the same kernel
@@ -39,9 +42,19 @@ except ImportError as e:  # pragma: no cover - the message says what to install
     triton = None
     _IMPORT_ERROR = f"{type(e).__name__}: {e}"
 
-BLOCK = 4096  # columns a program holds at a time (a power of two); measured on an H200, docs/training.md
-NUM_WARPS = 16  # warps per program
+# The launch configuration, chosen by scripts/loss_kernel_sweep.py on an H200 (docs/training.md, "Measured")
+BLOCK = 4096  # columns a program holds at a time (a power of two)
+NUM_WARPS = 8  # warps per program
+PROGRAMS_PER_SM = 2  # the persistent grid: programs per streaming multiprocessor
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)  # the logits' dtypes the kernel takes
+
+
+def programs(device: torch.device, rows: int) -> int:
+    """The persistent grid's size: PROGRAMS_PER_SM per SM on a GPU (never more than the rows); in the
+    interpreter a few programs, so that each one loops over several rows as on a GPU."""
+    if device.type == "cuda":
+        return max(1, min(rows, PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count))
+    return max(1, min(rows, 4))
 
 
 def unavailable_reason(device: torch.device | str) -> str | None:
@@ -75,40 +88,43 @@ if triton is not None:
         dz_ptr,  # (R, Vp) out, z's dtype (not touched unless WRITE_GRAD)
         z_row_stride,
         dz_row_stride,
+        R,  # rows
         V,  # real columns
         Vp,  # all columns, V <= Vp
         BLOCK: tl.constexpr,
         WRITE_GRAD: tl.constexpr,
     ):
-        row = tl.program_id(0).to(tl.int64)
-        z_row = z_ptr + row * z_row_stride
-        target = tl.load(targets_ptr + row)
-        valid = target != -1
+        # a persistent grid: program p takes rows p, p + P, p + 2P, ... (P programs), so the rows in flight
+        # on the GPU, and with them what pass 2 reads back from L2, are P rows, not every row at once
+        for row in range(tl.program_id(0), R, tl.num_programs(0)):
+            z_row = z_ptr + tl.cast(row, tl.int64) * z_row_stride
+            target = tl.load(targets_ptr + row)
+            valid = target != -1
 
-        # pass 1: the log-sum-exp of the V real columns (the pad columns are left out: probability 0)
-        m = float("-inf")  # running max
-        s = 0.0  # running sum of exp(z - m)
-        for start in range(0, V, BLOCK):
-            cols = start + tl.arange(0, BLOCK)
-            x = tl.load(z_row + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
-            m_new = tl.maximum(m, tl.max(x, axis=0))
-            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
-            m = m_new
-        lse = m + tl.log(s)
-
-        z_target = tl.load(z_row + tl.where(valid, target, 0)).to(tl.float32)
-        tl.store(loss_ptr + row, tl.where(valid, lse - z_target, 0.0))
-
-        if WRITE_GRAD:
-            # pass 2: d loss / d z = (softmax - onehot) / n_valid; ignored rows and pad columns get 0
-            scale = tl.where(valid, 1.0 / tl.load(n_valid_ptr), 0.0)
-            dz_row = dz_ptr + row * dz_row_stride
-            for start in range(0, Vp, BLOCK):
+            # pass 1: the log-sum-exp of the V real columns (the pad columns are left out: probability 0)
+            m = float("-inf")  # running max
+            s = 0.0  # running sum of exp(z - m)
+            for start in range(0, V, BLOCK):
                 cols = start + tl.arange(0, BLOCK)
                 x = tl.load(z_row + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
-                p = tl.exp(x - lse)  # exactly 0 on the pad columns (x = -inf)
-                g = (p - tl.where(cols == target, 1.0, 0.0)) * scale
-                tl.store(dz_row + cols, g.to(dz_ptr.dtype.element_ty), mask=cols < Vp)
+                m_new = tl.maximum(m, tl.max(x, axis=0))
+                s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
+                m = m_new
+            lse = m + tl.log(s)
+
+            z_target = tl.load(z_row + tl.where(valid, target, 0)).to(tl.float32)
+            tl.store(loss_ptr + row, tl.where(valid, lse - z_target, 0.0))
+
+            if WRITE_GRAD:
+                # pass 2: d loss / d z = (softmax - onehot) / n_valid; ignored rows and pad columns get 0
+                scale = tl.where(valid, 1.0 / tl.load(n_valid_ptr), 0.0)
+                dz_row = dz_ptr + tl.cast(row, tl.int64) * dz_row_stride
+                for start in range(0, Vp, BLOCK):
+                    cols = start + tl.arange(0, BLOCK)
+                    x = tl.load(z_row + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
+                    p = tl.exp(x - lse)  # exactly 0 on the pad columns (x = -inf)
+                    g = (p - tl.where(cols == target, 1.0, 0.0)) * scale
+                    tl.store(dz_row + cols, g.to(dz_ptr.dtype.element_ty), mask=cols < Vp)
 
     @triton_op("gpt2_three_ways::cross_entropy_rows", mutates_args={})
     def _cross_entropy_rows(
@@ -117,8 +133,8 @@ if triton is not None:
         R, Vp = z.shape
         loss = torch.empty(R, dtype=torch.float32, device=z.device)
         dz = torch.empty_like(z) if need_grad else z.new_empty((0, Vp))
-        wrap_triton(_cross_entropy_rows_kernel)[(R,)](
-            z, targets, n_valid, loss, dz, z.stride(0), dz.stride(0) if need_grad else 0, vocab_size, Vp,
+        wrap_triton(_cross_entropy_rows_kernel)[(programs(z.device, R),)](
+            z, targets, n_valid, loss, dz, z.stride(0), dz.stride(0) if need_grad else 0, R, vocab_size, Vp,
             BLOCK=BLOCK, WRITE_GRAD=need_grad, num_warps=NUM_WARPS,
         )  # fmt: skip
         return loss, dz

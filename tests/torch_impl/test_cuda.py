@@ -144,7 +144,7 @@ def _loss_grads(model, idx, targets, autocast: bool, run=None):
     the forward when given (its parameters are model's, under a prefix)."""
     model.zero_grad(set_to_none=True)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-        _, loss = (run or model)(idx, targets)
+        _, loss = (model if run is None else run)(idx, targets)  # (an OptimizedModule has no truth value)
     loss.backward()
     return float(loss.detach()), {n: p.grad.detach().double().cpu() for n, p in model.named_parameters()}
 

@@ -17,7 +17,7 @@ from torch_impl import cross_entropy_triton as ce
 
 SIGNATURE = {
     "z_ptr": "*bf16", "targets_ptr": "*i64", "n_valid_ptr": "*fp32", "loss_ptr": "*fp32", "dz_ptr": "*bf16",
-    "z_row_stride": "i32", "dz_row_stride": "i32", "V": "i32", "Vp": "i32",
+    "z_row_stride": "i32", "dz_row_stride": "i32", "R": "i32", "V": "i32", "Vp": "i32",
     "BLOCK": "constexpr", "WRITE_GRAD": "constexpr",
 }  # fmt: skip
 
