@@ -21,9 +21,12 @@ twice:
 
 A row of 50,304 bf16 logits is 100 KB, so the second pass can read it back from L2 instead of memory,
 as long as the rows in flight on the whole GPU fit there. A program per row would put as many rows in
-flight as fit in the SMs' registers (4096 rows per chunk; with NUM_WARPS = 4, 16 programs on each of an
-H200's 132 SMs, 2,112 rows or 211 MB, four times its 50 MB of L2). So the grid is persistent:
-PROGRAMS_PER_SM programs per SM, each looping over every P-th row, keep P rows in flight.
+flight as fit in the SMs (with 4 warps, up to 16 programs on each of an H200's 132 SMs: 2,112 rows or
+211 MB, four times its 50 MB of L2). The kernel can therefore run on a persistent grid: PROGRAMS_PER_SM
+programs per SM, each looping over every P-th row, keep P rows in flight. Measured, that did not pay:
+on an H200 one program per row (PROGRAMS_PER_SM = 0) was the fastest, 0.717 ms per (8192, 50304) chunk
+against 0.759 ms for the best persistent grid and 1.115 ms for torch.compile's kernels. At 2.3 TB/s
+(the logits read once, dz written once) it is still short of the memory's bandwidth.
 
 Triton compiles the kernel for the GPU that runs it. On a machine without one, TRITON_INTERPRET=1
 (set before triton is imported; the tests session of noxfile.py sets it there) runs the same kernel
@@ -42,19 +45,22 @@ except ImportError as e:  # pragma: no cover - the message says what to install
     triton = None
     _IMPORT_ERROR = f"{type(e).__name__}: {e}"
 
-# The launch configuration, chosen by scripts/loss_kernel_sweep.py on an H200 (docs/training.md, "Measured")
-BLOCK = 4096  # columns a program holds at a time (a power of two)
-NUM_WARPS = 8  # warps per program
-PROGRAMS_PER_SM = 2  # the persistent grid: programs per streaming multiprocessor
+# The launch configuration, the fastest of scripts/loss_kernel_sweep.py's on an H200
+# (docs/results/loss-kernel-sweep-h200-374579a.json; docs/training.md, "Measured")
+BLOCK = 2048  # columns a program holds at a time (a power of two)
+NUM_WARPS = 4  # warps per program
+PROGRAMS_PER_SM = 0  # the persistent grid's programs per streaming multiprocessor; 0: one program per row
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)  # the logits' dtypes the kernel takes
 
 
 def programs(device: torch.device, rows: int) -> int:
-    """The persistent grid's size: PROGRAMS_PER_SM per SM on a GPU (never more than the rows); in the
-    interpreter a few programs, so that each one loops over several rows as on a GPU."""
-    if device.type == "cuda":
-        return max(1, min(rows, PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count))
-    return max(1, min(rows, 4))
+    """The grid's size: one program per row on a GPU, or PROGRAMS_PER_SM per SM when that is set (never
+    more than the rows); in the interpreter a few programs, so that each one loops over several rows."""
+    if device.type != "cuda":
+        return max(1, min(rows, 4))
+    if PROGRAMS_PER_SM == 0:
+        return max(1, rows)
+    return max(1, min(rows, PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count))
 
 
 def unavailable_reason(device: torch.device | str) -> str | None:
