@@ -18,7 +18,8 @@ How a run goes:
   4. write the table (mutant, where, which test caught it, the commit and date) to
      docs/results/mutation.md, and exit 1 if any mutant survived or any run errored.
 
-Tests run with NUMBA_ENABLE_CUDASIM=1 (Numba kernels in the CUDA simulator), PYTHONHASHSEED=0 and
+Tests run with NUMBA_ENABLE_CUDASIM=1 (Numba kernels in the CUDA simulator), TRITON_INTERPRET=1 (the
+Triton kernel in Triton's interpreter), PYTHONHASHSEED=0 and
 no bytecode cache (a restored file is never shadowed by the mutant's .pyc).
 """
 
@@ -565,18 +566,36 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "chunked-loss-scores-pad-columns",
         "torch_impl/chunked_loss.py",
-        '            zf = torch.where(cols < vocab_size, z.to(acc), float("-inf"))  # (R, Vp) pad columns: -inf\n',
-        "            zf = z.to(acc)\n",
+        '    zf = torch.where(cols < vocab_size, z.to(acc), float("-inf"))  # (R, Vp) pad columns: -inf\n',
+        "    zf = z.to(acc)\n",
         ("tests/torch_impl/test_chunked_loss.py::test_the_function_alone_matches_cross_entropy_of_the_logits",),
         "the chunked cross-entropy leaves the pad columns in the softmax (they are scored and get gradient)",
     ),
     Mutant(
         "chunked-loss-ignored-rows-get-gradient",
         "torch_impl/chunked_loss.py",
-        "            scale = (ok.to(acc) / n_valid)[:, None]  # (R, 1) ignored rows: no gradient",
-        "            scale = 1.0 / n_valid",
+        "    scale = (ok.to(acc) / n_valid)[:, None]  # (R, 1) ignored rows: no gradient",
+        "    scale = 1.0 / n_valid",
         ("tests/torch_impl/test_chunked_loss.py::test_every_target_ignored_in_a_chunk_and_a_mean_over_the_valid_rows",),
         "the chunked cross-entropy sends gradient from positions whose target is -1 (ignored)",
+    ),
+    Mutant(
+        "triton-loss-scores-pad-columns",
+        "torch_impl/cross_entropy_triton.py",
+        '                x = tl.load(z_row + cols, mask=cols < V, other=float("-inf")).to(tl.float32)\n'
+        "                m_new = tl.maximum(m, tl.max(x, axis=0))\n",
+        '                x = tl.load(z_row + cols, mask=cols < Vp, other=float("-inf")).to(tl.float32)\n'
+        "                m_new = tl.maximum(m, tl.max(x, axis=0))\n",
+        ("tests/torch_impl/test_cross_entropy_triton.py::test_loss_and_gradient_match_cross_entropy",),
+        "the Triton loss kernel's log-sum-exp takes the pad columns in",
+    ),
+    Mutant(
+        "triton-loss-ignored-rows-get-gradient",
+        "torch_impl/cross_entropy_triton.py",
+        "scale = tl.where(valid, 1.0 / tl.load(n_valid_ptr), 0.0)",
+        "scale = 1.0 / tl.load(n_valid_ptr)",
+        ("tests/torch_impl/test_cross_entropy_triton.py::test_loss_and_gradient_match_cross_entropy",),
+        "the Triton loss kernel sends gradient from rows whose target is -1 (ignored)",
     ),
     Mutant(
         "trainer-ignores-loss-impl",
@@ -701,6 +720,7 @@ def test_env(root: Path, source: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         NUMBA_ENABLE_CUDASIM="1",
+        TRITON_INTERPRET="1",
         PYTHONHASHSEED="0",
         PYTHONDONTWRITEBYTECODE="1",
         PYTHONPATH=str(root),

@@ -491,6 +491,23 @@ def test_bad_settings_are_named(random_shards, tmp_path, tiny_config, overrides,
         train(dataclasses.replace(tiny_config(random_shards, tmp_path / "r"), **overrides))
 
 
+def test_chunked_triton_where_its_kernel_cannot_run_is_refused_before_training(random_shards, tmp_path, tiny_config,
+                                                                              monkeypatch):  # fmt: skip
+    """check_launch asks cross_entropy_triton.unavailable_reason for the run's device and stops with its
+    reason (the reason itself, on a CPU without TRITON_INTERPRET, is tested in test_cross_entropy_triton.py)."""
+    asked = []
+
+    def no_kernel(device):
+        asked.append(torch.device(device).type)
+        return "--loss-impl chunked-triton runs on a CUDA GPU, not on cpu"
+
+    monkeypatch.setattr(cross_entropy_triton, "unavailable_reason", no_kernel)
+    with pytest.raises(ValueError, match="--loss-impl chunked-triton runs on a CUDA GPU, not on cpu"):
+        train(dataclasses.replace(tiny_config(random_shards, tmp_path / "r"), loss_impl="chunked-triton"))
+    assert asked == ["cpu"]
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())  # nothing written
+
+
 @pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "default"])
 def test_cuda_graph_modes_are_allowed_without_gradient_accumulation(mode):
     from torch_impl.train import batch_geometry
