@@ -27,9 +27,10 @@ matmuls as autocast does in the plain path's backward. Only the order of summati
 chunk, in float32) differs, so the two paths agree to rounding (tests/torch_impl/test_chunked_loss.py).
 
 Who computes each chunk's loss and dz (rows_kernel): "torch", the lines of _cross_entropy_rows_torch,
-which torch.compile fuses into its own kernels; or "triton", one kernel of our own that reads each row of
-z once from memory (torch_impl/cross_entropy_triton.py; --loss-impl chunked-triton). Both compute the
-same float32 formulas; only the order of the logsumexp's sums differs (rounding).
+which torch.compile fuses into its own kernels; or "triton", one kernel of our own that goes over each row
+of z in two passes (torch_impl/cross_entropy_triton.py; --loss-impl chunked-triton; float32 and bf16
+models only). Both compute the same float32 formulas; only the order of the logsumexp's sums differs
+(rounding).
 
 Under torch.no_grad (evaluation) only the loss is computed: one matmul per chunk, no dz, dh, dW.
 The gradient is computed in the forward, so the loss may be differentiated once (as a training step
@@ -69,10 +70,9 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             z = h_r @ W.t()  # (R, Vp) in the matmul dtype
             if rows_kernel == "triton":
                 loss_rows, dz = cross_entropy_rows(z, t_r, n_valid, vocab_size, need_grad)  # (R,), (R, Vp)
-                loss_sum += loss_rows.sum()
             else:
                 loss_rows, dz = _cross_entropy_rows_torch(z, t_r, ok, n_valid, cols, vocab_size, acc, need_grad)
-                loss_sum += loss_rows.sum()
+            loss_sum += loss_rows.sum()
             if not need_grad:
                 continue
             dh[r0 : r0 + chunk_rows] = dz @ W  # (R, C)

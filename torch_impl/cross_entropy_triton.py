@@ -100,8 +100,8 @@ if triton is not None:
         BLOCK: tl.constexpr,
         WRITE_GRAD: tl.constexpr,
     ):
-        # a persistent grid: program p takes rows p, p + P, p + 2P, ... (P programs), so the rows in flight
-        # on the GPU, and with them what pass 2 reads back from L2, are P rows, not every row at once
+        # program p takes rows p, p + P, p + 2P, ... of the P programs launched (programs(): on a GPU one per
+        # row, so each takes one; on a persistent grid P rows are in flight, which pass 2 may find in L2)
         for row in range(tl.program_id(0), R, tl.num_programs(0)):
             z_row = z_ptr + tl.cast(row, tl.int64) * z_row_stride
             target = tl.load(targets_ptr + row)
