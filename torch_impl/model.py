@@ -51,6 +51,11 @@ together over chunks of rows without ever holding all the logits (torch_impl/chu
 training at large B*T: the same loss and gradients to rounding); "chunked-triton" is the same with
 each chunk's softmax and gradient in one Triton kernel (torch_impl/cross_entropy_triton.py).
 
+The MLP. `set_mlp_impl("triton")` computes a GELU MLP with the GELU fused into its two matmuls, forward
+and backward (torch_impl/mlp_triton.py: Triton kernels, for bf16 training on a GPU); "torch", the
+default, is the three lines of MLP.forward. Both compute the same arithmetic up to the matmuls' order
+of summation; activations are recorded (`acts`) by the plain lines only.
+
 No dropout: GPT-2's 0.1 dropout is a training choice that conformance runs switch off anyway;
 leaving it out keeps every forward pass deterministic.
 """
@@ -66,11 +71,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from torch_impl.chunked_loss import DEFAULT_CHUNK_ROWS, chunked_linear_cross_entropy
+from torch_impl.mlp_triton import fused_mlp
 from weights import GPT2Config, param_shapes, tensor_kind, validate_params
 from weights.layout import RESIDUAL_PROJECTIONS
 
 ATTENTION_KINDS = ("math", "sdpa")
 LOSS_IMPLS = ("full", "chunked", "chunked-triton")
+MLP_IMPLS = ("torch", "triton")
 
 # The four nn.Linear layers of a block; their canonical (Conv1D) weights are stored (in, out).
 LINEAR_LAYERS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
@@ -351,9 +358,12 @@ class MLP(nn.Module):
         # weight (H, C) = canonical (C, H) transposed; swiglu: (2H, C), the gate's H rows, then the up projection's
         self.c_fc = nn.Linear(C, config.fc_width, bias=config.bias)
         self.c_proj = nn.Linear(self.hidden, C, bias=config.bias)  # weight (C, H) = canonical (H, C) transposed
+        self.impl = "torch"  # or "triton": GPT2.set_mlp_impl
 
     def forward(self, x: torch.Tensor, acts: dict | None = None) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C) through a hidden layer of width H."""
+        if self.impl == "triton" and acts is None:  # the same three lines, fused (torch_impl/mlp_triton.py)
+            return fused_mlp(x, self.c_fc.weight, self.c_fc.bias, self.c_proj.weight, self.c_proj.bias)
         p = f"h.{self.layer}."
         h = self.c_fc(x)  # (B, T, H); swiglu: (B, T, 2H)
         _record(acts, p + "fc", h)
@@ -434,6 +444,7 @@ class GPT2(nn.Module):
             self.lm_head = nn.Linear(C, Vp, bias=False)  # weight (Vp, C): the canonical (V, C) plus pad rows
         self.set_attention(attention)
         self.set_loss_impl(loss_impl)
+        self.mlp_impl = "torch"
         if self.wte.weight.device.type != "meta":  # built on "meta": shapes only, call reset_parameters later
             self.reset_parameters()
 
@@ -465,6 +476,17 @@ class GPT2(nn.Module):
         if not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows < 1:
             raise ValueError(f"chunk_rows must be an int >= 1, got {chunk_rows!r}")
         self.loss_impl, self.loss_chunk_rows = loss_impl, chunk_rows
+
+    def set_mlp_impl(self, mlp_impl: str) -> None:
+        """How each block's MLP runs: "torch" (MLP.forward's lines) or "triton" (GELU fused into the
+        matmuls, torch_impl/mlp_triton.py; GELU MLPs only)."""
+        if mlp_impl not in MLP_IMPLS:
+            raise ValueError(f"mlp_impl must be one of {MLP_IMPLS}, got {mlp_impl!r}")
+        if mlp_impl == "triton" and self.config.mlp != "gelu":
+            raise ValueError(f"mlp_impl 'triton' fuses GELU; this model's MLP is {self.config.mlp!r}")
+        self.mlp_impl = mlp_impl
+        for block in self.h:
+            block.mlp.impl = mlp_impl
 
     @torch.no_grad()
     def reset_parameters(self) -> None:

@@ -62,7 +62,7 @@ from pathlib import Path
 import torch
 
 import weights
-from torch_impl import cross_entropy_triton
+from torch_impl import cross_entropy_triton, mlp_triton
 from torch_impl.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from torch_impl.chunked_loss import DEFAULT_CHUNK_ROWS
 from torch_impl.data import ShardLoader, shard_paths
@@ -156,6 +156,12 @@ class TrainConfig:
         ("full", "chunked", "chunked-triton"),
     )
     loss_chunk_rows: int = _opt(DEFAULT_CHUNK_ROWS, "rows (of B*T) per chunk of the chunked --loss-impl")
+    mlp_impl: str = _opt(
+        "torch",
+        "the MLP: torch (c_fc, GELU, c_proj as three steps) or triton (GELU fused into the two matmuls, "
+        "forward and backward, torch_impl/mlp_triton.py; bf16 on CUDA, GELU models)",
+        ("torch", "triton"),
+    )
     # batch and optimizer
     batch_size: int = _opt(8, "micro-batch size B per rank")
     seq_len: int = _opt(1024, "sequence length T")
@@ -366,6 +372,9 @@ def build_model(cfg: TrainConfig, device: torch.device, params: dict | None, con
         torch.manual_seed(cfg.seed)
         model = GPT2(config, attention=cfg.attention, padded_vocab_size=padded).to(device)
     model.set_loss_impl(cfg.loss_impl, cfg.loss_chunk_rows)
+    if cfg.mlp_impl == "triton" and config.mlp != "gelu":
+        raise UsageError(f"--mlp-impl triton fuses GELU into the MLP's matmuls; this model's MLP is {config.mlp}")
+    model.set_mlp_impl(cfg.mlp_impl)
     return model
 
 
@@ -661,12 +670,20 @@ def check_profile_steps(cfg: TrainConfig, start_step: int, end_step: int) -> Non
 
 def check_launch(cfg: TrainConfig, d: Dist) -> None:
     """Refuse a run that cannot start: no --data, a --shard mode outside a torchrun job,
-    --coordinate-descent-tuning without the compile mode it tunes, or --loss-impl chunked-triton where
-    its kernel cannot run."""
+    --coordinate-descent-tuning without the compile mode it tunes, or --loss-impl chunked-triton or
+    --mlp-impl triton where its kernels cannot run."""
     if not cfg.data:
         raise UsageError("--data is required: a folder of token shards (make them with `python -m torch_impl.data`)")
     if cfg.loss_impl == "chunked-triton" and (reason := cross_entropy_triton.unavailable_reason(d.device)):
         raise UsageError(reason)
+    if cfg.mlp_impl == "triton":
+        if reason := mlp_triton.unavailable_reason(d.device):
+            raise UsageError(reason)
+        if cfg.dtype == "fp32" or (cfg.dtype == "auto" and d.device.type != "cuda"):
+            raise UsageError(
+                "--mlp-impl triton computes in bf16 (--dtype bf16, the default on CUDA); use --mlp-impl torch "
+                "for a float32 run"
+            )
     if cfg.coordinate_descent_tuning and not (cfg.compile and cfg.compile_mode == "default"):
         raise UsageError(
             "--coordinate-descent-tuning tunes the kernels torch.compile generates: it needs --compile with "

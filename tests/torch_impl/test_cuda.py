@@ -170,3 +170,22 @@ def test_compiled_chunked_loss_on_cuda_within_the_suite_ceilings(cfg, params, pa
     assert abs(loss - ref_loss) / abs(ref_loss) <= ceilings["loss"]
     for name, g in ref_grads.items():
         assert float((grads[name] - g).abs().max() / g.abs().max()) <= ceilings["grad_max"], name
+
+
+def test_compiled_fused_mlp_on_cuda_within_the_bf16_ceilings(cfg, params, params64, ids):
+    """torch.compile of --mlp-impl triton (torch_impl/mlp_triton.py: GELU fused into the MLP's two matmuls,
+    a custom autograd Function over two torch.library triton_ops, autotuned at the first call) with the
+    chunked-triton loss, under bf16 autocast, against the float64 CPU model by the suite's BF16 ceilings."""
+    from conformance.tolerances import BF16
+
+    idx, targets = ids(B=4, T=cfg.n_ctx, seed=34)
+    ref = GPT2.from_params(params64, cfg, dtype=torch.float64)
+    ref_loss, ref_grads = _loss_grads(ref, torch.from_numpy(idx), torch.from_numpy(targets), autocast=False)
+    model = GPT2.from_params(params, cfg, device="cuda")
+    model.set_loss_impl("chunked-triton", chunk_rows=24)
+    model.set_mlp_impl("triton")
+    idx, targets = torch.from_numpy(idx).cuda(), torch.from_numpy(targets).cuda()
+    loss, grads = _loss_grads(model, idx, targets, True, run=torch.compile(model))
+    assert abs(loss - ref_loss) / abs(ref_loss) <= BF16["loss"]
+    for name, g in ref_grads.items():
+        assert float((grads[name] - g).abs().max() / g.abs().max()) <= BF16["grad_max"], name
