@@ -29,8 +29,8 @@ import pytest
 import torch
 
 import weights
-from conformance.tolerances import FP32
-from torch_impl import cross_entropy_triton
+from conformance.tolerances import BF16, FP32
+from torch_impl import cross_entropy_triton, mlp_triton
 from torch_impl.checkpoint import latest_checkpoint, load_checkpoint
 from torch_impl.train import NonFiniteError, TrainConfig, flops_per_token, parse_args, train
 from weights.errors import DataError
@@ -135,6 +135,36 @@ def test_chunked_loss_trains_the_same_trajectory(random_shards, tmp_path, tiny_c
     )  # fmt: skip
     assert calls == [(24, rows_kernel)] * 4  # one forward per step (grad_accum 1; no evaluation in this config)
     _assert_same_trajectory(full, chunked)
+
+
+@pytest.mark.skipif(mlp_triton.unavailable_reason("cpu") is not None, reason=str(mlp_triton.unavailable_reason("cpu")))
+def test_fused_mlp_trains_like_the_plain_mlp_in_bf16(random_shards, tmp_path, tiny_config, monkeypatch):
+    """--mlp-impl triton (GELU fused into the MLP's matmuls, torch_impl/mlp_triton.py; here in Triton's
+    interpreter) under bf16 autocast follows the plain bf16 run: every step's loss within the suite's BF16
+    loss ceiling. The two differ by bf16 rounding only (the interpreter truncates where torch rounds).
+    FusedMLP is counted: every block of every forward in the fused run, never in the plain one."""
+    calls = []
+    real = mlp_triton.FusedMLP.apply
+
+    def counted(*args):
+        calls.append(args[0].dtype)
+        return real(*args)
+
+    monkeypatch.setattr(mlp_triton.FusedMLP, "apply", counted)
+    plain = train(tiny_config(random_shards, tmp_path / "plain", batch_size=8, max_steps=4, dtype="bf16"))
+    assert calls == []
+    fused = train(tiny_config(random_shards, tmp_path / "fused", batch_size=8, max_steps=4, dtype="bf16",
+                              mlp_impl="triton"))  # fmt: skip
+    assert calls == [torch.bfloat16] * (2 * 4)  # 2 blocks x 4 steps (grad_accum 1, no evaluation)
+    assert plain["losses"].keys() == fused["losses"].keys()
+    for step, loss in plain["losses"].items():
+        assert abs(fused["losses"][step] - loss) / loss <= BF16["loss"], step
+
+
+def test_mlp_impl_triton_is_refused_for_a_float32_run(random_shards, tmp_path, tiny_config):
+    with pytest.raises(ValueError, match="--mlp-impl triton computes in bf16"):
+        train(dataclasses.replace(tiny_config(random_shards, tmp_path / "r"), mlp_impl="triton"))
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())  # nothing written
 
 
 def test_profile_steps_write_where_the_time_goes(random_shards, tmp_path, tiny_config):
