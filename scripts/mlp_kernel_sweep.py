@@ -1,22 +1,22 @@
-"""Time the MLP's GELU steps on the GPU: cuBLAS + torch.compile's kernels against the fused Triton kernels.
+"""Time the MLP's GELU backward on the GPU: torch.compile's kernels against the Triton kernel of --mlp-impl triton.
 
-    python scripts/mlp_kernel_sweep.py [--rows 65536] [--json mlp-kernel-sweep.json] [--quick]
+    python scripts/mlp_kernel_sweep.py [--rows 65536] [--json mlp-kernel-sweep.json]
 
-The shapes are one micro-step of GPT-2 124M at the trainer's defaults (B*T = 65,536 rows, C = 768,
-H = 3,072), bf16. Timed, each by triton.testing.do_bench (the median; L2 cleared before each run):
+The shapes are one micro-step of GPT-2 124M at the trainer's defaults (B*T = 65,536 rows, H = 3,072), bf16.
+Timed, each by triton.testing.do_bench (the median; L2 cleared before each run):
 
-  forward   plain       F.linear (cuBLAS, bias in its epilogue) then GELU, under torch.compile
-            triton ...  torch_impl/mlp_triton.py's linear_gelu_forward kernel at one configuration
-  backward  plain       dg = dy w_proj (cuBLAS), dh = gelu_backward(dg, h) and db_fc = sum(dh), compiled
-            triton ...  the matmul_gelu_backward kernel (dh and the partial sums of db_fc), plus the sum
-  mlp       plain       the whole MLP forward and backward, model.py's lines, compiled
-            triton      the same through fused_mlp (autotuned over mlp_triton.CONFIGS), compiled
+  backward  plain       dh = gelu_backward(dg, h) and db_fc = sum(dh) under torch.compile (the two kernels
+                        inductor makes of model.py's MLP backward)
+            triton ...  torch_impl/mlp_triton.py's gelu_backward_bias_grad kernel (dh and the partial sums
+                        of db_fc) plus the partial sums' sum, at one configuration
+  mlp       plain       the whole MLP forward and backward at C = 768, model.py's lines, compiled
+            triton      the same through fused_mlp, compiled
 
-"triton BM/BN/BK/W/S" is BLOCK_M/BLOCK_N/BLOCK_K, num_warps and num_stages (GROUP_M 8). Every result is
-checked against the plain path's: the kernels do the same arithmetic but sum the matmul in another order,
-so a value may differ from plain's by a rounding step of bf16 (2^-8 relative; checked at 2^-6 of the
-tensor's largest value). Writes --json with the provenance record (commit, versions, GPU, date). Exits 1
-when a check fails, 2 without a CUDA GPU.
+"triton R/BM/BN/W" is ROWS/BLOCK_M/BLOCK_N and num_warps. Every result is checked against the plain
+path's: the same arithmetic, so dh may differ by a rounding step of bf16 (2^-8 relative) and db_fc by
+float32 summation order; both are checked at 2^-6 of the tensor's largest value. GB/s counts the bytes
+the kernel must move: dg and h read once, dh written once. Writes --json with the provenance record
+(commit, versions, GPU, date). Exits 1 when a check fails, 2 without a CUDA GPU.
 """
 
 from __future__ import annotations
@@ -35,11 +35,8 @@ from weights.errors import ArgumentParser, UsageError, run_cli  # noqa: E402
 from weights.provenance import provenance  # noqa: E402
 
 C, H = 768, 3072
-SMEM = 227 * 1024  # an H100/H200 SM's shared memory for one block
-# (BLOCK_M, BLOCK_N, warps): 4 warps hold at most a 128 x 128 float32 accumulator, 8 warps 128 x 256
-TILES = [(64, 128, 4), (128, 64, 4), (128, 128, 4), (64, 256, 8), (128, 128, 8), (128, 256, 8), (256, 64, 8),
-         (256, 128, 8)]  # fmt: skip
-SWEEP = [(bm, bn, 64, w, s) for bm, bn, w in TILES for s in (3, 4, 5) if (bm + bn) * 64 * 2 * s <= SMEM]
+SWEEP = [(r, bm, bn, w) for r in (256, 512, 1024) for bm in (16, 32, 64) for bn in (128, 256, 512) for w in (4, 8)
+         if bm * bn <= 16384]  # fmt: skip
 REL = 2.0**-6  # the check: max |fused - plain| <= REL * max |plain|
 
 
@@ -47,7 +44,6 @@ def main(argv: list[str] | None = None) -> int:
     ap = ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=65536, help="rows M = B*T of one micro-step")
     ap.add_argument("--json", type=Path, default=Path("mlp-kernel-sweep.json"))
-    ap.add_argument("--quick", action="store_true", help="time only the configurations of mlp_triton.CONFIGS")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise UsageError("no CUDA GPU here: the sweep times GPU kernels")
@@ -62,8 +58,6 @@ def main(argv: list[str] | None = None) -> int:
     def randn(*shape, std=1.0):
         return (std * torch.randn(*shape, device="cuda", generator=g)).to(bf)
 
-    x, dy = randn(M, C), randn(M, C, std=1e-3)
-    w_fc, b_fc, w_proj, b_proj = randn(H, C, std=0.02), randn(H, std=0.02), randn(C, H, std=0.02), randn(C, std=0.02)
     rows, failures = [], []
 
     def record(part, name, fn, cfg=None):
@@ -78,65 +72,43 @@ def main(argv: list[str] | None = None) -> int:
         if not err <= ceiling:
             failures.append(f"{what}: max |fused - plain| {err:.3e} > {ceiling:.3e}")
 
-    # ---- forward: h = x w_fc^T + b_fc, g = gelu(h)
-    @torch.compile
-    def forward_plain(x, w, b):
-        h = F.linear(x, w, b)
-        return h, F.gelu(h, approximate="tanh")
+    # ---- dh = dg * gelu'(h), db_fc = sum_rows dh
+    dg, h = randn(M, H, std=1e-2), randn(M, H)
+    least_bytes = 3 * M * H * dg.element_size()
 
-    h_ref, g_ref = forward_plain(x, w_fc, b_fc)
-    record("forward", "plain", lambda: forward_plain(x, w_fc, b_fc))
-
-    # ---- backward: dh = (dy w_proj) * gelu'(h), db_fc = sum_rows dh
     @torch.compile
-    def backward_plain(dy, w, h):
-        dh = torch.ops.aten.gelu_backward(dy @ w, h, approximate="tanh")
+    def backward_plain(dg, h):
+        dh = torch.ops.aten.gelu_backward(dg, h, approximate="tanh")
         return dh, dh.float().sum(0)
 
-    dh_ref, db_ref = backward_plain(dy, w_proj, h_ref)
-    record("backward", "plain", lambda: backward_plain(dy, w_proj, h_ref))
+    dh_ref, db_ref = backward_plain(dg, h)
+    record("backward", "plain", lambda: backward_plain(dg, h))
+    dh_mod, db_mod = mt.gelu_backward_bias_grad(dg, h)
+    check("module dh", dh_mod, dh_ref)
+    check("module db_fc", db_mod, db_ref)
 
-    configs = [(m, n, k, w, s) for m, n, k, _, w, s in mt.CONFIGS] if args.quick else SWEEP
-    for bm, bn, bk, w, s in configs:
-        name, cfg = f"triton {bm}/{bn}/{bk}/{w}/{s}", {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": w,
-                                                       "num_stages": s}  # fmt: skip
-        grid = (triton.cdiv(M, bm) * triton.cdiv(H, bn),)
-        h, gg = torch.empty_like(h_ref), torch.empty_like(h_ref)
-        dh = torch.empty_like(h_ref)
-        partial = torch.empty((triton.cdiv(M, mt.SLOT), H), dtype=torch.float32, device="cuda")
+    for r, bm, bn, w in SWEEP:
+        name, cfg = f"triton {r}/{bm}/{bn}/{w}", {"ROWS": r, "BLOCK_M": bm, "BLOCK_N": bn, "num_warps": w}
+        dh = torch.empty_like(h)
+        partial = torch.empty((triton.cdiv(M, r), H), dtype=torch.float32, device="cuda")
+        grid = (triton.cdiv(M, r), triton.cdiv(H, bn))
 
-        def fwd(bm=bm, bn=bn, bk=bk, w=w, s=s, grid=grid, h=h, gg=gg):
-            mt._linear_gelu_forward_kernel.fn[grid](
-                x, w_fc, b_fc, h, gg, M, H, C, x.stride(0), x.stride(1), w_fc.stride(0), w_fc.stride(1),
-                h.stride(0), gg.stride(0), HAS_BIAS=True, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8,
-                num_warps=w, num_stages=s,
-            )  # fmt: skip
-
-        def bwd(bm=bm, bn=bn, bk=bk, w=w, s=s, grid=grid, dh=dh, partial=partial):
-            mt._matmul_gelu_backward_kernel.fn[grid](
-                dy, w_proj, h_ref, dh, partial, M, H, C, dy.stride(0), dy.stride(1), w_proj.stride(0),
-                w_proj.stride(1), h_ref.stride(0), dh.stride(0), DBIAS=True, SLOT=mt.SLOT, BLOCK_M=bm, BLOCK_N=bn,
-                BLOCK_K=bk, GROUP_M=8, num_warps=w, num_stages=s,
+        def launch(r=r, bm=bm, bn=bn, w=w, dh=dh, partial=partial, grid=grid):
+            mt._gelu_backward_bias_grad_kernel[grid](
+                dg, h, dh, partial, M, H, dg.stride(0), h.stride(0), dh.stride(0),
+                DBIAS=True, ROWS=r, BLOCK_M=bm, BLOCK_N=bn, num_warps=w,
             )  # fmt: skip
             return partial.sum(0)
 
-        try:
-            fwd()
-            db = bwd()
-            torch.cuda.synchronize()
-        except Exception as e:  # a configuration the GPU cannot hold (shared memory, registers): skipped, said
-            print(f"{name}: not run ({type(e).__name__}: {str(e).splitlines()[0][:120]})", flush=True)
-            rows.append({"part": "both", "name": name, "config": cfg, "ms": None, "error": str(e)[:300]})
-            continue
-        check(f"{name} h", h, h_ref)
-        check(f"{name} g", gg, g_ref)
+        db = launch()
         check(f"{name} dh", dh, dh_ref)
         check(f"{name} db_fc", db, db_ref)
-        record("forward", name, fwd, cfg)
-        record("backward", name, bwd, cfg)
+        ms = record("backward", name, launch, cfg)
+        rows[-1]["GB/s"] = least_bytes / ms / 1e6
 
     # ---- the whole MLP, forward and backward, as the trainer runs it (autocast bf16, compiled)
-    params = [t.float().requires_grad_() for t in (w_fc, b_fc, w_proj, b_proj)]
+    x, dy = randn(M, C), randn(M, C, std=1e-3)
+    params = [randn(*shape, std=0.02).float().requires_grad_() for shape in ((H, C), (H,), (C, H), (C,))]
     xin = x.float().requires_grad_()
 
     def mlp_plain(x, w_fc, b_fc, w_proj, b_proj):
@@ -160,22 +132,21 @@ def main(argv: list[str] | None = None) -> int:
         check(f"mlp {label}", a, b)
 
     doc = {
-        "what": f"the MLP's GELU steps of one micro-step: M = {M} rows, C = {C}, H = {H}, bf16",
+        "what": f"the MLP's GELU backward of one micro-step: M = {M} rows, H = {H} (C = {C} for the MLP), bf16",
         "measured_by": "scripts/mlp_kernel_sweep.py",
         "provenance": provenance(),
         "timer": "triton.testing.do_bench (median, L2 cleared before each run)",
-        "module_configs": mt.CONFIGS,
+        "least_bytes": least_bytes,
+        "module_config": {"ROWS": mt.ROWS, "BLOCK_M": mt.BLOCK_M, "BLOCK_N": mt.BLOCK_N, "num_warps": mt.NUM_WARPS},
         "triton_version": triton.__version__,
         "rows": rows,
         "failures": failures,
     }
     args.json.write_text(json.dumps(doc, indent=1) + "\n")
-    for part in ("forward", "backward"):
-        timed = [r for r in rows if r["part"] == part and r["config"] and r["ms"]]
-        plain = next(r["ms"] for r in rows if r["part"] == part and r["name"] == "plain")
-        if timed:
-            best = min(timed, key=lambda r: r["ms"])
-            print(f"{part}: fastest {best['name']} {best['ms']:.3f} ms, plain {plain:.3f} ms")
+    timed = [r for r in rows if r["part"] == "backward" and r["config"]]
+    best = min(timed, key=lambda r: r["ms"])
+    plain = next(r["ms"] for r in rows if r["part"] == "backward" and r["name"] == "plain")
+    print(f"backward: fastest {best['name']} {best['ms']:.3f} ms ({best['GB/s']:.0f} GB/s), plain {plain:.3f} ms")
     for f in failures:
         print(f"error: {f}", file=sys.stderr)
     return 1 if failures else 0

@@ -51,10 +51,10 @@ together over chunks of rows without ever holding all the logits (torch_impl/chu
 training at large B*T: the same loss and gradients to rounding); "chunked-triton" is the same with
 each chunk's softmax and gradient in one Triton kernel (torch_impl/cross_entropy_triton.py).
 
-The MLP. `set_mlp_impl("triton")` computes a GELU MLP with the GELU fused into its two matmuls, forward
-and backward (torch_impl/mlp_triton.py: Triton kernels, for bf16 training on a GPU); "torch", the
-default, is the three lines of MLP.forward. Both compute the same arithmetic up to the matmuls' order
-of summation; activations are recorded (`acts`) by the plain lines only.
+The MLP. `set_mlp_impl("triton")` runs a GELU MLP through a backward written out by hand, whose GELU
+derivative and c_fc bias gradient are one Triton kernel (torch_impl/mlp_triton.py; bf16 training on a
+GPU); "torch", the default, is the three lines of MLP.forward and autograd. Both compute the same
+arithmetic up to summation order; activations are recorded (`acts`) by the plain lines only.
 
 No dropout: GPT-2's 0.1 dropout is a training choice that conformance runs switch off anyway;
 leaving it out keeps every forward pass deterministic.
@@ -362,7 +362,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, acts: dict | None = None) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C) through a hidden layer of width H."""
-        if self.impl == "triton" and acts is None:  # the same three lines, fused (torch_impl/mlp_triton.py)
+        if self.impl == "triton" and acts is None:  # the same lines, the backward fused (torch_impl/mlp_triton.py)
             return fused_mlp(x, self.c_fc.weight, self.c_fc.bias, self.c_proj.weight, self.c_proj.bias)
         p = f"h.{self.layer}."
         h = self.c_fc(x)  # (B, T, H); swiglu: (B, T, 2H)
@@ -478,12 +478,12 @@ class GPT2(nn.Module):
         self.loss_impl, self.loss_chunk_rows = loss_impl, chunk_rows
 
     def set_mlp_impl(self, mlp_impl: str) -> None:
-        """How each block's MLP runs: "torch" (MLP.forward's lines) or "triton" (GELU fused into the
-        matmuls, torch_impl/mlp_triton.py; GELU MLPs only)."""
+        """How each block's MLP runs: "torch" (MLP.forward's lines) or "triton" (its backward with GELU's
+        derivative and c_fc's bias gradient in one Triton kernel, torch_impl/mlp_triton.py; GELU MLPs only)."""
         if mlp_impl not in MLP_IMPLS:
             raise ValueError(f"mlp_impl must be one of {MLP_IMPLS}, got {mlp_impl!r}")
         if mlp_impl == "triton" and self.config.mlp != "gelu":
-            raise ValueError(f"mlp_impl 'triton' fuses GELU; this model's MLP is {self.config.mlp!r}")
+            raise ValueError(f"mlp_impl 'triton' is for GELU MLPs; this model's MLP is {self.config.mlp!r}")
         self.mlp_impl = mlp_impl
         for block in self.h:
             block.mlp.impl = mlp_impl

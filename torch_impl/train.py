@@ -158,8 +158,8 @@ class TrainConfig:
     loss_chunk_rows: int = _opt(DEFAULT_CHUNK_ROWS, "rows (of B*T) per chunk of the chunked --loss-impl")
     mlp_impl: str = _opt(
         "torch",
-        "the MLP: torch (c_fc, GELU, c_proj as three steps) or triton (GELU fused into the two matmuls, "
-        "forward and backward, torch_impl/mlp_triton.py; bf16 on CUDA, GELU models)",
+        "the MLP: torch (c_fc, GELU, c_proj and autograd) or triton (the backward's GELU derivative and c_fc "
+        "bias gradient in one Triton kernel, torch_impl/mlp_triton.py; bf16 on CUDA, GELU models)",
         ("torch", "triton"),
     )
     # batch and optimizer
@@ -373,7 +373,7 @@ def build_model(cfg: TrainConfig, device: torch.device, params: dict | None, con
         model = GPT2(config, attention=cfg.attention, padded_vocab_size=padded).to(device)
     model.set_loss_impl(cfg.loss_impl, cfg.loss_chunk_rows)
     if cfg.mlp_impl == "triton" and config.mlp != "gelu":
-        raise UsageError(f"--mlp-impl triton fuses GELU into the MLP's matmuls; this model's MLP is {config.mlp}")
+        raise UsageError(f"--mlp-impl triton is for GELU MLPs; this model's MLP is {config.mlp}")
     model.set_mlp_impl(cfg.mlp_impl)
     return model
 

@@ -173,9 +173,9 @@ def test_compiled_chunked_loss_on_cuda_within_the_suite_ceilings(cfg, params, pa
 
 
 def test_compiled_fused_mlp_on_cuda_within_the_bf16_ceilings(cfg, params, params64, ids):
-    """torch.compile of --mlp-impl triton (torch_impl/mlp_triton.py: GELU fused into the MLP's two matmuls,
-    a custom autograd Function over two torch.library triton_ops, autotuned at the first call) with the
-    chunked-triton loss, under bf16 autocast, against the float64 CPU model by the suite's BF16 ceilings."""
+    """torch.compile of --mlp-impl triton (torch_impl/mlp_triton.py: the MLP's backward written out, with
+    GELU's derivative and c_fc's bias gradient in one torch.library triton_op) with the chunked-triton
+    loss, under bf16 autocast, against the float64 CPU model by the suite's BF16 ceilings."""
     from conformance.tolerances import BF16
 
     idx, targets = ids(B=4, T=cfg.n_ctx, seed=34)
