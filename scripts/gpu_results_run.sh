@@ -21,6 +21,8 @@
 #        ONLY=memory STEP_S="0 0 0 0 0 0 400" bash scripts/gpu_results_run.sh
 #   8. (only when ONLY names it: loss-kernel) one loss chunk's kernels timed: torch.compile's against the Triton
 #      kernel of --loss-impl chunked-triton at several block sizes and warp counts (scripts/loss_kernel_sweep.py)
+#   (the MLP's GELU-backward kernel of --mlp-impl triton is timed the same way by scripts/mlp_kernel_sweep.py,
+#   run directly: `python3 scripts/mlp_kernel_sweep.py --json $OUT/mlp-kernel-sweep.json`)
 #
 #   OUT=/some/folder GPT2_GIT_COMMIT=<commit> GPT2_GIT_DIRTY=<0|1> GPT2_SHARED_DIR=<absolute path> \
 #       bash scripts/gpu_results_run.sh
@@ -84,7 +86,7 @@ step train-llama "${STEP_S[3]}" "$WORK/train-llama.log" bash -c "python3 -m torc
 rm -rf "$WORK/shakespeare"  # (absent when train-llama was not run)
 step gpu-tests "${STEP_S[4]}" "$WORK/gpu-tests.log" python3 -m pytest -q -p no:cacheprovider -rs \
     tests/numba_impl/test_graph.py tests/numba_impl/test_variants.py tests/torch_impl/test_cuda.py \
-    tests/torch_impl/test_cuda_variants.py tests/torch_impl/test_cross_entropy_triton.py
+    tests/torch_impl/test_cuda_variants.py tests/torch_impl/test_cross_entropy_triton.py tests/torch_impl/test_mlp_triton.py
 
 # THROUGHPUT_RUNS: --profile N and the tries of scripts/train_throughput.py (the first run is always the plain
 # loss), e.g. THROUGHPUT_RUNS="--try '--loss-impl chunked' --try '--loss-impl chunked --compile-mode max-autotune-no-cudagraphs'"
