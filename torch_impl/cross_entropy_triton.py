@@ -37,13 +37,17 @@ from __future__ import annotations
 
 import torch
 
+from torch_impl.devices import triton_unavailable_reason
+
 try:  # CUDA builds of torch ship triton; CPU builds do not need it
     import triton
     import triton.language as tl
     from torch.library import triton_op, wrap_triton
 except ImportError as e:  # pragma: no cover - the message says what to install
-    triton = None
+    triton = _cross_entropy_rows_kernel = None
     _IMPORT_ERROR = f"{type(e).__name__}: {e}"
+else:
+    _IMPORT_ERROR = None
 
 # The launch configuration, the fastest of scripts/loss_kernel_sweep.py's on an H200
 # (docs/results/loss-kernel-sweep-h200-374579a.json; docs/training.md, "Measured")
@@ -65,22 +69,7 @@ def programs(device: torch.device, rows: int) -> int:
 
 def unavailable_reason(device: torch.device | str) -> str | None:
     """None when the kernel can run on `device`; else why not (one line, for an error message)."""
-    if triton is None:
-        return f"--loss-impl chunked-triton needs the triton package (CUDA builds of torch include it): {_IMPORT_ERROR}"
-    device = torch.device(device)
-    if device.type == "cuda" or (device.type == "cpu" and _interpreting()):
-        return None
-    return (
-        f"--loss-impl chunked-triton runs on a CUDA GPU, not on {device.type} "
-        "(on the CPU only under TRITON_INTERPRET=1, Triton's interpreter, set before triton is imported)"
-    )
-
-
-def _interpreting() -> bool:
-    # triton.jit returns an InterpretedFunction when TRITON_INTERPRET=1 was set at decoration time
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return isinstance(_cross_entropy_rows_kernel, InterpretedFunction)
+    return triton_unavailable_reason("--loss-impl chunked-triton", _cross_entropy_rows_kernel, _IMPORT_ERROR, device)
 
 
 if triton is not None:

@@ -1,7 +1,8 @@
-"""Where the torch code runs, and whether under bf16 autocast: one rule for the trainer and the evaluation.
+"""Where the torch code runs, whether under bf16 autocast, and where our Triton kernels can: one rule each.
 
 device = choose_device("auto")            # --device auto|cpu|cuda
 bf16 = wants_bf16("auto", device)         # --dtype auto|bf16|fp32
+reason = triton_unavailable_reason("--mlp-impl triton", kernel, import_error, device)   # None: it runs
 """
 
 from __future__ import annotations
@@ -24,6 +25,26 @@ def choose_device(pref: str) -> torch.device:
 def wants_bf16(dtype_pref: str, device: torch.device) -> bool:
     """--dtype: "bf16", or "auto" on CUDA, runs the forward passes under bf16 autocast; else float32."""
     return dtype_pref == "bf16" or (dtype_pref == "auto" and device.type == "cuda")
+
+
+def triton_unavailable_reason(flag: str, kernel, import_error: str | None, device: torch.device | str) -> str | None:
+    """None when a Triton kernel of ours can run on `device`; else why not, one line naming `flag`.
+    `kernel` is its @triton.jit function (None where triton failed to import, with `import_error`). It runs
+    on a CUDA GPU, and on the CPU in Triton's interpreter: triton.jit returns an InterpretedFunction when
+    TRITON_INTERPRET=1 was set at decoration time."""
+    if kernel is None:
+        return f"{flag} needs the triton package (CUDA builds of torch include it): {import_error}"
+    device = torch.device(device)
+    if device.type == "cuda":
+        return None
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if device.type == "cpu" and isinstance(kernel, InterpretedFunction):
+        return None
+    return (
+        f"{flag} runs on a CUDA GPU, not on {device.type} "
+        "(on the CPU only under TRITON_INTERPRET=1, Triton's interpreter, set before triton is imported)"
+    )
 
 
 SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient")

@@ -34,7 +34,8 @@ form; its derivative, written out:
 A first form of this module (commit 03c8552) went further, as llm.c does with cuBLASLt's epilogues: c_fc's
 matmul applied GELU to its tile before storing it, and the matmul dg = dy w_proj applied gelu' to its
 tile, both Triton matmuls. On the H200 each was slower than cuBLAS's matmul and inductor's separate pass
-together, at every tile size tried (docs/training.md, "Measured"), so the matmuls went back to cuBLAS.
+together, at each of the four configurations its autotuner held (docs/training.md, "Measured"), so the
+matmuls went back to cuBLAS.
 
 Program (pid_m, pid_n) of the kernel owns ROWS rows and BLOCK_N columns, taken BLOCK_M rows at a time;
 its column sums go to row pid_m of a (cdiv(M, ROWS), H) float32 buffer, summed afterwards (fixed order:
@@ -47,13 +48,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from torch_impl.devices import triton_unavailable_reason
+
 try:  # CUDA builds of torch ship triton; CPU builds do not need it
     import triton
     import triton.language as tl
     from torch.library import triton_op, wrap_triton
 except ImportError as e:  # pragma: no cover - the message says what to install
-    triton = None
+    triton = _gelu_backward_bias_grad_kernel = None
     _IMPORT_ERROR = f"{type(e).__name__}: {e}"
+else:
+    _IMPORT_ERROR = None
 
 DTYPES = (torch.bfloat16, torch.float16)  # the activations' dtypes the kernel takes (autocast's)
 SQRT_2_OVER_PI = 0.7978845608028654
@@ -67,21 +72,7 @@ NUM_WARPS = 4
 
 def unavailable_reason(device: torch.device | str) -> str | None:
     """None when the kernel can run on `device`; else why not (one line, for an error message)."""
-    if triton is None:
-        return f"--mlp-impl triton needs the triton package (CUDA builds of torch include it): {_IMPORT_ERROR}"
-    device = torch.device(device)
-    if device.type == "cuda" or (device.type == "cpu" and _interpreting()):
-        return None
-    return (
-        f"--mlp-impl triton runs on a CUDA GPU, not on {device.type} "
-        "(on the CPU only under TRITON_INTERPRET=1, Triton's interpreter, set before triton is imported)"
-    )
-
-
-def _interpreting() -> bool:
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return isinstance(_gelu_backward_bias_grad_kernel, InterpretedFunction)
+    return triton_unavailable_reason("--mlp-impl triton", _gelu_backward_bias_grad_kernel, _IMPORT_ERROR, device)
 
 
 if triton is not None:

@@ -679,7 +679,7 @@ def check_launch(cfg: TrainConfig, d: Dist) -> None:
     if cfg.mlp_impl == "triton":
         if reason := mlp_triton.unavailable_reason(d.device):
             raise UsageError(reason)
-        if cfg.dtype == "fp32" or (cfg.dtype == "auto" and d.device.type != "cuda"):
+        if not wants_bf16(cfg.dtype, d.device):
             raise UsageError(
                 "--mlp-impl triton computes in bf16 (--dtype bf16, the default on CUDA); use --mlp-impl torch "
                 "for a float32 run"
