@@ -56,6 +56,11 @@ derivative and c_fc bias gradient are one Triton kernel (torch_impl/mlp_triton.p
 GPU); "torch", the default, is the three lines of MLP.forward and autograd. Both compute the same
 arithmetic up to summation order; activations are recorded (`acts`) by the plain lines only.
 
+The LayerNorms. `set_norm_impl("triton")` has training forwards (no cache, no `acts`) run each residual
+add and the LayerNorm after it as one op (Block.forward_residual_norms), whose backward is one Triton
+kernel (torch_impl/layernorm_triton.py; on a GPU, float32 or bf16; LayerNorm models only). The math is
+Block.forward's: x + attn(ln_1(x)), then + mlp(ln_2(.)), every add followed by the next LayerNorm.
+
 No dropout: GPT-2's 0.1 dropout is a training choice that conformance runs switch off anyway;
 leaving it out keeps every forward pass deterministic.
 """
@@ -71,6 +76,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from torch_impl.chunked_loss import DEFAULT_CHUNK_ROWS, chunked_linear_cross_entropy
+from torch_impl.layernorm_triton import residual_layernorm
 from torch_impl.mlp_triton import fused_mlp
 from weights import GPT2Config, param_shapes, tensor_kind, validate_params
 from weights.layout import RESIDUAL_PROJECTIONS
@@ -78,6 +84,7 @@ from weights.layout import RESIDUAL_PROJECTIONS
 ATTENTION_KINDS = ("math", "sdpa")
 LOSS_IMPLS = ("full", "chunked", "chunked-triton")
 MLP_IMPLS = ("torch", "triton")
+NORM_IMPLS = ("torch", "triton")
 
 # The four nn.Linear layers of a block; their canonical (Conv1D) weights are stored (in, out).
 LINEAR_LAYERS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
@@ -408,6 +415,15 @@ class Block(nn.Module):
         _record(acts, p + "resid_2", x)
         return x
 
+    def forward_residual_norms(
+        self, x: torch.Tensor, a: torch.Tensor, next_norm: nn.Module, rope=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward's math for training under --norm-impl triton: x (B, T, C) and a = ln_1(x), computed
+        already -> (the block's output x', next_norm(x')), where next_norm is the next block's ln_1 or
+        ln_f. Each residual add and the LayerNorm after it are one op (torch_impl/layernorm_triton.py)."""
+        x, m = residual_layernorm(x, self.attn(a, None, None, rope), self.ln_2)  # x + attn(a), ln_2 of it
+        return residual_layernorm(x, self.mlp(m), next_norm)  # x + mlp(m), next_norm of it
+
 
 # ----------------------------------------------------------------------------- the model
 
@@ -445,6 +461,7 @@ class GPT2(nn.Module):
         self.set_attention(attention)
         self.set_loss_impl(loss_impl)
         self.mlp_impl = "torch"
+        self.norm_impl = "torch"
         if self.wte.weight.device.type != "meta":  # built on "meta": shapes only, call reset_parameters later
             self.reset_parameters()
 
@@ -487,6 +504,17 @@ class GPT2(nn.Module):
         self.mlp_impl = mlp_impl
         for block in self.h:
             block.mlp.impl = mlp_impl
+
+    def set_norm_impl(self, norm_impl: str) -> None:
+        """How training forwards run the LayerNorms: "torch" (Block.forward's lines) or "triton" (each
+        residual add and the LayerNorm after it as one op whose backward is one Triton kernel,
+        torch_impl/layernorm_triton.py; LayerNorm models only). Forwards with a cache or `acts` run
+        Block.forward either way."""
+        if norm_impl not in NORM_IMPLS:
+            raise ValueError(f"norm_impl must be one of {NORM_IMPLS}, got {norm_impl!r}")
+        if norm_impl == "triton" and self.config.norm != "layernorm":
+            raise ValueError(f"norm_impl 'triton' is for LayerNorm models; this model's norm is {self.config.norm!r}")
+        self.norm_impl = norm_impl
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -547,6 +575,12 @@ class GPT2(nn.Module):
             x = self.wte(idx)
             rope = rope_tables(self.config, start, T, idx.device, self.wte.weight.dtype)  # (T, HS/2) each
         _record(acts, "embed", x)
+        if self.norm_impl == "triton" and cache is None and acts is None and not last_only:
+            a = self.h[0].ln_1(x)  # (B, T, C); every later LayerNorm follows a residual add
+            for i, block in enumerate(self.h):
+                next_norm = self.h[i + 1].ln_1 if i + 1 < len(self.h) else self.ln_f
+                x, a = block.forward_residual_norms(x, a, next_norm, rope)
+            return a  # ln_f's output
         for block in self.h:
             x = block(x, cache, acts, rope)
         if cache is not None:

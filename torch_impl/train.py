@@ -62,7 +62,7 @@ from pathlib import Path
 import torch
 
 import weights
-from torch_impl import cross_entropy_triton, mlp_triton
+from torch_impl import cross_entropy_triton, layernorm_triton, mlp_triton
 from torch_impl.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from torch_impl.chunked_loss import DEFAULT_CHUNK_ROWS
 from torch_impl.data import ShardLoader, shard_paths
@@ -160,6 +160,12 @@ class TrainConfig:
         "torch",
         "the MLP: torch (c_fc, GELU, c_proj and autograd) or triton (the backward's GELU derivative and c_fc "
         "bias gradient in one Triton kernel, torch_impl/mlp_triton.py; bf16 on CUDA, GELU models)",
+        ("torch", "triton"),
+    )
+    norm_impl: str = _opt(
+        "torch",
+        "the LayerNorms: torch (nn.LayerNorm and autograd) or triton (each residual add and the LayerNorm after "
+        "it as one op whose backward is one Triton kernel, torch_impl/layernorm_triton.py; CUDA, LayerNorm models)",
         ("torch", "triton"),
     )
     # batch and optimizer
@@ -375,6 +381,9 @@ def build_model(cfg: TrainConfig, device: torch.device, params: dict | None, con
     if cfg.mlp_impl == "triton" and config.mlp != "gelu":
         raise UsageError(f"--mlp-impl triton is for GELU MLPs; this model's MLP is {config.mlp}")
     model.set_mlp_impl(cfg.mlp_impl)
+    if cfg.norm_impl == "triton" and config.norm != "layernorm":
+        raise UsageError(f"--norm-impl triton is for LayerNorm models; this model's norm is {config.norm}")
+    model.set_norm_impl(cfg.norm_impl)
     return model
 
 
@@ -670,8 +679,8 @@ def check_profile_steps(cfg: TrainConfig, start_step: int, end_step: int) -> Non
 
 def check_launch(cfg: TrainConfig, d: Dist) -> None:
     """Refuse a run that cannot start: no --data, a --shard mode outside a torchrun job,
-    --coordinate-descent-tuning without the compile mode it tunes, or --loss-impl chunked-triton or
-    --mlp-impl triton where its kernels cannot run."""
+    --coordinate-descent-tuning without the compile mode it tunes, or --loss-impl chunked-triton,
+    --mlp-impl triton or --norm-impl triton where its kernels cannot run."""
     if not cfg.data:
         raise UsageError("--data is required: a folder of token shards (make them with `python -m torch_impl.data`)")
     if cfg.loss_impl == "chunked-triton" and (reason := cross_entropy_triton.unavailable_reason(d.device)):
@@ -684,6 +693,8 @@ def check_launch(cfg: TrainConfig, d: Dist) -> None:
                 "--mlp-impl triton computes in bf16 (--dtype bf16, the default on CUDA); use --mlp-impl torch "
                 "for a float32 run"
             )
+    if cfg.norm_impl == "triton" and (reason := layernorm_triton.unavailable_reason(d.device)):
+        raise UsageError(reason)
     if cfg.coordinate_descent_tuning and not (cfg.compile and cfg.compile_mode == "default"):
         raise UsageError(
             "--coordinate-descent-tuning tunes the kernels torch.compile generates: it needs --compile with "

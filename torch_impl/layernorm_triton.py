@@ -1,0 +1,215 @@
+"""A residual add and the LayerNorm after it as one op, whose backward is one Triton kernel (--norm-impl triton).
+
+    x       (M, C)  the residual stream before the add (M = B*T rows), float32: the parameters' dtype
+    delta   (M, C)  what attention or the MLP adds to it: its c_proj's output, bf16 under autocast
+    weight  (C,)    the LayerNorm's; bias (C,) or None
+  ->
+    x_new   (M, C)  x + delta, float32: the residual stream after the add
+    y       (M, C)  layer_norm(x_new) * weight + bias, in the autocast dtype: the next matmul's input
+
+model.py's blocks are x = x + attn(ln_1(x)), then x = x + mlp(ln_2(x)). Every LayerNorm but block 0's
+ln_1 comes straight after a residual add: ln_2 after attention's, the next block's ln_1 (or ln_f) after
+the MLP's. With dy = dL/dy and dres = dL/dx_new (the gradient that comes back along the residual stream),
+the backward of the pair is
+
+    xhat     = (x_new - mean) * rstd                                     mean, rstd: the forward's, per row
+    dxhat    = dy * weight
+    dx_new   = dres + rstd * (dxhat - mean_c(dxhat) - xhat * mean_c(dxhat * xhat))    mean_c: over C
+    dL/dx    = dx_new,   dL/ddelta = dx_new in delta's dtype (the input of c_proj's backward matmuls)
+    dweight  = sum_rows dy * xhat,   dbias = sum_rows dy
+
+The plain model under torch.compile runs this as three kernels per LayerNorm (docs/training.md,
+"Measured"): dx_new, fused with dy's cast to float32 and the add of dres; a second kernel that computes
+the forward again, for xhat, and sums dweight and dbias; and the cast of dx_new to bf16 for c_proj. Each
+reads (M, C) tensors the one before has just read. Here one kernel reads x_new, dy and dres once and
+writes dx_new, its copy in delta's dtype, and each program's column sums for dweight and dbias.
+
+The forward stays torch's (aten's native_layer_norm, which torch.compile fuses with the add and the cast
+as before); it returns y already in the autocast dtype, so that dy comes back in that dtype and the
+kernel casts it as it reads it. The arithmetic is the plain path's: float32 throughout, dy as the
+matmul gave it, the same formula as torch's layer_norm backward; only the order of the float32 sums
+differs.
+
+Program p of the kernel owns ROWS rows, taken BLOCK_M rows at a time, each row whole (BLOCK_C, a power of
+two >= C, columns); its column sums go to row p of two (cdiv(M, ROWS), C) float32 buffers, summed
+afterwards in a fixed order (the same dweight on every run). Triton compiles it for the GPU that runs it;
+in Triton's interpreter (TRITON_INTERPRET=1, how CI runs it) the same kernel runs on CPU tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from torch_impl.devices import triton_unavailable_reason
+
+try:  # CUDA builds of torch ship triton; CPU builds do not need it
+    import triton
+    import triton.language as tl
+    from torch.library import triton_op, wrap_triton
+except ImportError as e:  # pragma: no cover - the message says what to install
+    triton = _layernorm_backward_kernel = None
+    _IMPORT_ERROR = f"{type(e).__name__}: {e}"
+else:
+    _IMPORT_ERROR = None
+
+# The launch configuration (scripts/layernorm_kernel_sweep.py times the others)
+ROWS = 128  # rows per program
+BLOCK_M = 4  # rows held at a time
+NUM_WARPS = 4
+
+
+def unavailable_reason(device: torch.device | str) -> str | None:
+    """None when the kernel can run on `device`; else why not (one line, for an error message)."""
+    return triton_unavailable_reason("--norm-impl triton", _layernorm_backward_kernel, _IMPORT_ERROR, device)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _layernorm_backward_kernel(
+        dy_ptr,  # (M, C) dL/dy, any float dtype
+        x_ptr,  # (M, C) float32, x_new
+        mean_ptr, rstd_ptr,  # (M,) float32, the forward's
+        w_ptr,  # (C,) float32
+        dres_ptr,  # (M, C) float32, dL/dx_new along the residual stream (read only with HAS_DRES)
+        dx_ptr,  # (M, C) float32 out: dx_new
+        dlow_ptr,  # (M, C) out: dx_new in delta's dtype (written only with WRITE_LOW)
+        dw_ptr, db_ptr,  # (cdiv(M, ROWS), C) float32 out: column sums of dy * xhat and of dy, per program
+        M, C,
+        stride_dy, stride_x, stride_dres, stride_dx, stride_dlow,
+        HAS_DRES: tl.constexpr, WRITE_LOW: tl.constexpr,
+        ROWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    ):  # fmt: skip
+        pid = tl.program_id(0)
+        cols = tl.arange(0, BLOCK_C)
+        in_c = cols < C
+        w = tl.load(w_ptr + cols, mask=in_c, other=0.0).to(tl.float32)
+        dw_sum = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        db_sum = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        for start in range(pid * ROWS, min(pid * ROWS + ROWS, M), BLOCK_M):
+            rows = start + tl.arange(0, BLOCK_M)
+            in_r = rows < M
+            inside = in_r[:, None] & in_c[None, :]
+            r64 = rows.to(tl.int64)[:, None]
+            x = tl.load(x_ptr + r64 * stride_x + cols[None, :], mask=inside, other=0.0).to(tl.float32)
+            dy = tl.load(dy_ptr + r64 * stride_dy + cols[None, :], mask=inside, other=0.0).to(tl.float32)
+            mean = tl.load(mean_ptr + rows, mask=in_r, other=0.0)
+            rstd = tl.load(rstd_ptr + rows, mask=in_r, other=0.0)
+            xhat = tl.where(inside, (x - mean[:, None]) * rstd[:, None], 0.0)  # (BLOCK_M, BLOCK_C)
+            dxhat = dy * w[None, :]
+            mean_dxhat = tl.sum(dxhat, axis=1) / C  # (BLOCK_M,)
+            mean_dxhat_xhat = tl.sum(dxhat * xhat, axis=1) / C
+            dx = (dxhat - mean_dxhat[:, None] - xhat * mean_dxhat_xhat[:, None]) * rstd[:, None]
+            if HAS_DRES:
+                dx += tl.load(dres_ptr + r64 * stride_dres + cols[None, :], mask=inside, other=0.0)
+            tl.store(dx_ptr + r64 * stride_dx + cols[None, :], dx, mask=inside)
+            if WRITE_LOW:
+                tl.store(dlow_ptr + r64 * stride_dlow + cols[None, :], dx.to(dlow_ptr.dtype.element_ty), mask=inside)
+            dw_sum += tl.sum(dy * xhat, axis=0)  # masked rows and columns loaded 0: they add 0
+            db_sum += tl.sum(dy, axis=0)
+        tl.store(dw_ptr + pid * C + cols, dw_sum, mask=in_c)
+        tl.store(db_ptr + pid * C + cols, db_sum, mask=in_c)
+
+    @triton_op("gpt2_three_ways::layernorm_backward", mutates_args={})
+    def _layernorm_backward(
+        dy: torch.Tensor,
+        x: torch.Tensor,
+        mean: torch.Tensor,
+        rstd: torch.Tensor,
+        weight: torch.Tensor,
+        dres: torch.Tensor | None,
+        low_dtype: torch.dtype,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        M, C = x.shape
+        dx = torch.empty_like(x)
+        write_low = low_dtype != x.dtype
+        dlow = torch.empty((M, C) if write_low else (0, C), dtype=low_dtype, device=x.device)
+        tiles = triton.cdiv(M, ROWS)
+        dw = torch.empty((tiles, C), dtype=torch.float32, device=x.device)
+        db = torch.empty((tiles, C), dtype=torch.float32, device=x.device)
+        has_dres = dres is not None
+        dres_ = dres if has_dres else dx  # never read without HAS_DRES
+        wrap_triton(_layernorm_backward_kernel)[(tiles,)](
+            dy, x, mean, rstd, weight, dres_, dx, dlow, dw, db, M, C,
+            dy.stride(0), x.stride(0), dres_.stride(0), dx.stride(0), dlow.stride(0) if write_low else C,
+            HAS_DRES=has_dres, WRITE_LOW=write_low, ROWS=ROWS, BLOCK_M=BLOCK_M,
+            BLOCK_C=triton.next_power_of_2(C), num_warps=NUM_WARPS,
+        )  # fmt: skip
+        return dx, dlow, dw, db
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def layernorm_backward(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    weight: torch.Tensor,
+    dres: torch.Tensor | None = None,
+    low_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx_new, dx_new in low_dtype, dweight, dbias) for dy, x (M, C), mean, rstd (M,) and weight (C,);
+    dres (M, C) float32 is added to dx_new when given. The second is dx_new itself when low_dtype is
+    x's dtype (or None). dweight and dbias are float32."""
+    M, C = x.shape
+    if dy.shape != (M, C) or (dres is not None and dres.shape != (M, C)) or weight.shape != (C,):
+        raise ValueError(
+            f"dy {tuple(dy.shape)}, x {tuple(x.shape)}, weight {tuple(weight.shape)}"
+            + ("" if dres is None else f", dres {tuple(dres.shape)}")
+            + ": need dy, x (and dres) of one (M, C) shape and weight (C,)"
+        )
+    if x.dtype != torch.float32 or (dres is not None and dres.dtype != torch.float32):
+        raise ValueError(f"x and dres hold the residual stream in float32, not {x.dtype}")
+    low_dtype = x.dtype if low_dtype is None else low_dtype
+    dx, dlow, dw, db = _layernorm_backward(
+        _rows(dy), _rows(x), mean.reshape(M).contiguous(), rstd.reshape(M).contiguous(), weight.contiguous(),
+        None if dres is None else _rows(dres), low_dtype,
+    )  # fmt: skip
+    return dx, (dlow if low_dtype != x.dtype else dx), dw.sum(0), db.sum(0)
+
+
+class ResidualLayerNorm(torch.autograd.Function):
+    """(x + delta, layer_norm(x + delta) in out_dtype) for x, delta (M, C): the forward as torch's ops,
+    the backward the kernel above."""
+
+    @staticmethod
+    def forward(ctx, x, delta, weight, bias, eps, out_dtype):
+        x_new = x + delta  # (M, C) float32: delta is promoted
+        y, mean, rstd = torch.ops.aten.native_layer_norm(x_new, [x_new.shape[-1]], weight, bias, eps)
+        ctx.save_for_backward(x_new, mean, rstd, weight)
+        ctx.delta_dtype, ctx.has_bias = delta.dtype, bias is not None
+        ctx.set_materialize_grads(False)  # ln_f's x_new has no use after it: its gradient stays None
+        return x_new, y.to(out_dtype)
+
+    @staticmethod
+    def backward(ctx, dres, dy):
+        x_new, mean, rstd, weight = ctx.saved_tensors
+        if dy is None:  # y unused: only the residual stream's gradient goes through the add
+            return dres, (None if dres is None else dres.to(ctx.delta_dtype)), None, None, None, None
+        dx, ddelta, dw, db = layernorm_backward(dy, x_new, mean, rstd, weight, dres, ctx.delta_dtype)
+        return dx, ddelta, dw, (db if ctx.has_bias else None), None, None
+
+
+def residual_layernorm(
+    x: torch.Tensor, delta: torch.Tensor, norm: torch.nn.LayerNorm
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x + delta, norm(x + delta)) for x, delta (..., C) and an nn.LayerNorm, the second in the autocast
+    dtype when autocast is on (the dtype the next matmul casts it to), else in x + delta's."""
+    reason = unavailable_reason(x.device)
+    if reason:
+        raise RuntimeError(reason)
+    if x.dtype != torch.float32:
+        raise ValueError(
+            f"--norm-impl triton keeps the residual stream in float32 (the parameters' dtype), not {x.dtype}"
+        )
+    on = torch.is_autocast_enabled(x.device.type)
+    out_dtype = torch.get_autocast_dtype(x.device.type) if on else torch.promote_types(x.dtype, delta.dtype)
+    shape, C = x.shape, x.shape[-1]
+    with torch.autocast(x.device.type, enabled=False):
+        x_new, y = ResidualLayerNorm.apply(
+            x.reshape(-1, C), delta.reshape(-1, C), norm.weight, norm.bias, norm.eps, out_dtype
+        )
+    return x_new.reshape(shape), y.reshape(shape)
