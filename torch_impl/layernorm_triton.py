@@ -181,14 +181,14 @@ class ResidualLayerNorm(torch.autograd.Function):
         y, mean, rstd = torch.ops.aten.native_layer_norm(x_new, [x_new.shape[-1]], weight, bias, eps)
         ctx.save_for_backward(x_new, mean, rstd, weight)
         ctx.delta_dtype, ctx.has_bias = delta.dtype, bias is not None
-        ctx.set_materialize_grads(False)  # ln_f's x_new has no use after it: its gradient stays None
         return x_new, y.to(out_dtype)
 
     @staticmethod
     def backward(ctx, dres, dy):
+        # Both gradients are tensors: autograd fills an unused output's (ln_f's x_new) with zeros. Not
+        # ctx.set_materialize_grads(False): torch.compile traces the backward assuming tensors, and with it
+        # set torch 2.11 on an H200 handed this backward zeros for dy (docs/torch_impl.md).
         x_new, mean, rstd, weight = ctx.saved_tensors
-        if dy is None:  # y unused: only the residual stream's gradient goes through the add
-            return dres, (None if dres is None else dres.to(ctx.delta_dtype)), None, None, None, None
         dx, ddelta, dw, db = layernorm_backward(dy, x_new, mean, rstd, weight, dres, ctx.delta_dtype)
         return dx, ddelta, dw, (db if ctx.has_bias else None), None, None
 
