@@ -86,7 +86,8 @@ step train-llama "${STEP_S[3]}" "$WORK/train-llama.log" bash -c "python3 -m torc
 rm -rf "$WORK/shakespeare"  # (absent when train-llama was not run)
 step gpu-tests "${STEP_S[4]}" "$WORK/gpu-tests.log" python3 -m pytest -q -p no:cacheprovider -rs \
     tests/numba_impl/test_graph.py tests/numba_impl/test_variants.py tests/torch_impl/test_cuda.py \
-    tests/torch_impl/test_cuda_variants.py tests/torch_impl/test_cross_entropy_triton.py tests/torch_impl/test_mlp_triton.py
+    tests/torch_impl/test_cuda_variants.py tests/torch_impl/test_cross_entropy_triton.py tests/torch_impl/test_mlp_triton.py \
+    tests/torch_impl/test_layernorm_triton.py
 
 # THROUGHPUT_RUNS: --profile N and the tries of scripts/train_throughput.py (the first run is always the plain
 # loss), e.g. THROUGHPUT_RUNS="--try '--loss-impl chunked' --try '--loss-impl chunked --compile-mode max-autotune-no-cudagraphs'"

@@ -10,8 +10,9 @@ Timed, each by triton.testing.do_bench (the median; L2 cleared before each run):
                         under torch.compile (the kernels inductor makes of it)
             triton ...  torch_impl/layernorm_triton.py's kernel at one configuration, plus the sums of
                         its per-program column sums
-  pair      plain       x_new = x + delta, y = layer_norm(x_new) in bf16, forward and backward, compiled
-            triton      the same through residual_layernorm, compiled
+  pair      plain       x_new = x + delta, y = layer_norm(x_new) in bf16, forward and backward, compiled,
+                        under bf16 autocast (as the trainer runs it)
+            triton      the same through residual_layernorm
 
 "triton R/BM/W" is ROWS/BLOCK_M and num_warps. Every result is checked against the plain path's: the
 same float32 arithmetic, summed in another order, so dx_new is checked at 1e-5 and dweight, dbias at
@@ -132,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     ):
 
         def step(fn=fn):
-            x_new, y = fn(x, delta)
+            with torch.autocast("cuda", dtype=bf):  # as the trainer runs it (layernorm_triton.py's docstring)
+                x_new, y = fn(x, delta)
             torch.autograd.backward([x_new, y], [dres, dy])
 
         for t in (x, delta, ln.weight, ln.bias):  # the timed runs accumulate into .grad: start from none

@@ -24,6 +24,11 @@ the forward again, for xhat, and sums dweight and dbias; and the cast of dx_new 
 reads (M, C) tensors the one before has just read. Here one kernel reads x_new, dy and dres once and
 writes dx_new, its copy in delta's dtype, and each program's column sums for dweight and dbias.
 
+Under torch.compile it is for bf16 autocast, as the trainer runs it (the trainer refuses --norm-impl
+triton for a float32 run): compiled without autocast, where y and x_new are both float32, torch 2.11 on an
+H200 handed the backward zeros for dy (and so dweight = dbias = 0, dx_new = dres), with or without
+aten's native_layer_norm in the forward. Without torch.compile it computes float32 too (CI tests it so).
+
 The forward stays torch's (aten's native_layer_norm, which torch.compile fuses with the add and the cast
 as before); it returns y already in the autocast dtype, so that dy comes back in that dtype and the
 kernel casts it as it reads it. The arithmetic is the plain path's: float32 throughout, dy as the
@@ -52,9 +57,10 @@ except ImportError as e:  # pragma: no cover - the message says what to install
 else:
     _IMPORT_ERROR = None
 
-# The launch configuration (scripts/layernorm_kernel_sweep.py times the others)
-ROWS = 128  # rows per program
-BLOCK_M = 4  # rows held at a time
+# The launch configuration: the fastest of scripts/layernorm_kernel_sweep.py's 48 on an H200, 0.249 ms per
+# (65,536 x 768) backward (docs/training.md, "Measured")
+ROWS = 64  # rows per program
+BLOCK_M = 2  # rows held at a time
 NUM_WARPS = 4
 
 
@@ -185,9 +191,7 @@ class ResidualLayerNorm(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dres, dy):
-        # Both gradients are tensors: autograd fills an unused output's (ln_f's x_new) with zeros. Not
-        # ctx.set_materialize_grads(False): torch.compile traces the backward assuming tensors, and with it
-        # set torch 2.11 on an H200 handed this backward zeros for dy (docs/torch_impl.md).
+        # Both gradients are tensors: autograd fills an unused output's (ln_f's x_new) with zeros.
         x_new, mean, rstd, weight = ctx.saved_tensors
         dx, ddelta, dw, db = layernorm_backward(dy, x_new, mean, rstd, weight, dres, ctx.delta_dtype)
         return dx, ddelta, dw, (db if ctx.has_bias else None), None, None

@@ -693,8 +693,15 @@ def check_launch(cfg: TrainConfig, d: Dist) -> None:
                 "--mlp-impl triton computes in bf16 (--dtype bf16, the default on CUDA); use --mlp-impl torch "
                 "for a float32 run"
             )
-    if cfg.norm_impl == "triton" and (reason := layernorm_triton.unavailable_reason(d.device)):
-        raise UsageError(reason)
+    if cfg.norm_impl == "triton":
+        if reason := layernorm_triton.unavailable_reason(d.device):
+            raise UsageError(reason)
+        if not wants_bf16(cfg.dtype, d.device):
+            raise UsageError(
+                "--norm-impl triton trains under bf16 autocast (--dtype bf16, the default on CUDA); use "
+                "--norm-impl torch for a float32 run (compiled without autocast, torch 2.11 hands its backward "
+                "zeros for dy: docs/torch_impl.md)"
+            )
     if cfg.coordinate_descent_tuning and not (cfg.compile and cfg.compile_mode == "default"):
         raise UsageError(
             "--coordinate-descent-tuning tunes the kernels torch.compile generates: it needs --compile with "

@@ -30,7 +30,7 @@ import torch
 
 import weights
 from conformance.tolerances import BF16, FP32
-from torch_impl import cross_entropy_triton, mlp_triton
+from torch_impl import cross_entropy_triton, layernorm_triton, mlp_triton
 from torch_impl.checkpoint import latest_checkpoint, load_checkpoint
 from torch_impl.train import NonFiniteError, TrainConfig, flops_per_token, parse_args, train
 from weights.errors import DataError
@@ -165,6 +165,41 @@ def test_mlp_impl_triton_is_refused_for_a_float32_run(random_shards, tmp_path, t
     with pytest.raises(ValueError, match="--mlp-impl triton computes in bf16"):
         train(dataclasses.replace(tiny_config(random_shards, tmp_path / "r"), mlp_impl="triton"))
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())  # nothing written
+
+
+@pytest.mark.skipif(
+    layernorm_triton.unavailable_reason("cpu") is not None, reason=str(layernorm_triton.unavailable_reason("cpu"))
+)
+def test_fused_layernorms_train_like_the_plain_ones_in_bf16(random_shards, tmp_path, tiny_config, monkeypatch):
+    """--norm-impl triton (each residual add and the LayerNorm after it as one op, torch_impl/layernorm_triton.py;
+    here in Triton's interpreter) with --mlp-impl triton under bf16 autocast follows the plain bf16 run:
+    every step's loss within the suite's BF16 loss ceiling. The op is counted: 2 L per forward in the fused
+    run, never in the plain one."""
+    calls = []
+    real = layernorm_triton.ResidualLayerNorm.apply
+
+    def counted(*args):
+        calls.append(args[5])  # the dtype of y
+        return real(*args)
+
+    monkeypatch.setattr(layernorm_triton.ResidualLayerNorm, "apply", counted)
+    plain = train(tiny_config(random_shards, tmp_path / "plain", batch_size=8, max_steps=4, dtype="bf16"))
+    assert calls == []
+    fused = train(tiny_config(random_shards, tmp_path / "fused", batch_size=8, max_steps=4, dtype="bf16",
+                              mlp_impl="triton", norm_impl="triton"))  # fmt: skip
+    assert calls == [torch.bfloat16] * (2 * 2 * 4)  # 2 per block, 2 blocks, 4 steps (grad_accum 1, no evaluation)
+    assert plain["losses"].keys() == fused["losses"].keys()
+    for step, loss in plain["losses"].items():
+        assert abs(fused["losses"][step] - loss) / loss <= BF16["loss"], step
+
+
+def test_norm_impl_triton_is_refused_for_a_float32_run_and_an_rmsnorm_model(random_shards, tmp_path, tiny_config):
+    with pytest.raises(ValueError, match="--norm-impl triton trains under bf16 autocast"):
+        train(dataclasses.replace(tiny_config(random_shards, tmp_path / "r"), norm_impl="triton"))
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())  # nothing written
+    with pytest.raises(ValueError, match="--norm-impl triton is for LayerNorm models; this model's norm is rmsnorm"):
+        train(dataclasses.replace(tiny_config(random_shards, tmp_path / "s"), norm_impl="triton", dtype="bf16",
+                                  model="llama-tiny"))  # fmt: skip
 
 
 def test_profile_steps_write_where_the_time_goes(random_shards, tmp_path, tiny_config):
