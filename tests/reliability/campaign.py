@@ -526,6 +526,12 @@ CASES: list[Case] = [
         names="--loss-impl",
     ),
     Case(
+        "--norm-impl triton on a float32 run",
+        "train",
+        lambda ws: train_args(ws, shards(ws, 64), "--norm-impl", "triton", "--dtype", "fp32"),
+        names="--norm-impl triton",
+    ),
+    Case(
         "--loss-chunk-rows 0",
         "train",
         lambda ws: train_args(ws, shards(ws, 64), "--loss-impl", "chunked", "--loss-chunk-rows", "0"),
