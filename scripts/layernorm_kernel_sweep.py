@@ -6,17 +6,20 @@ The shapes are one micro-step of GPT-2 124M at the trainer's defaults (B*T = 65,
 residual stream x in float32, the added delta and the LayerNorm's output in bf16, as under autocast.
 Timed, each by triton.testing.do_bench (the median; L2 cleared before each run):
 
-  backward  plain       dx_new = dres + layer_norm_backward(dy), its bf16 copy, dweight and dbias,
-                        under torch.compile (the kernels inductor makes of it)
+  backward  plain       dx_new = dres + layer_norm_backward(dy), its bf16 copy, dweight, dbias and
+                        c_proj's bias gradient (the bf16 copy's column sums), under torch.compile (the
+                        kernels inductor makes of it)
             triton ...  torch_impl/layernorm_triton.py's kernel at one configuration, plus the sums of
                         its per-program column sums
-  pair      plain       x_new = x + delta, y = layer_norm(x_new) in bf16, forward and backward, compiled,
+  pair      plain       x_new = x + (delta + b_proj) (c_proj's bias added in bf16, as its matmul's
+                        epilogue does), y = layer_norm(x_new) in bf16, forward and backward, compiled,
                         under bf16 autocast (as the trainer runs it)
-            triton      the same through residual_layernorm
+            triton      the same through residual_layernorm (b_proj added in float32)
 
 "triton R/BM/W" is ROWS/BLOCK_M and num_warps. Every result is checked against the plain path's: the
 same float32 arithmetic, summed in another order, so dx_new is checked at 1e-5 and dweight, dbias at
-1e-4 of the tensor's largest value, and the bf16 copy at one bf16 step (2^-7) of it. GB/s counts the
+1e-4 of the tensor's largest value, and the bf16 copy at one bf16 step (2^-7) of it; db_proj at 1e-4 of
+float64's column sums of dx_new, and in the pair at one bf16 step of the plain one (which sums bf16). GB/s counts the
 bytes the kernel must move: x_new, dy and dres read once, dx_new and its bf16 copy written once. Writes
 --json with the provenance record (commit, versions, GPU, date). Exits 1 when a check fails, 2 without
 a CUDA GPU.
@@ -39,7 +42,14 @@ from weights.provenance import provenance  # noqa: E402
 
 C, EPS = 768, 1e-5
 SWEEP = [(r, bm, w) for r in (64, 128, 256, 512) for bm in (1, 2, 4, 8) for w in (2, 4, 8)]
-REL = {"dx_new": 1e-5, "dx_new bf16": 2.0**-7, "dweight": 1e-4, "dbias": 1e-4}  # of max |plain|
+REL = {
+    "dx_new": 1e-5,
+    "dx_new bf16": 2.0**-7,
+    "dweight": 1e-4,
+    "dbias": 1e-4,
+    "db_proj": 1e-4,
+    "db_proj bf16": 2.0**-7,
+}  # of max |plain| (db_proj: of max |float64's|)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,12 +96,14 @@ def main(argv: list[str] | None = None) -> int:
             dy.float(), x_new, [C], mean, rstd, w, b, [True, True, True]
         )
         dx_new = dres + dx
-        return dx_new, dx_new.to(bf), dw, db
+        low = dx_new.to(bf)
+        return dx_new, low, dw, db, low.sum(0)  # the last: c_proj's bias gradient, as autograd sums it
 
-    labels = ("dx_new", "dx_new bf16", "dweight", "dbias")
-    ref = backward_plain(dy, x_new, mean, rstd, w, b, dres)
+    labels = ("dx_new", "dx_new bf16", "dweight", "dbias", "db_proj")
+    ref = list(backward_plain(dy, x_new, mean, rstd, w, b, dres))
+    ref[4] = ref[0].double().sum(0)  # db_proj checked against float64's sums of dx_new
     record("backward", "plain", lambda: backward_plain(dy, x_new, mean, rstd, w, b, dres))
-    got = lt.layernorm_backward(dy, x_new, mean, rstd, w, dres, bf)
+    got = lt.layernorm_backward(dy, x_new, mean, rstd, w, dres, bf, sum_dx=True)
     for label, a, r in zip(labels, got, ref, strict=True):
         check("module", a, r, label)
 
@@ -100,15 +112,16 @@ def main(argv: list[str] | None = None) -> int:
         name, cfg = f"triton {r}/{bm}/{nw}", {"ROWS": r, "BLOCK_M": bm, "num_warps": nw}
         dx, dlow = torch.empty_like(x_new), torch.empty((M, C), dtype=bf, device="cuda")
         tiles = triton.cdiv(M, r)
-        dw, db = (torch.empty((tiles, C), device="cuda") for _ in range(2))
+        dw, db, dp = (torch.empty((tiles, C), device="cuda") for _ in range(3))
 
-        def launch(r=r, bm=bm, nw=nw, dx=dx, dlow=dlow, dw=dw, db=db, tiles=tiles):
+        def launch(r=r, bm=bm, nw=nw, dx=dx, dlow=dlow, dw=dw, db=db, dp=dp, tiles=tiles):
             lt._layernorm_backward_kernel[(tiles,)](
-                dy, x_new, mean1, rstd1, w, dres, dx, dlow, dw, db, M, C,
+                dy, x_new, mean1, rstd1, w, dres, dx, dlow, dw, db, dp, M, C,
                 dy.stride(0), x_new.stride(0), dres.stride(0), dx.stride(0), dlow.stride(0),
-                HAS_DRES=True, WRITE_LOW=True, ROWS=r, BLOCK_M=bm, BLOCK_C=triton.next_power_of_2(C), num_warps=nw,
+                HAS_DRES=True, WRITE_LOW=True, SUM_DX=True, ROWS=r, BLOCK_M=bm,
+                BLOCK_C=triton.next_power_of_2(C), num_warps=nw,
             )  # fmt: skip
-            return dx, dlow, dw.sum(0), db.sum(0)
+            return dx, dlow, dw.sum(0), db.sum(0), dp.sum(0)
 
         for label, a, rf in zip(labels, launch(), ref, strict=True):
             check(name, a, rf, label)
@@ -117,19 +130,20 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- the pair, forward and backward, as the trainer runs it (compiled)
     x, delta = randn(M, C).requires_grad_(), randn(M, C, std=0.1, dtype=bf).requires_grad_()
+    b_proj = randn(C, std=0.1).requires_grad_()
     ln = torch.nn.LayerNorm(C, eps=EPS).cuda()
     with torch.no_grad():
         ln.weight.copy_(w)
         ln.bias.copy_(b)
 
     def pair_plain(x, delta):
-        x_new = x + delta
+        x_new = x + (delta + b_proj.to(bf))  # the bias as c_proj's matmul adds it: in bf16
         return x_new, F.layer_norm(x_new, (C,), ln.weight, ln.bias, EPS).to(bf)
 
-    grads = {}
+    grads, leaves = {}, (x, delta, ln.weight, ln.bias, b_proj)
     for name, fn in (
         ("plain", torch.compile(pair_plain)),
-        ("triton", torch.compile(lambda x, d: lt.residual_layernorm(x, d, ln))),
+        ("triton", torch.compile(lambda x, d: lt.residual_layernorm(x, d, ln, b_proj))),
     ):
 
         def step(fn=fn):
@@ -137,12 +151,13 @@ def main(argv: list[str] | None = None) -> int:
                 x_new, y = fn(x, delta)
             torch.autograd.backward([x_new, y], [dres, dy])
 
-        for t in (x, delta, ln.weight, ln.bias):  # the timed runs accumulate into .grad: start from none
+        for t in leaves:  # the timed runs accumulate into .grad: start from none
             t.grad = None
         step()
-        grads[name] = [t.grad.clone() for t in (x, delta, ln.weight, ln.bias)]
+        grads[name] = [t.grad.clone() for t in leaves]
         record("pair", name, step)
-    for label, a, r in zip(labels, grads["triton"], grads["plain"], strict=True):
+    pair_labels = ("dx_new", "dx_new bf16", "dweight", "dbias", "db_proj bf16")
+    for label, a, r in zip(pair_labels, grads["triton"], grads["plain"], strict=True):
         check("pair", a, r, label)
 
     doc = {

@@ -1,4 +1,4 @@
-"""Time the MLP's GELU backward on the GPU: torch.compile's kernels against the Triton kernel of --mlp-impl triton.
+"""Time the MLP's GELU, backward and forward, on the GPU: torch.compile's kernels against --mlp-impl triton's.
 
     python scripts/mlp_kernel_sweep.py [--rows 65536] [--json mlp-kernel-sweep.json]
 
@@ -9,14 +9,16 @@ Timed, each by triton.testing.do_bench (the median; L2 cleared before each run):
                         inductor makes of model.py's MLP backward)
             triton ...  torch_impl/mlp_triton.py's gelu_backward_bias_grad kernel (dh and the partial sums
                         of db_fc) plus the partial sums' sum, at one configuration
+  forward   plain       g = F.gelu(h, approximate="tanh") under torch.compile (inductor's kernel)
+            triton B/W  torch_impl/mlp_triton.py's gelu_forward kernel, BLOCK elements per program
   mlp       plain       the whole MLP forward and backward at C = 768, model.py's lines, compiled
             triton      the same through fused_mlp, compiled
 
 "triton R/BM/BN/W" is ROWS/BLOCK_M/BLOCK_N and num_warps. Every result is checked against the plain
 path's: the same arithmetic, so dh may differ by a rounding step of bf16 (2^-8 relative) and db_fc by
-float32 summation order; both are checked at 2^-6 of the tensor's largest value. GB/s counts the bytes
-the kernel must move: dg and h read once, dh written once. Writes --json with the provenance record
-(commit, versions, GPU, date). Exits 1 when a check fails, 2 without a CUDA GPU.
+float32 summation order; both are checked at 2^-6 of the tensor's largest value, and so is g. GB/s
+counts the bytes the kernel must move: dg and h read once, dh written once (forward: h read, g written). Writes --json
+with the provenance record (commit, versions, GPU, date). Exits 1 when a check fails, 2 without a CUDA GPU.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from weights.provenance import provenance  # noqa: E402
 C, H = 768, 3072
 SWEEP = [(r, bm, bn, w) for r in (256, 512, 1024) for bm in (16, 32, 64) for bn in (128, 256, 512) for w in (4, 8)
          if bm * bn <= 16384]  # fmt: skip
+FORWARD_SWEEP = [(b, w) for b in (512, 1024, 2048, 4096) for w in (2, 4, 8)]
 REL = 2.0**-6  # the check: max |fused - plain| <= REL * max |plain|
 
 
@@ -106,6 +109,27 @@ def main(argv: list[str] | None = None) -> int:
         ms = record("backward", name, launch, cfg)
         rows[-1]["GB/s"] = least_bytes / ms / 1e6
 
+    # ---- g = gelu(h)
+    @torch.compile
+    def forward_plain(h):
+        return F.gelu(h, approximate="tanh")
+
+    g_ref = forward_plain(h)
+    record("forward", "plain", lambda: forward_plain(h))
+    check("module g", mt.gelu_forward(h), g_ref)
+    forward_bytes = 2 * M * H * h.element_size()
+    for b, w in FORWARD_SWEEP:
+        name, cfg = f"triton {b}/{w}", {"BLOCK": b, "num_warps": w}
+        gk = torch.empty_like(h)
+
+        def launch_forward(b=b, w=w, gk=gk):
+            mt._gelu_forward_kernel[(triton.cdiv(h.numel(), b),)](h, gk, h.numel(), BLOCK=b, num_warps=w)
+            return gk
+
+        check(f"{name} g", launch_forward(), g_ref)
+        ms = record("forward", name, launch_forward, cfg)
+        rows[-1]["GB/s"] = forward_bytes / ms / 1e6
+
     # ---- the whole MLP, forward and backward, as the trainer runs it (autocast bf16, compiled)
     x, dy = randn(M, C), randn(M, C, std=1e-3)
     params = [randn(*shape, std=0.02).float().requires_grad_() for shape in ((H, C), (H,), (C, H), (C,))]
@@ -137,16 +161,23 @@ def main(argv: list[str] | None = None) -> int:
         "provenance": provenance(),
         "timer": "triton.testing.do_bench (median, L2 cleared before each run)",
         "least_bytes": least_bytes,
-        "module_config": {"ROWS": mt.ROWS, "BLOCK_M": mt.BLOCK_M, "BLOCK_N": mt.BLOCK_N, "num_warps": mt.NUM_WARPS},
+        "module_config": {
+            "ROWS": mt.ROWS,
+            "BLOCK_M": mt.BLOCK_M,
+            "BLOCK_N": mt.BLOCK_N,
+            "num_warps": mt.NUM_WARPS,
+            "GELU_BLOCK": mt.GELU_BLOCK,
+            "GELU_NUM_WARPS": mt.GELU_NUM_WARPS,
+        },
         "triton_version": triton.__version__,
         "rows": rows,
         "failures": failures,
     }
     args.json.write_text(json.dumps(doc, indent=1) + "\n")
-    timed = [r for r in rows if r["part"] == "backward" and r["config"]]
-    best = min(timed, key=lambda r: r["ms"])
-    plain = next(r["ms"] for r in rows if r["part"] == "backward" and r["name"] == "plain")
-    print(f"backward: fastest {best['name']} {best['ms']:.3f} ms ({best['GB/s']:.0f} GB/s), plain {plain:.3f} ms")
+    for part in ("backward", "forward"):
+        best = min((r for r in rows if r["part"] == part and r["config"]), key=lambda r: r["ms"])
+        plain = next(r["ms"] for r in rows if r["part"] == part and r["name"] == "plain")
+        print(f"{part}: fastest {best['name']} {best['ms']:.3f} ms ({best['GB/s']:.0f} GB/s), plain {plain:.3f} ms")
     for f in failures:
         print(f"error: {f}", file=sys.stderr)
     return 1 if failures else 0

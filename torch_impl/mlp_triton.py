@@ -20,16 +20,21 @@ are bound by memory, and the second reads the two (M, H) tensors the first has j
     gelu_backward_bias_grad   dh = dg * gelu'(h), and each program's column sums of dh (db_fc's share
                               of its rows), in one pass over dg and h
 
-The matmuls stay cuBLAS's, and GELU's forward is torch's F.gelu (torch.compile fuses it as before). The
-arithmetic is the plain path's: dg is the matmul's output in the autocast dtype, gelu' is applied in
-float32, dh is rounded to the autocast dtype, and db_fc sums the rounded dh in float32. GELU is the tanh
-form; its derivative, written out:
+and GELU's forward is a second kernel:
+
+    gelu_forward              g = gelu(h), one pass over h, in place of inductor's kernel for F.gelu
+                              (scripts/mlp_kernel_sweep.py times the two; docs/training.md, "Measured")
+
+The matmuls stay cuBLAS's. The arithmetic is the plain path's: h and dg are the matmuls' outputs in the
+autocast dtype, gelu and gelu' are computed in float32 and rounded to the autocast dtype, and db_fc sums
+the rounded dh in float32. GELU is the tanh form; it and its derivative, written out:
 
     gelu(h)  = 0.5 h (1 + t),   t = tanh(u),   u = sqrt(2/pi) (h + 0.044715 h^3)
+             = h s,                           s = sigmoid(2u) = (1 + t) / 2 = 1 / (1 + exp(-2u))
     gelu'(h) = 0.5 (1 + t) + 0.5 h (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 h^2)
-             = s + 2 h s (1 - s) sqrt(2/pi) (1 + 3 * 0.044715 h^2),   s = sigmoid(2u) = (1 + t) / 2
+             = s + 2 h s (1 - s) sqrt(2/pi) (1 + 3 * 0.044715 h^2)
 
-(the second form is the one computed: it loses no digits where h << 0 and t is -1 to float32).
+(the forms in s are the ones computed: they lose no digits where h << 0 and t is -1 to float32).
 
 A first form of this module (commit 03c8552) went further, as llm.c does with cuBLASLt's epilogues: c_fc's
 matmul applied GELU to its tile before storing it, and the matmul dg = dy w_proj applied gelu' to its
@@ -37,10 +42,12 @@ tile, both Triton matmuls. On the H200 each was slower than cuBLAS's matmul and 
 together, at each of the four configurations its autotuner held (docs/training.md, "Measured"), so the
 matmuls went back to cuBLAS.
 
-Program (pid_m, pid_n) of the kernel owns ROWS rows and BLOCK_N columns, taken BLOCK_M rows at a time;
-its column sums go to row pid_m of a (cdiv(M, ROWS), H) float32 buffer, summed afterwards (fixed order:
-the same db_fc on every run). Triton compiles it for the GPU that runs it; in Triton's interpreter
-(TRITON_INTERPRET=1, how CI runs it on CPU tensors) the same kernel runs on CPU tensors.
+Program (pid_m, pid_n) of the backward kernel owns ROWS rows and BLOCK_N columns, taken BLOCK_M rows at
+a time. It adds each (BLOCK_M, BLOCK_N) tile of dh into a float32 tile of the same shape, and sums that
+tile's columns once, at the end (summing each tile's columns as it comes costs a reduction across the
+program's warps per tile); the sums go to row pid_m of a (cdiv(M, ROWS), H) float32 buffer, summed
+afterwards (fixed order: the same db_fc on every run). Triton compiles both kernels for the GPU that
+runs them; in Triton's interpreter (TRITON_INTERPRET=1, how CI runs them) they run on CPU tensors.
 """
 
 from __future__ import annotations
@@ -55,7 +62,7 @@ try:  # CUDA builds of torch ship triton; CPU builds do not need it
     import triton.language as tl
     from torch.library import triton_op, wrap_triton
 except ImportError as e:  # pragma: no cover - the message says what to install
-    triton = _gelu_backward_bias_grad_kernel = None
+    triton = _gelu_backward_bias_grad_kernel = _gelu_forward_kernel = None
     _IMPORT_ERROR = f"{type(e).__name__}: {e}"
 else:
     _IMPORT_ERROR = None
@@ -68,6 +75,8 @@ ROWS = 256  # rows per program
 BLOCK_M = 16  # rows held at a time
 BLOCK_N = 512  # columns per program (a power of two)
 NUM_WARPS = 4
+GELU_BLOCK = 1024  # the forward kernel: elements per program
+GELU_NUM_WARPS = 4
 
 
 def unavailable_reason(device: torch.device | str) -> str | None:
@@ -88,9 +97,10 @@ if triton is not None:
         stride_dg, stride_h, stride_dh,
         DBIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):  # fmt: skip
+        tl.static_assert(ROWS % BLOCK_M == 0)  # else the last tile would reach into the next program's rows
         pid_m, pid_n = tl.program_id(0), tl.program_id(1)
         cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        sums = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # the tiles of dh, added up
         for start in range(pid_m * ROWS, min(pid_m * ROWS + ROWS, M), BLOCK_M):
             rows = start + tl.arange(0, BLOCK_M)
             inside = (rows[:, None] < M) & (cols[None, :] < N)
@@ -105,9 +115,30 @@ if triton is not None:
             dh = (dg * dgelu).to(dh_ptr.dtype.element_ty)
             tl.store(dh_ptr + r64 * stride_dh + cols[None, :], dh, mask=inside)
             if DBIAS:
-                sums += tl.sum(dh.to(tl.float32), axis=0)  # masked rows loaded 0: they add 0
+                acc += dh.to(tl.float32)  # masked rows loaded 0: they add 0
         if DBIAS:
-            tl.store(db_ptr + pid_m * N + cols, sums, mask=cols < N)
+            tl.store(db_ptr + pid_m * N + cols, tl.sum(acc, axis=0), mask=cols < N)
+
+    @triton.jit
+    def _gelu_forward_kernel(
+        h_ptr,  # (n,) the pre-activation, contiguous
+        g_ptr,  # (n,) out: gelu(h), in h's dtype
+        n,
+        BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        inside = offs < n
+        h = tl.load(h_ptr + offs, mask=inside, other=0.0).to(tl.float32)
+        e = tl.exp(tl.minimum(-2.0 * _K * (h + 0.044715 * h * h * h), 80.0))  # exp(-2u), as in the backward
+        tl.store(g_ptr + offs, (h / (1.0 + e)).to(g_ptr.dtype.element_ty), mask=inside)  # h s
+
+    @triton_op("gpt2_three_ways::gelu_forward", mutates_args={})
+    def _gelu_forward(h: torch.Tensor) -> torch.Tensor:
+        g = torch.empty_like(h)
+        wrap_triton(_gelu_forward_kernel)[(triton.cdiv(h.numel(), GELU_BLOCK),)](
+            h, g, h.numel(), BLOCK=GELU_BLOCK, num_warps=GELU_NUM_WARPS
+        )
+        return g
 
     @triton_op("gpt2_three_ways::gelu_backward_bias_grad", mutates_args={})
     def _gelu_backward_bias_grad(
@@ -124,6 +155,11 @@ if triton is not None:
         return dh, partial
 
 
+def gelu_forward(h: torch.Tensor) -> torch.Tensor:
+    """g = gelu(h), the tanh form, in h's dtype (computed in float32), for h of any shape."""
+    return _gelu_forward(h.contiguous())
+
+
 def gelu_backward_bias_grad(
     dg: torch.Tensor, h: torch.Tensor, need_bias_grad: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -138,13 +174,14 @@ def gelu_backward_bias_grad(
 
 
 class FusedMLP(torch.autograd.Function):
-    """y = c_proj(gelu(c_fc(x))) for x (M, C): the forward as model.py's lines, the backward written out
-    with the kernel above for GELU and db_fc. All inputs in one dtype (bf16 or fp16); so are the gradients."""
+    """y = c_proj(gelu(c_fc(x))) for x (M, C): the forward as model.py's lines with GELU the kernel above,
+    the backward written out with the kernel above for GELU and db_fc. All inputs in one dtype (bf16 or
+    fp16); so are the gradients."""
 
     @staticmethod
     def forward(ctx, x, w_fc, b_fc, w_proj, b_proj):
         h = F.linear(x, w_fc, b_fc)  # (M, H)
-        g = F.gelu(h, approximate="tanh")  # (M, H)
+        g = gelu_forward(h)  # (M, H)
         y = F.linear(g, w_proj, b_proj)  # (M, C)
         ctx.save_for_backward(x, w_fc, h, g, w_proj)
         ctx.has_bias = (b_fc is not None, b_proj is not None)

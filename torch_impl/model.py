@@ -58,8 +58,10 @@ arithmetic up to summation order; activations are recorded (`acts`) by the plain
 
 The LayerNorms. `set_norm_impl("triton")` has training forwards (no cache, no `acts`) run each residual
 add and the LayerNorm after it as one op (Block.forward_residual_norms), whose backward is one Triton
-kernel (torch_impl/layernorm_triton.py; on a GPU, float32 or bf16; LayerNorm models only). The math is
-Block.forward's: x + attn(ln_1(x)), then + mlp(ln_2(.)), every add followed by the next LayerNorm.
+kernel (torch_impl/layernorm_triton.py; bf16 autocast when compiled, as the trainer runs it; LayerNorm
+models only). The math is Block.forward's: x + attn(ln_1(x)), then + mlp(ln_2(.)), every add followed by
+the next LayerNorm; the c_proj biases are added in that op, with the residual, and their gradients are
+summed in its kernel.
 
 No dropout: GPT-2's 0.1 dropout is a training choice that conformance runs switch off anyway;
 leaving it out keeps every forward pass deterministic.
@@ -329,9 +331,11 @@ class CausalSelfAttention(nn.Module):
         cache: KVCache | None = None,
         acts: dict | None = None,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        proj_bias: bool = True,
     ) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C). With a cache, x holds the T positions after the cached ones;
-        `rope` is (cos, sin) of rope_tables for those positions (None: learned positions)."""
+        `rope` is (cos, sin) of rope_tables for those positions (None: learned positions). proj_bias=False
+        leaves c_proj's bias out (the caller adds it: Block.forward_residual_norms)."""
         B, T, C = x.shape
         NH, NKV, HS = self.n_head, self.n_kv_head, self.head_size
         p = f"h.{self.layer}."
@@ -350,7 +354,7 @@ class CausalSelfAttention(nn.Module):
         y = ATTENTION_FUNCTIONS[self.attention](q, k, v)  # (B, NH, T, HS)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads merged
         _record(acts, p + "attn", y)
-        y = self.c_proj(y)
+        y = self.c_proj(y) if proj_bias else F.linear(y, self.c_proj.weight)
         _record(acts, p + "attn_proj", y)
         return y
 
@@ -367,10 +371,12 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(self.hidden, C, bias=config.bias)  # weight (C, H) = canonical (H, C) transposed
         self.impl = "torch"  # or "triton": GPT2.set_mlp_impl
 
-    def forward(self, x: torch.Tensor, acts: dict | None = None) -> torch.Tensor:
-        """x (B, T, C) -> (B, T, C) through a hidden layer of width H."""
+    def forward(self, x: torch.Tensor, acts: dict | None = None, proj_bias: bool = True) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C) through a hidden layer of width H. proj_bias=False leaves c_proj's bias
+        out (the caller adds it: Block.forward_residual_norms)."""
         if self.impl == "triton" and acts is None:  # the same lines, the backward fused (torch_impl/mlp_triton.py)
-            return fused_mlp(x, self.c_fc.weight, self.c_fc.bias, self.c_proj.weight, self.c_proj.bias)
+            b_proj = self.c_proj.bias if proj_bias else None
+            return fused_mlp(x, self.c_fc.weight, self.c_fc.bias, self.c_proj.weight, b_proj)
         p = f"h.{self.layer}."
         h = self.c_fc(x)  # (B, T, H); swiglu: (B, T, 2H)
         _record(acts, p + "fc", h)
@@ -382,7 +388,7 @@ class MLP(nn.Module):
             # GELU, tanh form: 0.5 h (1 + tanh(sqrt(2/pi) (h + 0.044715 h^3))). Not the erf form.
             h = F.gelu(h, approximate="tanh")
             _record(acts, p + "gelu", h)
-        h = self.c_proj(h)  # (B, T, C)
+        h = self.c_proj(h) if proj_bias else F.linear(h, self.c_proj.weight)  # (B, T, C)
         _record(acts, p + "mlp_proj", h)
         return h
 
@@ -416,13 +422,20 @@ class Block(nn.Module):
         return x
 
     def forward_residual_norms(
-        self, x: torch.Tensor, a: torch.Tensor, next_norm: nn.Module, rope=None
+        self,
+        x: torch.Tensor,
+        a: torch.Tensor,
+        next_norm: nn.Module,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """forward's math for training under --norm-impl triton: x (B, T, C) and a = ln_1(x), computed
         already -> (the block's output x', next_norm(x')), where next_norm is the next block's ln_1 or
-        ln_f. Each residual add and the LayerNorm after it are one op (torch_impl/layernorm_triton.py)."""
-        x, m = residual_layernorm(x, self.attn(a, None, None, rope), self.ln_2)  # x + attn(a), ln_2 of it
-        return residual_layernorm(x, self.mlp(m), next_norm)  # x + mlp(m), next_norm of it
+        ln_f. Each residual add and the LayerNorm after it are one op (torch_impl/layernorm_triton.py),
+        which adds c_proj's bias too (in float32, with the residual) and sums its gradient."""
+        attn = self.attn(a, None, None, rope, proj_bias=False)  # c_proj(y) less its bias
+        x, m = residual_layernorm(x, attn, self.ln_2, self.attn.c_proj.bias)  # x + attn(a), ln_2 of it
+        mlp = self.mlp(m, proj_bias=False)
+        return residual_layernorm(x, mlp, next_norm, self.mlp.c_proj.bias)  # x + mlp(m), next_norm of it
 
 
 # ----------------------------------------------------------------------------- the model

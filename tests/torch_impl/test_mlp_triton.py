@@ -45,7 +45,9 @@ def _bf16(*shape, std=1.0, seed=0):
 
 
 def _gelu64(h):
-    return 0.5 * h * (1 + torch.tanh(mt.SQRT_2_OVER_PI * (h + 0.044715 * h**3)))
+    # 0.5 h (1 + tanh(u)) = h sigmoid(2u): the same number, without the cancellation in 1 + tanh(u) for
+    # h << 0 that costs even float64 its digits (at h = -7, 1 + tanh(u) ~ 1e-15 is off by ~4%)
+    return h * torch.sigmoid(2 * mt.SQRT_2_OVER_PI * (h + 0.044715 * h**3))
 
 
 def _dgelu64(h):
@@ -76,6 +78,19 @@ def test_gelu_backward_bias_grad_is_gelus_derivative_and_its_column_sums(bias_gr
         assert db is None
     with pytest.raises(ValueError, match="need one \\(M, H\\) shape and dtype"):
         mt.gelu_backward_bias_grad(dg[:, :-1], h)
+
+
+def test_gelu_forward_is_gelu_rounded_once():
+    """gelu(h) computed in float32 and rounded to bf16 once: within one bf16 step of float64's gelu (a
+    tiny absolute floor where gelu(h) underflows toward 0 for h << 0), over random h, h far out on either
+    side (exp(-2u) clamped, never inf), and a length two blocks and a part, its tail masked."""
+    n = 2 * mt.GELU_BLOCK + 37
+    h = _bf16(n, std=3.0, seed=3)
+    h[:6] = torch.tensor([-100.0, -12.0, -3.0, 0.0, 12.0, 100.0], dtype=torch.bfloat16)
+    g = mt.gelu_forward(h.reshape(1, n))  # any shape: (1, n)
+    assert g.shape == (1, n) and g.dtype == torch.bfloat16
+    _within(g.reshape(n), _gelu64(h.double()), STEP, 1e-30)
+    assert torch.isfinite(g).all() and abs(float(g[0, 0])) <= 1e-30 and float(g[0, 5]) == 100.0
 
 
 def test_fused_mlp_gradients_match_the_plain_mlps():

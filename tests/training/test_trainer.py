@@ -179,7 +179,7 @@ def test_fused_layernorms_train_like_the_plain_ones_in_bf16(random_shards, tmp_p
     real = layernorm_triton.ResidualLayerNorm.apply
 
     def counted(*args):
-        calls.append(args[5])  # the dtype of y
+        calls.append(args[6])  # the dtype of y
         return real(*args)
 
     monkeypatch.setattr(layernorm_triton.ResidualLayerNorm, "apply", counted)
