@@ -122,11 +122,15 @@ def test_a_model_with_the_fused_layernorms_matches_the_plain_one(monkeypatch, va
     ceilings of the plain model's, and within the BF16 ceilings under the same bf16 autocast; 2 L of the
     2 L + 1 LayerNorms go through the op (block 0's ln_1 follows no add). Also with no biases anywhere
     (no c_proj bias to add in the op, no LayerNorm bias), one block (ln_f follows its MLP), and rotary
-    positions."""
+    positions. Every parameter is moved off GPT-2's init (whose biases are 0), so that a c_proj bias
+    left out or added twice shows."""
     cfg = dataclasses.replace(GPT2Config.tiny(), **variant)
     ceilings = BF16 if autocast else FP32
     torch.manual_seed(0)
     plain = GPT2(cfg).to(DEVICE)
+    with torch.no_grad():
+        for t in plain.parameters():
+            t.add_(0.1 * torch.randn_like(t))
     fused = GPT2(cfg).to(DEVICE)
     fused.load_state_dict(plain.state_dict())
     fused.set_norm_impl("triton")
