@@ -161,6 +161,9 @@ def test_fused_mlp_trains_like_the_plain_mlp_in_bf16(random_shards, tmp_path, ti
         assert abs(fused["losses"][step] - loss) / loss <= BF16["loss"], step
 
 
+@pytest.mark.skipif(  # without the interpreter on a CPU, the kernel's absence is refused first
+    mlp_triton.unavailable_reason("cpu") is not None, reason=str(mlp_triton.unavailable_reason("cpu"))
+)
 def test_mlp_impl_triton_is_refused_for_a_float32_run(random_shards, tmp_path, tiny_config):
     with pytest.raises(ValueError, match="--mlp-impl triton computes in bf16"):
         train(dataclasses.replace(tiny_config(random_shards, tmp_path / "r"), mlp_impl="triton"))
@@ -193,6 +196,9 @@ def test_fused_layernorms_train_like_the_plain_ones_in_bf16(random_shards, tmp_p
         assert abs(fused["losses"][step] - loss) / loss <= BF16["loss"], step
 
 
+@pytest.mark.skipif(  # without the interpreter on a CPU, the kernel's absence is refused first
+    layernorm_triton.unavailable_reason("cpu") is not None, reason=str(layernorm_triton.unavailable_reason("cpu"))
+)
 def test_norm_impl_triton_is_refused_for_a_float32_run_and_an_rmsnorm_model(random_shards, tmp_path, tiny_config):
     with pytest.raises(ValueError, match="--norm-impl triton trains under bf16 autocast"):
         train(dataclasses.replace(tiny_config(random_shards, tmp_path / "r"), norm_impl="triton"))
