@@ -63,6 +63,10 @@ models only). The math is Block.forward's: x + attn(ln_1(x)), then + mlp(ln_2(.)
 the next LayerNorm; the c_proj biases are added in that op, with the residual, and their gradients are
 summed in its kernel.
 
+q, k and v. `set_qkv_impl("triton")` has training forwards compute c_attn and the split into heads as one
+op whose backward gathers dq, dk, dv back into c_attn's output gradient and sums its bias gradient in one
+Triton kernel (torch_impl/qkv_triton.py; bf16 training on a GPU). The math is the plain lines'.
+
 No dropout: GPT-2's 0.1 dropout is a training choice that conformance runs switch off anyway;
 leaving it out keeps every forward pass deterministic.
 """
@@ -80,6 +84,7 @@ import torch.nn.functional as F
 from torch_impl.chunked_loss import DEFAULT_CHUNK_ROWS, chunked_linear_cross_entropy
 from torch_impl.layernorm_triton import residual_layernorm
 from torch_impl.mlp_triton import fused_mlp
+from torch_impl.qkv_triton import qkv_projection
 from weights import GPT2Config, param_shapes, tensor_kind, validate_params
 from weights.layout import RESIDUAL_PROJECTIONS
 
@@ -87,6 +92,7 @@ ATTENTION_KINDS = ("math", "sdpa")
 LOSS_IMPLS = ("full", "chunked", "chunked-triton")
 MLP_IMPLS = ("torch", "triton")
 NORM_IMPLS = ("torch", "triton")
+QKV_IMPLS = ("torch", "triton")
 
 # The four nn.Linear layers of a block; their canonical (Conv1D) weights are stored (in, out).
 LINEAR_LAYERS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
@@ -321,6 +327,7 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.n_kv_head, self.head_size = config.n_head, config.kv_heads, config.head_size
         self.layer = layer
         self.attention = "sdpa"  # set by GPT2
+        self.qkv_impl = "torch"  # or "triton": GPT2.set_qkv_impl
         # weight ((NH + 2 NKV) HS, C) = canonical (C, (NH + 2 NKV) HS) transposed; GPT-2: (3C, C)
         self.c_attn = nn.Linear(C, config.qkv_width, bias=config.bias)
         self.c_proj = nn.Linear(C, C, bias=config.bias)  # weight (C, C) = canonical (C, C) transposed
@@ -339,12 +346,15 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         NH, NKV, HS = self.n_head, self.n_kv_head, self.head_size
         p = f"h.{self.layer}."
-        qkv = self.c_attn(x)  # (B, T, (NH + 2 NKV) HS); GPT-2: (B, T, 3C)
-        _record(acts, p + "qkv", qkv)
-        q, k, v = qkv.split([NH * HS, NKV * HS, NKV * HS], dim=2)
-        q = q.view(B, T, NH, HS).transpose(1, 2)  # (B, NH, T, HS)
-        k = k.view(B, T, NKV, HS).transpose(1, 2)  # (B, NKV, T, HS)
-        v = v.view(B, T, NKV, HS).transpose(1, 2)
+        if self.qkv_impl == "triton" and cache is None and acts is None:  # the same lines, the backward
+            q, k, v = qkv_projection(x, self.c_attn.weight, self.c_attn.bias, NH, NKV)  # fused: qkv_triton.py
+        else:
+            qkv = self.c_attn(x)  # (B, T, (NH + 2 NKV) HS); GPT-2: (B, T, 3C)
+            _record(acts, p + "qkv", qkv)
+            q, k, v = qkv.split([NH * HS, NKV * HS, NKV * HS], dim=2)
+            q = q.view(B, T, NH, HS).transpose(1, 2)  # (B, NH, T, HS)
+            k = k.view(B, T, NKV, HS).transpose(1, 2)  # (B, NKV, T, HS)
+            v = v.view(B, T, NKV, HS).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)  # v is not rotated
             if acts is not None:
@@ -475,6 +485,7 @@ class GPT2(nn.Module):
         self.set_loss_impl(loss_impl)
         self.mlp_impl = "torch"
         self.norm_impl = "torch"
+        self.qkv_impl = "torch"
         if self.wte.weight.device.type != "meta":  # built on "meta": shapes only, call reset_parameters later
             self.reset_parameters()
 
@@ -517,6 +528,16 @@ class GPT2(nn.Module):
         self.mlp_impl = mlp_impl
         for block in self.h:
             block.mlp.impl = mlp_impl
+
+    def set_qkv_impl(self, qkv_impl: str) -> None:
+        """How each block's attention computes q, k, v: "torch" (c_attn, the split into heads and autograd) or
+        "triton" (the backward's gather of dq, dk, dv and c_attn's bias gradient in one Triton kernel,
+        torch_impl/qkv_triton.py). Forwards with a cache or `acts` run the torch lines either way."""
+        if qkv_impl not in QKV_IMPLS:
+            raise ValueError(f"qkv_impl must be one of {QKV_IMPLS}, got {qkv_impl!r}")
+        self.qkv_impl = qkv_impl
+        for block in self.h:
+            block.attn.qkv_impl = qkv_impl
 
     def set_norm_impl(self, norm_impl: str) -> None:
         """How training forwards run the LayerNorms: "torch" (Block.forward's lines) or "triton" (each

@@ -62,7 +62,7 @@ from pathlib import Path
 import torch
 
 import weights
-from torch_impl import cross_entropy_triton, layernorm_triton, mlp_triton
+from torch_impl import cross_entropy_triton, layernorm_triton, mlp_triton, qkv_triton
 from torch_impl.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from torch_impl.chunked_loss import DEFAULT_CHUNK_ROWS
 from torch_impl.data import ShardLoader, shard_paths
@@ -160,6 +160,13 @@ class TrainConfig:
         "torch",
         "the MLP: torch (c_fc, GELU, c_proj and autograd) or triton (the backward's GELU derivative and c_fc "
         "bias gradient in one Triton kernel, torch_impl/mlp_triton.py; bf16 on CUDA, GELU models)",
+        ("torch", "triton"),
+    )
+    qkv_impl: str = _opt(
+        "torch",
+        "attention's q, k, v: torch (c_attn, the split into heads and autograd) or triton (the backward's "
+        "gather of dq, dk, dv and c_attn's bias gradient in one Triton kernel, torch_impl/qkv_triton.py; bf16 "
+        "on CUDA)",
         ("torch", "triton"),
     )
     norm_impl: str = _opt(
@@ -384,6 +391,7 @@ def build_model(cfg: TrainConfig, device: torch.device, params: dict | None, con
     if cfg.norm_impl == "triton" and config.norm != "layernorm":
         raise UsageError(f"--norm-impl triton is for LayerNorm models; this model's norm is {config.norm}")
     model.set_norm_impl(cfg.norm_impl)
+    model.set_qkv_impl(cfg.qkv_impl)
     return model
 
 
@@ -680,7 +688,7 @@ def check_profile_steps(cfg: TrainConfig, start_step: int, end_step: int) -> Non
 def check_launch(cfg: TrainConfig, d: Dist) -> None:
     """Refuse a run that cannot start: no --data, a --shard mode outside a torchrun job,
     --coordinate-descent-tuning without the compile mode it tunes, or --loss-impl chunked-triton,
-    --mlp-impl triton or --norm-impl triton where its kernels cannot run."""
+    --mlp-impl, --qkv-impl or --norm-impl triton where its kernels cannot run."""
     if not cfg.data:
         raise UsageError("--data is required: a folder of token shards (make them with `python -m torch_impl.data`)")
     if cfg.loss_impl == "chunked-triton" and (reason := cross_entropy_triton.unavailable_reason(d.device)):
@@ -691,6 +699,14 @@ def check_launch(cfg: TrainConfig, d: Dist) -> None:
         if not wants_bf16(cfg.dtype, d.device):
             raise UsageError(
                 "--mlp-impl triton computes in bf16 (--dtype bf16, the default on CUDA); use --mlp-impl torch "
+                "for a float32 run"
+            )
+    if cfg.qkv_impl == "triton":
+        if reason := qkv_triton.unavailable_reason(d.device):
+            raise UsageError(reason)
+        if not wants_bf16(cfg.dtype, d.device):
+            raise UsageError(
+                "--qkv-impl triton computes in bf16 (--dtype bf16, the default on CUDA); use --qkv-impl torch "
                 "for a float32 run"
             )
     if cfg.norm_impl == "triton":

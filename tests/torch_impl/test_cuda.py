@@ -211,3 +211,25 @@ def test_compiled_fused_layernorms_on_cuda_within_the_bf16_ceilings(cfg, params,
     assert abs(loss - ref_loss) / abs(ref_loss) <= BF16["loss"]
     for name, g in ref_grads.items():
         assert float((grads[name] - g).abs().max() / g.abs().max()) <= BF16["grad_max"], name
+
+
+def test_compiled_fused_qkv_with_every_fused_op_on_cuda_within_the_bf16_ceilings(cfg, params, params64, ids):
+    """torch.compile of --qkv-impl triton (torch_impl/qkv_triton.py: c_attn and the split into heads as one
+    op, its backward's gather of dq, dk, dv and c_attn's bias gradient one torch.library triton_op) with
+    --mlp-impl triton, --norm-impl triton and the chunked-triton loss, under bf16 autocast, against the
+    float64 CPU model by the suite's BF16 ceilings; dq, dk, dv come from SDPA's own backward kernel."""
+    from conformance.tolerances import BF16
+
+    idx, targets = ids(B=4, T=cfg.n_ctx, seed=36)
+    ref = GPT2.from_params(params64, cfg, dtype=torch.float64)
+    ref_loss, ref_grads = _loss_grads(ref, torch.from_numpy(idx), torch.from_numpy(targets), autocast=False)
+    model = GPT2.from_params(params, cfg, device="cuda")
+    model.set_loss_impl("chunked-triton", chunk_rows=24)
+    model.set_mlp_impl("triton")
+    model.set_norm_impl("triton")
+    model.set_qkv_impl("triton")
+    idx, targets = torch.from_numpy(idx).cuda(), torch.from_numpy(targets).cuda()
+    loss, grads = _loss_grads(model, idx, targets, True, run=torch.compile(model))
+    assert abs(loss - ref_loss) / abs(ref_loss) <= BF16["loss"]
+    for name, g in ref_grads.items():
+        assert float((grads[name] - g).abs().max() / g.abs().max()) <= BF16["grad_max"], name

@@ -30,7 +30,7 @@ import torch
 
 import weights
 from conformance.tolerances import BF16, FP32
-from torch_impl import cross_entropy_triton, layernorm_triton, mlp_triton
+from torch_impl import cross_entropy_triton, layernorm_triton, mlp_triton, qkv_triton
 from torch_impl.checkpoint import latest_checkpoint, load_checkpoint
 from torch_impl.train import NonFiniteError, TrainConfig, flops_per_token, parse_args, train
 from weights.errors import DataError
@@ -206,6 +206,41 @@ def test_norm_impl_triton_is_refused_for_a_float32_run_and_an_rmsnorm_model(rand
     with pytest.raises(ValueError, match="--norm-impl triton is for LayerNorm models; this model's norm is rmsnorm"):
         train(dataclasses.replace(tiny_config(random_shards, tmp_path / "s"), norm_impl="triton", dtype="bf16",
                                   model="llama-tiny"))  # fmt: skip
+
+
+@pytest.mark.skipif(qkv_triton.unavailable_reason("cpu") is not None, reason=str(qkv_triton.unavailable_reason("cpu")))
+def test_all_the_fused_ops_train_like_the_plain_model_in_bf16(random_shards, tmp_path, tiny_config, monkeypatch):
+    """--qkv-impl triton (c_attn and the split into heads as one op whose backward gathers dq, dk, dv,
+    torch_impl/qkv_triton.py; here in Triton's interpreter) with --mlp-impl, --norm-impl and the
+    chunked-triton loss (the trainer's fastest flags together) under bf16 autocast follows the plain bf16
+    run: every step's loss within the suite's BF16 loss ceiling. The op is counted: every block of every
+    forward in the fused run, never in the plain one."""
+    calls = []
+    real = qkv_triton.QKVProjection.apply
+
+    def counted(*args):
+        calls.append(args[0].dtype)
+        return real(*args)
+
+    monkeypatch.setattr(qkv_triton.QKVProjection, "apply", counted)
+    plain = train(tiny_config(random_shards, tmp_path / "plain", batch_size=8, max_steps=4, dtype="bf16"))
+    assert calls == []
+    fused = train(tiny_config(random_shards, tmp_path / "fused", batch_size=8, max_steps=4, dtype="bf16",
+                              qkv_impl="triton", mlp_impl="triton", norm_impl="triton",
+                              loss_impl="chunked-triton", loss_chunk_rows=24))  # fmt: skip
+    assert calls == [torch.bfloat16] * (2 * 4)  # 2 blocks x 4 steps (grad_accum 1, no evaluation)
+    assert plain["losses"].keys() == fused["losses"].keys()
+    for step, loss in plain["losses"].items():
+        assert abs(fused["losses"][step] - loss) / loss <= BF16["loss"], step
+
+
+@pytest.mark.skipif(  # without the interpreter on a CPU, the kernel's absence is refused first
+    qkv_triton.unavailable_reason("cpu") is not None, reason=str(qkv_triton.unavailable_reason("cpu"))
+)
+def test_qkv_impl_triton_is_refused_for_a_float32_run(random_shards, tmp_path, tiny_config):
+    with pytest.raises(ValueError, match="--qkv-impl triton computes in bf16"):
+        train(dataclasses.replace(tiny_config(random_shards, tmp_path / "r"), qkv_impl="triton"))
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())  # nothing written
 
 
 def test_profile_steps_write_where_the_time_goes(random_shards, tmp_path, tiny_config):
