@@ -11,7 +11,7 @@
 
 This is the per-chunk step of torch_impl/chunked_loss.py (--loss-impl chunked-triton). There,
 torch.compile fuses the same arithmetic into its own kernels, which run at about 1.4 TB/s on an H200
-(docs/training.md, "Measured"). In this kernel one program takes one row at a time and goes over it
+(docs/training.md, "Measured"). In the two-pass kernel one program takes one row at a time and goes over it
 twice:
 
     pass 1   m, s = running max and running sum of exp(z - m), BLOCK columns at a time
@@ -26,7 +26,23 @@ flight as fit in the SMs (with 4 warps, up to 16 programs on each of an H200's 1
 programs per SM, each looping over every P-th row, keep P rows in flight. Measured, that did not pay:
 on an H200 one program per row (PROGRAMS_PER_SM = 0) was the fastest, 0.717 ms per (8192, 50304) chunk
 against 0.759 ms for the best persistent grid and 1.115 ms for torch.compile's kernels. At 2.3 TB/s
-(the logits read once, dz written once) it is still short of the memory's bandwidth.
+(the logits read once, dz written once) it is still short of the memory's bandwidth: the rows in flight
+do not fit in L2, so pass 2 reads each row from memory again.
+
+The whole-row kernel reads each row from memory once. One program takes one row and holds all of it in
+registers, as three power-of-two pieces (row_pieces: 32768 + 16384 + 2048 = 51,200 columns for GPT-2's
+50,304), from the load to the store of dz:
+
+    m    = max of the row (bf16 compares exactly)          one reduction per piece
+    lse  = m + log(sum of exp(z - m))                      one more
+    dz   = (exp(z - lse) - onehot) * scale                 stored; exp computed again: the float32
+                                                           copies would not fit beside the bf16 row
+
+At 16 warps a thread holds 100 bf16 values in 50 registers; compiled for sm_90a it uses 128 registers
+and no local memory (tests/torch_impl/test_cross_entropy_triton.py checks that with ptxas), so one program
+fills an SM's register file. The loads are vectorized because the mask is cols < Vp (a multiple of 8);
+the columns V..Vp are set to -inf after the load. Rows whose pieces hold more than WHOLE_ROW_MAX values,
+logits wider than 2 bytes, and the forward without a gradient take the two-pass kernel.
 
 Triton compiles the kernel for the GPU that runs it. On a machine without one, TRITON_INTERPRET=1
 (set before triton is imported; the tests session of noxfile.py sets it there) runs the same kernel
@@ -44,7 +60,7 @@ try:  # CUDA builds of torch ship triton; CPU builds do not need it
     import triton.language as tl
     from torch.library import triton_op, wrap_triton
 except ImportError as e:  # pragma: no cover - the message says what to install
-    triton = _cross_entropy_rows_kernel = None
+    triton = _cross_entropy_rows_kernel = _cross_entropy_whole_rows_kernel = None
     _IMPORT_ERROR = f"{type(e).__name__}: {e}"
 else:
     _IMPORT_ERROR = None
@@ -55,6 +71,24 @@ BLOCK = 2048  # columns a program holds at a time (a power of two)
 NUM_WARPS = 4  # warps per program
 PROGRAMS_PER_SM = 0  # the persistent grid's programs per streaming multiprocessor; 0: one program per row
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)  # the logits' dtypes the kernel takes
+WHOLE_ROWS = True  # the gradient through the whole-row kernel where a row fits (False: always two passes)
+WHOLE_ROW_MAX = 51200  # values (2-byte logits) a whole-row program holds without spilling at WHOLE_ROW_NUM_WARPS
+WHOLE_ROW_NUM_WARPS = 16
+
+
+def row_pieces(Vp: int) -> tuple[int, int, int]:
+    """Three powers of two P0 >= P1 >= P2 whose sum covers Vp columns with little left over: P0 and P1 the
+    largest that fit, P2 the rest rounded up (1 where nothing is left; its one column masked)."""
+    p0 = 1 << (Vp.bit_length() - 1)
+    rest = Vp - p0
+    p1 = 1 << (rest.bit_length() - 1) if rest else 1
+    rest = max(rest - p1, 0)
+    return p0, p1, (1 << (rest - 1).bit_length()) if rest else 1
+
+
+def uses_whole_rows(z: torch.Tensor, need_grad: bool) -> bool:
+    """Whether cross_entropy_rows takes z through the whole-row kernel (module docstring)."""
+    return WHOLE_ROWS and need_grad and z.element_size() <= 2 and sum(row_pieces(z.shape[1])) <= WHOLE_ROW_MAX
 
 
 def programs(device: torch.device, rows: int) -> int:
@@ -121,6 +155,57 @@ if triton is not None:
                     g = (p - tl.where(cols == target, 1.0, 0.0)) * scale
                     tl.store(dz_row + cols, g.to(dz_ptr.dtype.element_ty), mask=cols < Vp)
 
+    @triton.jit
+    def _load_piece(z_row, start, V, Vp, P: tl.constexpr):
+        """Columns start..start+P of a row as loaded (pad columns and past Vp: -inf) and their max."""
+        cols = start + tl.arange(0, P)
+        x = tl.load(z_row + cols, mask=cols < Vp, other=float("-inf"))  # mask on Vp: loads stay vectorized
+        x = tl.where(cols < V, x, float("-inf"))  # the pad columns: probability 0
+        return x, tl.max(x, axis=0)
+
+    @triton.jit
+    def _store_piece_grad(dz_row, x, start, lse, target, scale, Vp, P: tl.constexpr):
+        """dz = (softmax - onehot) * scale for one piece; exactly 0 on the pad columns (x = -inf)."""
+        cols = start + tl.arange(0, P)
+        g = (tl.exp(x.to(tl.float32) - lse) - tl.where(cols == target, 1.0, 0.0)) * scale
+        tl.store(dz_row + cols, g.to(dz_row.dtype.element_ty), mask=cols < Vp)
+
+    @triton.jit
+    def _cross_entropy_whole_rows_kernel(
+        z_ptr,
+        targets_ptr,
+        n_valid_ptr,
+        loss_ptr,
+        dz_ptr,  # as _cross_entropy_rows_kernel's
+        z_row_stride,
+        dz_row_stride,
+        V,
+        Vp,
+        P0: tl.constexpr,
+        P1: tl.constexpr,
+        P2: tl.constexpr,  # row_pieces(Vp)
+    ):
+        # program r takes row r, all of it held in registers as three pieces from the load to the store
+        row = tl.program_id(0)
+        z_row = z_ptr + tl.cast(row, tl.int64) * z_row_stride
+        target = tl.load(targets_ptr + row)
+        valid = target != -1
+        x0, m0 = _load_piece(z_row, 0, V, Vp, P0)
+        x1, m1 = _load_piece(z_row, P0, V, Vp, P1)
+        x2, m2 = _load_piece(z_row, P0 + P1, V, Vp, P2)
+        m = tl.maximum(tl.maximum(m0, m1), m2).to(tl.float32)
+        s = tl.sum(tl.exp(x0.to(tl.float32) - m), axis=0)
+        s += tl.sum(tl.exp(x1.to(tl.float32) - m), axis=0)
+        s += tl.sum(tl.exp(x2.to(tl.float32) - m), axis=0)
+        lse = m + tl.log(s)
+        z_target = tl.load(z_row + tl.where(valid, target, 0)).to(tl.float32)
+        tl.store(loss_ptr + row, tl.where(valid, lse - z_target, 0.0))
+        scale = tl.where(valid, 1.0 / tl.load(n_valid_ptr), 0.0)  # ignored rows: no gradient
+        dz_row = dz_ptr + tl.cast(row, tl.int64) * dz_row_stride
+        _store_piece_grad(dz_row, x0, 0, lse, target, scale, Vp, P0)
+        _store_piece_grad(dz_row, x1, P0, lse, target, scale, Vp, P1)
+        _store_piece_grad(dz_row, x2, P0 + P1, lse, target, scale, Vp, P2)
+
     @triton_op("gpt2_three_ways::cross_entropy_rows", mutates_args={})
     def _cross_entropy_rows(
         z: torch.Tensor, targets: torch.Tensor, n_valid: torch.Tensor, vocab_size: int, need_grad: bool
@@ -128,6 +213,13 @@ if triton is not None:
         R, Vp = z.shape
         loss = torch.empty(R, dtype=torch.float32, device=z.device)
         dz = torch.empty_like(z) if need_grad else z.new_empty((0, Vp))
+        if uses_whole_rows(z, need_grad):
+            P0, P1, P2 = row_pieces(Vp)
+            wrap_triton(_cross_entropy_whole_rows_kernel)[(R,)](
+                z, targets, n_valid, loss, dz, z.stride(0), dz.stride(0), vocab_size, Vp,
+                P0=P0, P1=P1, P2=P2, num_warps=WHOLE_ROW_NUM_WARPS,
+            )  # fmt: skip
+            return loss, dz
         wrap_triton(_cross_entropy_rows_kernel)[(programs(z.device, R),)](
             z, targets, n_valid, loss, dz, z.stride(0), dz.stride(0) if need_grad else 0, R, vocab_size, Vp,
             BLOCK=BLOCK, WRITE_GRAD=need_grad, num_warps=NUM_WARPS,

@@ -56,9 +56,18 @@ def _logits(R: int, dtype: torch.dtype, seed: int = 0):
     return z.to(dtype).to(DEVICE), targets.to(DEVICE)
 
 
+@pytest.fixture(params=[True, False], ids=["whole-rows", "two-pass"])
+def whole_rows(request, monkeypatch):
+    """Each test below runs with the whole-row kernel allowed (it takes bf16 rows with a gradient) and
+    without it (every row through the two-pass kernel)."""
+    monkeypatch.setattr(ce, "WHOLE_ROWS", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
-def test_loss_and_gradient_match_cross_entropy(dtype):
+def test_loss_and_gradient_match_cross_entropy(dtype, whole_rows):
     z, targets = _logits(9, dtype)
+    assert ce.uses_whole_rows(z, need_grad=True) == (whole_rows and dtype == torch.bfloat16)
     ref_rows, ref_dz, n_valid = _reference(z, targets, V)
     loss, dz = ce.cross_entropy_rows(z, targets, n_valid, V)
     assert loss.dtype == torch.float32 and dz.dtype == dtype and dz.shape == z.shape
@@ -73,20 +82,26 @@ def test_loss_and_gradient_match_cross_entropy(dtype):
     assert loss[3] == 0 and loss[5] == 0
 
 
-def test_without_the_gradient_the_loss_is_the_same_and_no_dz_is_made():
-    z, targets = _logits(6, torch.float32, seed=1)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
+def test_without_the_gradient_the_loss_is_the_same_and_no_dz_is_made(dtype, whole_rows):
+    """The loss alone (the two-pass kernel's forward, always) against the loss with the gradient (from the
+    whole-row kernel, for bf16 rows when it is allowed): the same to float32 rounding of the sums."""
+    z, targets = _logits(6, dtype, seed=1)
     n_valid = (targets != -1).sum().float()
     loss, dz = ce.cross_entropy_rows(z, targets, n_valid, V)
     loss_only, none = ce.cross_entropy_rows(z, targets, n_valid, V, need_grad=False)
     assert none is None
-    assert torch.equal(loss_only, loss)
+    assert torch.allclose(loss_only, loss, rtol=1e-6, atol=1e-6)
+    if not ce.uses_whole_rows(z, need_grad=True):  # one kernel, the same sums in the same order
+        assert torch.equal(loss_only, loss)
 
 
-def test_a_strided_chunk_and_every_row_ignored():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
+def test_a_strided_chunk_and_every_row_ignored(dtype, whole_rows):
     """A view with a row stride wider than Vp (columns contiguous) is read in place; rows that are all
     ignored give loss 0 and dz 0."""
-    z, targets = _logits(6, torch.float32, seed=2)
-    wide = torch.zeros(6, VP + 64, device=DEVICE)
+    z, targets = _logits(6, dtype, seed=2)
+    wide = torch.zeros(6, VP + 64, device=DEVICE, dtype=dtype)
     wide[:, :VP] = z
     ignored = torch.full_like(targets, -1)
     loss, dz = ce.cross_entropy_rows(wide[:, :VP], ignored, torch.tensor(1.0), V)
@@ -94,6 +109,24 @@ def test_a_strided_chunk_and_every_row_ignored():
     loss_view, dz_view = ce.cross_entropy_rows(wide[:, :VP], targets, torch.tensor(3.0), V)
     loss_dense, dz_dense = ce.cross_entropy_rows(z, targets, torch.tensor(3.0), V)
     assert torch.equal(loss_view, loss_dense) and torch.equal(dz_view, dz_dense)
+
+
+@pytest.mark.parametrize(
+    "Vp, pieces",
+    [(50304, (32768, 16384, 2048)), (VP, (2048, 512, 512)), (64, (64, 1, 1)), (72, (64, 8, 1)), (100, (64, 32, 4))],
+)
+def test_row_pieces_cover_the_row_with_powers_of_two(Vp, pieces):
+    assert ce.row_pieces(Vp) == pieces
+    p0, p1, p2 = pieces
+    assert p0 >= p1 >= p2 and sum(pieces) >= Vp and p0 + p1 <= Vp + (p1 == 1)
+
+
+def test_rows_too_wide_for_registers_take_the_two_pass_kernel():
+    bf = torch.empty(2, 50304, dtype=torch.bfloat16, device="meta")
+    assert ce.uses_whole_rows(bf, need_grad=True) is ce.WHOLE_ROWS  # GPT-2's head: 51,200 <= WHOLE_ROW_MAX
+    assert not ce.uses_whole_rows(bf, need_grad=False)  # the loss alone: one pass already
+    assert not ce.uses_whole_rows(bf.float(), need_grad=True)  # float32: twice the registers
+    assert not ce.uses_whole_rows(torch.empty(2, 51201, dtype=torch.bfloat16, device="meta"), need_grad=True)
 
 
 def test_bad_inputs_are_refused():
@@ -115,13 +148,15 @@ def test_on_the_cpu_without_the_interpreter_it_is_refused_in_one_line():
     assert "TRITON_INTERPRET=1" in out.stdout
 
 
-def test_the_kernel_compiles_for_sm90_without_spills():
-    """Triton's own compiler and ptxas, for an H100/H200 (sm_90a), without a GPU: the kernel at the
-    configuration the trainer launches (BLOCK, NUM_WARPS) uses no local memory (no spills)."""
+def test_the_kernels_compile_for_sm90_without_spills():
+    """Triton's own compiler and ptxas, for an H100/H200 (sm_90a), without a GPU: the two-pass kernel at the
+    configuration the trainer launches (BLOCK, NUM_WARPS) and the whole-row kernel holding GPT-2's padded
+    row (50,304 columns, WHOLE_ROW_NUM_WARPS) use no local memory (no spills)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"PYTHONPATH": str(REPO)}
     probe = REPO / "tests" / "torch_impl" / "triton_ptxas_probe.py"
     out = subprocess.run([sys.executable, str(probe)], cwd=REPO, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     report = out.stdout
     assert report.count("Compiling entry function '_cross_entropy_rows_kernel' for 'sm_90a'") == 2, report
-    assert report.count("0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads") == 2, report
+    assert report.count("Compiling entry function '_cross_entropy_whole_rows_kernel' for 'sm_90a'") == 1, report
+    assert report.count("0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads") == 3, report
