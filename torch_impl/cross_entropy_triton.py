@@ -200,7 +200,7 @@ if triton is not None:
         lse = m + tl.log(s)
         z_target = tl.load(z_row + tl.where(valid, target, 0)).to(tl.float32)
         tl.store(loss_ptr + row, tl.where(valid, lse - z_target, 0.0))
-        scale = tl.where(valid, 1.0 / tl.load(n_valid_ptr), 0.0)  # ignored rows: no gradient
+        scale = tl.where(valid, 1.0, 0.0) / tl.load(n_valid_ptr)  # ignored rows: no gradient
         dz_row = dz_ptr + tl.cast(row, tl.int64) * dz_row_stride
         _store_piece_grad(dz_row, x0, 0, lse, target, scale, Vp, P0)
         _store_piece_grad(dz_row, x1, P0, lse, target, scale, Vp, P1)
