@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=Path("loss-kernel-sweep.json"))
     args = ap.parse_args(argv)
     forms = args.forms.split(",")
-    if not forms or any(f not in FORMS for f in forms):
+    if any(f not in FORMS for f in forms):
         raise UsageError(f"--forms {args.forms!r}: a comma list of {FORMS}")
     if not torch.cuda.is_available():
         raise UsageError("no CUDA GPU here: the sweep times GPU kernels")

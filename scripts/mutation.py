@@ -616,8 +616,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "triton-whole-row-loss-ignored-rows-get-gradient",
         "torch_impl/cross_entropy_triton.py",
-        "scale = tl.where(valid, 1.0, 0.0) / tl.load(n_valid_ptr)",
-        "scale = 1.0 / tl.load(n_valid_ptr)",
+        "scale = tl.where(valid, 1.0 / tl.load(n_valid_ptr), 0.0)  # ignored rows: no gradient (whole rows)",
+        "scale = 1.0 / tl.load(n_valid_ptr)  # (whole rows)",
         ("tests/torch_impl/test_cross_entropy_triton.py::test_loss_and_gradient_match_cross_entropy",),
         "the whole-row loss kernel sends gradient from rows whose target is -1 (ignored)",
     ),

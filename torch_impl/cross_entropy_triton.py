@@ -40,7 +40,7 @@ registers, as three power-of-two pieces (row_pieces: 32768 + 16384 + 2048 = 51,2
 
 At 16 warps a thread holds 100 bf16 values in 50 registers; compiled for sm_90a it uses 128 registers
 and no local memory (tests/torch_impl/test_cross_entropy_triton.py checks that with ptxas), so one program
-fills an SM's register file. The loads are vectorized because the mask is cols < Vp (a multiple of 8);
+fills an SM's register file. The loads are 16-byte vectors when Vp is a multiple of 8 (GPT-2's 50,304 is), as the mask is cols < Vp;
 the columns V..Vp are set to -inf after the load. Rows whose pieces hold more than WHOLE_ROW_MAX values,
 logits wider than 2 bytes, and the forward without a gradient take the two-pass kernel.
 
@@ -200,7 +200,7 @@ if triton is not None:
         lse = m + tl.log(s)
         z_target = tl.load(z_row + tl.where(valid, target, 0)).to(tl.float32)
         tl.store(loss_ptr + row, tl.where(valid, lse - z_target, 0.0))
-        scale = tl.where(valid, 1.0, 0.0) / tl.load(n_valid_ptr)  # ignored rows: no gradient
+        scale = tl.where(valid, 1.0 / tl.load(n_valid_ptr), 0.0)  # ignored rows: no gradient (whole rows)
         dz_row = dz_ptr + tl.cast(row, tl.int64) * dz_row_stride
         _store_piece_grad(dz_row, x0, 0, lse, target, scale, Vp, P0)
         _store_piece_grad(dz_row, x1, P0, lse, target, scale, Vp, P1)

@@ -28,7 +28,9 @@ rounds), and db sums it in float32, rounded to the autocast dtype as autograd's 
 
 Column p HS + d of dqkv is element d of head p of the three tensors taken one after the other (q's NH
 heads, then k's NKV, then v's): program (pid_m, p) owns ROWS rows of head p, taken BLOCK_M rows at a
-time, each row's HS elements contiguous in both tensors (HS a power of two; GPT-2's is 64). It adds each
+time, each row's HS elements contiguous in both tensors (held as BLOCK_D, HS rounded up to a power of two,
+the rest masked; GPT-2's HS is 64). dk and dv are read with one set of strides: when theirs differ, both
+are first copied to contiguous tensors. It adds each
 (BLOCK_M, HS) tile into a float32 tile of the same shape, sums that tile's columns once, at the end, and
 writes them to row pid_m of a (cdiv(M, ROWS), W) float32 buffer, summed afterwards (fixed order: the same
 db on every run). Triton compiles it for the GPU that runs it; in Triton's interpreter (TRITON_INTERPRET=1,
@@ -81,12 +83,17 @@ if triton is not None:
     ):  # fmt: skip
         tl.static_assert(ROWS % BLOCK_M == 0)  # else the last tile would reach into the next program's rows
         pid_m, p = tl.program_id(0), tl.program_id(1)  # p: the head, counted across q, k and v
+        # (the strides as int64 in every branch: the branches must yield one type, and a stride of 2^31
+        # or more arrives as int64)
         if p < NH:
-            src, head, s_b, s_h, s_t = dq_ptr, p, sq_b, sq_h, sq_t
+            src, head = dq_ptr, p
+            s_b, s_h, s_t = sq_b.to(tl.int64), sq_h.to(tl.int64), sq_t.to(tl.int64)
         elif p < NH + NKV:
-            src, head, s_b, s_h, s_t = dk_ptr, p - NH, skv_b, skv_h, skv_t
+            src, head = dk_ptr, p - NH
+            s_b, s_h, s_t = skv_b.to(tl.int64), skv_h.to(tl.int64), skv_t.to(tl.int64)
         else:
-            src, head, s_b, s_h, s_t = dv_ptr, p - NH - NKV, skv_b, skv_h, skv_t
+            src, head = dv_ptr, p - NH - NKV
+            s_b, s_h, s_t = skv_b.to(tl.int64), skv_h.to(tl.int64), skv_t.to(tl.int64)
         d = tl.arange(0, BLOCK_D)
         in_d = d < HS
         W = (NH + 2 * NKV) * HS
@@ -95,7 +102,7 @@ if triton is not None:
             rows = start + tl.arange(0, BLOCK_M)  # rows of dqkv: token t of sequence b is row b T + t
             inside = (rows[:, None] < M) & in_d[None, :]
             r64 = rows.to(tl.int64)
-            src_row = (r64 // T) * s_b + (r64 % T) * s_t + tl.cast(head, tl.int64) * s_h  # (BLOCK_M,)
+            src_row = (r64 // T) * s_b + (r64 % T) * s_t + head * s_h  # (BLOCK_M,)
             g = tl.load(src + src_row[:, None] + d[None, :], mask=inside, other=0.0)
             tl.store(dqkv_ptr + r64[:, None] * stride_out + p * HS + d[None, :], g, mask=inside)
             if DBIAS:
@@ -155,7 +162,6 @@ class QKVProjection(torch.autograd.Function):
         qkv = F.linear(x, w, b)  # (M, W)
         q, k, v = qkv.split([n_head * HS, n_kv_head * HS, n_kv_head * HS], dim=1)
         ctx.save_for_backward(x, w)
-        ctx.has_bias = b is not None
         return (
             q.view(B, T, n_head, HS).transpose(1, 2),  # (B, NH, T, HS)
             k.view(B, T, n_kv_head, HS).transpose(1, 2),  # (B, NKV, T, HS)
@@ -165,10 +171,11 @@ class QKVProjection(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dq, dk, dv):
         x, w = ctx.saved_tensors
-        dqkv, db = qkv_backward_gather(dq, dk, dv, ctx.has_bias)  # (M, W), (W,) float32
-        dw = dqkv.t() @ x  # (W, C)
-        dx = dqkv @ w  # (M, C)
-        return dx, dw, (db.to(dqkv.dtype) if ctx.has_bias else None), None, None, None
+        need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
+        dqkv, db = qkv_backward_gather(dq, dk, dv, need_db)  # (M, W), (W,) float32 or None
+        dw = dqkv.t() @ x if need_dw else None  # (W, C)
+        dx = dqkv @ w if need_dx else None  # (M, C)
+        return dx, dw, (db.to(dqkv.dtype) if need_db else None), None, None, None
 
 
 def qkv_projection(

@@ -121,6 +121,32 @@ def test_row_pieces_cover_the_row_with_powers_of_two(Vp, pieces):
     assert p0 >= p1 >= p2 and sum(pieces) >= Vp and p0 + p1 <= Vp + (p1 == 1)
 
 
+@pytest.mark.parametrize("Vk, Vpk", [(2040, 2048), (2050, 2056)], ids=["pieces-2048-1-1", "pieces-2048-8-1"])
+def test_the_whole_row_kernel_with_one_column_pieces(Vk, Vpk):
+    """Rows whose second or third piece is the single masked column row_pieces leaves there: the loss and
+    dz are F.cross_entropy's (bf16, the tolerances above), the pad columns get no gradient."""
+    assert ce.row_pieces(Vpk)[2] == 1 and ce.uses_whole_rows(torch.empty(1, Vpk, dtype=torch.bfloat16), True)
+    g = torch.Generator().manual_seed(6)
+    z = (4 * torch.randn(5, Vpk, generator=g)).to(torch.bfloat16).to(DEVICE)
+    targets = torch.tensor([0, Vk - 1, 7, -1, 1000]).to(DEVICE)
+    ref_rows, ref_dz, n_valid = _reference(z, targets, Vk)
+    loss, dz = ce.cross_entropy_rows(z, targets, n_valid, Vk)
+    lse = torch.logsumexp(z.double()[:, :Vk], dim=1).abs().cpu()
+    assert ((loss.double().cpu() - ref_rows.cpu()).abs() <= 1e-6 * lse + 1e-6).all()
+    err = (dz.double().cpu() - ref_dz.cpu()).abs()
+    bound = 1e-6 * ref_dz.abs().amax(dim=1, keepdim=True).cpu() + 2.0**-7 * ref_dz.abs().cpu()
+    assert (err <= bound).all(), float((err - bound).max())
+    assert torch.count_nonzero(dz[:, Vk:]) == 0 and torch.count_nonzero(dz[3]) == 0
+
+
+def test_no_scored_row_gives_zero_gradient_not_nan(whole_rows):
+    """Every row ignored and n_valid = 0 (the chunked loss clamps it to 1; the kernel alone need not be
+    handed that): loss and dz are 0 from both kernels, never 0/0."""
+    z, _ = _logits(6, torch.bfloat16, seed=3)
+    loss, dz = ce.cross_entropy_rows(z, torch.full((6,), -1, device=DEVICE), torch.tensor(0.0), V)
+    assert torch.count_nonzero(loss) == 0 and torch.count_nonzero(dz) == 0
+
+
 def test_rows_too_wide_for_registers_take_the_two_pass_kernel():
     bf = torch.empty(2, 50304, dtype=torch.bfloat16, device="meta")
     assert ce.uses_whole_rows(bf, need_grad=True) is ce.WHOLE_ROWS  # GPT-2's head: 51,200 <= WHOLE_ROW_MAX

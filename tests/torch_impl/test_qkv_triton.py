@@ -6,8 +6,11 @@ which noxfile.py sets on a machine without a GPU before anything imports triton)
 
 Tolerances. The gather is a copy: dqkv must equal the concatenation bit for bit. db is the float32 sum of
 those same values, held to 1e-5 of the sum of their magnitudes (float32 rounding over a few hundred rows).
-The autograd checks compare the op's gradients with autograd through model.py's plain lines at the
-suite's BF16 ceilings (conformance/tolerances.py), the plain side in float64 from the same bf16 values.
+The op's gradients are bf16 results of float32 sums (cuBLAS's matmuls, the kernel's column sums) of the
+same bf16 values the plain lines see; against float64 autograd through the plain lines each gradient, and
+each of its q, k and v parts, is held to STEP (one bf16 step, 2^-7) of that part's largest value. A model
+with the op against the plain model under the same autocast: the same matmuls on the same values, only
+c_attn's bias gradient summed in another order, so every gradient is held to one bf16 step too.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(
     qt.unavailable_reason(DEVICE) is not None, reason=str(qt.unavailable_reason(DEVICE))
 )  # fmt: skip
+STEP = 2.0**-7  # one bf16 step, relative (8 significant bits)
 
 
 def _bf16(*shape, std=1.0, seed=0):
@@ -109,14 +113,24 @@ def test_the_ops_gradients_match_the_plain_lines(NKV, bias):
     qkv = F.linear(plain[0], plain[1], plain[2])
     q64, k64, v64 = qkv.split([NH * HS, NKV * HS, NKV * HS], dim=2)
     q64, k64, v64 = _heads(q64, Bk, Tk, NH, HS), _heads(k64, Bk, Tk, NKV, HS), _heads(v64, Bk, Tk, NKV, HS)
-    for a, b in ((q, q64), (k, k64), (v, v64)):
-        assert float((a.detach().double() - b.detach()).abs().max() / b.detach().abs().max()) <= BF16["logits"]
+    for a, b in ((q, q64), (k, k64), (v, v64)):  # x w^T + b in bf16: one rounding of float32 sums
+        assert _rel(a.detach(), b.detach()) <= STEP
     loss(q64, k64, v64).backward()
-    for name, a, b in zip(("x", "w", "b"), fused, plain, strict=True):
-        if b is None:
-            continue
-        assert a.grad.dtype == torch.bfloat16, name
-        assert float((a.grad.double() - b.grad).abs().max() / b.grad.abs().max()) <= BF16["grad_max"], name
+    assert fused[0].grad.dtype == torch.bfloat16
+    assert _rel(fused[0].grad, plain[0].grad) <= STEP, "x"
+    parts = {"q": slice(0, NH * HS), "k": slice(NH * HS, (NH + NKV) * HS), "v": slice((NH + NKV) * HS, W)}
+    for part, rows in parts.items():  # w's rows (and b's entries) of each part: a part lost or scaled shows
+        for name, a, b in (("w", fused[1], plain[1]), ("b", fused[2], plain[2])):
+            if b is None:
+                continue
+            assert a.grad.dtype == torch.bfloat16, name
+            assert _rel(a.grad[rows], b.grad[rows]) <= STEP, f"{name}, {part}'s part"
+
+
+def _rel(got, ref):
+    """max |got - ref| over max |ref|, in float64."""
+    ref = ref.double().cpu()
+    return float((got.double().cpu() - ref).abs().max() / ref.abs().max())
 
 
 @pytest.mark.parametrize(
@@ -126,9 +140,10 @@ def test_the_ops_gradients_match_the_plain_lines(NKV, bias):
 )
 def test_a_model_with_the_op_under_autocast_matches_the_plain_one(monkeypatch, variant):
     """GPT2.set_qkv_impl("triton") on a float32 model under bf16 autocast, parameters moved off the init
-    (nonzero biases): the casts are autocast's (the fp32 weights get fp32 gradients), and loss and gradients
-    stay within the suite's BF16 ceilings of the plain model's under the same autocast. The op is counted:
-    every block, in bf16."""
+    (nonzero biases): the casts are autocast's (the fp32 weights get fp32 gradients); the loss is the plain
+    model's under the same autocast within the suite's BF16 ceiling, and every gradient within one bf16 step
+    of the plain one's largest value (module docstring), c_attn's weight and bias gradients part by part
+    (q, k, v). The op is counted: every block, in bf16."""
     cfg = dataclasses.replace(GPT2Config.tiny(), **variant)
     torch.manual_seed(0)
     plain = GPT2(cfg).to(DEVICE)
@@ -159,10 +174,14 @@ def test_a_model_with_the_op_under_autocast_matches_the_plain_one(monkeypatch, v
     assert calls == [torch.bfloat16] * cfg.n_layer  # the fused model only, every block, in bf16
     assert abs(losses[1] - losses[0]) / abs(losses[0]) <= BF16["loss"]
     assert grads[0].keys() == grads[1].keys()
+    qkv = cfg.qkv_width
+    q_w, kv_w = cfg.n_head * cfg.head_size, cfg.kv_heads * cfg.head_size
+    parts = {"q": slice(0, q_w), "k": slice(q_w, q_w + kv_w), "v": slice(q_w + kv_w, qkv)}
     for name, ref in grads[0].items():
         got = grads[1][name]
         assert got.dtype == torch.float32, name
-        assert float((got - ref).abs().max() / ref.abs().max()) <= BF16["grad_max"], name
+        for part, rows in parts.items() if ".c_attn." in name else (("all", slice(None)),):
+            assert _rel(got[rows], ref[rows]) <= STEP, f"{name}, {part}"
 
 
 def test_generation_and_recorded_activations_take_the_plain_lines(monkeypatch):
