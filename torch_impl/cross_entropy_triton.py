@@ -40,9 +40,10 @@ registers, as three power-of-two pieces (row_pieces: 32768 + 16384 + 2048 = 51,2
 
 At 16 warps a thread holds 100 bf16 values in 50 registers; compiled for sm_90a it uses 128 registers
 and no local memory (tests/torch_impl/test_cross_entropy_triton.py checks that with ptxas), so one program
-fills an SM's register file. The loads are 16-byte vectors when Vp is a multiple of 8 (GPT-2's 50,304 is), as the mask is cols < Vp;
-the columns V..Vp are set to -inf after the load. Rows whose pieces hold more than WHOLE_ROW_MAX values,
-logits wider than 2 bytes, and the forward without a gradient take the two-pass kernel.
+fills an SM's register file. The mask is cols < Vp, so the loads are 16-byte vectors when Vp is a
+multiple of 8 (GPT-2's 50,304 is); the columns V..Vp are set to -inf after the load. Rows whose pieces
+hold more than WHOLE_ROW_MAX values, logits wider than 2 bytes, and the forward without a gradient take
+the two-pass kernel.
 
 Triton compiles the kernel for the GPU that runs it. On a machine without one, TRITON_INTERPRET=1
 (set before triton is imported; the tests session of noxfile.py sets it there) runs the same kernel
