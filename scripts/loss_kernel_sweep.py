@@ -1,6 +1,6 @@
 """Time one chunk's cross-entropy and gradient on the GPU: torch.compile's kernels against the Triton kernel.
 
-    python scripts/loss_kernel_sweep.py [--rows 8192] [--forms two-pass,whole-rows] [--json loss-kernel-sweep.json]
+    python scripts/loss_kernel_sweep.py [--rows 8192] [--forms two-pass,whole-rows,two-pass-module] [--json loss-kernel-sweep.json]
 
 The chunk is what the trainer's chunked loss hands over at its defaults: (8192, 50304) bf16 logits of
 GPT-2's head (V = 50,257), random targets. Timed, each by triton.testing.do_bench (which clears the L2
@@ -42,13 +42,14 @@ V, VP = 50257, 50304
 CONFIGS = [(b, w, p) for b in (2048, 4096, 8192, 16384) for w in (4, 8, 16, 32) for p in (1, 2, 4, 8, 0)
            if b // (32 * w) >= 1]  # fmt: skip
 WHOLE_ROW_WARPS = (4, 8, 16, 32)
-FORMS = ("two-pass", "whole-rows")
+# two-pass: every CONFIGS launch; two-pass-module: the two-pass kernel at the module's launch alone
+FORMS = ("two-pass", "whole-rows", "two-pass-module")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=8192, help="rows of the chunk (the trainer's --loss-chunk-rows)")
-    ap.add_argument("--forms", default=",".join(FORMS), help=f"which kernels to time, a comma list of {FORMS}")
+    ap.add_argument("--forms", default="two-pass,whole-rows", help=f"which kernels to time, a comma list of {FORMS}")
     ap.add_argument("--json", type=Path, default=Path("loss-kernel-sweep.json"))
     args = ap.parse_args(argv)
     forms = args.forms.split(",")
@@ -109,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         check(f"whole rows, {warps} warps", loss, dz)
         record(f"whole-rows {warps}", launch_whole, None, warps, None)
         rows[-1]["form"] = "whole-rows"
-    for block, warps, per_sm in CONFIGS if "two-pass" in forms else ():
+    module_launch = [(ce.BLOCK, ce.NUM_WARPS, ce.PROGRAMS_PER_SM)] if "two-pass-module" in forms else []
+    two_pass = CONFIGS if "two-pass" in forms else module_launch
+    for block, warps, per_sm in two_pass:
         loss = torch.empty(R, device="cuda")
         dz = torch.empty_like(z)
         grid = (min(R, per_sm * sms) if per_sm else R,)
