@@ -1,6 +1,6 @@
 """Time one chunk's cross-entropy and gradient on the GPU: torch.compile's kernels against the Triton kernel.
 
-    python scripts/loss_kernel_sweep.py [--rows 8192] [--forms two-pass,whole-rows,two-pass-module] [--json loss-kernel-sweep.json]
+    python scripts/loss_kernel_sweep.py [--rows 8192] [--forms two-pass,whole-rows] [--json loss-kernel-sweep.json]
 
 The chunk is what the trainer's chunked loss hands over at its defaults: (8192, 50304) bf16 logits of
 GPT-2's head (V = 50,257), random targets. Timed, each by triton.testing.do_bench (which clears the L2
