@@ -72,7 +72,7 @@ BLOCK = 2048  # columns a program holds at a time (a power of two)
 NUM_WARPS = 4  # warps per program
 PROGRAMS_PER_SM = 0  # the persistent grid's programs per streaming multiprocessor; 0: one program per row
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)  # the logits' dtypes the kernel takes
-WHOLE_ROWS = True  # the gradient through the whole-row kernel where a row fits (False: always two passes)
+WHOLE_ROWS = False  # the gradient through the whole-row kernel where a row fits (False: always two passes)
 WHOLE_ROW_MAX = 51200  # values (2-byte logits) a whole-row program holds without spilling at WHOLE_ROW_NUM_WARPS
 WHOLE_ROW_NUM_WARPS = 16
 
