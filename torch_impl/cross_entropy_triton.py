@@ -29,9 +29,13 @@ against 0.759 ms for the best persistent grid and 1.115 ms for torch.compile's k
 (the logits read once, dz written once) it is still short of the memory's bandwidth: the rows in flight
 do not fit in L2, so pass 2 reads each row from memory again.
 
-The whole-row kernel reads each row from memory once. One program takes one row and holds all of it in
-registers, as three power-of-two pieces (row_pieces: 32768 + 16384 + 2048 = 51,200 columns for GPT-2's
-50,304), from the load to the store of dz:
+The whole-row kernel reads each row from memory once. Measured on an H200 it is slower, so it is off
+(WHOLE_ROWS = False): 1.075 ms per chunk at its best against the two-pass kernel's 0.723 ms
+(docs/training.md, "Measured"); one program fills an SM, so nothing hides its loads' latency behind
+another's arithmetic. It is kept, and tested, for the sweep to time on other GPUs.
+
+One program takes one row and holds all of it in registers, as three power-of-two pieces (row_pieces:
+32768 + 16384 + 2048 = 51,200 columns for GPT-2's 50,304), from the load to the store of dz:
 
     m    = max of the row (bf16 compares exactly)          one reduction per piece
     lse  = m + log(sum of exp(z - m))                      one more
@@ -72,7 +76,7 @@ BLOCK = 2048  # columns a program holds at a time (a power of two)
 NUM_WARPS = 4  # warps per program
 PROGRAMS_PER_SM = 0  # the persistent grid's programs per streaming multiprocessor; 0: one program per row
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)  # the logits' dtypes the kernel takes
-WHOLE_ROWS = False  # the gradient through the whole-row kernel where a row fits (False: always two passes)
+WHOLE_ROWS = False  # True: the gradient through the whole-row kernel where a row fits (slower on an H200)
 WHOLE_ROW_MAX = 51200  # values (2-byte logits) a whole-row program holds without spilling at WHOLE_ROW_NUM_WARPS
 WHOLE_ROW_NUM_WARPS = 16
 
