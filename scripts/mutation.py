@@ -592,8 +592,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "triton-loss-ignored-rows-get-gradient",
         "torch_impl/cross_entropy_triton.py",
-        "scale = tl.where(valid, 1.0 / tl.load(n_valid_ptr), 0.0)",
-        "scale = 1.0 / tl.load(n_valid_ptr)",
+        "                scale = tl.where(valid, 1.0 / tl.load(n_valid_ptr), 0.0)\n",
+        "                scale = 1.0 / tl.load(n_valid_ptr)\n",
         ("tests/torch_impl/test_cross_entropy_triton.py::test_loss_and_gradient_match_cross_entropy",),
         "the Triton loss kernel sends gradient from rows whose target is -1 (ignored)",
     ),
@@ -640,8 +640,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "qkv-backward-dx-from-q-alone",
         "torch_impl/qkv_triton.py",
-        "        dx = dqkv @ w  # (M, C)\n",
-        "        dx = dqkv[:, : w.shape[1]] @ w[: w.shape[1]]  # (M, C)\n",
+        "        dx = dqkv @ w if need_dx else None  # (M, C)\n",
+        "        dx = dqkv[:, : w.shape[1]] @ w[: w.shape[1]] if need_dx else None  # (M, C)\n",
         ("tests/torch_impl/test_qkv_triton.py::test_the_ops_gradients_match_the_plain_lines",),
         "the op's input gradient takes q's part of the gradient only, dropping k's and v's",
     ),

@@ -122,9 +122,11 @@ def test_row_pieces_cover_the_row_with_powers_of_two(Vp, pieces):
 
 
 @pytest.mark.parametrize("Vk, Vpk", [(2040, 2048), (2050, 2056)], ids=["pieces-2048-1-1", "pieces-2048-8-1"])
-def test_the_whole_row_kernel_with_one_column_pieces(Vk, Vpk):
+def test_the_whole_row_kernel_with_one_column_pieces(Vk, Vpk, monkeypatch):
     """Rows whose second or third piece is the single masked column row_pieces leaves there: the loss and
-    dz are F.cross_entropy's (bf16, the tolerances above), the pad columns get no gradient."""
+    dz are F.cross_entropy's (bf16, the tolerances above), the pad columns get no gradient. (The whole-row
+    kernel is switched on here: the module has it off.)"""
+    monkeypatch.setattr(ce, "WHOLE_ROWS", True)
     assert ce.row_pieces(Vpk)[2] == 1 and ce.uses_whole_rows(torch.empty(1, Vpk, dtype=torch.bfloat16), True)
     g = torch.Generator().manual_seed(6)
     z = (4 * torch.randn(5, Vpk, generator=g)).to(torch.bfloat16).to(DEVICE)
@@ -147,9 +149,12 @@ def test_no_scored_row_gives_zero_gradient_not_nan(whole_rows):
     assert torch.count_nonzero(loss) == 0 and torch.count_nonzero(dz) == 0
 
 
-def test_rows_too_wide_for_registers_take_the_two_pass_kernel():
+def test_rows_too_wide_for_registers_take_the_two_pass_kernel(monkeypatch):
+    """Which rows the whole-row kernel takes when it is on (the module has it off: then none)."""
     bf = torch.empty(2, 50304, dtype=torch.bfloat16, device="meta")
-    assert ce.uses_whole_rows(bf, need_grad=True) is ce.WHOLE_ROWS  # GPT-2's head: 51,200 <= WHOLE_ROW_MAX
+    assert not ce.WHOLE_ROWS and not ce.uses_whole_rows(bf, need_grad=True)  # off: measured slower on the H200
+    monkeypatch.setattr(ce, "WHOLE_ROWS", True)
+    assert ce.uses_whole_rows(bf, need_grad=True)  # GPT-2's head: 51,200 <= WHOLE_ROW_MAX
     assert not ce.uses_whole_rows(bf, need_grad=False)  # the loss alone: one pass already
     assert not ce.uses_whole_rows(bf.float(), need_grad=True)  # float32: twice the registers
     assert not ce.uses_whole_rows(torch.empty(2, 51201, dtype=torch.bfloat16, device="meta"), need_grad=True)
