@@ -3,6 +3,7 @@
 device = choose_device("auto")            # --device auto|cpu|cuda
 bf16 = wants_bf16("auto", device)         # --dtype auto|bf16|fp32
 reason = triton_unavailable_reason("--mlp-impl triton", kernel, import_error, device)   # None: it runs
+dtype = fused_op_dtype("--mlp-impl", x, (torch.bfloat16, torch.float16))   # the dtype an op of ours computes in
 """
 
 from __future__ import annotations
@@ -45,6 +46,19 @@ def triton_unavailable_reason(flag: str, kernel, import_error: str | None, devic
         f"{flag} runs on a CUDA GPU, not on {device.type} "
         "(on the CPU only under TRITON_INTERPRET=1, Triton's interpreter, set before triton is imported)"
     )
+
+
+def fused_op_dtype(flag: str, x: torch.Tensor, dtypes: tuple[torch.dtype, ...]) -> torch.dtype:
+    """The dtype a fused op of ours (an autograd.Function that casts its inputs as F.linear would) computes
+    in: autocast's when autocast is on, else x's; a ValueError naming `flag` when its kernels do not take it."""
+    on = torch.is_autocast_enabled(x.device.type)
+    dtype = torch.get_autocast_dtype(x.device.type) if on else x.dtype
+    if dtype not in dtypes:
+        raise ValueError(
+            f"{flag} triton computes in {[str(d) for d in dtypes]} (bf16 autocast), not {dtype}; "
+            f"use {flag} torch for a float32 model"
+        )
+    return dtype
 
 
 SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient")

@@ -55,7 +55,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from torch_impl.devices import triton_unavailable_reason
+from torch_impl.devices import fused_op_dtype, triton_unavailable_reason
 
 try:  # CUDA builds of torch ship triton; CPU builds do not need it
     import triton
@@ -210,12 +210,7 @@ def fused_mlp(
     reason = unavailable_reason(x.device)
     if reason:
         raise RuntimeError(reason)
-    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-    if dtype not in DTYPES:
-        raise ValueError(
-            f"--mlp-impl triton computes in {[str(d) for d in DTYPES]} (bf16 autocast), not {dtype}; "
-            "use --mlp-impl torch for a float32 model"
-        )
+    dtype = fused_op_dtype("--mlp-impl", x, DTYPES)
     shape = x.shape
     cast = [None if t is None else t.to(dtype) for t in (x.reshape(-1, shape[-1]), w_fc, b_fc, w_proj, b_proj)]
     with torch.autocast(x.device.type, enabled=False):

@@ -65,7 +65,8 @@ summed in its kernel.
 
 q, k and v. `set_qkv_impl("triton")` has training forwards compute c_attn and the split into heads as one
 op whose backward gathers dq, dk, dv back into c_attn's output gradient and sums its bias gradient in one
-Triton kernel (torch_impl/qkv_triton.py; bf16 training on a GPU). The math is the plain lines'.
+Triton kernel (torch_impl/qkv_triton.py; bf16 training on a GPU). The math is the plain lines'. Measured
+on an H200 the compiled step is slower with it (docs/training.md), so "torch" stays the default.
 
 No dropout: GPT-2's 0.1 dropout is a training choice that conformance runs switch off anyway;
 leaving it out keeps every forward pass deterministic.
@@ -346,8 +347,9 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         NH, NKV, HS = self.n_head, self.n_kv_head, self.head_size
         p = f"h.{self.layer}."
-        if self.qkv_impl == "triton" and cache is None and acts is None:  # the same lines, the backward
-            q, k, v = qkv_projection(x, self.c_attn.weight, self.c_attn.bias, NH, NKV)  # fused: qkv_triton.py
+        if self.qkv_impl == "triton" and cache is None and acts is None:
+            # the lines below as one op, its backward written out (torch_impl/qkv_triton.py)
+            q, k, v = qkv_projection(x, self.c_attn.weight, self.c_attn.bias, NH, NKV)
         else:
             qkv = self.c_attn(x)  # (B, T, (NH + 2 NKV) HS); GPT-2: (B, T, 3C)
             _record(acts, p + "qkv", qkv)

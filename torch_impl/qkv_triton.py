@@ -42,7 +42,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from torch_impl.devices import triton_unavailable_reason
+from torch_impl.devices import fused_op_dtype, triton_unavailable_reason
 
 try:  # CUDA builds of torch ship triton; CPU builds do not need it
     import triton
@@ -187,12 +187,7 @@ def qkv_projection(
     reason = unavailable_reason(x.device)
     if reason:
         raise RuntimeError(reason)
-    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-    if dtype not in DTYPES:
-        raise ValueError(
-            f"--qkv-impl triton computes in {[str(d) for d in DTYPES]} (bf16 autocast), not {dtype}; "
-            "use --qkv-impl torch for a float32 model"
-        )
+    dtype = fused_op_dtype("--qkv-impl", x, DTYPES)
     B, T, C = x.shape
     if w.shape[1] != C or w.shape[0] % (n_head + 2 * n_kv_head) or (b is not None and b.shape != w.shape[:1]):
         raise ValueError(

@@ -166,7 +166,7 @@ class TrainConfig:
         "torch",
         "attention's q, k, v: torch (c_attn, the split into heads and autograd) or triton (the backward's "
         "gather of dq, dk, dv and c_attn's bias gradient in one Triton kernel, torch_impl/qkv_triton.py; bf16 "
-        "on CUDA)",
+        "on CUDA; slower in the compiled step on an H200: docs/training.md)",
         ("torch", "triton"),
     )
     norm_impl: str = _opt(
@@ -693,21 +693,15 @@ def check_launch(cfg: TrainConfig, d: Dist) -> None:
         raise UsageError("--data is required: a folder of token shards (make them with `python -m torch_impl.data`)")
     if cfg.loss_impl == "chunked-triton" and (reason := cross_entropy_triton.unavailable_reason(d.device)):
         raise UsageError(reason)
-    if cfg.mlp_impl == "triton":
-        if reason := mlp_triton.unavailable_reason(d.device):
+    for flag, impl, module in (("--mlp-impl", cfg.mlp_impl, mlp_triton), ("--qkv-impl", cfg.qkv_impl, qkv_triton)):
+        if impl != "triton":
+            continue
+        if reason := module.unavailable_reason(d.device):
             raise UsageError(reason)
         if not wants_bf16(cfg.dtype, d.device):
             raise UsageError(
-                "--mlp-impl triton computes in bf16 (--dtype bf16, the default on CUDA); use --mlp-impl torch "
-                "for a float32 run"
-            )
-    if cfg.qkv_impl == "triton":
-        if reason := qkv_triton.unavailable_reason(d.device):
-            raise UsageError(reason)
-        if not wants_bf16(cfg.dtype, d.device):
-            raise UsageError(
-                "--qkv-impl triton computes in bf16 (--dtype bf16, the default on CUDA); use --qkv-impl torch "
-                "for a float32 run"
+                f"{flag} triton computes in bf16 (--dtype bf16, the default on CUDA); use {flag} torch for a "
+                "float32 run"
             )
     if cfg.norm_impl == "triton":
         if reason := layernorm_triton.unavailable_reason(d.device):
