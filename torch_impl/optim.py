@@ -9,11 +9,17 @@ benchmarks (benchmarks/impl_torch.py).
 
 The parameters come as (canonical name, tensor) pairs, so that a named set means the same tensors in
 every backend.
+
+skip_if_not_finite arms a fused torch.optim.AdamW to skip its own update on the device when the step's
+loss or gradient norm is not finite, so that the trainer need not wait for the GPU to know before the
+update is launched (the step's one wait is then after it: torch_impl/train.py, train_step).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+
+import torch
 
 DECAY_SETS = ("matrices", "all")
 
@@ -45,4 +51,27 @@ def adamw_groups(named_parameters: Iterable, weight_decay: float, decay="matrice
     return [g for g in groups if g["params"]]
 
 
-__all__ = ["DECAY_SETS", "adamw_groups", "decayed_names"]
+def device_skippable(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer | None:
+    """The AdamW that runs the update, when it can skip it on the device: `optimizer` itself, or the
+    local AdamW inside a ZeroRedundancyOptimizer (its `.optim`), if that is a fused torch.optim.AdamW
+    over plain tensors; else None (a foreach AdamW refuses the skip; over DTensors, under fsdp, the
+    flag would be a plain tensor among DTensors, so the trainer keeps its host-side check there)."""
+    inner = getattr(optimizer, "optim", optimizer)
+    if not isinstance(inner, torch.optim.AdamW) or not inner.defaults.get("fused"):
+        return None
+    params = [p for g in inner.param_groups for p in g["params"]]
+    if any(hasattr(p, "to_local") for p in params):  # DTensor shards (fsdp)
+        return None
+    return inner
+
+
+def skip_if_not_finite(adamw: torch.optim.Optimizer, *values: torch.Tensor) -> None:
+    """Arm the fused AdamW `adamw` (device_skippable's) for its next step(): it updates nothing (weights,
+    moments and step counts stay as they are) when any of the 0-d `values` is inf or NaN. This is the
+    flag torch's GradScaler hands a fused optimizer (found_inf: a float32 0-d tensor, 1 to skip), which
+    the fused kernel reads on the device; nothing waits for the GPU here."""
+    finite = torch.stack([v.detach().float().reshape(()) for v in values]).isfinite().all()
+    adamw.found_inf = (~finite).float()
+
+
+__all__ = ["DECAY_SETS", "adamw_groups", "decayed_names", "device_skippable", "skip_if_not_finite"]

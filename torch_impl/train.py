@@ -19,8 +19,8 @@ One optimizer step ("step") is:
         in every micro-step)
         loss = model(x, y) / grad_accum  under bf16 autocast;  loss.backward()
     grad_norm = clip_grad_norm_(params, grad_clip)
-    stop if loss or grad_norm is not finite (before touching the weights)
-    lr = warmup + cosine schedule(step);  AdamW step;  zero the gradients
+    lr = warmup + cosine schedule(step);  AdamW step, skipped if loss or grad_norm is not finite
+    stop if loss or grad_norm is not finite (the weights untouched);  zero the gradients
 
     grad_accum = total_batch_tokens / (B * T * world_size)
 
@@ -68,7 +68,7 @@ from torch_impl.chunked_loss import DEFAULT_CHUNK_ROWS
 from torch_impl.data import ShardLoader, shard_paths
 from torch_impl.devices import SDPA_BACKENDS, choose_device, sdpa_backend, wants_bf16
 from torch_impl.lr_schedule import lr_at
-from torch_impl.optim import adamw_groups
+from torch_impl.optim import adamw_groups, device_skippable, skip_if_not_finite
 from torch_impl.profiling import StepProfiler
 from torch_impl.sharding import (
     SHARD_MODES,
@@ -397,11 +397,12 @@ def build_model(cfg: TrainConfig, device: torch.device, params: dict | None, con
 
 def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
     """AdamW, weight decay on 2-D tensors only (matrices, embeddings, an untied lm_head), none on biases
-    and norm weights (LayerNorm or RMSNorm); fused on CUDA. Under --shard zero1 inside a
+    and norm weights (LayerNorm or RMSNorm); fused (on CUDA and the CPU), so that a step whose loss or
+    gradient norm is not finite skips its update on the device (train_step). Under --shard zero1 inside a
     ZeroRedundancyOptimizer; under fsdp over the model's DTensor shards (torch_impl/sharding.py)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = adamw_groups(named, cfg.weight_decay)  # the default set: the 2-D tensors (torch_impl/optim.py)
-    extra = {"fused": True} if device.type == "cuda" else {}
+    extra = {"fused": True} if device.type in ("cuda", "cpu") else {}  # fused: the update can skip itself
     return make_adamw(groups, cfg.shard, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **extra)
 
 
@@ -953,20 +954,31 @@ def sample(run: Run, step: int) -> None:
 
 def train_step(run: Run, step: int) -> StepStats:
     """One optimizer step: grad_accum micro-steps (forward_backward), the loss averaged over the ranks,
-    the gradient norm clipped to --grad-clip, a stop if either is not finite (before the weights change),
-    the learning rate of `step` (warmup + cosine), AdamW, the gradients zeroed. On the run's first step
-    also logs what this rank holds, while gradients and AdamW's state exist."""
+    the gradient norm clipped to --grad-clip, the learning rate of `step` (warmup + cosine), AdamW, the
+    gradients zeroed; a stop (NonFiniteError) if the loss or the norm is not finite, with the weights and
+    AdamW's state as they were. A fused AdamW (device_skippable) is told to skip on the device and the host
+    reads both numbers after the update is queued: the GPU is waited for once, at the step's end. On the
+    run's first step also logs what this rank holds, while gradients and AdamW's state exist."""
     cfg, device = run.cfg, run.d.device
     t0 = time.perf_counter()
     loss_sum = forward_backward(run)
     _all_reduce_mean(loss_sum, run.d)
     grad_norm = clip_gradients(run)
-    loss_value, norm_value = loss_sum.item(), grad_norm.item()
-    check_finite(step, loss_value, norm_value, run.summary["checkpoint"])
     lr = lr_at(step, cfg.lr, cfg.lr * cfg.min_lr_frac, cfg.warmup_steps, cfg.max_steps)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
-    run.optimizer.step()
+    adamw = device_skippable(run.optimizer)
+    if adamw is not None:
+        # The fused AdamW skips its update on the device when the loss or the norm is not finite, so the
+        # update is launched before the host knows: the step waits for the GPU once, below, not twice.
+        skip_if_not_finite(adamw, loss_sum, grad_norm)
+        run.optimizer.step()
+        loss_value, norm_value = torch.stack([loss_sum, grad_norm.float()]).tolist()
+        check_finite(step, loss_value, norm_value, run.summary["checkpoint"])  # the weights were left alone
+    else:  # the host looks first (under fsdp; or an AdamW that cannot skip on the device)
+        loss_value, norm_value = torch.stack([loss_sum, grad_norm.float()]).tolist()
+        check_finite(step, loss_value, norm_value, run.summary["checkpoint"])
+        run.optimizer.step()
     if step == run.start_step:
         log_held(run, step)
     run.optimizer.zero_grad(set_to_none=True)

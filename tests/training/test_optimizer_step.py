@@ -134,3 +134,61 @@ def test_every_update_is_clipped_scheduled_adamw_with_decay_on_matrices_only(ran
                 f"step {k - 1}, {n}: the update is {err:.2e} (relative l2) away from AdamW at the scheduled "
                 f"lr {lr:.3e} with weight decay {decay[n]}"
             )
+
+
+# ----------------------------------------------------------------------------- a step that is not finite
+def _adamw_pair(fused: bool = True):
+    """Two identical AdamWs over one matrix and one bias, each with a gradient set and one update done
+    (so that the moments and step counts are not zero when a skip is checked)."""
+    g = torch.Generator().manual_seed(0)
+    w0, b0 = torch.randn(4, 3, generator=g), torch.randn(3, generator=g)
+    gw, gb = torch.randn(4, 3, generator=g), torch.randn(3, generator=g)
+    out = []
+    for _ in range(2):
+        w, b = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(b0.clone())
+        opt = torch.optim.AdamW([{"params": [w], "weight_decay": 0.1}, {"params": [b], "weight_decay": 0.0}],
+                                lr=1e-2, fused=fused)  # fmt: skip
+        w.grad, b.grad = gw.clone(), gb.clone()
+        opt.step()
+        out.append((opt, w, b))
+    return out
+
+
+def _state(opt, *params):
+    return [t.clone() for p in params for t in (p.detach(), *opt.state[p].values())]
+
+
+def test_armed_adamw_leaves_weights_moments_and_steps_alone_when_a_value_is_not_finite():
+    from torch_impl.optim import device_skippable, skip_if_not_finite
+
+    (opt, w, b), _ = _adamw_pair()
+    assert device_skippable(opt) is opt
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        before = _state(opt, w, b)
+        skip_if_not_finite(opt, torch.tensor(2.5), torch.tensor(bad))  # the norm, say, is not finite
+        opt.step()
+        after = _state(opt, w, b)
+        assert all(torch.equal(x, y) for x, y in zip(before, after, strict=True)), bad
+
+
+def test_armed_adamw_with_finite_values_updates_exactly_as_an_unarmed_one():
+    from torch_impl.optim import skip_if_not_finite
+
+    (armed, w1, b1), (plain, w2, b2) = _adamw_pair()
+    skip_if_not_finite(armed, torch.tensor(2.5), torch.tensor(0.7, dtype=torch.float64))
+    armed.step()
+    plain.step()
+    assert not torch.equal(w1.detach(), _adamw_pair()[0][1].detach())  # the update moved the weights
+    assert all(torch.equal(x, y) for x, y in zip(_state(armed, w1, b1), _state(plain, w2, b2), strict=True))
+
+
+def test_only_a_fused_adamw_over_plain_tensors_is_asked_to_skip():
+    from types import SimpleNamespace
+
+    from torch_impl.optim import device_skippable
+
+    (fused, _, _), _ = _adamw_pair(fused=True)
+    (foreach, _, _), _ = _adamw_pair(fused=False)
+    assert device_skippable(foreach) is None  # torch's foreach AdamW refuses found_inf
+    assert device_skippable(SimpleNamespace(optim=fused)) is fused  # a ZeroRedundancyOptimizer's local AdamW
+    assert device_skippable(torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1)) is None
