@@ -6,7 +6,9 @@
 
 Each `--try FLAGS` is one more single-GPU run with those trainer flags added to the first run's (a flag
 given again wins), e.g. another --loss-impl, --compile-mode or --batch-size: what each change buys is
-its tokens/s against the first run's, measured one after the other on the same GPU; its losses beside
+its tokens/s against the first run's, measured one after the other on the same GPU (leading NAME=VALUE
+words set environment variables for that run alone: `--try "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+--batch-size 128"`); its losses beside
 the first run's show that the numerics did not move (beyond bf16's noise). A try that fails is
 recorded with its error and the others still run; the exit status is then 1. `--profile N` has the first
 run profile N steps (torch_impl/profiling.py: its profile.json and profile.txt are copied beside
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import statistics
@@ -39,14 +42,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from weights.provenance import provenance  # noqa: E402
 
 
+def split_env(tokens: list[str]) -> tuple[dict[str, str], list[str]]:
+    """A try's leading NAME=VALUE words (environment variables for that run alone, e.g. an allocator
+    setting) and the trainer flags after them."""
+    env = {}
+    i = 0
+    while i < len(tokens) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", tokens[i]):
+        name, value = tokens[i].split("=", 1)
+        env[name] = value
+        i += 1
+    return env, list(tokens[i:])
+
+
 def run(gpus: int, args, out_dir: Path, extra: list[str] = ()) -> dict:
+    run_env, extra = split_env(list(extra))
     flags = [
         "--data", args.data, "--model", "124m", "--batch-size", str(args.batch_size), "--seq-len", "1024",
         "--total-batch-tokens", "524288", "--max-steps", str(args.steps), "--warmup-steps", "10",
         "--eval-every", "0", "--no-save", "--no-progress", "--no-plot", "--log-every", "5", "--compile",
         "--out-dir", str(out_dir), *extra,
     ]  # fmt: skip
-    env = {**os.environ, "NCCL_NVLS_ENABLE": "0", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "NCCL_NVLS_ENABLE": "0", "PYTHONUNBUFFERED": "1", **run_env}
     if gpus == 1:
         env["CUDA_VISIBLE_DEVICES"] = env.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
         cmd = [sys.executable, "-m", "torch_impl.train", *flags]
@@ -65,6 +81,7 @@ def run(gpus: int, args, out_dir: Path, extra: list[str] = ()) -> dict:
     return {
         "gpus": gpus,
         "extra_flags": list(extra),
+        "env": run_env,  # the try's NAME=VALUE words, set for this run alone
         "micro_batch": _last_value(extra, "--batch-size", args.batch_size),
         "tokens_per_s": statistics.median(r["tokens_per_s"] for r in steps),
         "ms_per_step": statistics.median(r["dt_ms"] for r in steps),
@@ -72,7 +89,13 @@ def run(gpus: int, args, out_dir: Path, extra: list[str] = ()) -> dict:
         "measured_steps": len(steps),
         "first_step_s": losses[0]["dt_ms"] / 1e3 if losses else None,  # includes torch.compile
         "loss_first_last": [losses[0]["loss"], losses[-1]["loss"]] if losses else None,
-        "per_step": [{k: r.get(k) for k in ("step", "loss", "dt_ms", "tokens_per_s", "mfu")} for r in losses],
+        "per_step": [
+            {k: r.get(k) for k in ("step", "loss", "dt_ms", "tokens_per_s", "mfu", "cuda_alloc_retries")}
+            for r in losses
+        ],
+        # the allocator's peaks over the run (rank 0; the trainer logs them with every step on CUDA)
+        "cuda_peak_allocated_gib": losses[-1].get("cuda_peak_allocated_gib") if losses else None,
+        "cuda_peak_reserved_gib": losses[-1].get("cuda_peak_reserved_gib") if losses else None,
     }
 
 

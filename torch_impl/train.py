@@ -1042,9 +1042,24 @@ def log_held(run: Run, step: int) -> None:
     run.log.record({"step": step, "event": "held", "held": run.summary["held"]}, f"rank 0 holds: {held}")
 
 
+def cuda_memory(device: torch.device) -> dict:
+    """This rank's CUDA memory so far, for each step's log.jsonl entry ({} off CUDA): the peak held by
+    tensors and by torch's caching allocator, in GiB, and how many times the allocator ran out, freed its
+    cache and retried (each retry synchronizes the device: a step that needs one waits for the GPU)."""
+    if device.type != "cuda":
+        return {}
+    stats = torch.cuda.memory_stats(device)
+    return {
+        "cuda_peak_allocated_gib": stats.get("allocated_bytes.all.peak", 0) / 2**30,
+        "cuda_peak_reserved_gib": stats.get("reserved_bytes.all.peak", 0) / 2**30,
+        "cuda_alloc_retries": stats.get("num_alloc_retries", 0),
+    }
+
+
 def log_step(run: Run, step: int, stats: StepStats) -> None:
     """The step into the summary and log.jsonl (loss, lr, grad norm, time, tokens/s of all ranks and per
-    device, MFU per device), a console line every --log-every steps and at the last, the bar moved on."""
+    device, MFU per device, CUDA memory: cuda_memory), a console line every --log-every steps and at the
+    last, the bar moved on."""
     cfg, d = run.cfg, run.d
     tok_s = run.tokens_per_step / stats.dt  # every rank's tokens of the step
     mfu = flops_mfu(run.flops_per_token, tok_s, run.peak_flops, d.world)  # per device
@@ -1061,6 +1076,7 @@ def log_step(run: Run, step: int, stats: StepStats) -> None:
         "tokens_per_s": tok_s,
         "tokens_per_s_per_device": tok_s / d.world,
         "mfu": mfu,
+        **cuda_memory(d.device),
     }
     line = None
     if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.max_steps - 1):

@@ -86,3 +86,13 @@ def test_a_failing_try_is_recorded_and_the_others_still_run(script, monkeypatch,
 def test_last_value_reads_the_flag_the_trainer_keeps(script):
     assert script._last_value(["--batch-size", "32", "--batch-size", "128"], "--batch-size", 64) == 128
     assert script._last_value(["--loss-impl", "chunked"], "--batch-size", 64) == 64
+
+
+def test_a_try_may_set_environment_variables_for_its_run_alone(script):
+    assert script.split_env(["PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True", "A_1=", "--batch-size", "128"]) == (
+        {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", "A_1": ""},
+        ["--batch-size", "128"],
+    )
+    # only leading words: a flag's value that holds '=' stays a flag's value
+    assert script.split_env(["--sample-prompt", "X=1"]) == ({}, ["--sample-prompt", "X=1"])
+    assert script.split_env([]) == ({}, [])

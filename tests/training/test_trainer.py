@@ -690,6 +690,19 @@ def test_bf16_compiled_training_on_gpu(shakespeare_shards, tmp_path, run_config)
     assert out["val_losses"][40] <= out["val_losses"][0] - 2.5
     params, _ = weights.load(out["checkpoint"])
     assert all(np.isfinite(v).all() for v in params.values())
+    # every step's entry carries the allocator's peaks; the reserved peak covers the tensors' peak
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    mem = [r for r in rows if "loss" in r]
+    assert len(mem) == 40 and all(0 < r["cuda_peak_allocated_gib"] <= r["cuda_peak_reserved_gib"] for r in mem)
+    assert all(r["cuda_alloc_retries"] >= 0 for r in mem)
+
+
+def test_step_entries_carry_no_cuda_memory_off_cuda(random_shards, tmp_path, tiny_config):
+    """On the CPU a step's log.jsonl entry has no cuda_* fields (cuda_memory is {} there)."""
+    train(tiny_config(random_shards, tmp_path / "r", max_steps=2))
+    rows = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert steps and not any(k.startswith("cuda_") for r in steps for k in r)
 
 
 @pytest.mark.parametrize("mode, marks_expected", [("reduce-overhead", True), ("default", False)])
