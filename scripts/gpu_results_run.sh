@@ -10,10 +10,9 @@
 #   4. the trainer on the llama-style 124M preset: 50 steps of B=16, T=1024 on Tiny Shakespeare, bf16
 #   5. the GPU-only tests of numba_impl and torch_impl, with the time that is left
 #   6. (only when ONLY names it: train-throughput) GPT-2 124M training throughput, bf16 + compile, 524,288
-#      tokens per step: the plain loss profiled over 3 steps, then --loss-impl chunked (profiled too), chunked
-#      at micro-batch 128, chunked in chunks of 16,384 rows, chunked with the flash attention kernel instead of
-#      cuDNN's (CUDA graphs are refused with gradient accumulation) (scripts/train_throughput.py --profile
-#      --try; THROUGHPUT_RUNS below picks others; docs/training.md "Measured"):
+#      tokens per step: the plain run, then the fastest flags measured (our Triton kernels) at micro-batch 256
+#      with 16,384-row loss chunks, at micro-batch 128, and at 256 again, profiled over 3 steps
+#      (scripts/train_throughput.py --try; THROUGHPUT_RUNS below picks others; docs/training.md "Measured"):
 #        ONLY=train-throughput STEP_S="0 0 0 0 0 560" bash scripts/gpu_results_run.sh
 #   7. (only when ONLY names it: memory) the memory of one training step per GPT-2 size on the GPU backends,
 #      B=1, T=1024 (scripts/memory_per_size.py; docs/sizes.md; MEMORY_SIZES, MEMORY_BACKENDS: comma-separated
@@ -91,8 +90,10 @@ step gpu-tests "${STEP_S[4]}" "$WORK/gpu-tests.log" python3 -m pytest -q -p no:c
 
 # THROUGHPUT_RUNS: --profile N and the tries of scripts/train_throughput.py (the first run is always the plain
 # loss), e.g. THROUGHPUT_RUNS="--try '--loss-impl chunked' --try '--loss-impl chunked --compile-mode max-autotune-no-cudagraphs'"
-THROUGHPUT_RUNS="${THROUGHPUT_RUNS:---profile 3 --try '--loss-impl chunked --profile-steps 3' --try '--loss-impl chunked \
---batch-size 128' --try '--loss-impl chunked --loss-chunk-rows 16384' --try '--loss-impl chunked --sdpa-backend flash'}"
+# The default: the fastest flags measured (bc574b6, docs/training.md "Measured") at micro-batches 256 and 128.
+FAST="--loss-impl chunked-triton --mlp-impl triton --norm-impl triton"
+THROUGHPUT_RUNS="${THROUGHPUT_RUNS:---try '$FAST --batch-size 256 --loss-chunk-rows 16384' --try '$FAST --batch-size 128' \
+--try '$FAST --batch-size 256 --loss-chunk-rows 16384 --profile-steps 3'}"
 step train-throughput "${STEP_S[5]:-560}" "$WORK/train-throughput.log" bash -c "python3 -m torch_impl.data \
     $GPT2_SHARED_DIR/data/tinyshakespeare.txt --out $WORK/shakespeare && python3 scripts/train_throughput.py \
     --data $WORK/shakespeare --gpus 1 --steps 20 --skip 8 --batch-size 64 --out $WORK/throughput-runs \
