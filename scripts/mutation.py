@@ -435,8 +435,8 @@ MUTANTS: list[Mutant] = [
     Mutant(
         "trainer-no-finite-check-after-skip",
         "torch_impl/train.py",
-        '        check_finite(step, loss_value, norm_value, run.summary["checkpoint"])  # the weights were left alone',
-        "        pass",
+        '    check_finite(step, loss_value, norm_value, run.summary["checkpoint"])  # raises; weights untouched',
+        "    pass",
         (f"{T_TRAIN}::test_nonfinite_loss_stops_with_a_clear_message",),
         "a run whose loss is NaN goes on (each update skipped) instead of stopping with the error",
     ),

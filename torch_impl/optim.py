@@ -54,8 +54,8 @@ def adamw_groups(named_parameters: Iterable, weight_decay: float, decay="matrice
 def device_skippable(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer | None:
     """The AdamW that runs the update, when it can skip it on the device: `optimizer` itself, or the
     local AdamW inside a ZeroRedundancyOptimizer (its `.optim`), if that is a fused torch.optim.AdamW
-    over plain tensors; else None (a foreach AdamW refuses the skip; over DTensors, under fsdp, the
-    flag would be a plain tensor among DTensors, so the trainer keeps its host-side check there)."""
+    over plain tensors; else None (a foreach AdamW refuses the flag; over DTensors, under fsdp, it has
+    not been tried, so the trainer keeps its host-side check there)."""
     inner = getattr(optimizer, "optim", optimizer)
     if not isinstance(inner, torch.optim.AdamW) or not inner.defaults.get("fused"):
         return None

@@ -967,17 +967,15 @@ def train_step(run: Run, step: int) -> StepStats:
     lr = lr_at(step, cfg.lr, cfg.lr * cfg.min_lr_frac, cfg.warmup_steps, cfg.max_steps)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
-    adamw = device_skippable(run.optimizer)
+    adamw = device_skippable(run.optimizer)  # None under fsdp: there the host looks before the update
     if adamw is not None:
-        # The fused AdamW skips its update on the device when the loss or the norm is not finite, so the
-        # update is launched before the host knows: the step waits for the GPU once, below, not twice.
+        # Queued before the host knows: the fused kernel skips the update on the device when the loss or the
+        # norm is not finite, so the step waits for the GPU once, on the line below, not twice.
         skip_if_not_finite(adamw, loss_sum, grad_norm)
         run.optimizer.step()
-        loss_value, norm_value = torch.stack([loss_sum, grad_norm.float()]).tolist()
-        check_finite(step, loss_value, norm_value, run.summary["checkpoint"])  # the weights were left alone
-    else:  # the host looks first (under fsdp; or an AdamW that cannot skip on the device)
-        loss_value, norm_value = torch.stack([loss_sum, grad_norm.float()]).tolist()
-        check_finite(step, loss_value, norm_value, run.summary["checkpoint"])
+    loss_value, norm_value = torch.stack([loss_sum, grad_norm.float()]).tolist()
+    check_finite(step, loss_value, norm_value, run.summary["checkpoint"])  # raises; weights untouched
+    if adamw is None:
         run.optimizer.step()
     if step == run.start_step:
         log_held(run, step)
